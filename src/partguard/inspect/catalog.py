@@ -1,0 +1,328 @@
+"""Read partitioned tables, their children and bounds from the catalog into frozen records.
+
+This is the only module that reads ``pg_class``/``pg_inherits`` for partitions. Bounds
+come from ``pg_get_expr(relpartbound)``, never from child names: names lie (the old
+repair script named children ``_p20261122`` on a partman 4.7 table), bounds do not.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from psycopg import sql
+
+from ..db import Conn
+from ..errors import TableNotFound, UnsupportedTable
+
+Key = datetime | date | int
+
+TIME_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
+INT_TYPES = ("bigint", "integer", "smallint")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    not_null: bool
+    generated: bool  # GENERATED ALWAYS AS (...) STORED: never written by INSERT
+    identity: str  # 'a' ALWAYS (needs OVERRIDING SYSTEM VALUE), 'd' BY DEFAULT, '' none
+
+
+@dataclass(frozen=True)
+class Child:
+    oid: int
+    schema: str
+    name: str
+    lower: Key | None  # None: MINVALUE (or DEFAULT)
+    upper: Key | None  # None: MAXVALUE (or DEFAULT)
+    is_default: bool
+    is_partitioned: bool
+    est_rows: int  # pg_class.reltuples; -1 when never analysed
+    bound: str
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    parent_index: str | None  # the partitioned index it is attached to
+    first_column: str | None
+    definition: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """One top-level partitioned table with everything later layers need to decide."""
+
+    oid: int
+    schema: str
+    name: str
+    strategy: str  # 'range', 'list', 'hash'
+    key_columns: tuple[str, ...]
+    key_is_expression: bool
+    key_type: str  # format_type of the single key column, '' for expressions
+    key_not_null: bool
+    owner: str
+    children: tuple[Child, ...]  # non-default, ordered by lower bound
+    default: Child | None
+    columns: tuple[Column, ...]
+    referenced_by: tuple[str, ...] = ()  # FKs of other tables pointing at this one
+    default_key_index: str | None = None  # an index on the DEFAULT led by the key column
+    indexes: tuple[str, ...] = field(default=())  # partitioned indexes of the parent
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def key(self) -> str:
+        return self.key_columns[0]
+
+    @property
+    def key_kind(self) -> str:
+        """'time' or 'int', or '' when partguard cannot reason about the key."""
+        if self.key_type in TIME_TYPES:
+            return "time"
+        if self.key_type in INT_TYPES:
+            return "int"
+        return ""
+
+    def unsupported_reason(self) -> str | None:
+        """Why this table is out of partguard's reach, in one line (or None)."""
+        if self.strategy != "range":
+            return f"{self.qualname} is {self.strategy}-partitioned; partguard handles RANGE partitioning only"
+        if self.key_is_expression:
+            return f"{self.qualname} is partitioned by an expression; partguard needs a plain column key"
+        if len(self.key_columns) != 1:
+            return f"{self.qualname} has a multi-column partition key ({', '.join(self.key_columns)}); partguard needs a single column"
+        if not self.key_kind:
+            return f"{self.qualname}: partition key {self.key} has type {self.key_type}; supported: timestamptz, timestamp, date, integer types"
+        sub = [c.name for c in self.children if c.is_partitioned]
+        if self.default and self.default.is_partitioned:
+            sub.append(self.default.name)
+        if sub:
+            return f"{self.qualname} has subpartitioned children ({', '.join(sub[:3])}); not supported"
+        return None
+
+    @property
+    def insertable_columns(self) -> tuple[Column, ...]:
+        return tuple(c for c in self.columns if not c.generated)
+
+    @property
+    def has_identity_always(self) -> bool:
+        return any(c.identity == "a" for c in self.columns)
+
+
+_STRATEGY = {"r": "range", "l": "list", "h": "hash"}
+
+_TABLES_SQL = """
+SELECT c.oid, n.nspname, c.relname, p.partstrat,
+       (SELECT coalesce(array_agg(a.attname ORDER BY k.ord), '{}')
+          FROM unnest(p.partattrs::int2[]) WITH ORDINALITY k(attnum, ord)
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum) AS key_columns,
+       p.partexprs IS NOT NULL AS key_is_expression,
+       coalesce((SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                  WHERE a.attrelid = c.oid AND a.attnum = p.partattrs[0] AND p.partnatts = 1), ''),
+       coalesce((SELECT a.attnotnull FROM pg_attribute a
+                  WHERE a.attrelid = c.oid AND a.attnum = p.partattrs[0]), false),
+       pg_get_userbyid(c.relowner)
+FROM pg_partitioned_table p
+JOIN pg_class c ON c.oid = p.partrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT c.relispartition
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND (%(oids)s::oid[] IS NULL OR c.oid = ANY(%(oids)s::oid[]))
+ORDER BY n.nspname, c.relname
+"""
+
+_CHILDREN_SQL = """
+SELECT i.inhparent, c.oid, n.nspname, c.relname, pg_get_expr(c.relpartbound, c.oid),
+       c.relkind = 'p', c.reltuples::bigint
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE i.inhparent = ANY(%s::oid[])
+"""
+
+_COLUMNS_SQL = """
+SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       a.attgenerated <> '', a.attidentity::text
+FROM pg_attribute a
+WHERE a.attrelid = ANY(%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attrelid, a.attnum
+"""
+
+_REFERENCED_SQL = """
+SELECT confrelid, conrelid::regclass::text || ' (' || conname || ')'
+FROM pg_constraint WHERE contype = 'f' AND confrelid = ANY(%s::oid[])
+"""
+
+_INDEXES_SQL = """
+SELECT i.indrelid, ic.relname, pi.relname,
+       (SELECT a.attname FROM pg_attribute a WHERE a.attrelid = i.indrelid AND a.attnum = i.indkey[0]),
+       pg_get_indexdef(i.indexrelid)
+FROM pg_index i
+JOIN pg_class ic ON ic.oid = i.indexrelid
+LEFT JOIN pg_inherits h ON h.inhrelid = i.indexrelid
+LEFT JOIN pg_class pi ON pi.oid = h.inhparent
+WHERE i.indrelid = ANY(%s::oid[])
+ORDER BY ic.relname
+"""
+
+
+def resolve(conn: Conn, name: str) -> int:
+    """Find a table by a name as a DBA types it (``schema.table``, quoted or not)."""
+    row = conn.execute("SELECT to_regclass(%s)::oid", (name,)).fetchone()
+    if row is None or row[0] is None:
+        # to_regclass needs quoting for odd names; accept a plain schema.table split too.
+        schema, _, rel = name.rpartition(".")
+        row = conn.execute(
+            """SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relname = %s AND (%s = '' AND pg_table_is_visible(c.oid) OR n.nspname = %s)""",
+            (rel, schema, schema),
+        ).fetchone()
+    if row is None or row[0] is None:
+        raise TableNotFound(f"table {name} does not exist (or is not visible in search_path)")
+    return int(row[0])
+
+
+def read_tables(conn: Conn, names: list[str] | None = None, *, strict: bool = True) -> list[Table]:
+    """All top-level partitioned tables, or the named ones.
+
+    With ``strict``, a named table that is missing or not partitioned is an error; the
+    caller still decides what to do with list/hash/expression keys (``unsupported_reason``).
+    """
+    oids: list[int] | None = None
+    if names:
+        oids = [resolve(conn, n) for n in names]
+    rows = conn.execute(_TABLES_SQL, {"oids": oids}).fetchall()
+    if strict and oids is not None:
+        found = {r[0] for r in rows}
+        for name, oid in zip(names or [], oids):
+            if oid not in found:
+                kind = conn.execute(
+                    "SELECT relkind::text, relispartition FROM pg_class WHERE oid = %s", (oid,)
+                ).fetchone()
+                if kind and kind[1]:
+                    raise UnsupportedTable(f"{name} is a partition, not a top-level partitioned table")
+                raise UnsupportedTable(f"{name} is not a partitioned table")
+    table_oids = [r[0] for r in rows]
+    children: dict[int, list[Child]] = {o: [] for o in table_oids}
+    for parent, oid, schema, relname, bound, is_part, tuples in conn.execute(
+        _CHILDREN_SQL, (table_oids,)
+    ):
+        lower, upper, is_default = parse_bound(bound or "")
+        children[parent].append(
+            Child(oid, schema, relname, lower, upper, is_default, bool(is_part), int(tuples), bound or "")
+        )
+    rel_oids = table_oids + [c.oid for cs in children.values() for c in cs if c.is_default]
+    columns: dict[int, list[Column]] = {o: [] for o in table_oids}
+    for relid, name, typ, notnull, gen, ident in conn.execute(_COLUMNS_SQL, (table_oids,)):
+        columns[relid].append(Column(name, typ, notnull, gen, ident or ""))
+    referenced: dict[int, list[str]] = {o: [] for o in table_oids}
+    for relid, desc in conn.execute(_REFERENCED_SQL, (table_oids,)):
+        referenced[relid].append(desc)
+    indexes: dict[int, list[Index]] = {o: [] for o in rel_oids}
+    for relid, iname, parent_index, first_col, idef in conn.execute(_INDEXES_SQL, (rel_oids,)):
+        indexes[relid].append(Index(iname, parent_index, first_col, idef))
+
+    tables = []
+    for oid, schema, name, strat, keycols, is_expr, keytype, notnull, owner in rows:
+        kids = children[oid]
+        default = next((c for c in kids if c.is_default), None)
+        regular = sorted((c for c in kids if not c.is_default), key=_sort_key)
+        key_index = None
+        if default is not None and keycols:
+            key_index = next(
+                (i.name for i in indexes.get(default.oid, []) if i.first_column == keycols[0]), None
+            )
+        tables.append(
+            Table(
+                oid=oid, schema=schema, name=name, strategy=_STRATEGY.get(strat, strat),
+                key_columns=tuple(keycols), key_is_expression=bool(is_expr), key_type=keytype,
+                key_not_null=bool(notnull), owner=owner, children=tuple(regular), default=default,
+                columns=tuple(columns[oid]), referenced_by=tuple(referenced[oid]),
+                default_key_index=key_index, indexes=tuple(i.name for i in indexes.get(oid, [])),
+            )
+        )
+    return tables
+
+
+def read_table(conn: Conn, name: str) -> Table:
+    """One named table, refusing anything partguard cannot reason about."""
+    (table,) = read_tables(conn, [name])
+    reason = table.unsupported_reason()
+    if reason:
+        raise UnsupportedTable(reason)
+    return table
+
+
+def child_indexes(conn: Conn, oid: int) -> list[Index]:
+    return [Index(*r[1:]) for r in conn.execute(_INDEXES_SQL, ([oid],))]
+
+
+def _sort_key(c: Child) -> tuple[int, Any]:
+    # MINVALUE first; mixed types never occur within one table.
+    return (0, 0) if c.lower is None else (1, c.lower)
+
+
+# --- bound parsing ---------------------------------------------------------
+
+_RANGE_RE = re.compile(r"^FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)$", re.S)
+
+
+def parse_bound(text: str) -> tuple[Key | None, Key | None, bool]:
+    """Parse ``pg_get_expr(relpartbound)`` as rendered with DateStyle ISO.
+
+    Returns (lower, upper, is_default); MINVALUE/MAXVALUE become None. List and hash
+    bounds come back as (None, None, False): they are not ours to reason about.
+    """
+    if text == "DEFAULT":
+        return None, None, True
+    m = _RANGE_RE.match(text)
+    if not m:
+        return None, None, False
+    return parse_literal(m["lo"]), parse_literal(m["hi"]), False
+
+
+def parse_literal(text: str) -> Key | None:
+    t = text.strip()
+    if t.upper() in ("MINVALUE", "MAXVALUE"):
+        return None
+    if t.startswith("'"):
+        body = t[1 : t.rindex("'")].replace("''", "'")
+        return _parse_time(body)
+    try:
+        return int(t)
+    except ValueError:
+        return None
+
+
+def _parse_time(body: str) -> Key | None:
+    if body in ("infinity", "-infinity"):
+        return None
+    if len(body) == 10:
+        return date.fromisoformat(body)
+    m = re.match(r"^(.*?)([+-]\d\d(?::?\d\d(?::?\d\d)?)?)$", body)
+    if m and " " in body:
+        stamp, off = m.groups()
+        off = off if ":" in off or len(off) == 3 else off
+        if len(off) == 3:
+            off += ":00"
+        return datetime.fromisoformat(f"{stamp}{off}")
+    return datetime.fromisoformat(body)

@@ -1,0 +1,433 @@
+"""Interval arithmetic for partition grids: pure, no database.
+
+partman lays children on a grid: ``anchor + k * interval`` evaluated the way PostgreSQL
+evaluates ``timestamptz + interval`` in the session's ``TimeZone``. We reproduce that here so
+partguard can tell on-grid children from strays and name new children as partman would,
+without a round trip per bucket.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from fractions import Fraction
+from typing import Literal, TypeAlias, TypeVar, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from ..errors import UsageError
+
+Key: TypeAlias = datetime | date | int
+_D = TypeVar("_D", bound=date)  # datetime is a date subclass: floor(datetime) -> datetime
+_Mode = Literal["abs", "wall", "date"]
+
+_US = 1_000_000
+_DAY_US = 86_400 * _US
+_MONTH_APPROX_US = 2_629_746 * _US  # 365.2425 days / 12: the mean Gregorian month
+_NAMEDATALEN = 63
+
+
+@dataclass(frozen=True)
+class Interval:
+    """PostgreSQL's interval: months, days and microseconds are independent fields, because
+    a month or a day has no fixed length once time zones and calendars are involved."""
+
+    months: int = 0
+    days: int = 0
+    micros: int = 0
+
+    def is_zero(self) -> bool:
+        return self.months == 0 and self.days == 0 and self.micros == 0
+
+    def __str__(self) -> str:
+        """IntervalStyle ``postgres`` output, so messages match what psql users see."""
+        parts: list[str] = []
+        neg = False
+        years, mons = divmod(abs(self.months), 12)
+        sign = -1 if self.months < 0 else 1
+        for value, unit in ((sign * years, "year"), (sign * mons, "mon"), (self.days, "day")):
+            if value:
+                plus = "+" if neg and value > 0 else ""
+                parts.append(f"{plus}{value} {unit}{'' if value == 1 else 's'}")
+                neg = value < 0
+        if self.micros or not parts:
+            secs, us = divmod(abs(self.micros), _US)
+            text = f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}"
+            if us:
+                text += f".{us:06d}".rstrip("0")
+            parts.append(("-" if self.micros < 0 else "+" if neg else "") + text)
+        return " ".join(parts)
+
+
+def _pg_span(iv: Interval) -> int:
+    """Microseconds as PostgreSQL orders intervals (1 mon = 30 days), for < / >= tests."""
+    return (iv.months * 30 + iv.days) * _DAY_US + iv.micros
+
+
+_PARTMAN_NAMES = {
+    "yearly": Interval(months=12),
+    "quarterly": Interval(months=3),
+    "monthly": Interval(months=1),
+    "weekly": Interval(days=7),
+    "daily": Interval(days=1),
+    "hourly": Interval(micros=3600 * _US),
+    "half-hour": Interval(micros=1800 * _US),
+    "quarter-hour": Interval(micros=900 * _US),
+}
+# unit -> (field, multiplier); field 0 = months, 1 = days, 2 = micros
+_UNITS: dict[str, tuple[int, int]] = {}
+for _names, _f, _mult in (
+    ("microsecond microseconds us usec usecs", 2, 1),
+    ("millisecond milliseconds ms msec msecs", 2, 1000),
+    ("second seconds s sec secs", 2, _US),
+    ("minute minutes m min mins", 2, 60 * _US),
+    ("hour hours h hr hrs", 2, 3600 * _US),
+    ("day days d", 1, 1),
+    ("week weeks w", 1, 7),
+    ("month months mon mons", 0, 1),
+    ("year years y yr yrs", 0, 12),
+    ("decade decades", 0, 120),
+    ("century centuries", 0, 1200),
+):
+    for _n in _names.split():
+        _UNITS[_n] = (_f, _mult)
+_NUM = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
+_NUM_UNIT = re.compile(rf"({_NUM})([a-z]*)")
+_HMS = re.compile(r"([+-]?)(\d+):(\d{1,2})(?::(\d{1,2}(?:\.\d*)?))?")
+
+
+def parse_interval(text: str) -> Interval:
+    """Parse PostgreSQL interval text (output or input style) or a partman interval name.
+
+    Only strictly positive intervals are accepted: a zero or negative partition interval is
+    always an operator mistake, and failing here gives a clear message instead of a hang.
+    """
+    s = text.strip().lower()
+    if s in _PARTMAN_NAMES:
+        return _PARTMAN_NAMES[s]
+    acc = [Fraction(0), Fraction(0), Fraction(0)]  # months, days, micros
+    tokens = s.removeprefix("@").split()
+    i, seen = 0, False
+    while i < len(tokens):
+        tok = tokens[i]
+        if (hms := _HMS.fullmatch(tok)) is not None:
+            sg, h, mi, sec = hms.groups()
+            us = (int(h) * 3600 + int(mi) * 60) * _US + Fraction(sec or "0") * _US
+            acc[2] += -us if sg == "-" else us
+        elif (nu := _NUM_UNIT.fullmatch(tok)) is not None:
+            num, unit = Fraction(nu.group(1)), nu.group(2)
+            if not unit and i + 1 < len(tokens):
+                i += 1
+                unit = tokens[i]
+            if unit not in _UNITS:
+                raise UsageError(f"invalid interval {text!r}: unknown unit {unit or '(none)'!r}")
+            f, mult = _UNITS[unit]
+            acc[f] += num * mult
+        else:
+            raise UsageError(f"invalid interval {text!r}: cannot read {tok!r}")
+        seen = True
+        i += 1
+    if not seen:
+        raise UsageError(f"invalid interval {text!r}: empty")
+    # Cascade fractions down like PostgreSQL: 1.5 mons = 1 mon 15 days, 1.5 days = 1 day 12:00.
+    months = int(acc[0])
+    days_f = acc[1] + (acc[0] - months) * 30
+    days = int(days_f)
+    micros = round(acc[2] + (days_f - days) * _DAY_US)
+    iv = Interval(months, days, micros)
+    _check_step(iv, text)
+    return iv
+
+
+def _check_step(iv: Interval, what: object) -> None:
+    if iv.months < 0 or iv.days < 0 or iv.micros < 0 or iv.is_zero():
+        raise UsageError(f"partition interval must be positive, got {what!s}")
+
+
+def _zone(tz: str | None) -> tzinfo:
+    if tz is None:
+        return UTC
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise UsageError(f"unknown time zone {tz!r}") from None
+
+
+def _localize(wall: datetime, zone: tzinfo) -> datetime:
+    """Local wall time -> UTC instant, resolving DST like PostgreSQL: a time that occurs twice
+    takes the later (standard-time) reading, a time in a gap the offset before the gap."""
+    later = wall.replace(tzinfo=zone, fold=1).astimezone(UTC).replace(fold=0)
+    if later.astimezone(zone).replace(tzinfo=None) == wall:
+        return later
+    return wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+
+
+def _add_months(d: datetime, n: int) -> datetime:
+    """Month arithmetic clamping the day like PostgreSQL (Jan 31 + 1 mon = Feb 28/29)."""
+    y, m = divmod(d.month - 1 + n, 12)
+    year = d.year + y
+    return d.replace(year=year, month=m + 1, day=min(d.day, calendar.monthrange(year, m + 1)[1]))
+
+
+@dataclass(frozen=True)
+class TimeGrid:
+    """Buckets of `step` in time zone `tz` (None = naive timestamps / dates), anchored at
+    `anchor` (one bucket boundary).
+
+    Boundary k is ``anchor + k * step``. Steps with months or days are added to local wall
+    time and then localized (so a Berlin day can be 23 h or 25 h); pure sub-day steps are
+    added to the absolute instant, as ``timestamptz + '1 hour'`` does. Aware results are in
+    ZoneInfo(tz): subtract or compare them after ``.astimezone(UTC)``, since Python
+    compares same-tzinfo datetimes by wall time.
+    """
+
+    step: Interval
+    tz: str | None
+    anchor: datetime | date
+    _zone: tzinfo = field(init=False, repr=False, compare=False)
+    _wall0: datetime = field(init=False, repr=False, compare=False)
+    _abs0: datetime = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_step(self.step, self.step)
+        zone = _zone(self.tz)
+        a = self.anchor
+        if isinstance(a, datetime) and a.tzinfo is not None:
+            abs0 = a.astimezone(UTC)
+            wall0 = abs0.astimezone(zone).replace(tzinfo=None)
+        else:
+            wall0 = a if isinstance(a, datetime) else datetime.combine(a, time())
+            abs0 = _localize(wall0, zone)
+        object.__setattr__(self, "_zone", zone)
+        object.__setattr__(self, "_wall0", wall0)
+        object.__setattr__(self, "_abs0", abs0)
+
+    @property
+    def _fixed(self) -> timedelta | None:
+        """The step as a timedelta when it has a fixed length (no months or days)."""
+        s = self.step
+        return timedelta(microseconds=s.micros) if s.months == 0 and s.days == 0 else None
+
+    def _wall_b(self, k: int) -> datetime:
+        s = self.step
+        d = _add_months(self._wall0, k * s.months) if s.months else self._wall0
+        return d + timedelta(days=k * s.days, microseconds=k * s.micros)
+
+    def _abs_b(self, k: int) -> datetime:
+        if (td := self._fixed) is not None:
+            return self._abs0 + k * td
+        return _localize(self._wall_b(k), self._zone)
+
+    def _split(self, x: date) -> tuple[_Mode, datetime]:
+        """Map a key to the coordinate it is compared in: UTC instant, wall time, or a date."""
+        if isinstance(x, datetime):
+            if x.tzinfo is not None:
+                return "abs", x.astimezone(UTC)
+            return "wall", x
+        if self.step.micros or self._wall0.time() != time():
+            raise UsageError(f"a grid of {self.step} anchored at {self.anchor} has no date bounds")
+        return "date", datetime.combine(x, time())
+
+    def _out(self, mode: _Mode, v: datetime) -> date:
+        return v.astimezone(self._zone) if mode == "abs" else v.date() if mode == "date" else v
+
+    def _locate(self, x: date) -> tuple[_Mode, datetime, int, Callable[[int], datetime]]:
+        """The largest k with boundary(k) <= x, in O(1): estimate k from the mean step
+        length, then correct by the few steps DST and uneven months can put it off."""
+        mode, v = self._split(x)
+        b = self._abs_b if mode == "abs" else self._wall_b
+        td = self._fixed
+        if td is not None:
+            return mode, v, (v - (self._abs0 if mode == "abs" else self._wall0)) // td, b
+        wall = v.astimezone(self._zone).replace(tzinfo=None) if mode == "abs" else v
+        s = self.step
+        approx = s.months * _MONTH_APPROX_US + s.days * _DAY_US + s.micros
+        k = (wall - self._wall0) // timedelta(microseconds=approx)
+        while b(k) > v:
+            k -= 1
+        while b(k + 1) <= v:
+            k += 1
+        return mode, v, k, b
+
+    def floor(self, x: _D) -> _D:
+        """Start of the bucket containing x."""
+        mode, _, k, b = self._locate(x)
+        return cast(_D, self._out(mode, b(k)))
+
+    def next(self, x: _D) -> _D:
+        """The first boundary after x (for a boundary: the end of its bucket)."""
+        mode, _, k, b = self._locate(x)
+        return cast(_D, self._out(mode, b(k + 1)))
+
+    def prev(self, x: _D) -> _D:
+        """The last boundary before x (for a boundary: the start of the bucket before)."""
+        mode, v, k, b = self._locate(x)
+        while b(k) >= v:
+            k -= 1
+        return cast(_D, self._out(mode, b(k)))
+
+    def is_aligned(self, x: date) -> bool:
+        _, v, k, b = self._locate(x)
+        return b(k) == v
+
+    def offset(self, x: date) -> timedelta:
+        """How far x lies past its bucket's start (absolute time for aware keys)."""
+        _, v, k, b = self._locate(x)
+        return v - b(k)
+
+    def buckets(self, lo: _D, hi: _D) -> Iterator[tuple[_D, _D]]:
+        """Every bucket intersecting [lo, hi), in order, as (start, end) pairs."""
+        mode, v, k, b = self._locate(lo)
+        hmode, hv = self._split(hi)
+        if hmode != mode:
+            raise UsageError(f"bucket range mixes key kinds: {lo!r} .. {hi!r}")
+        start = b(k) if v < hv else hv
+        while start < hv:
+            k += 1
+            end = b(k)
+            if end > start:  # a zone that skipped a whole day can make a bucket empty
+                yield cast(_D, self._out(mode, start)), cast(_D, self._out(mode, end))
+            start = end
+
+
+@dataclass(frozen=True)
+class IntGrid:
+    """Integer buckets ``[anchor + k*step, anchor + (k+1)*step)``, as partman's id partitioning."""
+
+    step: int
+    anchor: int = 0
+
+    def __post_init__(self) -> None:
+        if self.step <= 0:
+            raise UsageError(f"partition interval must be positive, got {self.step}")
+
+    def floor(self, x: int) -> int:
+        return self.anchor + (x - self.anchor) // self.step * self.step
+
+    def next(self, x: int) -> int:
+        return self.floor(x) + self.step
+
+    def prev(self, x: int) -> int:
+        f = self.floor(x)
+        return f - self.step if f == x else f
+
+    def is_aligned(self, x: int) -> bool:
+        return (x - self.anchor) % self.step == 0
+
+    def offset(self, x: int) -> int:
+        return (x - self.anchor) % self.step
+
+    def buckets(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+        start = self.floor(lo)
+        while start < hi:
+            yield start, start + self.step
+            start += self.step
+
+
+Grid: TypeAlias = TimeGrid | IntGrid
+
+
+def default_anchor(step: Interval, tz: str | None) -> datetime:
+    """A boundary on the lattice pg_partman would use (date_trunc of the step's natural unit).
+
+    Sub-day steps that divide a day anchor at 2000-01-01 00:00 local rather than 1970: they
+    are added in absolute time, so the anchor's UTC offset matters, and zones such as
+    Asia/Kathmandu or Asia/Singapore had a different one in 1970 than today.
+    """
+    zone = _zone(tz)
+    _check_step(step, step)
+    if step.months == 0 and step.days == 0 and _DAY_US % step.micros == 0:
+        wall = datetime(2000, 1, 1)  # an hour (and day, month, year) boundary
+    elif step.months == 0 and step.micros == 0 and step.days % 7 == 0:
+        wall = datetime(1969, 12, 29)  # a Monday, like date_trunc('week')
+    else:  # day, month, quarter and year steps, and any other step: the local epoch
+        wall = datetime(1970, 1, 1)
+    return wall if tz is None else _localize(wall, zone).astimezone(zone)
+
+
+def time_grid(step: Interval, tz: str | None, anchor: datetime | date | None = None) -> TimeGrid:
+    """Build a grid, defaulting the anchor to partman's; UsageError on a bad zone or step."""
+    _zone(tz)
+    return TimeGrid(step, tz, default_anchor(step, tz) if anchor is None else anchor)
+
+
+_TOKENS = ("HH24", "IYYY", "YYYY", "IW", "MM", "DD", "MI", "SS", "Q")
+
+
+def _render(tok: str, d: date) -> str:
+    t = d.time() if isinstance(d, datetime) else time()
+    iso = d.isocalendar()
+    values = {
+        "YYYY": f"{d.year:04d}", "MM": f"{d.month:02d}", "DD": f"{d.day:02d}",
+        "HH24": f"{t.hour:02d}", "MI": f"{t.minute:02d}", "SS": f"{t.second:02d}",
+        "IYYY": f"{iso.year:04d}", "IW": f"{iso.week:02d}", "Q": str((d.month - 1) // 3 + 1),
+    }  # fmt: skip
+    return values[tok]
+
+
+def child_suffix(start: Key, datetime_string: str | None) -> str:
+    """Render `start` with the to_char subset partman uses for child names.
+
+    The time is rendered as given: pass it already converted to the grid's zone, as partman
+    formats in the session's TimeZone.
+    """
+    if isinstance(start, int):
+        return str(start)
+    if datetime_string is None:
+        raise UsageError(f"a datetime_string is needed to name a child starting at {start}")
+    s, i = datetime_string, 0
+    out: list[str] = []
+    while i < len(s):
+        if s[i] == '"':  # quoted literal, backslash escapes the next character
+            i += 1
+            while i < len(s) and s[i] != '"':
+                if s[i] == "\\" and i + 1 < len(s):
+                    i += 1
+                out.append(s[i])
+                i += 1
+            i += 1
+            continue
+        tok = next((t for t in _TOKENS if s[i : i + len(t)].upper() == t), None)
+        if tok is None:
+            out.append(s[i])
+            i += 1
+        else:
+            out.append(_render(tok, start))
+            i += len(tok)
+    return "".join(out)
+
+
+def child_name(parent: str, start: Key, datetime_string: str | None, prefix: str = "_p") -> str:
+    """parent + prefix + suffix, cutting `parent` so the whole fits PostgreSQL's 63-byte
+    identifiers (as partman's check_name_length does): the suffix carries the bound, so it
+    must survive intact, and a cut never splits a UTF-8 character."""
+    suffix = prefix + child_suffix(start, datetime_string)
+    room = _NAMEDATALEN - len(suffix.encode())
+    if room < 0:
+        raise UsageError(f"child suffix {suffix!r} alone exceeds {_NAMEDATALEN} bytes")
+    return parent.encode()[:room].decode(errors="ignore") + suffix
+
+
+def partman_datetime_string(step: Interval, major: int) -> str:
+    """The datetime_string partman's create_parent picks for `step` (major version 4 or 5).
+
+    Intervals compare as PostgreSQL does (1 mon = 30 days). For 4.x, 3 months and 7 days map
+    to partman's 'quarterly' and 'weekly' formats; partman only chose those when given the
+    names, so prefer part_config.datetime_string when it is available.
+    """
+    span = _pg_span(step)
+    if major >= 5:
+        return "YYYYMMDD" if span >= _DAY_US else "YYYYMMDD_HH24MISS"
+    if step == Interval(months=3):
+        return 'YYYY"q"Q'
+    if step == Interval(days=7):
+        return 'IYYY"w"IW'
+    if span >= _pg_span(Interval(months=12)):
+        return "YYYY"
+    if span >= _pg_span(Interval(months=1)):
+        return "YYYY_MM"
+    if span >= _DAY_US:
+        return "YYYY_MM_DD"
+    return "YYYY_MM_DD_HH24MI" if span >= 60 * _US else "YYYY_MM_DD_HH24MISS"

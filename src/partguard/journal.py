@@ -1,0 +1,164 @@
+"""partguard's own state, kept in the database it looks after (schema ``partguard``).
+
+Keeping the journal next to the data means a crashed ``fix`` can be resumed from any
+machine, and ``check``/``metrics`` know the last successful maintenance even on
+pg_partman 4.7, which does not record it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from .db import Conn
+
+SCHEMA = "partguard"
+
+_DDL = """
+CREATE SCHEMA IF NOT EXISTS partguard;
+CREATE TABLE IF NOT EXISTS partguard.fix_run (
+    run_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    parent_oid   oid NOT NULL,
+    parent_name  text NOT NULL,
+    strategy     text NOT NULL,
+    state        text NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    holding      text,
+    quarantine   text,
+    detail       jsonb NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS partguard.fix_chunk (
+    run_id       bigint NOT NULL REFERENCES partguard.fix_run ON DELETE CASCADE,
+    first_block  bigint NOT NULL,
+    end_block    bigint NOT NULL,
+    rows_copied  bigint NOT NULL,
+    rows_quarantined bigint NOT NULL DEFAULT 0,
+    done_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (run_id, first_block)
+);
+CREATE TABLE IF NOT EXISTS partguard.maintenance_run (
+    run_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    status       text NOT NULL DEFAULT 'running',
+    detail       jsonb NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS partguard.maintenance_table (
+    run_id       bigint NOT NULL REFERENCES partguard.maintenance_run ON DELETE CASCADE,
+    table_name   text NOT NULL,
+    status       text NOT NULL,
+    message      text NOT NULL DEFAULT '',
+    finished_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (run_id, table_name)
+);
+CREATE OR REPLACE FUNCTION partguard.divert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- Installed on a DEFAULT partition while fix narrows it with a CHECK: a row that
+    -- would violate the CHECK goes to the quarantine table instead of failing the writer.
+    EXECUTE format('INSERT INTO %s SELECT ($1).*', TG_ARGV[0]) USING NEW;
+    RETURN NULL;
+END $$;
+"""
+
+
+def ensure_schema(conn: Conn) -> None:
+    """Create partguard's schema and tables if missing (idempotent, cheap)."""
+    exists = conn.execute("SELECT to_regclass('partguard.maintenance_table') IS NOT NULL").fetchone()
+    if exists and exists[0]:
+        return
+    with conn.transaction():
+        # Two first runs at once must not both create: serialise on a fixed advisory key.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('partguard schema'))")
+        conn.execute(_DDL)  # type: ignore[arg-type]
+
+
+def schema_exists(conn: Conn) -> bool:
+    row = conn.execute("SELECT to_regclass('partguard.maintenance_table') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+@dataclass(frozen=True)
+class FixRun:
+    run_id: int
+    parent_oid: int
+    parent_name: str
+    strategy: str
+    state: str
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    holding: str | None
+    quarantine: str | None
+    detail: dict[str, Any]
+
+
+_RUN_COLS = sql.SQL(
+    "run_id, parent_oid, parent_name, strategy, state, started_at, updated_at, finished_at, "
+    "holding, quarantine, detail"
+)
+
+
+def open_run(conn: Conn, parent_oid: int) -> FixRun | None:
+    """The unfinished run for this table, if an earlier fix was interrupted."""
+    row = conn.execute(
+        sql.SQL("SELECT {} FROM partguard.fix_run WHERE parent_oid = %s AND finished_at IS NULL "
+                "ORDER BY run_id DESC LIMIT 1").format(_RUN_COLS),
+        (parent_oid,),
+    ).fetchone()
+    return FixRun(*row) if row else None
+
+
+def list_runs(conn: Conn, limit: int = 50) -> list[FixRun]:
+    if not schema_exists(conn):
+        return []
+    rows = conn.execute(
+        sql.SQL("SELECT {} FROM partguard.fix_run ORDER BY run_id DESC LIMIT %s").format(_RUN_COLS),
+        (limit,),
+    ).fetchall()
+    return [FixRun(*r) for r in rows]
+
+
+def start_run(conn: Conn, parent_oid: int, parent_name: str, strategy: str, detail: dict[str, Any]) -> FixRun:
+    row = conn.execute(
+        sql.SQL("INSERT INTO partguard.fix_run (parent_oid, parent_name, strategy, state, detail) "
+                "VALUES (%s, %s, %s, 'started', %s) RETURNING {}").format(_RUN_COLS),
+        (parent_oid, parent_name, strategy, Jsonb(detail)),
+    ).fetchone()
+    assert row is not None
+    return FixRun(*row)
+
+
+def set_state(conn: Conn, run_id: int, state: str, *, finished: bool = False, **fields: Any) -> None:
+    """Record a phase; callers inside a transaction make it atomic with their DDL."""
+    sets = [sql.SQL("state = %s"), sql.SQL("updated_at = clock_timestamp()")]
+    params: list[Any] = [state]
+    for name, value in fields.items():
+        if name == "detail":
+            sets.append(sql.SQL("detail = detail || %s"))
+            params.append(Jsonb(value))
+        else:
+            sets.append(sql.SQL("{} = %s").format(sql.Identifier(name)))
+            params.append(value)
+    if finished:
+        sets.append(sql.SQL("finished_at = clock_timestamp()"))
+    conn.execute(
+        sql.SQL("UPDATE partguard.fix_run SET {} WHERE run_id = %s").format(sql.SQL(", ").join(sets)),
+        (*params, run_id),
+    )
+
+
+def last_maintenance(conn: Conn) -> dict[str, datetime]:
+    """Last successful partguard maintenance per table ('schema.table')."""
+    if not schema_exists(conn):
+        return {}
+    rows = conn.execute(
+        "SELECT table_name, max(finished_at) FROM partguard.maintenance_table "
+        "WHERE status = 'ok' GROUP BY table_name"
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}
