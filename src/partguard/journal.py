@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS partguard.fix_chunk (
     end_block    bigint NOT NULL,
     rows_copied  bigint NOT NULL,
     rows_quarantined bigint NOT NULL DEFAULT 0,
+    per_child    jsonb NOT NULL DEFAULT '{}',
     done_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (run_id, first_block)
 );
@@ -162,3 +163,33 @@ def last_maintenance(conn: Conn) -> dict[str, datetime]:
         "WHERE status = 'ok' GROUP BY table_name"
     ).fetchall()
     return {r[0]: r[1] for r in rows}
+
+
+# --- maintenance runs (written by ``maintain``) --------------------------------
+
+
+def start_maintenance(conn: Conn, detail: dict[str, Any]) -> int:
+    """Open a run row first, so a run that dies half-way still leaves a trace ('running')."""
+    row = conn.execute(
+        "INSERT INTO partguard.maintenance_run (detail) VALUES (%s) RETURNING run_id", (Jsonb(detail),)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def record_maintenance_table(conn: Conn, run_id: int, table_name: str, status: str, message: str) -> None:
+    """One table's outcome ('ok' is what ``last_maintenance`` counts as a success)."""
+    conn.execute(
+        "INSERT INTO partguard.maintenance_table (run_id, table_name, status, message) "
+        "VALUES (%s, %s, %s, %s) ON CONFLICT (run_id, table_name) DO UPDATE "
+        "SET status = EXCLUDED.status, message = EXCLUDED.message, finished_at = clock_timestamp()",
+        (run_id, table_name, status, message),
+    )
+
+
+def finish_maintenance(conn: Conn, run_id: int, status: str, detail: dict[str, Any]) -> None:
+    conn.execute(
+        "UPDATE partguard.maintenance_run SET status = %s, finished_at = clock_timestamp(), "
+        "detail = detail || %s WHERE run_id = %s",
+        (status, Jsonb(detail), run_id),
+    )

@@ -1,9 +1,8 @@
 """Interval arithmetic for partition grids: pure, no database.
 
-partman lays children on a grid: ``anchor + k * interval`` evaluated the way PostgreSQL
-evaluates ``timestamptz + interval`` in the session's ``TimeZone``. We reproduce that here so
-partguard can tell on-grid children from strays and name new children as partman would,
-without a round trip per bucket.
+partman lays children on ``anchor + k * interval``, evaluated as PostgreSQL evaluates
+``timestamptz + interval`` in the session's TimeZone. Reproducing it here lets partguard tell
+on-grid children from strays and name children as partman would, with no round trips.
 """
 
 from __future__ import annotations
@@ -14,13 +13,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from fractions import Fraction
-from typing import Literal, TypeAlias, TypeVar, cast
+from typing import Literal, TypeAlias, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..errors import UsageError
 
 Key: TypeAlias = datetime | date | int
-_D = TypeVar("_D", bound=date)  # datetime is a date subclass: floor(datetime) -> datetime
 _Mode = Literal["abs", "wall", "date"]
 
 _US = 1_000_000
@@ -61,40 +59,24 @@ class Interval:
         return " ".join(parts)
 
 
-def _pg_span(iv: Interval) -> int:
-    """Microseconds as PostgreSQL orders intervals (1 mon = 30 days), for < / >= tests."""
-    return (iv.months * 30 + iv.days) * _DAY_US + iv.micros
-
-
 _PARTMAN_NAMES = {
-    "yearly": Interval(months=12),
-    "quarterly": Interval(months=3),
-    "monthly": Interval(months=1),
-    "weekly": Interval(days=7),
-    "daily": Interval(days=1),
-    "hourly": Interval(micros=3600 * _US),
-    "half-hour": Interval(micros=1800 * _US),
-    "quarter-hour": Interval(micros=900 * _US),
-}
+    "yearly": Interval(months=12), "quarterly": Interval(months=3), "monthly": Interval(months=1),
+    "weekly": Interval(days=7), "daily": Interval(days=1), "hourly": Interval(micros=3600 * _US),
+    "half-hour": Interval(micros=1800 * _US), "quarter-hour": Interval(micros=900 * _US),
+}  # fmt: skip
 # unit -> (field, multiplier); field 0 = months, 1 = days, 2 = micros
-_UNITS: dict[str, tuple[int, int]] = {}
-for _names, _f, _mult in (
+_UNIT_TABLE = (
     ("microsecond microseconds us usec usecs", 2, 1),
     ("millisecond milliseconds ms msec msecs", 2, 1000),
-    ("second seconds s sec secs", 2, _US),
-    ("minute minutes m min mins", 2, 60 * _US),
-    ("hour hours h hr hrs", 2, 3600 * _US),
-    ("day days d", 1, 1),
-    ("week weeks w", 1, 7),
-    ("month months mon mons", 0, 1),
-    ("year years y yr yrs", 0, 12),
-    ("decade decades", 0, 120),
+    ("second seconds s sec secs", 2, _US), ("minute minutes m min mins", 2, 60 * _US),
+    ("hour hours h hr hrs", 2, 3600 * _US), ("day days d", 1, 1), ("week weeks w", 1, 7),
+    ("month months mon mons", 0, 1), ("year years y yr yrs", 0, 12), ("decade decades", 0, 120),
     ("century centuries", 0, 1200),
-):
-    for _n in _names.split():
-        _UNITS[_n] = (_f, _mult)
+)  # fmt: skip
+_UNITS = {name: (f, mult) for names, f, mult in _UNIT_TABLE for name in names.split()}
 _NUM = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
 _NUM_UNIT = re.compile(rf"({_NUM})([a-z]*)")
+_HINT = " (try e.g. '1 day', '01:00:00', '3 mons', 'monthly')"
 _HMS = re.compile(r"([+-]?)(\d+):(\d{1,2})(?::(\d{1,2}(?:\.\d*)?))?")
 
 
@@ -122,15 +104,15 @@ def parse_interval(text: str) -> Interval:
                 i += 1
                 unit = tokens[i]
             if unit not in _UNITS:
-                raise UsageError(f"invalid interval {text!r}: unknown unit {unit or '(none)'!r}")
+                raise UsageError(f"invalid interval {text!r}: unit {unit or '(none)'!r}{_HINT}")
             f, mult = _UNITS[unit]
             acc[f] += num * mult
         else:
-            raise UsageError(f"invalid interval {text!r}: cannot read {tok!r}")
+            raise UsageError(f"invalid interval {text!r}: cannot read {tok!r}{_HINT}")
         seen = True
         i += 1
     if not seen:
-        raise UsageError(f"invalid interval {text!r}: empty")
+        raise UsageError(f"invalid interval {text!r}{_HINT}")
     # Cascade fractions down like PostgreSQL: 1.5 mons = 1 mon 15 days, 1.5 days = 1 day 12:00.
     months = int(acc[0])
     days_f = acc[1] + (acc[0] - months) * 30
@@ -251,22 +233,34 @@ class TimeGrid:
             k += 1
         return mode, v, k, b
 
-    def floor(self, x: _D) -> _D:
+    @overload
+    def floor(self, x: datetime) -> datetime: ...
+    @overload
+    def floor(self, x: date) -> date: ...
+    def floor(self, x: date) -> date:
         """Start of the bucket containing x."""
         mode, _, k, b = self._locate(x)
-        return cast(_D, self._out(mode, b(k)))
+        return self._out(mode, b(k))
 
-    def next(self, x: _D) -> _D:
+    @overload
+    def next(self, x: datetime) -> datetime: ...
+    @overload
+    def next(self, x: date) -> date: ...
+    def next(self, x: date) -> date:
         """The first boundary after x (for a boundary: the end of its bucket)."""
         mode, _, k, b = self._locate(x)
-        return cast(_D, self._out(mode, b(k + 1)))
+        return self._out(mode, b(k + 1))
 
-    def prev(self, x: _D) -> _D:
+    @overload
+    def prev(self, x: datetime) -> datetime: ...
+    @overload
+    def prev(self, x: date) -> date: ...
+    def prev(self, x: date) -> date:
         """The last boundary before x (for a boundary: the start of the bucket before)."""
         mode, v, k, b = self._locate(x)
         while b(k) >= v:
             k -= 1
-        return cast(_D, self._out(mode, b(k)))
+        return self._out(mode, b(k))
 
     def is_aligned(self, x: date) -> bool:
         _, v, k, b = self._locate(x)
@@ -277,7 +271,11 @@ class TimeGrid:
         _, v, k, b = self._locate(x)
         return v - b(k)
 
-    def buckets(self, lo: _D, hi: _D) -> Iterator[tuple[_D, _D]]:
+    @overload
+    def buckets(self, lo: datetime, hi: datetime) -> Iterator[tuple[datetime, datetime]]: ...
+    @overload
+    def buckets(self, lo: date, hi: date) -> Iterator[tuple[date, date]]: ...
+    def buckets(self, lo: date, hi: date) -> Iterator[tuple[date, date]]:
         """Every bucket intersecting [lo, hi), in order, as (start, end) pairs."""
         mode, v, k, b = self._locate(lo)
         hmode, hv = self._split(hi)
@@ -288,7 +286,7 @@ class TimeGrid:
             k += 1
             end = b(k)
             if end > start:  # a zone that skipped a whole day can make a bucket empty
-                yield cast(_D, self._out(mode, start)), cast(_D, self._out(mode, end))
+                yield self._out(mode, start), self._out(mode, end)
             start = end
 
 
@@ -349,11 +347,13 @@ def default_anchor(step: Interval, tz: str | None) -> datetime:
 
 def time_grid(step: Interval, tz: str | None, anchor: datetime | date | None = None) -> TimeGrid:
     """Build a grid, defaulting the anchor to partman's; UsageError on a bad zone or step."""
-    _zone(tz)
     return TimeGrid(step, tz, default_anchor(step, tz) if anchor is None else anchor)
 
 
-_TOKENS = ("HH24", "IYYY", "YYYY", "IW", "MM", "DD", "MI", "SS", "Q")
+_TOKENS = ("HH24", "IYYY", "YYYY", "IW", "MM", "DD", "MI", "SS", "Q")  # longest first
+_FORMAT_TOKEN = re.compile(
+    r'"((?:[^"\\]|\\.)*)"?|' + "|".join(_TOKENS) + "|.", re.IGNORECASE | re.DOTALL
+)
 
 
 def _render(tok: str, d: date) -> str:
@@ -377,25 +377,13 @@ def child_suffix(start: Key, datetime_string: str | None) -> str:
         return str(start)
     if datetime_string is None:
         raise UsageError(f"a datetime_string is needed to name a child starting at {start}")
-    s, i = datetime_string, 0
     out: list[str] = []
-    while i < len(s):
-        if s[i] == '"':  # quoted literal, backslash escapes the next character
-            i += 1
-            while i < len(s) and s[i] != '"':
-                if s[i] == "\\" and i + 1 < len(s):
-                    i += 1
-                out.append(s[i])
-                i += 1
-            i += 1
-            continue
-        tok = next((t for t in _TOKENS if s[i : i + len(t)].upper() == t), None)
-        if tok is None:
-            out.append(s[i])
-            i += 1
+    for m in _FORMAT_TOKEN.finditer(datetime_string):
+        tok = m.group()
+        if tok.startswith('"'):  # quoted literal; a backslash escapes the next character
+            out.append(re.sub(r"\\(.)", r"\1", m.group(1), flags=re.DOTALL))
         else:
-            out.append(_render(tok, start))
-            i += len(tok)
+            out.append(_render(tok.upper(), start) if tok.upper() in _TOKENS else tok)
     return "".join(out)
 
 
@@ -417,16 +405,16 @@ def partman_datetime_string(step: Interval, major: int) -> str:
     to partman's 'quarterly' and 'weekly' formats; partman only chose those when given the
     names, so prefer part_config.datetime_string when it is available.
     """
-    span = _pg_span(step)
+    span = (step.months * 30 + step.days) * _DAY_US + step.micros  # PostgreSQL's ordering
     if major >= 5:
         return "YYYYMMDD" if span >= _DAY_US else "YYYYMMDD_HH24MISS"
     if step == Interval(months=3):
         return 'YYYY"q"Q'
     if step == Interval(days=7):
         return 'IYYY"w"IW'
-    if span >= _pg_span(Interval(months=12)):
+    if span >= 360 * _DAY_US:
         return "YYYY"
-    if span >= _pg_span(Interval(months=1)):
+    if span >= 30 * _DAY_US:
         return "YYYY_MM"
     if span >= _DAY_US:
         return "YYYY_MM_DD"

@@ -36,6 +36,7 @@ class Server:
     current_user: str
     can_use_reserved: bool  # the current role may use reserved_connections (PG 16+)
     partman: Partman | None
+    database: str = ""  # current_database(): messages name the command to run against it
 
     @property
     def available(self) -> int:
@@ -88,14 +89,15 @@ def read_server(conn: Conn) -> Server:
                CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pg_use_reserved_connections')
                     THEN pg_has_role(current_user, 'pg_use_reserved_connections', 'MEMBER')
                          OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
-                    ELSE false END
+                    ELSE false END,
+               current_database()
         """
     ).fetchone()
     assert row is not None
     return Server(
         version_num=row[0], max_connections=row[1], superuser_reserved=row[2], reserved=row[3],
         used=row[4], timezone=session_timezone(conn), now=row[5], current_user=row[6],
-        can_use_reserved=bool(row[7]), partman=find_partman(conn),
+        can_use_reserved=bool(row[7]), partman=find_partman(conn), database=row[8],
     )
 
 

@@ -1,0 +1,164 @@
+"""``partguard fix``: parse, confirm, show progress, render the plan or the outcome."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import click
+
+from ..commands.fix import FixOutcome, FixRequest, fix
+from ..db import connect, parse_duration
+from ..errors import Aborted, UsageError
+from ..execute import Progress
+from ..journal import list_runs
+from ..plan.fix import FixOptions
+from .common import conn_params, connection_options, emit_json, format_option, jsonable
+
+log = logging.getLogger(__name__)
+
+
+@click.command("fix")
+@connection_options
+@click.argument("table", required=False)
+@click.option("--strategy", type=click.Choice(["auto", "instant", "copy"]), default="auto", show_default=True,
+              help="instant: the DEFAULT becomes a child, no row moves; copy: exact per-interval children.")
+@click.option("--dry-run", is_flag=True, help="Print the plan as a SQL script (stdout) and change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when not on a TTY).")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True, help="Copy connections.")
+@click.option("--lock-timeout", default="2s", show_default=True, help="Longest wait for any lock.")
+@click.option("--retries", type=click.IntRange(0, 100), default=5, show_default=True, help="Tries after a lock timeout.")
+@click.option("--interval", help="Partition interval when neither partman nor the children tell it.")
+@click.option("--tz", help="Time zone of the grid (default: partman's session zone / the children's).")
+@click.option("--outliers", type=click.Choice(["quarantine", "keep"]), default="quarantine", show_default=True,
+              help="NULL keys and far-off rows: keep them in partguard.<table>_quarantine, or in the DEFAULT.")
+@click.option("--premake", type=click.IntRange(1, 1000), help="Future children to have afterwards.")
+@click.option("--keep-source", is_flag=True, help="copy: keep the detached DEFAULT instead of dropping it.")
+@click.option("--chunk-pages", type=click.IntRange(16, 1_000_000), default=2048, show_default=True,
+              help="copy: heap pages per transaction.")
+@click.option("--key", help="Expected partition key column (checked against the table's).")
+@click.option("--status", is_flag=True, help="List fix runs from the journal (finished and interrupted).")
+@format_option
+def command(dbname: str | None, host: str | None, port: int | None, user: str | None, table: str | None,
+            strategy: str, dry_run: bool, yes: bool, jobs: int, lock_timeout: str, retries: int,
+            interval: str | None, tz: str | None, outliers: str, premake: int | None, keep_source: bool,
+            chunk_pages: int, key: str | None, status: bool, fmt: str) -> int:
+    """Repair TABLE's DEFAULT partition under live writes: short locks, resumable, verified."""
+    params = conn_params(dbname, host, port, user)
+    if status:
+        return _status(params, fmt)
+    if not table:
+        raise UsageError("fix needs a TABLE (or --status)")
+    req = FixRequest(
+        table=table,
+        options=FixOptions(strategy=strategy, outliers=outliers, premake=premake, keep_source=keep_source,
+                           jobs=jobs, chunk_pages=chunk_pages, key=key),
+        interval=interval, tz=tz, lock_timeout=parse_duration(lock_timeout), retries=retries, dry_run=dry_run,
+    )
+    if not dry_run and not yes and not sys.stdin.isatty():
+        raise Aborted("fix changes the database: pass --yes when not running on a terminal (or --dry-run)")
+    conn = connect(params)
+    try:
+        outcome = fix(conn, params, req, confirm=None if yes else _confirm, on_progress=_progress_printer())
+    finally:
+        conn.close()
+    if fmt == "json":
+        emit_json(outcome)
+    elif outcome.status == "planned":
+        _print_plan(outcome)
+    else:
+        _print_outcome(outcome)
+    return 0 if outcome.status in ("done", "nothing_to_do", "planned") else 1
+
+
+def _status(params: Any, fmt: str) -> int:
+    conn = connect(params)
+    try:
+        runs = list_runs(conn)
+    finally:
+        conn.close()
+    if fmt == "json":
+        emit_json({"runs": [{k: v for k, v in jsonable(r).items() if k != "detail"} for r in runs]})
+        return 0
+    if not runs:
+        click.echo("no fix runs recorded")
+    for r in runs:
+        state = "finished" if r.finished_at else "INTERRUPTED (rerun the same fix to resume)"
+        click.echo(f"run {r.run_id}: {r.parent_name} {r.strategy} state={r.state} started={r.started_at:%Y-%m-%d %H:%M:%S} {state}")
+    return 0
+
+
+def _summary(o: FixOutcome) -> list[str]:
+    p = o.params or {}
+    lines = [f"{o.table}: {o.strategy} repair{' (resuming run %d)' % o.run_id if o.resumed else ''}",
+             f"  rows in the DEFAULT (estimate): {p.get('rows_estimate', 0)}, buckets: {len(p.get('buckets', []))}"]
+    if p.get("span_child"):
+        lines.append(f"  the DEFAULT becomes {p['span_child']} FOR VALUES FROM ({p['span_lo']}) TO ({p['span_hi']})")
+    kids = p.get("children", [])
+    if kids:
+        lines.append(f"  children to create: {len(kids)} ({kids[0]['name']} … {kids[-1]['name']})")
+    lines += [f"  note: {n}" for n in o.notes]
+    return lines
+
+
+def _print_plan(o: FixOutcome) -> None:
+    for line in _summary(o):
+        click.echo(line, err=True)
+    click.echo(f"-- partguard fix plan for {o.table} ({o.strategy}); review, then run without --dry-run")
+    for step in o.steps:
+        click.echo(f"\n-- step {step['name']}: locks {step['locks']}" + (f"; {step['note']}" if step["note"] else ""))
+        for extra in step["extra"]:
+            click.echo(f"-- {extra}")
+        if step["kind"] == "copy":
+            click.echo("-- repeated for each block range (first_block, end_block), in parallel with --jobs")
+        click.echo("BEGIN;")
+        for stmt in step["sql"]:
+            click.echo(stmt.rstrip(";") + ";")
+        click.echo("COMMIT;")
+
+
+def _print_outcome(o: FixOutcome) -> None:
+    if o.status != "done":
+        click.echo(f"{o.table}: {o.status.replace('_', ' ')}" + (f" ({'; '.join(o.notes)})" if o.notes else ""))
+        return
+    click.echo(f"{o.table}: fixed with {o.strategy} in {o.duration_s:.2f}s, longest lock {o.longest_lock_s * 1000:.0f} ms")
+    if o.rows_moved:
+        click.echo(f"  rows copied: {o.rows_moved} ({o.rate_rows_s:.0f} rows/s)")
+        for child, n in sorted(o.per_child.items()):
+            click.echo(f"    {child}: {n}")
+    if o.children_created:
+        click.echo(f"  children created: {len(o.children_created)}")
+    if o.quarantine_rows:
+        click.echo(f"  quarantined rows kept in {o.quarantine}: {o.quarantine_rows}")
+    if o.maintenance:
+        click.echo(f"  partman maintenance: {o.maintenance}")
+    for n in o.notes:
+        click.echo(f"  note: {n}")
+
+
+def _confirm(o: FixOutcome) -> bool:
+    for line in _summary(o):
+        click.echo(line, err=True)
+    return click.confirm("Proceed?", default=False, err=True)
+
+
+def _progress_printer() -> Any:
+    """A bar on a terminal, a log line every few seconds otherwise (journald, CI)."""
+    last = [0.0]
+
+    def show(pr: Progress) -> None:
+        now = time.monotonic()
+        if now - last[0] < (0.2 if sys.stderr.isatty() else 5.0) and pr.done_pages < pr.total_pages:
+            return
+        last[0] = now
+        pct = 100.0 * pr.done_pages / pr.total_pages if pr.total_pages else 100.0
+        eta = f", ETA {pr.eta:.0f}s" if pr.eta else ""
+        text = f"copy: {pr.rows} rows, {pct:.0f}% of {pr.total_pages} pages, {pr.rate:.0f} rows/s{eta}"
+        if sys.stderr.isatty():
+            click.echo(f"\r{text}   ", err=True, nl=pr.done_pages >= pr.total_pages)
+        else:
+            click.echo(text, err=True)
+
+    return show

@@ -1,0 +1,415 @@
+"""``fix``: give every row of a DEFAULT partition a proper child, under live writes.
+
+Order of business: refuse what cannot work (before any change), take the per-table
+advisory lock, resume an interrupted run from its journal or plan a new one, then run the
+steps. Every step commits together with its journal state, so running the same command
+again after a crash continues where the last commit left off.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from psycopg import sql
+
+from .. import journal
+from ..db import Conn, ConnParams, blockers
+from ..errors import AlreadyRunning, PermissionDenied, VerificationFailed
+from ..execute import Progress, Runner, chunks, copy_chunks, fault
+from ..inspect import catalog
+from ..inspect.data import Probe, probe
+from ..inspect.partman import Partman, config_for, find_partman, read_configs
+from ..inspect.snapshot import Options, TableState, read_server, table_state
+from ..plan import steps as S
+from ..plan.children import free_spans, naming
+from ..plan.fix import ChildSpec, FixOptions, FixParams, check_fixable, plan_fix
+
+log = logging.getLogger(__name__)
+
+_LOCK_SPACE = 0x70617274  # 'part': our half of the advisory-lock key
+
+
+@dataclass(frozen=True)
+class FixOutcome:
+    table: str
+    status: str  # planned | nothing_to_do | done | declined
+    strategy: str | None = None
+    run_id: int | None = None
+    resumed: bool = False
+    params: dict[str, Any] | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    rows_moved: int = 0
+    rows_quarantined: int = 0
+    per_child: dict[str, int] = field(default_factory=dict)
+    children_created: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+    rate_rows_s: float = 0.0
+    longest_lock_s: float = 0.0
+    locks_s: dict[str, float] = field(default_factory=dict)
+    quarantine: str | None = None
+    quarantine_rows: int = 0
+    maintenance: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FixRequest:
+    table: str
+    options: FixOptions = FixOptions()
+    interval: str | None = None
+    tz: str | None = None
+    lock_timeout: float = 2.0
+    retries: int = 5
+    dry_run: bool = False
+
+
+def advisory_key(oid: int) -> int:
+    return (_LOCK_SPACE << 32) | (oid & 0xFFFFFFFF)
+
+
+def fix(
+    conn: Conn,
+    params: ConnParams | str,
+    req: FixRequest,
+    *,
+    confirm: Callable[[FixOutcome], bool] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> FixOutcome:
+    """Repair ``req.table``'s DEFAULT; see the module docstring for the guarantees."""
+    table = _read(conn, req.table)
+    check_fixable(table, req.options.key)
+    _check_privileges(conn, table)
+    got = conn.execute("SELECT pg_try_advisory_lock(%s)", (advisory_key(table.oid),)).fetchone()
+    if not (got and got[0]):
+        raise AlreadyRunning(f"another partguard fix is running on {table.qualname} ({_holder(conn, table.oid)})")
+    try:
+        return _fix_locked(conn, params, req, table, confirm, on_progress)
+    finally:
+        if not conn.closed:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (advisory_key(table.oid),))
+
+
+def _fix_locked(
+    conn: Conn,
+    params: ConnParams | str,
+    req: FixRequest,
+    table: catalog.Table,
+    confirm: Callable[[FixOutcome], bool] | None,
+    on_progress: Callable[[Progress], None] | None,
+) -> FixOutcome:
+    server = read_server(conn)
+    partman = server.partman
+    run = journal.open_run(conn, table.oid) if journal.schema_exists(conn) else None
+    if run is not None and run.state == "started":
+        # Nothing had committed: plan afresh rather than trust a plan for an older picture.
+        if not req.dry_run:
+            journal.set_state(conn, run.run_id, "abandoned", finished=True)
+        run = None
+    state = _state(conn, server, table, req)
+    if run is not None:
+        p = FixParams.from_json(run.detail["params"], table.key_type)
+        log.warning("resuming fix run %d on %s (%s, after step %s)", run.run_id, table.qualname, p.strategy, run.state)
+        outcome = _outcome(p, table, partman, status="planned", run_id=run.run_id, resumed=True)
+        if req.dry_run:
+            return outcome
+        return _execute(conn, params, req, table, state, partman, p, run.run_id, run.state, outcome, on_progress)
+
+    source, adopted = _source(conn, table)
+    if source is None:
+        return FixOutcome(table.qualname, "nothing_to_do", notes=["the table has no DEFAULT partition"])
+    pr = probe(conn, sql.Identifier(table.schema, source), table.key, state.grid.grid,
+               has_index=_has_key_index(conn, table, source), exact=False)
+    if pr.empty and not adopted:
+        return FixOutcome(table.qualname, "nothing_to_do", notes=[f"{source} holds no rows"])
+    tag = datetime.now().strftime("%Y%m%d%H%M%S")
+    p = plan_fix(state, pr, server.now, partman, req.options, adopted=source if adopted else None, run_tag=tag)
+    outcome = _outcome(p, table, partman, status="planned")
+    if req.dry_run:
+        return outcome
+    if confirm is not None and not confirm(outcome):
+        return replace(outcome, status="declined")
+    journal.ensure_schema(conn)
+    run = journal.start_run(conn, table.oid, table.qualname, p.strategy,
+                            {"params": p.as_json(), "chunk_pages": req.options.chunk_pages})
+    return _execute(conn, params, req, table, state, partman, p, run.run_id, "started",
+                    replace(outcome, run_id=run.run_id), on_progress)
+
+
+def _read(conn: Conn, name: str) -> catalog.Table:
+    (table,) = catalog.read_tables(conn, [name])
+    return table
+
+
+def _state(conn: Conn, server: Any, table: catalog.Table, req: FixRequest) -> TableState:
+    configs = read_configs(conn, server.partman)
+    return table_state(conn, server, table, config_for(configs, table.schema, table.name),
+                       Options(interval=req.interval, tz=req.tz))
+
+
+def _check_privileges(conn: Conn, table: catalog.Table) -> None:
+    row = conn.execute(
+        "SELECT pg_has_role(current_user, %s, 'USAGE') OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+        (table.owner,),
+    ).fetchone()
+    if not (row and row[0]):
+        raise PermissionDenied(f"{table.qualname} is owned by {table.owner}; fix must run as its owner (or a member)")
+    row = conn.execute("SELECT has_database_privilege(current_database(), 'CREATE')").fetchone()
+    if not (row and row[0]) and not journal.schema_exists(conn):
+        raise PermissionDenied("fix needs CREATE on the database once, for its journal schema \"partguard\"")
+
+
+def _holder(conn: Conn, oid: int) -> str:
+    key = advisory_key(oid)
+    row = conn.execute(
+        """SELECT a.pid, coalesce(a.application_name, ''), a.backend_start FROM pg_locks l
+           JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.objsubid = 1""",
+        ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
+    ).fetchone()
+    return f"pid {row[0]}, {row[1] or 'no application_name'}, connected since {row[2]:%Y-%m-%d %H:%M:%S}" if row else "holder unknown"
+
+
+def _source(conn: Conn, table: catalog.Table) -> tuple[str | None, bool]:
+    """The attached DEFAULT, or a ``<table>_default`` an interrupted old script detached."""
+    if table.default is not None:
+        return table.default.name, False
+    name = S.short_name(table.name, "_default")
+    row = conn.execute(
+        """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r' AND NOT c.relispartition""",
+        (table.schema, name),
+    ).fetchone()
+    if row is None:
+        return None, False
+    mine = {(c.name, c.type) for c in table.columns}
+    cols = conn.execute(
+        """SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+           WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped""",
+        (sql.Identifier(table.schema, name).as_string(conn),),
+    ).fetchall()
+    if {(c[0], c[1]) for c in cols} != mine:
+        log.warning("%s.%s exists but its columns differ from %s: not adopting it", table.schema, name, table.name)
+        return None, False
+    log.warning("adopting %s.%s, a DEFAULT detached by an earlier repair", table.schema, name)
+    return name, True
+
+
+def _has_key_index(conn: Conn, table: catalog.Table, rel: str) -> bool:
+    row = conn.execute(
+        """SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a
+                 ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+               WHERE i.indrelid = %s::regclass AND a.attname = %s)""",
+        (sql.Identifier(table.schema, rel).as_string(conn), table.key),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def plan_steps(p: FixParams, table: catalog.Table, partman: Partman | None) -> list[S.Step]:
+    return S.instant_steps(p, table, partman) if p.strategy == "instant" else S.copy_steps(p, table, partman)
+
+
+def _outcome(p: FixParams, table: catalog.Table, partman: Partman | None, **kw: Any) -> FixOutcome:
+    steps = [
+        {"name": s.name, "kind": s.kind, "locks": s.locks, "note": s.note, "extra": list(s.extra),
+         "sql": [st.as_string(None) for st in s.statements]}
+        for s in plan_steps(p, table, partman)
+    ]
+    return FixOutcome(table.qualname, strategy=p.strategy, params=p.as_json(), steps=steps,
+                      quarantine=f"partguard.{p.quarantine}", notes=list(p.notes), **kw)
+
+
+# --- execution ---------------------------------------------------------------------
+
+
+def _execute(
+    conn: Conn,
+    params: ConnParams | str,
+    req: FixRequest,
+    table: catalog.Table,
+    state: TableState,
+    partman: Partman | None,
+    p: FixParams,
+    run_id: int,
+    done: str,
+    outcome: FixOutcome,
+    on_progress: Callable[[Progress], None] | None,
+) -> FixOutcome:
+    started = time.monotonic()
+    relations = [table.oid] + [r for r in _oids(conn, table.schema, [p.source, p.holding or ""]) if r]
+    runner = Runner(conn, run_id, req.lock_timeout, req.retries, relations)
+    plan = plan_steps(p, table, partman)
+    names = [s.name for s in plan]
+    todo = plan[names.index(done) + 1:] if done in names else plan
+    created: list[str] = []
+    copied = quarantined = 0
+    per_child: dict[str, int] = {}
+    maintenance = None
+    for step in todo:
+        log.info("fix %s: %s", table.qualname, step.name)
+        if step.name == "swap":
+            created = _swap(conn, runner, step, p, table, state, partman)
+        elif step.name == "copy":
+            _copy(conn, params, runner, step, p, table, req, on_progress)
+        elif step.name == "verify":
+            copied, quarantined, per_child = _verify(conn, runner, step, p, table)
+        elif step.name == "drop":
+            if req.options.keep_source:
+                runner.step(S.Step("drop", (), "none"), state="drop")
+                outcome.notes.append(f"kept {table.schema}.{p.holding} (--keep-source)")
+            else:
+                fault("before-drop")
+                runner.step(step)
+        elif step.name == "maintenance":
+            maintenance = _maintenance(runner, step)
+        else:
+            runner.step(step, scan=step.kind == "scan")
+    journal.set_state(conn, run_id, "done", finished=True)
+    if p.strategy == "copy" and not copied:
+        copied, quarantined, per_child = _journal_totals(conn, run_id)
+    q_rows = _count(conn, sql.Identifier(S.SCHEMA, p.quarantine))
+    elapsed = time.monotonic() - started
+    return replace(
+        outcome, status="done", rows_moved=copied, rows_quarantined=quarantined, per_child=per_child,
+        children_created=created, duration_s=round(elapsed, 3),
+        rate_rows_s=round(copied / elapsed, 1) if elapsed and copied else 0.0,
+        longest_lock_s=round(runner.timings.longest, 4),
+        locks_s={k: round(v, 4) for k, v in runner.timings.locked.items()},
+        quarantine_rows=q_rows, maintenance=maintenance,
+    )
+
+
+def _oids(conn: Conn, schema: str, names: list[str]) -> list[int]:
+    rows = conn.execute(
+        """SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = %s AND c.relname = ANY(%s)""",
+        (schema, [n for n in names if n]),
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _swap(
+    conn: Conn, runner: Runner, step: S.Step, p: FixParams, table: catalog.Table,
+    state: TableState, partman: Partman | None,
+) -> list[str]:
+    """The short transaction. Under its lock we look again: rows may have reached the
+    DEFAULT since the analysis (copy needs children for their buckets), and the former
+    DEFAULT's indexes get a child's names before the fresh DEFAULT claims the old ones."""
+    extra: list[ChildSpec] = []
+    stmts = list(step.statements)
+    create_default = stmts.pop() if p.new_default else None
+
+    def after(c: Conn) -> None:
+        if p.strategy == "instant":
+            assert p.span_child
+            for stmt in S.index_renames(table.schema, catalog.child_indexes(c, _oid(c, table.schema, p.span_child)),
+                                        p.source, p.span_child):
+                c.execute(stmt)
+        else:
+            assert p.holding
+            for stmt in S.index_renames(table.schema, catalog.child_indexes(c, _oid(c, table.schema, p.holding)),
+                                        p.source, p.holding):
+                c.execute(stmt)
+            extra.extend(_late_children(c, p, table, state, partman))
+            for stmt in S.make_children(tuple(extra), table, partman):
+                c.execute(stmt)
+        fault("swap")
+        if create_default is not None:
+            c.execute(create_default)
+
+    runner.step(S.Step(step.name, tuple(stmts), step.locks), after=after,
+                detail={"late_children": [c.as_json() for c in extra]} if extra else None)
+    return [c.name for c in p.children + tuple(extra)]
+
+
+def _oid(conn: Conn, schema: str, name: str) -> int:
+    return _oids(conn, schema, [name])[0]
+
+
+def _late_children(
+    conn: Conn, p: FixParams, table: catalog.Table, state: TableState, partman: Partman | None
+) -> list[ChildSpec]:
+    """Buckets the holding table gained after the analysis and nothing covers yet."""
+    grid = state.grid.grid
+    assert grid is not None and p.holding
+    fresh = catalog.read_tables(conn, [table.qualname])[0]
+    pr = probe(conn, sql.Identifier(table.schema, p.holding), table.key, grid, has_index=_has_key_index(conn, table, p.holding))
+    nm = naming(fresh, state.config, partman, grid)
+    out = []
+    for b in pr.buckets:
+        if (p.plausible_lo is None or b >= p.plausible_lo) and (p.plausible_hi is None or b < p.plausible_hi):  # type: ignore[operator]
+            for lo, hi in free_spans(fresh, b, grid.next(b)):  # type: ignore[arg-type]
+                out.append(ChildSpec(nm.name(lo), lo, hi, False))
+    return out
+
+
+def _copy(
+    conn: Conn, params: ConnParams | str, runner: Runner, step: S.Step, p: FixParams, table: catalog.Table,
+    req: FixRequest, on_progress: Callable[[Progress], None] | None,
+) -> None:
+    assert p.holding
+    hold = sql.Identifier(table.schema, p.holding)
+    pages_row = conn.execute(sql.SQL("SELECT pg_relation_size({}::regclass) / current_setting('block_size')::int")
+                             .format(sql.Literal(hold.as_string(conn)))).fetchone()
+    total = int(pages_row[0]) if pages_row else 0
+    run = journal.open_run(conn, table.oid)
+    chunk_pages = int((run.detail if run else {}).get("chunk_pages", req.options.chunk_pages))
+    done = {r[0] for r in conn.execute("SELECT first_block FROM partguard.fix_chunk WHERE run_id = %s", (runner.run_id,))}
+    all_chunks = chunks(total, chunk_pages)
+    todo = [c for c in all_chunks if c[0] not in done]
+    done_pages = sum(min(e, total) - f for f, e in all_chunks if f in done)
+    copy_chunks(params, step.statements[0], runner.run_id, todo, total, jobs=req.options.jobs,
+                lock_timeout=req.lock_timeout, retries=req.retries, relations=runner.relations,
+                on_progress=on_progress, done_pages=done_pages)
+    journal.set_state(conn, runner.run_id, "copy")
+
+
+def _journal_totals(conn: Conn, run_id: int) -> tuple[int, int, dict[str, int]]:
+    rows = conn.execute(
+        "SELECT coalesce(sum(rows_copied), 0), coalesce(sum(rows_quarantined), 0) FROM partguard.fix_chunk WHERE run_id = %s",
+        (run_id,),
+    ).fetchone()
+    per: dict[str, int] = {}
+    for (d,) in conn.execute("SELECT per_child FROM partguard.fix_chunk WHERE run_id = %s", (run_id,)):
+        for k, v in d.items():
+            per[k] = per.get(k, 0) + int(v)
+    return (int(rows[0]), int(rows[1]), per) if rows else (0, 0, per)
+
+
+def _verify(conn: Conn, runner: Runner, step: S.Step, p: FixParams, table: catalog.Table) -> tuple[int, int, dict[str, int]]:
+    """Every row of the holding table is accounted for by a committed chunk, or we stop
+    with the holding table intact."""
+    assert p.holding
+    copied, quarantined, per = _journal_totals(conn, runner.run_id)
+    source_rows = _count(conn, sql.Identifier(table.schema, p.holding))
+    if source_rows != copied + quarantined:
+        raise VerificationFailed(
+            f"{table.schema}.{p.holding} holds {source_rows} rows but the journal accounts for "
+            f"{copied} copied + {quarantined} quarantined; nothing dropped, rerun to resume"
+        )
+    runner.step(S.Step("verify", (), "none", kind="check"))
+    return copied, quarantined, per
+
+
+def _count(conn: Conn, rel: sql.Identifier) -> int:
+    exists = conn.execute("SELECT to_regclass(%s)", (rel.as_string(conn),)).fetchone()
+    if not exists or exists[0] is None:
+        return 0
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(rel)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _maintenance(runner: Runner, step: S.Step) -> str:
+    """partman's maintenance for this table; a failure is reported, not fatal: the rows
+    are already safe, and ``maintain`` will say it again loudly."""
+    try:
+        runner.step(step)
+        return "ok"
+    except Exception as exc:  # noqa: BLE001 - surfaced in the outcome
+        log.warning("partman maintenance after fix failed: %s", exc)
+        journal.set_state(runner.conn, runner.run_id, "maintenance")
+        return f"failed: {exc}"

@@ -1,0 +1,493 @@
+"""``partguard maintain``: partition maintenance that cannot fail silently.
+
+The incident's timer ran ``CALL partman.run_maintenance_proc()`` and failed for days
+("too many clients") without anyone noticing. Here every table is maintained in its own
+transaction under ``lock_timeout``/``statement_timeout`` (one stuck table does not stop the
+others), connection refusals are retried for a bounded time, partman's silent no-ops and
+packed errors are turned into named failures, the result is verified with ``check``'s logic,
+and each run is recorded in ``partguard.maintenance_run``/``maintenance_table``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg import sql
+
+from .. import journal
+from ..config import Config, TableSpec
+from ..db import Conn, ConnParams, connect_retrying, run_locked, session_timezone
+from ..errors import CRITICAL, OK, UNKNOWN, WARNING, ConnectionFailed, PartguardError, UsageError
+from ..inspect.catalog import read_tables, resolve
+from ..inspect.partman import Partman, PartmanConfig, config_for, find_partman, read_configs
+from ..inspect.snapshot import Options, Server, Snapshot, TableState, read_server, table_state
+from ..plan.premake import Refusal, plan_premake, runway
+from .partman_calls import (
+    ALREADY_RUNNING,
+    LockHolder,
+    is_lock_timeout,
+    maintenance_lock_holder,
+    run_maintenance_sql,
+    server_message,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_TEXT = {OK: "ok", WARNING: "warning", CRITICAL: "critical", UNKNOWN: "unknown"}
+# Findings that say whether maintenance did its job; the others are check's business.
+VERIFY_CODES = ("default_rows", "runway")
+
+
+class MaintenanceFailed(PartguardError):
+    """Maintenance could not run at all (e.g. no connection within --retry-for)."""
+
+    exit_code = CRITICAL
+
+
+@dataclass(frozen=True)
+class MaintainOptions:
+    tables: tuple[str, ...] = ()  # empty: every partman table with automatic_maintenance + the config's
+    retry_for: float = 600.0  # seconds to keep retrying refused connections
+    lock_timeout: float = 5.0
+    lock_retries: int = 2
+    statement_timeout: float = 600.0
+    fix_default: bool = False
+    config: Config = field(default_factory=Config)
+
+
+@dataclass(frozen=True)
+class TableOutcome:
+    table: str
+    kind: str  # 'partman' or 'native'
+    status: str  # ok, failed, blocked, refused, skipped
+    severity: int  # Nagios
+    message: str = ""
+    created: tuple[str, ...] = ()
+    covered_until: str | None = None
+    runway_seconds: float | None = None  # ids ahead of the largest id, for integer keys
+    runway: str | None = None
+    detail: str = ""  # the server's full text (partman packs DETAIL/HINT/CONTEXT into it)
+    blocker: str | None = None
+    findings: tuple[dict[str, Any], ...] = ()
+    fixed: bool = False
+
+    def line(self) -> str:
+        """One journald-friendly line: ``public.fixes: ok, created 2 children, runway 4 days``."""
+        parts = [self.status]
+        if self.created:
+            parts.append(f"created {len(self.created)} child{'ren' if len(self.created) != 1 else ''}")
+        if self.runway is not None:
+            parts.append(f"runway {self.runway}")
+        if self.message:
+            parts.append(self.message)
+        return f"{self.table}: {', '.join(parts)}"
+
+
+@dataclass(frozen=True)
+class MaintainReport:
+    database: str
+    started_at: datetime
+    finished_at: datetime
+    status: int
+    status_text: str
+    run_id: int | None
+    connect_attempts: int
+    tables: tuple[TableOutcome, ...]
+    messages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Target:
+    qualname: str  # schema.table as partman and the journal spell it (unquoted)
+    oid: int | None  # None: the config names a table that does not exist
+    config: PartmanConfig | None
+    spec: TableSpec | None
+    ident: tuple[str, str] = ("", "")  # (schema, table)
+
+    @property
+    def kind(self) -> str:
+        return "partman" if self.config is not None else "native"
+
+
+class _PartmanLocked(Exception):
+    """run_maintenance returned having done nothing: the advisory lock was taken."""
+
+
+def maintain(
+    params: ConnParams, options: MaintainOptions, *, on_event: Callable[[str], None] | None = None
+) -> MaintainReport:
+    """Maintain every managed table (or the named ones), verify, and record the run."""
+    return _Run(params, options, on_event).run()
+
+
+class _Run:
+    def __init__(self, params: ConnParams, options: MaintainOptions,
+                 on_event: Callable[[str], None] | None) -> None:
+        self.params, self.opt, self.on_event = params, options, on_event
+        self.attempts = 0
+        self.notices: list[str] = []
+        self.messages: list[str] = []
+        self.before: dict[str, set[str]] = {}
+        self.lost: str | None = None
+        self.conn: Conn | None = None
+        self.partman: Partman | None = None
+        self.session_tz = "UTC"
+
+    # --- plumbing ---------------------------------------------------------------
+
+    def event(self, msg: str, level: int = logging.INFO) -> None:
+        log.log(level, "%s", msg)
+        if self.on_event:
+            self.on_event(msg)
+
+    def connect(self) -> Conn:
+        def attempt(n: int, why: str) -> None:
+            self.attempts += 1
+            self.event(f"connect attempt {n} failed: {why}", logging.WARNING)
+
+        conn = connect_retrying(self.params.conninfo("partguard maintain"), self.opt.retry_for,
+                                on_attempt=attempt)
+        self.attempts += 1
+        conn.add_notice_handler(lambda d: self.notices.append(d.message_primary or ""))
+        self.conn = conn
+        return conn
+
+    @property
+    def c(self) -> Conn:
+        assert self.conn is not None
+        return self.conn
+
+    def locked(self, work: Callable[[Conn], Any], relations: list[int], what: str) -> Any:
+        """``work`` in one transaction under lock_timeout (retried) and statement_timeout."""
+        ms = sql.Literal(f"{max(1, int(self.opt.statement_timeout * 1000))}ms")
+
+        def wrapped(conn: Conn) -> Any:
+            conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(ms))
+            return work(conn)
+
+        return run_locked(self.c, wrapped, lock_timeout=self.opt.lock_timeout,
+                          retries=self.opt.lock_retries, relations=relations, what=what)
+
+    # --- the run ---------------------------------------------------------------
+
+    def run(self) -> MaintainReport:
+        started = datetime.now(UTC)
+        try:
+            self.connect()
+        except ConnectionFailed as exc:
+            raise MaintenanceFailed(f"maintenance not run: {exc}") from exc
+        run_id: int | None = None
+        try:
+            database = str(self.c.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
+            self.session_tz = session_timezone(self.c)
+            try:
+                journal.ensure_schema(self.c)
+                run_id = journal.start_maintenance(self.c, {"tables": list(self.opt.tables)})
+            except psycopg.Error as exc:
+                self.messages.append(f"cannot record the run in schema partguard: {server_message(exc)[0]}")
+            targets = self.targets()
+            outcomes = [self.guarded(t, database) for t in targets]
+            if self.lost is None:
+                outcomes = self.verify(targets, outcomes, database)
+            status = max([o.severity for o in outcomes] + [OK])
+            if self.messages and status == OK:
+                status = WARNING
+            if self.lost is None and run_id is not None:
+                self.record(run_id, outcomes, status)
+        finally:
+            if self.conn is not None:
+                self.conn.close()
+        return MaintainReport(database, started, datetime.now(UTC), status, STATUS_TEXT[status], run_id,
+                              self.attempts, tuple(outcomes), tuple(self.messages))
+
+    def targets(self) -> list[_Target]:
+        self.partman = find_partman(self.c)
+        configs = read_configs(self.c, self.partman)
+        specs: dict[int, TableSpec] = {}
+        missing: list[_Target] = []
+        for spec in self.opt.config.tables:
+            try:
+                specs[resolve(self.c, spec.name)] = spec
+            except PartguardError:
+                missing.append(_Target(spec.name, None, None, spec))
+        if self.opt.tables:
+            names, explicit = list(self.opt.tables), True
+        else:
+            names = [cfg.parent_table for cfg in configs.values() if cfg.automatic_maintenance]
+            names += [s.name for s in self.opt.config.tables]
+            explicit = False
+        out: dict[int, _Target] = {}
+        for name in names:
+            try:
+                oid = resolve(self.c, name)
+            except PartguardError:
+                if explicit:
+                    raise
+                if name in configs:
+                    missing.append(_Target(name, None, configs[name], None))
+                continue
+            schema, rel = self.c.execute(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s", (oid,)
+            ).fetchone()  # type: ignore[misc]
+            cfg = config_for(configs, schema, rel)
+            spec = specs.get(oid)
+            if cfg is not None and spec is not None and spec.interval is not None:
+                raise UsageError(f"{name} is managed by pg_partman: set its interval and premake in "
+                                 "part_config; partguard.toml may only pin its tz")
+            if cfg is None and (spec is None or spec.interval is None):
+                if explicit:
+                    raise UsageError(f"{name} is neither managed by pg_partman nor configured in "
+                                     "partguard.toml (give it an interval there)")
+                continue
+            out[oid] = _Target(f"{schema}.{rel}", oid, cfg, spec, (schema, rel))
+        unique = {t.qualname: t for t in missing if t not in out.values()}
+        return sorted(out.values(), key=lambda t: t.qualname) + sorted(unique.values(), key=lambda t: t.qualname)
+
+    def guarded(self, target: _Target, database: str) -> TableOutcome:
+        """One table; a lost connection is re-established and the table tried once more."""
+        for attempt in (1, 2):
+            if self.lost is not None:
+                return _outcome(target, "failed", CRITICAL, f"not maintained: {self.lost}")
+            try:
+                return self.maintain_one(target, database)
+            except psycopg.Error as exc:
+                if not (self.c.closed or self.c.broken):
+                    line, full = server_message(exc)
+                    return _outcome(target, "failed", CRITICAL, line, detail=full)
+                self.event(f"{target.qualname}: connection lost ({server_message(exc)[0]}); reconnecting",
+                           logging.WARNING)
+                try:
+                    self.connect()
+                except ConnectionFailed as cf:
+                    self.lost = f"connection lost and not re-established: {cf}"
+                if attempt == 2:
+                    return _outcome(target, "failed", CRITICAL, f"connection lost twice: {exc}")
+            except PartguardError as exc:
+                return _outcome(target, "failed", CRITICAL, str(exc))
+        raise AssertionError("unreachable")
+
+    def read_state(self, target: _Target, server: Server) -> TableState:
+        assert target.oid is not None
+        spec = target.spec
+        opts = Options(interval=spec.interval if spec else None, tz=spec.tz if spec else None)
+        ident = sql.Identifier(*target.ident).as_string(self.c)
+
+        def work(conn: Conn) -> TableState:
+            (table,) = read_tables(conn, [ident])
+            return table_state(conn, server, table, target.config, opts)
+
+        state: TableState = self.locked(work, [target.oid], f"{target.qualname}: reading the catalog")
+        return state
+
+    def tz_for(self, target: _Target) -> str:
+        return (target.spec.tz if target.spec and target.spec.tz else None) or self.session_tz
+
+    def maintain_one(self, target: _Target, database: str) -> TableOutcome:
+        if target.oid is None:
+            what = "part_config names" if target.config else "partguard.toml names"
+            return _outcome(target, "skipped", WARNING, f"{what} {target.qualname}, which does not exist")
+        self.event(f"{target.qualname}: maintaining ({target.kind})")
+        server = read_server(self.c)
+        state = self.read_state(target, server)
+        self.before[target.qualname] = {c.name for c in state.table.children}
+        if target.config is not None:
+            return self.run_partman(target, state, database)
+        return self.run_native(target, state, server, database)
+
+    def run_partman(self, target: _Target, state: TableState, database: str) -> TableOutcome:
+        assert self.partman is not None and target.config is not None and target.oid is not None
+        table, p = state.table, state.default_probe
+        last_upper = table.children[-1].upper if table.children else None
+        if p is not None and p.max_key is not None and (last_upper is None or p.max_key >= last_upper):  # type: ignore[operator]
+            # partman would have to create a child over those rows: it fails after scanning the
+            # DEFAULT under an ACCESS EXCLUSIVE lock (4.7 may even create children up to them).
+            return _outcome(target, "refused", CRITICAL,
+                            f"the DEFAULT holds rows up to {p.max_key}, beyond the newest child "
+                            f"(ends {last_upper}); partman cannot premake over them; "
+                            f"repair with: {fix_command(database, target.qualname)}")
+        holder = maintenance_lock_holder(self.c)
+        stmt = run_maintenance_sql(self.partman, target.config.parent_table)
+        tz = sql.Literal(self.tz_for(target))
+
+        def work(conn: Conn) -> None:
+            conn.execute(sql.SQL("SET LOCAL TimeZone = {}").format(tz))
+            self.notices.clear()
+            try:
+                conn.execute(stmt)
+            except pgerrors.RaiseException as exc:
+                if is_lock_timeout(exc):
+                    raise pgerrors.LockNotAvailable(server_message(exc)[0]) from exc
+                raise
+            if any(ALREADY_RUNNING in n for n in self.notices):
+                raise _PartmanLocked()
+
+        relations = [target.oid] + ([table.default.oid] if table.default else [])
+        try:
+            self.locked(work, relations, f"{target.qualname}: partman.run_maintenance")
+        except _PartmanLocked:
+            return self.blocked(target, maintenance_lock_holder(self.c) or holder)
+        except pgerrors.QueryCanceled as exc:
+            return _outcome(target, "failed", CRITICAL,
+                            f"statement_timeout ({self.opt.statement_timeout:g}s) expired: "
+                            f"{server_message(exc)[0]}", detail=server_message(exc)[1])
+        return _outcome(target, "ok", OK)
+
+    def blocked(self, target: _Target, holder: LockHolder | None) -> TableOutcome:
+        who = holder.describe() if holder else "a session that has since let go"
+        hint = ""
+        if holder is not None and holder.state.startswith("idle"):
+            hint = (f"; an idle holder is a failed run_maintenance_proc() that kept its session lock: "
+                    f"end it with SELECT pg_terminate_backend({holder.pid})")
+        return _outcome(target, "blocked", CRITICAL,
+                        f"pg_partman did nothing ('Partman maintenance already running'): its advisory "
+                        f"lock is held by {who}{hint}", blocker=who)
+
+    def run_native(self, target: _Target, state: TableState, server: Server, database: str) -> TableOutcome:
+        assert target.spec is not None and target.oid is not None
+        table = state.table
+        grid = state.grid.grid
+        naming = target.spec.naming_for(table, grid) if grid is not None else None
+        plan = plan_premake(state, target.spec.premake, server.now, self.tz_for(target), naming)
+        relations = [target.oid] + ([table.default.oid] if table.default else [])
+        created: list[str] = []
+        refusal = plan.refused
+        for step in plan.steps:
+            probe = step.probe
+            if probe is not None:
+                held = self.locked(lambda conn, q=probe: bool(conn.execute(q).fetchone()[0]),  # type: ignore[index,misc]
+                                   relations, f"{target.qualname}: probing the DEFAULT")
+                if held:
+                    refusal = Refusal(step.lower, step.upper, "the DEFAULT holds rows of this range")
+                    break
+            try:
+                self.locked(lambda conn, q=step.create: conn.execute(q), relations,  # type: ignore[misc]
+                            f"{target.qualname}: creating {step.name}")
+            except pgerrors.CheckViolation:  # a row for the range arrived since the probe
+                refusal = Refusal(step.lower, step.upper, "the DEFAULT holds rows of this range")
+                break
+            self.event(f"{target.qualname}: created {step.qualname} [{step.lower}, {step.upper})")
+            created.append(step.name)
+        if refusal is not None:
+            msg = f"not creating a child for [{refusal.lower}, {refusal.upper}): {refusal.reason}"
+            if "DEFAULT" in refusal.reason:
+                msg += f"; repair with: {fix_command(database, target.qualname)}"
+            return _outcome(target, "refused", CRITICAL, msg, created=tuple(created))
+        return _outcome(target, "ok", OK, created=tuple(created))
+
+    # --- verification, repair and the journal ------------------------------------
+
+    def verify(self, targets: list[_Target], outcomes: list[TableOutcome], database: str) -> list[TableOutcome]:
+        """Re-read each table and judge it with ``check``'s logic."""
+        from ..diagnose import diagnose
+
+        server = read_server(self.c)
+        states: dict[str, TableState] = {}
+        for t in targets:
+            if t.oid is None:
+                continue
+            try:
+                states[t.qualname] = self.read_state(t, server)
+            except (PartguardError, psycopg.Error) as exc:
+                log.warning("%s: cannot verify: %s", t.qualname, exc)
+        findings = diagnose(Snapshot(server, tuple(states.values()), ()))
+        result = []
+        for t, o in zip(targets, outcomes):
+            st = states.get(t.qualname)
+            if st is None:
+                result.append(o)
+                continue
+            mine = [f for f in findings if f.table == t.qualname and f.code != "maintenance_stale"]
+            o = self.judge(t, o, st, server, mine, database)
+            if self.opt.fix_default and any(f.code == "default_rows" for f in mine):
+                o = self.fix_default(t, o, database)
+            result.append(o)
+        return result
+
+    def judge(self, t: _Target, o: TableOutcome, st: TableState, server: Server, mine: list[Any],
+              database: str) -> TableOutcome:
+        created = tuple(sorted({c.name for c in st.table.children} - self.before.get(t.qualname, set())))
+        upper, ahead = runway(st, server.now, self.tz_for(t))
+        severity, msgs = o.severity, [o.message] if o.message else []
+        for f in mine:
+            if f.code in VERIFY_CODES:
+                severity = max(severity, f.severity.nagios)
+                if f.code == "default_rows" and o.status != "refused":
+                    msgs.append(f"{f.message}; repair with: {fix_command(database, t.qualname)}")
+                elif f.code != "default_rows":
+                    msgs.append(f.message)
+        return replace(
+            o, severity=severity, message="; ".join(m for m in msgs if m), created=created,
+            covered_until=None if upper is None else str(upper), runway_seconds=ahead,
+            runway=_human_runway(ahead, st), findings=tuple(_finding_dict(f) for f in mine),
+        )
+
+    def fix_default(self, t: _Target, o: TableOutcome, database: str) -> TableOutcome:
+        """``--fix-default``: run the repair itself (opt-in: it moves rows and takes locks)."""
+        try:
+            fix_mod = importlib.import_module("partguard.commands.fix")
+        except ModuleNotFoundError:
+            return replace(o, message=o.message + "; --fix-default: partguard fix is not available")
+        self.event(f"{t.qualname}: --fix-default: repairing the DEFAULT")
+        try:
+            fix_mod.fix(self.c, t.qualname, fix_mod.FixOptions(yes=True))
+        except PartguardError as exc:
+            return replace(o, message=f"{o.message}; --fix-default failed: {exc}")
+        server = read_server(self.c)
+        st = self.read_state(t, server)
+        from ..diagnose import diagnose
+
+        mine = [f for f in diagnose(Snapshot(server, (st,), ())) if f.table == t.qualname
+                and f.code != "maintenance_stale"]
+        base = replace(o, severity=OK if o.status == "ok" else o.severity, message="repaired by partguard fix")
+        if o.status == "refused":
+            base = replace(base, status="ok", severity=OK)
+        return replace(self.judge(t, base, st, server, mine, database), fixed=True)
+
+    def record(self, run_id: int, outcomes: list[TableOutcome], status: int) -> None:
+        try:
+            with self.c.transaction():
+                for o in outcomes:
+                    ok = o.status == "ok" and o.severity < CRITICAL
+                    journal.record_maintenance_table(self.c, run_id, o.table, "ok" if ok else o.status,
+                                                     o.message)
+                journal.finish_maintenance(self.c, run_id, STATUS_TEXT[status],
+                                           {"tables": len(outcomes), "failed": [o.table for o in outcomes
+                                                                                if o.severity >= CRITICAL]})
+        except psycopg.Error as exc:
+            self.messages.append(f"cannot record the run: {server_message(exc)[0]}")
+
+
+def fix_command(database: str, table: str) -> str:
+    return f"partguard fix -d {shlex.quote(database)} {shlex.quote(table)}"
+
+
+def _outcome(target: _Target, status: str, severity: int, message: str = "", **kw: Any) -> TableOutcome:
+    return TableOutcome(target.qualname, target.kind, status, severity, message, **kw)
+
+
+def _finding_dict(f: Any) -> dict[str, Any]:
+    return {"code": f.code, "severity": f.severity.name, "message": f.message, "detail": f.detail}
+
+
+def _human_runway(ahead: float | None, st: TableState) -> str | None:
+    if ahead is None:
+        return None
+    if st.table.key_kind == "int":
+        return f"{int(ahead)} ids"
+    if ahead <= 0:
+        return "none"
+    for unit, secs in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if ahead >= 2 * secs or unit == "minute":
+            n = int(ahead // secs)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    raise AssertionError("unreachable")
+

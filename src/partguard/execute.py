@@ -1,0 +1,213 @@
+"""The only code that opens transactions for a repair: steps under lock_timeout, the
+journalled block-range copy on several connections, and progress reporting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import sql
+
+from . import journal
+from .db import Conn, ConnParams, connect, run_locked
+from .errors import PartguardError
+from .plan.steps import Step
+
+log = logging.getLogger(__name__)
+
+Work = Callable[[Conn], Any]
+
+
+def fault(point: str) -> None:
+    """Crash-test hook: ``PARTGUARD_FAULT=<point>`` kills this process at ``point``.
+
+    The crash tests need a SIGKILL at an exact place (inside the swap, mid-copy, before the
+    drop); timing a kill from outside would make them flaky. Unset in production.
+    """
+    if os.environ.get("PARTGUARD_FAULT") == point:
+        log.warning("PARTGUARD_FAULT=%s: killing myself", point)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class Timings:
+    """How long each locking step held its locks; the report's "longest lock"."""
+
+    locked: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def longest(self) -> float:
+        return max(self.locked.values(), default=0.0)
+
+
+@dataclass
+class Runner:
+    conn: Conn
+    run_id: int
+    lock_timeout: float
+    retries: int
+    relations: Sequence[int]
+    timings: Timings = field(default_factory=Timings)
+
+    def step(
+        self,
+        step: Step,
+        *,
+        before: Work | None = None,
+        between: Callable[[Conn, int], None] | None = None,
+        after: Work | None = None,
+        scan: bool = False,
+        state: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> Any:
+        """Run one step's statements in one transaction and record it done in the same
+        transaction, so the journal never claims a step that rolled back."""
+        result: list[Any] = []
+
+        def work(conn: Conn) -> None:
+            if scan:
+                # A long VALIDATE is fine (it blocks nobody); a server statement_timeout is not.
+                conn.execute("SET LOCAL statement_timeout = 0")
+            if before:
+                before(conn)
+            for i, stmt in enumerate(step.statements):
+                if between:
+                    between(conn, i)
+                cur = conn.execute(stmt)
+                if cur.description:
+                    result.extend(cur.fetchall())
+            if between:
+                between(conn, len(step.statements))
+            if after:
+                after(conn)
+            fault(step.name)
+            journal.set_state(conn, self.run_id, state or step.name, detail=detail or {})
+
+        started = time.monotonic()
+        run_locked(self.conn, work, lock_timeout=self.lock_timeout, retries=self.retries,
+                   relations=self.relations, what=f"{step.name}")
+        if step.kind == "ddl":
+            self.timings.locked[step.name] = time.monotonic() - started
+        return result
+
+
+@dataclass(frozen=True)
+class Progress:
+    done_pages: int
+    total_pages: int
+    rows: int
+    elapsed: float
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        if not self.done_pages or self.done_pages >= self.total_pages:
+            return None if self.done_pages < self.total_pages else 0.0
+        return self.elapsed * (self.total_pages - self.done_pages) / self.done_pages
+
+
+def chunks(total_pages: int, chunk_pages: int) -> list[tuple[int, int]]:
+    """Block ranges covering the heap; the last one is open-ended so nothing is missed."""
+    out = []
+    first = 0
+    while first < total_pages:
+        out.append((first, first + chunk_pages))
+        first += chunk_pages
+    if out:
+        # The holding table is private and immutable, but be generous with its last block.
+        out[-1] = (out[-1][0], max(out[-1][1], total_pages) + 1)
+    return out or [(0, 1)]
+
+
+def copy_chunks(
+    params: ConnParams | str,
+    template: sql.Composable,
+    run_id: int,
+    todo: list[tuple[int, int]],
+    total_pages: int,
+    *,
+    jobs: int,
+    lock_timeout: float,
+    retries: int,
+    relations: Sequence[int],
+    on_progress: Callable[[Progress], None] | None = None,
+    done_pages: int = 0,
+) -> int:
+    """Copy block ranges on ``jobs`` connections; every range commits with its journal row.
+
+    Returns rows copied in this call. The first error stops every worker after its current
+    range; what committed stays committed and a rerun skips it.
+    """
+    work: queue.Queue[tuple[int, int]] = queue.Queue()
+    for c in todo:
+        work.put(c)
+    lock = threading.Lock()
+    state = {"pages": done_pages, "rows": 0, "chunks": 0}
+    errors: list[BaseException] = []
+    started = time.monotonic()
+    stop = threading.Event()
+
+    def worker() -> None:
+        try:
+            conn = connect(params)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            stop.set()
+            return
+        try:
+            while not stop.is_set():
+                try:
+                    first, end = work.get_nowait()
+                except queue.Empty:
+                    return
+                run_locked(
+                    conn,
+                    lambda c: c.execute(template, {"run_id": run_id, "first_block": first, "end_block": end}),
+                    lock_timeout=lock_timeout, retries=retries, relations=relations, what="copy",
+                )
+                copied = _rows_of(conn, run_id, first)
+                with lock:
+                    state["pages"] += min(end, total_pages) - first
+                    state["rows"] += copied
+                    state["chunks"] += 1
+                    snapshot = Progress(state["pages"], total_pages, state["rows"], time.monotonic() - started)
+                    n = state["chunks"]
+                if on_progress:
+                    on_progress(snapshot)
+                fault(f"copy:{n}")
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+            stop.set()
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, name=f"partguard-copy-{i}", daemon=True) for i in range(max(1, jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        exc = errors[0]
+        if isinstance(exc, PartguardError):
+            raise exc
+        raise PartguardError(f"copy failed: {exc}") from exc
+    return state["rows"]
+
+
+def _rows_of(conn: Conn, run_id: int, first: int) -> int:
+    row = conn.execute(
+        "SELECT rows_copied + rows_quarantined FROM partguard.fix_chunk WHERE run_id = %s AND first_block = %s",
+        (run_id, first),
+    ).fetchone()
+    return int(row[0]) if row else 0

@@ -1,0 +1,317 @@
+"""Decide how to repair a DEFAULT partition: pure, from a snapshot to the facts of a plan.
+
+Everything here is a function of what ``inspect`` read; nothing touches the database. The
+result, ``FixParams``, is written to the journal before the first change, so a rerun after
+a crash rebuilds exactly the same plan instead of re-deciding on a half-changed table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from ..errors import UnknownGrid, UnsupportedTable, UsageError
+from ..inspect.catalog import Key, Table
+from ..inspect.data import Probe
+from ..inspect.grid import Grid, IntGrid, TimeGrid
+from ..inspect.partman import Partman
+from ..inspect.snapshot import TableState
+from .children import Naming, free_spans, naming
+
+NAMEDATALEN = 63
+
+
+@dataclass(frozen=True)
+class FixOptions:
+    strategy: str = "auto"  # auto | instant | copy
+    outliers: str = "quarantine"  # quarantine | keep
+    premake: int | None = None  # future children to have after the fix (default: partman's or 4)
+    keep_source: bool = False
+    jobs: int = 1
+    chunk_pages: int = 2048  # 16 MB of heap per copy transaction
+    key: str | None = None  # the old script's <partition_key>: checked, never trusted
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """A child to create: name, bounds, and whether partman may make it (on-grid bucket)."""
+
+    name: str
+    lower: Key
+    upper: Key
+    via_partman: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "lower": _enc(self.lower), "upper": _enc(self.upper),
+                "via_partman": self.via_partman}
+
+
+@dataclass(frozen=True)
+class FixParams:
+    """The decided repair, serialisable into the journal."""
+
+    strategy: str  # instant | copy
+    table: str
+    key: str
+    source: str  # the DEFAULT whose rows need a home (attached, or adopted)
+    new_default: str | None  # the fresh empty DEFAULT left behind (takes source's name)
+    holding: str | None  # copy: source's name while its rows are copied out
+    adopted: bool  # copy: source was already detached by someone else (the old script)
+    quarantine: str  # table in schema partguard for NULL keys and outliers
+    plausible_lo: Key | None  # rows outside [plausible_lo, plausible_hi) are outliers
+    plausible_hi: Key | None
+    span_lo: Key | None  # instant: the wide child's bounds
+    span_hi: Key | None
+    span_child: str | None
+    children: tuple[ChildSpec, ...]  # copy: buckets held; both: current + future children
+    zone: str | None  # the session TimeZone partman must compute in
+    managed: bool  # pg_partman manages the table: run its maintenance afterwards
+    keep_outliers: bool  # --outliers keep: outliers go back into the parent (its DEFAULT)
+    rows_estimate: int
+    buckets: tuple[Key, ...]
+    outliers_estimate: int
+    notes: tuple[str, ...] = field(default=())
+
+    def as_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["children"] = [c.as_json() for c in self.children]
+        for k in ("plausible_lo", "plausible_hi", "span_lo", "span_hi"):
+            d[k] = _enc(d[k])
+        d["buckets"] = [_enc(b) for b in self.buckets]
+        d["notes"] = list(self.notes)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], key_type: str) -> FixParams:
+        dec = _decoder(key_type)
+        return cls(
+            **{k: v for k, v in d.items() if k not in (
+                "children", "plausible_lo", "plausible_hi", "span_lo", "span_hi", "buckets", "notes")},
+            plausible_lo=dec(d["plausible_lo"]), plausible_hi=dec(d["plausible_hi"]),
+            span_lo=dec(d["span_lo"]), span_hi=dec(d["span_hi"]),
+            children=tuple(ChildSpec(c["name"], dec(c["lower"]), dec(c["upper"]), c["via_partman"])
+                           for c in d["children"]),
+            buckets=tuple(dec(b) for b in d["buckets"]), notes=tuple(d.get("notes", ())),
+        )
+
+
+def _enc(v: Key | None) -> Any:
+    return v.isoformat() if isinstance(v, (date, datetime)) else v
+
+
+def _decoder(key_type: str) -> Any:
+    def dec(v: Any) -> Any:
+        if v is None or isinstance(v, int):
+            return v
+        if key_type == "date":
+            return date.fromisoformat(v)
+        return datetime.fromisoformat(v)
+    return dec
+
+
+def check_fixable(table: Table, key: str | None) -> None:
+    """Refuse, before anything changes, what a detach cannot do safely."""
+    reason = table.unsupported_reason()
+    if reason:
+        raise UnsupportedTable(reason)
+    if key is not None and key != table.key:
+        raise UsageError(f"{table.qualname} is partitioned by {table.key}, not by {key}")
+    if table.referenced_by:
+        raise UnsupportedTable(
+            f"{table.qualname} is referenced by foreign keys ({', '.join(table.referenced_by[:3])}); "
+            "detaching its DEFAULT would fail: drop or disable them first"
+        )
+
+
+def short_name(base: str, suffix: str) -> str:
+    """``base + suffix`` within 63 bytes, cutting ``base`` and adding a hash when cut."""
+    full = base + suffix
+    if len(full.encode()) <= NAMEDATALEN:
+        return full
+    digest = "_" + hashlib.sha1(full.encode()).hexdigest()[:6]
+    room = NAMEDATALEN - len((digest + suffix).encode())
+    return base.encode()[:room].decode(errors="ignore") + digest + suffix
+
+
+def plan_fix(
+    state: TableState,
+    probe: Probe,
+    now: datetime,
+    partman: Partman | None,
+    options: FixOptions,
+    *,
+    adopted: str | None = None,
+    run_tag: str = "",
+) -> FixParams:
+    """Choose the strategy and compute every bound and name of the repair.
+
+    ``probe`` describes the table whose rows need a home: the attached DEFAULT, or
+    ``adopted``, a DEFAULT an earlier run of the old script detached and left behind.
+    """
+    table, grid = state.table, state.grid.grid
+    if grid is None:
+        raise UnknownGrid(state.grid.error or f"{table.qualname}: cannot tell the partition interval; pass --interval")
+    nm = naming(table, state.config, partman, grid)
+    premake = options.premake or (state.config.premake if state.config else 4)
+    zone = grid.tz if isinstance(grid, TimeGrid) else None
+    p_lo, p_hi = plausible_range(table, grid, now, premake, probe)
+    rows_in = [b for b in probe.buckets if _inside(b, p_lo, p_hi)]
+    outliers = len(probe.buckets) - len(rows_in) + (1 if probe.null_rows else 0)
+    managed, keep = state.config is not None, options.outliers == "keep"
+    source = adopted or (table.default.name if table.default else "")
+    new_default = source or None
+    quarantine = short_name(table.name, "_quarantine")
+    notes: list[str] = []
+    if outliers:
+        notes.append(
+            f"{probe.null_rows} NULL-key rows and {len(probe.buckets) - len(rows_in)} bucket(s) outside "
+            f"[{_enc(p_lo)}, {_enc(p_hi)}) go to partguard.{quarantine}"
+            + (" and then back into the parent (their new DEFAULT)" if options.outliers == "keep" else "")
+        )
+
+    span = None if adopted else _single_span(table, grid, rows_in, now, probe)
+    strategy = options.strategy
+    if strategy == "auto":
+        strategy = "instant" if span is not None else "copy"
+        if span is None and rows_in and not adopted:
+            notes.append("the DEFAULT's rows lie in more than one gap between children: using copy")
+    if strategy == "instant" and adopted:
+        raise UsageError("the DEFAULT is already detached (left by an earlier repair): only --strategy copy can adopt it")
+    if strategy == "instant" and span is None:
+        raise UsageError(
+            f"{table.qualname}: --strategy instant needs the DEFAULT's rows in one gap between children; use --strategy copy"
+        )
+
+    horizon = _horizon(grid, now, premake, probe, p_hi)
+    if strategy == "instant":
+        assert span is not None
+        lo, hi = span
+        future_from = hi
+        span_child = nm.name(lo)
+        children = _children(table, grid, nm, [], future_from, horizon, state.config is not None)
+        return FixParams(
+            "instant", table.qualname, table.key, source, new_default, None, False, quarantine,
+            p_lo, p_hi, lo, hi, span_child, children, zone, managed, keep, probe.rows, tuple(rows_in), outliers, tuple(notes),
+        )
+    holding = short_name(table.name, f"_default_{run_tag or 'hold'}")
+    children = _children(table, grid, nm, rows_in, None, horizon, state.config is not None)
+    return FixParams(
+        "copy", table.qualname, table.key, source, new_default, holding, adopted is not None,
+        quarantine, p_lo, p_hi, None, None, None, children,
+        zone, managed, keep, probe.rows, tuple(rows_in), outliers, tuple(notes),
+    )
+
+
+def plausible_range(
+    table: Table, grid: Grid, now: datetime, premake: int, probe: Probe | None = None
+) -> tuple[Key | None, Key | None]:
+    """Rows outside this range are outliers: quarantined, never given invented children.
+
+    Below the first child nothing is plausible (partman never makes children there, and a
+    1970 row would otherwise get a 1970 child); above, time keys may run ``premake + 2``
+    intervals past now. Integer keys have no "now": ids only grow, so no upper limit.
+    """
+    lo: Key | None = table.children[0].lower if table.children else None
+    if isinstance(grid, IntGrid):
+        if lo is None and probe is not None and probe.min_key is not None:
+            lo = grid.floor(int(probe.min_key))  # type: ignore[arg-type]
+        return lo, None
+    here = _now_key(table, now)
+    hi: Any = grid.floor(here)  # type: ignore[arg-type]
+    for _ in range(premake + 2):
+        hi = grid.next(hi)
+    if lo is None:
+        # No children at all: allow a year back from now.
+        lo = grid.floor(_shift_years(here, -1))  # type: ignore[arg-type]
+    return lo, hi
+
+
+def _shift_years(x: Any, years: int) -> Any:
+    try:
+        return x.replace(year=x.year + years)
+    except ValueError:  # 29 February
+        return x.replace(year=x.year + years, day=28)
+
+
+def _now_key(table: Table, now: datetime) -> Key:
+    if table.key_type == "date":
+        return now.date()
+    if table.key_type == "timestamp without time zone":
+        return now.replace(tzinfo=None)
+    return now
+
+
+def _inside(b: Key, lo: Key | None, hi: Key | None) -> bool:
+    return (lo is None or b >= lo) and (hi is None or b < hi)  # type: ignore[operator]
+
+
+def _single_span(
+    table: Table, grid: Grid, buckets: list[Key], now: datetime, probe: Probe
+) -> tuple[Key, Key] | None:
+    """The one free gap holding every plausible bucket, trimmed to what instant needs.
+
+    The wide child starts where the gap starts (maintenance stopped at the last child's
+    upper bound) and ends one interval past the later of now and the newest row, so live
+    inserts during the repair still fit; it never reaches into the next child.
+    """
+    if not buckets:
+        return None
+    first: Any = buckets[0]
+    last_end: Any = grid.next(buckets[-1])  # type: ignore[arg-type]
+    if free_spans(table, first, last_end) != [(first, last_end)]:
+        return None  # a child sits between the buckets: more than one gap
+    below = [c.upper for c in table.children if c.upper is not None and c.upper <= first]  # type: ignore[operator]
+    above = [c.lower for c in table.children if c.lower is not None and c.lower >= last_end]  # type: ignore[operator]
+    lo: Any = max(below) if below else first  # type: ignore[type-var]
+    if isinstance(grid, IntGrid):
+        top: Any = grid.floor(int(probe.max_key if probe.max_key is not None else buckets[-1]))  # type: ignore[arg-type]
+    else:
+        top = max(grid.floor(_now_key(table, now)), buckets[-1])  # type: ignore[arg-type, type-var]
+    hi: Any = grid.next(grid.next(top))
+    if above and min(above) < hi:  # type: ignore[type-var]
+        hi = min(above)  # type: ignore[type-var]
+    return lo, hi
+
+
+def _horizon(grid: Grid, now: datetime, premake: int, probe: Probe, p_hi: Key | None) -> Any:
+    """Future children run to ``premake`` intervals past now (ids: past the newest row)."""
+    if isinstance(grid, IntGrid):
+        top: Any = grid.floor(int(probe.max_key)) if probe.max_key is not None else None  # type: ignore[arg-type]
+        if top is None:
+            return None
+    else:
+        top = grid.floor(now if grid.tz else now.replace(tzinfo=None))  # type: ignore[arg-type]
+    for _ in range(premake + 1):
+        top = grid.next(top)
+    return top
+
+
+def _children(
+    table: Table, grid: Grid, nm: Naming, buckets: list[Key], future_from: Key | None, horizon: Any,
+    partman_managed: bool,
+) -> tuple[ChildSpec, ...]:
+    """Children for ``buckets`` plus every bucket from ``future_from`` to the horizon.
+
+    Without ``future_from`` (copy) the run starts at the last child's upper bound, so the
+    repaired table has no holes between its old children and its new ones. Everything is
+    clipped to the free spans: a new child never overlaps an existing one, and next to an
+    off-grid neighbour it fills exactly the gap.
+    """
+    wanted: dict[Any, Any] = {b: grid.next(b) for b in buckets}  # type: ignore[arg-type]
+    if horizon is not None:
+        start: Any = future_from
+        if start is None:
+            uppers = [c.upper for c in table.children if c.upper is not None]
+            start = max(uppers) if uppers else (buckets[0] if buckets else horizon)  # type: ignore[type-var]
+        b: Any = grid.floor(start)
+        while b < horizon:
+            wanted.setdefault(b, grid.next(b))
+            b = grid.next(b)
+    out: list[ChildSpec] = []
+    for lo, hi in sorted(wanted.items()):
+        for s_lo, s_hi in free_spans(table, lo, hi):
+            exact = (s_lo, s_hi) == (lo, hi)
+            out.append(ChildSpec(nm.name(s_lo), s_lo, s_hi, partman_managed and exact))
+    return tuple(out)
