@@ -132,7 +132,7 @@ def chunks(total_pages: int, chunk_pages: int) -> list[tuple[int, int]]:
 
 def copy_chunks(
     params: ConnParams | str,
-    template: sql.Composable,
+    template: sql.Composed,
     run_id: int,
     todo: list[tuple[int, int]],
     total_pages: int,

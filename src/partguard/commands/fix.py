@@ -240,38 +240,42 @@ def _execute(
     on_progress: Callable[[Progress], None] | None,
 ) -> FixOutcome:
     started = time.monotonic()
-    relations = [table.oid] + [r for r in _oids(conn, table.schema, [p.source, p.holding or ""]) if r]
+    relations = [table.oid] + _oids(conn, table.schema, [p.source, p.holding or ""])
     runner = Runner(conn, run_id, req.lock_timeout, req.retries, relations)
     plan = plan_steps(p, table, partman)
     names = [s.name for s in plan]
     todo = plan[names.index(done) + 1:] if done in names else plan
     created: list[str] = []
-    copied = quarantined = 0
-    per_child: dict[str, int] = {}
     maintenance = None
-    for step in todo:
-        log.info("fix %s: %s", table.qualname, step.name)
-        if step.name == "swap":
-            created = _swap(conn, runner, step, p, table, state, partman)
-        elif step.name == "copy":
-            _copy(conn, params, runner, step, p, table, req, on_progress)
-        elif step.name == "verify":
-            copied, quarantined, per_child = _verify(conn, runner, step, p, table)
-        elif step.name == "drop":
-            if req.options.keep_source:
-                runner.step(S.Step("drop", (), "none"), state="drop")
+    try:
+        for step in todo:
+            log.info("fix %s: %s", table.qualname, step.name)
+            if step.name == "swap":
+                created = _swap(conn, runner, step, p, table, state, partman)
+            elif step.name == "copy":
+                _copy(conn, params, runner, step, p, table, req, on_progress)
+            elif step.name == "verify":
+                _verify(conn, runner, p, table)
+            elif step.name == "drop" and req.options.keep_source:
+                runner.step(S.Step("drop", (), "none"))
                 outcome.notes.append(f"kept {table.schema}.{p.holding} (--keep-source)")
-            else:
+            elif step.name == "drop":
                 fault("before-drop")
                 runner.step(step)
-        elif step.name == "maintenance":
-            maintenance = _maintenance(runner, step)
-        else:
-            runner.step(step, scan=step.kind == "scan")
+            elif step.name == "maintenance":
+                maintenance = _maintenance(runner, step)
+            else:
+                runner.step(step, scan=step.kind == "scan")
+    except BaseException:
+        if done == "started" and not conn.closed and not conn.broken:
+            # Nothing committed yet (the first step takes the first lock): the table is as
+            # it was, so close the run instead of leaving it to be resumed.
+            row = conn.execute("SELECT state FROM partguard.fix_run WHERE run_id = %s", (run_id,)).fetchone()
+            if row and row[0] == "started":
+                journal.set_state(conn, run_id, "failed", finished=True)
+        raise
     journal.set_state(conn, run_id, "done", finished=True)
-    if p.strategy == "copy" and not copied:
-        copied, quarantined, per_child = _journal_totals(conn, run_id)
-    q_rows = _count(conn, sql.Identifier(S.SCHEMA, p.quarantine))
+    copied, quarantined, per_child = _journal_totals(conn, run_id)
     elapsed = time.monotonic() - started
     return replace(
         outcome, status="done", rows_moved=copied, rows_quarantined=quarantined, per_child=per_child,
@@ -279,7 +283,7 @@ def _execute(
         rate_rows_s=round(copied / elapsed, 1) if elapsed and copied else 0.0,
         longest_lock_s=round(runner.timings.longest, 4),
         locks_s={k: round(v, 4) for k, v in runner.timings.locked.items()},
-        quarantine_rows=q_rows, maintenance=maintenance,
+        quarantine_rows=_count(conn, sql.Identifier(S.SCHEMA, p.quarantine)), maintenance=maintenance,
     )
 
 
@@ -380,7 +384,7 @@ def _journal_totals(conn: Conn, run_id: int) -> tuple[int, int, dict[str, int]]:
     return (int(rows[0]), int(rows[1]), per) if rows else (0, 0, per)
 
 
-def _verify(conn: Conn, runner: Runner, step: S.Step, p: FixParams, table: catalog.Table) -> tuple[int, int, dict[str, int]]:
+def _verify(conn: Conn, runner: Runner, p: FixParams, table: catalog.Table) -> None:
     """Every row of the holding table is accounted for by a committed chunk, or we stop
     with the holding table intact."""
     assert p.holding
@@ -392,7 +396,6 @@ def _verify(conn: Conn, runner: Runner, step: S.Step, p: FixParams, table: catal
             f"{copied} copied + {quarantined} quarantined; nothing dropped, rerun to resume"
         )
     runner.step(S.Step("verify", (), "none", kind="check"))
-    return copied, quarantined, per
 
 
 def _count(conn: Conn, rel: sql.Identifier) -> int:

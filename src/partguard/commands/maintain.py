@@ -16,6 +16,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -25,11 +26,13 @@ from psycopg import sql
 from .. import journal
 from ..config import Config, TableSpec
 from ..db import Conn, ConnParams, connect_retrying, run_locked, session_timezone
+from ..diagnose import Finding, diagnose_table, runway_findings
+from ..diagnose import runway as runway_of
 from ..errors import CRITICAL, OK, UNKNOWN, WARNING, ConnectionFailed, PartguardError, UsageError
 from ..inspect.catalog import read_tables, resolve
 from ..inspect.partman import Partman, PartmanConfig, config_for, find_partman, read_configs
-from ..inspect.snapshot import Options, Server, Snapshot, TableState, read_server, table_state
-from ..plan.premake import Refusal, plan_premake, runway
+from ..inspect.snapshot import Options, Server, TableState, read_server, table_state
+from ..plan.premake import Refusal, plan_premake
 from .partman_calls import (
     ALREADY_RUNNING,
     LockHolder,
@@ -196,7 +199,7 @@ class _Run:
             targets = self.targets()
             outcomes = [self.guarded(t, database) for t in targets]
             if self.lost is None:
-                outcomes = self.verify(targets, outcomes, database)
+                outcomes = self.verify(targets, outcomes)
             status = max([o.severity for o in outcomes] + [OK])
             if self.messages and status == OK:
                 status = WARNING
@@ -239,16 +242,16 @@ class _Run:
                 "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s", (oid,)
             ).fetchone()  # type: ignore[misc]
             cfg = config_for(configs, schema, rel)
-            spec = specs.get(oid)
-            if cfg is not None and spec is not None and spec.interval is not None:
+            tspec = specs.get(oid)
+            if cfg is not None and tspec is not None and tspec.interval is not None:
                 raise UsageError(f"{name} is managed by pg_partman: set its interval and premake in "
                                  "part_config; partguard.toml may only pin its tz")
-            if cfg is None and (spec is None or spec.interval is None):
+            if cfg is None and (tspec is None or tspec.interval is None):
                 if explicit:
                     raise UsageError(f"{name} is neither managed by pg_partman nor configured in "
                                      "partguard.toml (give it an interval there)")
                 continue
-            out[oid] = _Target(f"{schema}.{rel}", oid, cfg, spec, (schema, rel))
+            out[oid] = _Target(f"{schema}.{rel}", oid, cfg, tspec, (schema, rel))
         unique = {t.qualname: t for t in missing if t not in out.values()}
         return sorted(out.values(), key=lambda t: t.qualname) + sorted(unique.values(), key=lambda t: t.qualname)
 
@@ -361,16 +364,13 @@ class _Run:
         created: list[str] = []
         refusal = plan.refused
         for step in plan.steps:
-            probe = step.probe
-            if probe is not None:
-                held = self.locked(lambda conn, q=probe: bool(conn.execute(q).fetchone()[0]),  # type: ignore[index,misc]
-                                   relations, f"{target.qualname}: probing the DEFAULT")
-                if held:
-                    refusal = Refusal(step.lower, step.upper, "the DEFAULT holds rows of this range")
-                    break
+            if step.probe is not None and self.locked(
+                partial(_exists, step.probe), relations, f"{target.qualname}: probing the DEFAULT"
+            ):
+                refusal = Refusal(step.lower, step.upper, "the DEFAULT holds rows of this range")
+                break
             try:
-                self.locked(lambda conn, q=step.create: conn.execute(q), relations,  # type: ignore[misc]
-                            f"{target.qualname}: creating {step.name}")
+                self.locked(partial(_run, step.create), relations, f"{target.qualname}: creating {step.name}")
             except pgerrors.CheckViolation:  # a row for the range arrived since the probe
                 refusal = Refusal(step.lower, step.upper, "the DEFAULT holds rows of this range")
                 break
@@ -385,72 +385,67 @@ class _Run:
 
     # --- verification, repair and the journal ------------------------------------
 
-    def verify(self, targets: list[_Target], outcomes: list[TableOutcome], database: str) -> list[TableOutcome]:
-        """Re-read each table and judge it with ``check``'s logic."""
-        from ..diagnose import diagnose
-
+    def verify(self, targets: list[_Target], outcomes: list[TableOutcome]) -> list[TableOutcome]:
+        """Re-read each table and judge it with ``check``'s rules (diagnose)."""
         server = read_server(self.c)
-        states: dict[str, TableState] = {}
-        for t in targets:
-            if t.oid is None:
-                continue
-            try:
-                states[t.qualname] = self.read_state(t, server)
-            except (PartguardError, psycopg.Error) as exc:
-                log.warning("%s: cannot verify: %s", t.qualname, exc)
-        findings = diagnose(Snapshot(server, tuple(states.values()), ()))
         result = []
         for t, o in zip(targets, outcomes):
-            st = states.get(t.qualname)
-            if st is None:
-                result.append(o)
+            if t.oid is None or o.status == "failed":
+                result.append(o)  # nothing to verify, or still locked: do not wait twice
                 continue
-            mine = [f for f in findings if f.table == t.qualname and f.code != "maintenance_stale"]
-            o = self.judge(t, o, st, server, mine, database)
-            if self.opt.fix_default and any(f.code == "default_rows" for f in mine):
-                o = self.fix_default(t, o, database)
+            try:
+                st = self.read_state(t, server)
+            except (PartguardError, psycopg.Error) as exc:
+                result.append(replace(o, message=_join(o.message, f"cannot verify: {exc}")))
+                continue
+            o = self.judge(t, o, st, server)
+            if self.opt.fix_default and any(f["code"] == "default_rows" for f in o.findings):
+                o = self.fix_default(t, o)
             result.append(o)
         return result
 
-    def judge(self, t: _Target, o: TableOutcome, st: TableState, server: Server, mine: list[Any],
-              database: str) -> TableOutcome:
+    def judge(self, t: _Target, o: TableOutcome, st: TableState, server: Server) -> TableOutcome:
+        """Runway at least premake and no rows in the DEFAULT, else the finding's severity."""
+        srv = replace(server, timezone=self.tz_for(t))  # the zone wall-clock keys are read in
+        mine = [f for f in diagnose_table(st, srv) if f.code != "maintenance_stale"]
+        rw = runway_of(st, srv)
+        if t.config is None and t.spec is not None and rw is not None:
+            # Without partman, premake is the one partguard.toml asks for, not partman's default.
+            rw = replace(rw, premake=t.spec.premake)
+            mine = [f for f in mine if f.code != "runway"] + runway_findings(st, rw)
         created = tuple(sorted({c.name for c in st.table.children} - self.before.get(t.qualname, set())))
-        upper, ahead = runway(st, server.now, self.tz_for(t))
-        severity, msgs = o.severity, [o.message] if o.message else []
+        severity, msg = o.severity, o.message
         for f in mine:
             if f.code in VERIFY_CODES:
                 severity = max(severity, f.severity.nagios)
-                if f.code == "default_rows" and o.status != "refused":
-                    msgs.append(f"{f.message}; repair with: {fix_command(database, t.qualname)}")
-                elif f.code != "default_rows":
-                    msgs.append(f.message)
+                if not (f.code == "default_rows" and o.status == "refused"):
+                    msg = _join(msg, f.message)
+        ahead = None if rw is None else (rw.ids if rw.ids is not None else rw.seconds)
+        covered = None if rw is None else (rw.frontier if rw.frontier is not None else rw.last_upper)
         return replace(
-            o, severity=severity, message="; ".join(m for m in msgs if m), created=created,
-            covered_until=None if upper is None else str(upper), runway_seconds=ahead,
+            o, severity=severity, message=msg, created=created,
+            covered_until=None if covered is None else str(covered),
+            runway_seconds=None if ahead is None else float(ahead),
             runway=_human_runway(ahead, st), findings=tuple(_finding_dict(f) for f in mine),
         )
 
-    def fix_default(self, t: _Target, o: TableOutcome, database: str) -> TableOutcome:
+    def fix_default(self, t: _Target, o: TableOutcome) -> TableOutcome:
         """``--fix-default``: run the repair itself (opt-in: it moves rows and takes locks)."""
         try:
-            fix_mod = importlib.import_module("partguard.commands.fix")
+            fix_mod: Any = importlib.import_module("partguard.commands.fix")
         except ModuleNotFoundError:
-            return replace(o, message=o.message + "; --fix-default: partguard fix is not available")
+            return replace(o, message=_join(o.message, "--fix-default: partguard fix is not available"))
         self.event(f"{t.qualname}: --fix-default: repairing the DEFAULT")
+        name = sql.Identifier(*t.ident).as_string(self.c)
         try:
-            fix_mod.fix(self.c, t.qualname, fix_mod.FixOptions(yes=True))
+            fix_mod.fix(self.c, self.params.conninfo("partguard maintain"),
+                        fix_mod.FixRequest(table=name, lock_timeout=self.opt.lock_timeout))
         except PartguardError as exc:
-            return replace(o, message=f"{o.message}; --fix-default failed: {exc}")
+            return replace(o, message=_join(o.message, f"--fix-default failed: {exc}"))
         server = read_server(self.c)
         st = self.read_state(t, server)
-        from ..diagnose import diagnose
-
-        mine = [f for f in diagnose(Snapshot(server, (st,), ())) if f.table == t.qualname
-                and f.code != "maintenance_stale"]
-        base = replace(o, severity=OK if o.status == "ok" else o.severity, message="repaired by partguard fix")
-        if o.status == "refused":
-            base = replace(base, status="ok", severity=OK)
-        return replace(self.judge(t, base, st, server, mine, database), fixed=True)
+        base = replace(o, status="ok", severity=OK, message="DEFAULT repaired by partguard fix")
+        return replace(self.judge(t, base, st, server), fixed=True)
 
     def record(self, run_id: int, outcomes: list[TableOutcome], status: int) -> None:
         try:
@@ -474,8 +469,21 @@ def _outcome(target: _Target, status: str, severity: int, message: str = "", **k
     return TableOutcome(target.qualname, target.kind, status, severity, message, **kw)
 
 
-def _finding_dict(f: Any) -> dict[str, Any]:
-    return {"code": f.code, "severity": f.severity.name, "message": f.message, "detail": f.detail}
+def _finding_dict(f: Finding) -> dict[str, Any]:
+    return {"code": f.code, "severity": f.severity.value, "message": f.message, "detail": f.detail}
+
+
+def _exists(query: sql.Composed, conn: Conn) -> bool:
+    row = conn.execute(query).fetchone()
+    return bool(row and row[0])
+
+
+def _run(stmt: sql.Composed, conn: Conn) -> None:
+    conn.execute(stmt)
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a and b else a or b
 
 
 def _human_runway(ahead: float | None, st: TableState) -> str | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+from psycopg import errors as pgerrors
 from psycopg import sql
 
 from ..db import Conn
@@ -187,7 +188,12 @@ ORDER BY ic.relname
 
 def resolve(conn: Conn, name: str) -> int:
     """Find a table by a name as a DBA types it (``schema.table``, quoted or not)."""
-    row = conn.execute("SELECT to_regclass(%s)::oid", (name,)).fetchone()
+    row: Any = None
+    try:
+        with conn.transaction():  # a savepoint: a bad name must not abort the caller's work
+            row = conn.execute("SELECT to_regclass(%s)::oid", (name,)).fetchone()
+    except (pgerrors.InvalidName, pgerrors.SyntaxError, pgerrors.FeatureNotSupported):
+        pass  # before PG 16 to_regclass raises on e.g. unquoted spaces or quotes
     if row is None or row[0] is None:
         # to_regclass needs quoting for odd names; accept a plain schema.table split too.
         schema, _, rel = name.rpartition(".")
@@ -306,6 +312,8 @@ def parse_literal(text: str) -> Key | None:
         return None
     if t.startswith("'"):
         body = t[1 : t.rindex("'")].replace("''", "'")
+        if re.fullmatch(r"[+-]?\d+", body):  # integer bounds are rendered quoted too: ('0')
+            return int(body)
         return _parse_time(body)
     try:
         return int(t)

@@ -17,7 +17,7 @@ from psycopg import sql
 
 from ..errors import UnknownGrid
 from ..inspect.catalog import Key, Table
-from ..inspect.grid import Grid, IntGrid, TimeGrid
+from ..inspect.grid import Grid, IntGrid
 from ..inspect.snapshot import TableState
 from .children import Naming, bound_literal, create_child, free_spans, naming
 
@@ -111,31 +111,6 @@ def default_rows_sql(table: Table, lower: Key, upper: Key) -> sql.Composed | Non
     return sql.SQL("SELECT EXISTS (SELECT 1 FROM {d} WHERE {k} >= {lo} AND {k} < {hi})").format(
         d=table.default.ident, k=k, lo=bound_literal(lower, table), hi=bound_literal(upper, table)
     )
-
-
-def runway(state: TableState, now: datetime, tz: str) -> tuple[Key | None, float | None]:
-    """(the upper bound of the newest child, how far past "now" it reaches: seconds for
-    time keys, ids for integer keys); None when it cannot be told."""
-    table, grid = state.table, state.grid.grid
-    upper = table.children[-1].upper if table.children else None
-    if upper is None or grid is None:
-        return upper, None
-    if isinstance(grid, IntGrid):
-        cur = state.max_key if isinstance(state.max_key, int) else None
-        return upper, float(int(upper) - cur) if cur is not None else None  # type: ignore[call-overload]
-    assert isinstance(grid, TimeGrid)
-    cur = current_key(table, grid, now, tz, None)
-    return upper, _seconds_between(cur, upper)
-
-
-def _seconds_between(a: Key | None, b: Key) -> float | None:
-    if a is None or isinstance(a, int) or isinstance(b, int):
-        return None
-    if isinstance(a, datetime) and isinstance(b, datetime):
-        return (b - a).total_seconds()
-    da = a if isinstance(a, datetime) else datetime.combine(a, datetime.min.time())
-    db = b if isinstance(b, datetime) else datetime.combine(b, datetime.min.time())
-    return (db.replace(tzinfo=None) - da.replace(tzinfo=None)).total_seconds()
 
 
 def _max_key(a: Key | None, b: Key | None) -> Key | None:

@@ -17,6 +17,8 @@ from ..inspect.partman import Partman
 from .children import bound_literal, create_child, partman_create
 from .fix import ChildSpec, FixParams, short_name
 
+__all__ = ["Step", "short_name", "instant_steps", "copy_steps", "index_renames", "make_children"]
+
 SCHEMA = "partguard"
 CHECK_NAME = "partguard_span"
 TRIGGER_NAME = "partguard_divert"
@@ -25,7 +27,7 @@ TRIGGER_NAME = "partguard_divert"
 @dataclass(frozen=True)
 class Step:
     name: str
-    statements: tuple[sql.Composable, ...]
+    statements: tuple[sql.Composed, ...]
     locks: str
     note: str = ""
     kind: str = "ddl"  # ddl: one short transaction under lock_timeout; scan; copy; maintenance
@@ -55,7 +57,7 @@ def outside(p: FixParams, lo: Key | None, hi: Key | None, table: Table, prefix: 
     return sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
 
 
-def create_quarantine(p: FixParams, table: Table, like: str) -> tuple[sql.Composable, ...]:
+def create_quarantine(p: FixParams, table: Table, like: str) -> tuple[sql.Composed, ...]:
     """A plain copy of the source's columns (generated values kept as data), plus when."""
     return (
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)),
@@ -93,10 +95,10 @@ def release_quarantine(p: FixParams, table: Table, keep_outliers: bool) -> sql.C
     )
 
 
-def make_children(children: tuple[ChildSpec, ...], table: Table, partman: Partman | None) -> list[sql.Composable]:
+def make_children(children: tuple[ChildSpec, ...], table: Table, partman: Partman | None) -> list[sql.Composed]:
     """partman makes its on-grid children itself (template, privileges, naming); the rest,
     clipped next to off-grid neighbours, are plain ``PARTITION OF`` tables."""
-    stmts: list[sql.Composable] = []
+    stmts: list[sql.Composed] = []
     batch = [c.lower for c in children if c.via_partman]
     if batch and partman is not None:
         stmts.append(partman_create(partman, table, batch))
@@ -106,17 +108,17 @@ def make_children(children: tuple[ChildSpec, ...], table: Table, partman: Partma
     return stmts
 
 
-def set_zone(p: FixParams) -> list[sql.Composable]:
+def set_zone(p: FixParams) -> list[sql.Composed]:
     """partman names and bounds children in the session TimeZone: pin it to the grid's."""
     if not p.zone:
         return []
     return [sql.SQL("SET LOCAL TimeZone = {}").format(sql.Literal(p.zone))]
 
 
-def index_renames(schema: str, indexes: list[Index], old: str, new: str) -> list[sql.Composable]:
+def index_renames(schema: str, indexes: list[Index], old: str, new: str) -> list[sql.Composed]:
     """Rename the former DEFAULT's indexes as PostgreSQL names a normal child's, so nothing
     is left called ``…_default_…`` (the fresh DEFAULT will want those names)."""
-    out: list[sql.Composable] = []
+    out: list[sql.Composed] = []
     for idx in indexes:
         if idx.name.startswith(old):
             target = short_name(new, idx.name[len(old):])
@@ -141,6 +143,7 @@ def instant_steps(p: FixParams, table: Table, partman: Partman | None) -> list[S
     check = sql.SQL("{k} IS NOT NULL AND {k} >= {lo} AND {k} < {hi}").format(k=_k(p), lo=lo, hi=hi)
     child = ident(table.schema, p.span_child)
     steps = [
+        # Catalog changes only, in one transaction: if the lock cannot be had, nothing changed.
         Step("prepare", (
             *create_quarantine(p, table, p.source),
             sql.SQL(
@@ -148,19 +151,17 @@ def instant_steps(p: FixParams, table: Table, partman: Partman | None) -> list[S
                 "EXECUTE FUNCTION partguard.divert({q})"
             ).format(trg=sql.Identifier(TRIGGER_NAME), src=src, cond=outside(p, p.span_lo, p.span_hi, table, "NEW"),
                      q=sql.Literal(quarantine_ident(p).as_string(None))),
-        ), f"SHARE ROW EXCLUSIVE on {p.source} (milliseconds)",
-            "live inserts that would not fit the span are diverted, never rejected"),
-        Step("quarantine", (move_to_quarantine(p, table, p.source, p.span_lo, p.span_hi),),
-             f"ROW EXCLUSIVE on {p.source}", "NULL keys and outliers leave the DEFAULT"),
-        Step("constrain", (
             sql.SQL("ALTER TABLE {src} ADD CONSTRAINT {c} CHECK ({check}) NOT VALID").format(
                 src=src, c=sql.Identifier(CHECK_NAME), check=check),
-        ), f"ACCESS EXCLUSIVE on {p.source} (milliseconds: NOT VALID skips the scan)"),
+        ), f"ACCESS EXCLUSIVE on {p.source} (milliseconds: NOT VALID skips the scan)",
+            "from here on, live inserts that would not fit the span are diverted, never rejected"),
+        Step("quarantine", (move_to_quarantine(p, table, p.source, p.span_lo, p.span_hi),),
+             f"ROW EXCLUSIVE on {p.source}", "NULL keys and outliers leave the DEFAULT", kind="scan"),
         Step("validate", (
             sql.SQL("ALTER TABLE {src} VALIDATE CONSTRAINT {c}").format(src=src, c=sql.Identifier(CHECK_NAME)),
         ), f"SHARE UPDATE EXCLUSIVE on {p.source}: reads and writes go on", kind="scan"),
     ]
-    swap: list[sql.Composable] = [
+    swap: list[sql.Composed] = [
         *set_zone(p),
         sql.SQL("ALTER TABLE {parent} DETACH PARTITION {src}").format(parent=table.ident, src=src),
         sql.SQL("ALTER TABLE {src} RENAME TO {child}").format(src=src, child=sql.Identifier(p.span_child)),
@@ -184,7 +185,7 @@ def instant_steps(p: FixParams, table: Table, partman: Partman | None) -> list[S
 
 def copy_steps(p: FixParams, table: Table, partman: Partman | None) -> list[Step]:
     src, hold = ident(table.schema, p.source), ident(table.schema, p.holding or "")
-    swap: list[sql.Composable] = [*set_zone(p)]
+    swap: list[sql.Composed] = [*set_zone(p)]
     if not p.adopted:
         swap.append(sql.SQL("ALTER TABLE {parent} DETACH PARTITION {src}").format(parent=table.ident, src=src))
     swap.append(sql.SQL("ALTER TABLE {src} RENAME TO {hold}").format(src=src, hold=sql.Identifier(p.holding or "")))
@@ -193,8 +194,7 @@ def copy_steps(p: FixParams, table: Table, partman: Partman | None) -> list[Step
         swap.append(sql.SQL("CREATE TABLE {d} PARTITION OF {parent} DEFAULT").format(
             d=ident(table.schema, p.new_default), parent=table.ident))
     steps = [
-        Step("prepare", create_quarantine(p, table, p.source), "none"),
-        Step("swap", tuple(swap),
+        Step("swap", (*create_quarantine(p, table, p.source), *swap),
              f"ACCESS EXCLUSIVE on {table.name} and {p.source} (milliseconds, under lock_timeout)",
              "the DEFAULT's rows are out of sight until copied back (use instant to avoid this window)",
              extra=("children for buckets that gained rows since the analysis are added under the same lock",)),

@@ -1,0 +1,58 @@
+"""``partguard maintain``: one line per table on stdout (journald keeps them), Nagios exit code."""
+
+from __future__ import annotations
+
+import click
+
+from ..commands.maintain import MaintainOptions, MaintainReport, maintain
+from ..config import load
+from ..db import parse_duration
+from .common import conn_params, connection_options, emit_json, format_option
+
+
+@click.command("maintain")
+@connection_options
+@click.option("--table", "-t", "tables", multiple=True,
+              help="Maintain only this table (repeatable). Default: every pg_partman table with "
+                   "automatic_maintenance on, and every table in --config.")
+@click.option("--retry-for", default="10m", show_default=True,
+              help="Keep retrying refused connections (too many clients, starting up) this long.")
+@click.option("--lock-timeout", default="5s", show_default=True,
+              help="Longest wait for a table's locks per try; the table is then retried, then skipped.")
+@click.option("--lock-retries", type=click.IntRange(0, 100), default=2, show_default=True,
+              help="Tries after a lock timeout, with backoff.")
+@click.option("--statement-timeout", default="10m", show_default=True,
+              help="Longest a table's maintenance may run.")
+@click.option("--fix-default", is_flag=True,
+              help="When a DEFAULT partition holds rows, repair it with partguard fix (moves rows).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="PARTGUARD_CONFIG",
+              help="partguard.toml: premaking for tables without pg_partman [env: PARTGUARD_CONFIG].")
+@format_option
+def command(dbname: str | None, host: str | None, port: int | None, user: str | None,
+            tables: tuple[str, ...], retry_for: str, lock_timeout: str, lock_retries: int,
+            statement_timeout: str, fix_default: bool, config_path: str | None, fmt: str) -> int:
+    """Run partition maintenance table by table, verify it, and record the run.
+
+    Exit status (Nagios): 0 all tables maintained and healthy, 1 warning, 2 a table failed
+    or a DEFAULT partition holds rows, 3 unknown.
+    """
+    options = MaintainOptions(
+        tables=tables, retry_for=parse_duration(retry_for), lock_timeout=parse_duration(lock_timeout),
+        lock_retries=lock_retries, statement_timeout=parse_duration(statement_timeout),
+        fix_default=fix_default, config=load(config_path),
+    )
+    report = maintain(conn_params(dbname, host, port, user), options)
+    if fmt == "json":
+        emit_json(report)
+    else:
+        render_text(report)
+    return report.status
+
+
+def render_text(report: MaintainReport) -> None:
+    for outcome in report.tables:
+        click.echo(outcome.line())
+    for message in report.messages:
+        click.echo(f"partguard: {message}", err=True)
+    if not report.tables:
+        click.echo("partguard: no table to maintain (no pg_partman config, nothing in --config)", err=True)

@@ -1,0 +1,119 @@
+"""Build partitioned test tables on a real server: partman-managed (4.7 or 5.x) or native.
+
+Tests describe incidents in terms of days relative to the server's clock, so the helpers
+speak UTC dates and find children by their bounds (child names differ between partman
+versions; bounds do not).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+Conn = psycopg.Connection[Any]
+
+
+def partman_major(conn: Conn) -> int:
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'").fetchone()
+    assert row is not None, "pg_partman is not installed in this database"
+    return int(str(row[0]).split(".")[0])
+
+
+def create_parent(
+    conn: Conn,
+    parent: str,
+    control: str,
+    interval: str,
+    *,
+    premake: int = 4,
+    start: str | None = None,
+    tz: str | None = None,
+) -> None:
+    """``partman.create_parent`` with keyword arguments valid on 4.7 and 5.x.
+
+    ``tz`` pins the session TimeZone for the call: partman lays its grid in it.
+    """
+    args = [
+        sql.SQL("p_parent_table := {}").format(sql.Literal(parent)),
+        sql.SQL("p_control := {}").format(sql.Literal(control)),
+        sql.SQL("p_interval := {}").format(sql.Literal(interval)),
+        sql.SQL("p_premake := {}").format(sql.Literal(premake)),
+    ]
+    if partman_major(conn) < 5:  # 5.x dropped 'native' (native is all there is)
+        args.append(sql.SQL("p_type := 'native'"))
+    if start is not None:
+        args.append(sql.SQL("p_start_partition := {}").format(sql.Literal(start)))
+    with conn.transaction():
+        if tz is not None:
+            conn.execute("SELECT set_config('TimeZone', %s, true)", (tz,))
+        conn.execute(sql.SQL("SELECT partman.create_parent({})").format(sql.SQL(", ").join(args)))
+
+
+def utc_today(conn: Conn) -> date:
+    row = conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+def midnight(d: date) -> datetime:
+    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+
+
+_FROM = re.compile(r"FROM \('?([^')]*)'?\)")
+
+
+def children(conn: Conn, parent: str) -> list[tuple[str, str, Any]]:
+    """(schema, name, lower bound) of each non-default child, ordered by lower bound."""
+    rows = conn.execute(
+        """SELECT n.nspname, c.relname, pg_get_expr(c.relpartbound, c.oid)
+           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE i.inhparent = %s::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'""",
+        (parent,),
+    ).fetchall()
+    out = []
+    for schema, name, bound in rows:
+        m = _FROM.search(bound)
+        assert m, bound
+        text = m.group(1)
+        lower: Any = int(text) if re.fullmatch(r"-?\d+", text) else datetime.fromisoformat(text)
+        out.append((schema, name, lower))
+    return sorted(out, key=lambda r: r[2])
+
+
+def drop_children(conn: Conn, parent: str, keep: Any) -> list[str]:
+    """Drop the children whose lower bound makes ``keep(lower)`` false; returns their names."""
+    dropped = []
+    for schema, name, lower in children(conn, parent):
+        if not keep(lower):
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, name)))
+            dropped.append(name)
+    return dropped
+
+
+def native_daily(
+    conn: Conn, schema: str, table: str, key: str, days: Iterable[date], *, default: bool = True
+) -> sql.Identifier:
+    """A hand-made daily table (no partman): one child per UTC day given, a DEFAULT, an
+    index on the key (so the DEFAULT has one too)."""
+    parent = sql.Identifier(schema, table)
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL(
+        "CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY, {} timestamptz NOT NULL, "
+        "payload text) PARTITION BY RANGE ({})"
+    ).format(parent, sql.Identifier(key), sql.Identifier(key)))
+    conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(parent, sql.Identifier(key)))
+    for d in days:
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(schema, f"{table}_p{d:%Y%m%d}"), parent,
+            sql.Literal(midnight(d)), sql.Literal(midnight(d + timedelta(days=1))),
+        ))
+    if default:
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
+            sql.Identifier(schema, f"{table}_default"), parent))
+    return parent
