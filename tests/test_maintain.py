@@ -112,3 +112,257 @@ def test_second_successful_run_moves_the_last_success_forward(
     runs = conn.execute("SELECT run_id, status FROM partguard.maintenance_run ORDER BY run_id").fetchall()
     assert [r[1] for r in runs] == ["ok", "ok"]
     assert report["run_id"] == runs[-1][0]
+
+
+# --- connection exhaustion ---------------------------------------------------------------
+
+
+@pytest.fixture
+def full_cluster(make_cluster: Callable[..., Sandbox], partman: str) -> Iterator[tuple[Sandbox, str, list[Conn]]]:
+    """A cluster whose every connection slot (superuser_reserved ones included) is held."""
+    sb = make_cluster({"max_connections": 5, "superuser_reserved_connections": 1})
+    db = sb.create_database("exhausted")
+    with psycopg.connect(db, autocommit=True) as c:
+        partman_table(c, partman, "events")
+    held: list[Conn] = []
+    while True:
+        try:
+            held.append(psycopg.connect(sb.dsn(), autocommit=True))
+        except psycopg.OperationalError as exc:
+            assert "too many clients" in str(exc)
+            break
+    assert len(held) == 5
+    yield sb, db, held
+    for c in held:
+        c.close()
+
+
+def test_maintain_waits_for_a_free_connection_slot_then_succeeds(
+    full_cluster: tuple[Sandbox, str, list[Conn]], capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, db, held = full_cluster
+
+    def free_two() -> None:
+        time.sleep(3)
+        for c in held[:2]:
+            c.close()
+
+    threading.Thread(target=free_two, daemon=True).start()
+    t0 = time.monotonic()
+    rc, report = run_json(capsys, "-d", db, "--retry-for", "60s")
+    assert rc == 0, report
+    assert time.monotonic() - t0 >= 2.5
+    assert report["connect_attempts"] >= 2
+    assert by_table(report)["public.events"]["status"] == "ok"
+    attempts = [r.getMessage() for r in caplog.records if "connect attempt" in r.getMessage()]
+    assert attempts and all("too many clients" in a for a in attempts)
+
+
+def test_maintain_gives_up_after_retry_for_with_a_clear_message(
+    full_cluster: tuple[Sandbox, str, list[Conn]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, db, _ = full_cluster
+    t0 = time.monotonic()
+    rc, out, err = run(capsys, "-d", db, "--retry-for", "3s")
+    assert rc == 2
+    assert 2.5 <= time.monotonic() - t0 < 15
+    assert out == ""
+    assert "maintenance not run" in err and "too many clients" in err and "attempts" in err
+
+
+# --- pg_partman's stuck advisory lock ------------------------------------------------------
+
+
+def test_stuck_partman_lock_is_reported_as_failure_naming_the_holder(
+    dsn: str, conn: Conn, partman: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    partman_table(conn, partman, "good")
+    partman_table(conn, partman, "broken")
+    # A row beyond the newest child lands in the DEFAULT; partman then has to create a child
+    # over it, which PostgreSQL refuses: run_maintenance_proc fails and keeps its lock.
+    conn.execute("UPDATE partman.part_config SET ignore_default_data = false")
+    conn.execute("INSERT INTO public.broken VALUES (2, now() + interval '10 days')")
+    stuck = psycopg.connect(dsn, autocommit=True, application_name="old-cron-job")
+    with pytest.raises(psycopg.errors.RaiseException, match="would be violated"):
+        stuck.execute("CALL partman.run_maintenance_proc()")
+    pid = stuck.info.backend_pid
+    try:
+        rc, report = run_json(capsys, "-d", dsn)
+        assert rc == 2
+        tables = by_table(report)
+        good = tables["public.good"]
+        assert good["status"] == "blocked" and good["severity"] == 2
+        assert f"pid {pid}" in good["message"] and "old-cron-job" in good["message"]
+        assert f"pg_terminate_backend({pid})" in good["message"]
+        broken = tables["public.broken"]
+        assert broken["status"] == "refused"
+        assert "partguard fix -d " in broken["message"] and "public.broken" in broken["message"]
+        recorded = dict(conn.execute("SELECT table_name, status FROM partguard.maintenance_table").fetchall())
+        assert recorded == {"public.good": "blocked", "public.broken": "refused"}
+    finally:
+        stuck.close()
+    # Once the holder is gone the same run succeeds: the lock was the whole problem.
+    rc, report = run_json(capsys, "-d", dsn, "--table", "public.good")
+    assert rc == 0 and by_table(report)["public.good"]["status"] == "ok"
+
+
+# --- lock contention ----------------------------------------------------------------
+
+
+def test_locked_table_times_out_and_the_others_are_still_maintained(
+    dsn: str, conn: Conn, partman: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    partman_table(conn, partman, "a_locked")
+    partman_table(conn, partman, "b_free")
+    drop_newest(conn, "b_free", 2)
+    locker = psycopg.connect(dsn, application_name="long-migration")
+    locker.execute("LOCK TABLE public.a_locked IN ACCESS EXCLUSIVE MODE")
+    locker_pid = locker.info.backend_pid
+    try:
+        t0 = time.monotonic()
+        rc, out, err = run(capsys, "-d", dsn, "--lock-timeout", "1s", "--lock-retries", "1")
+        assert time.monotonic() - t0 < 20
+    finally:
+        locker.rollback()
+        locker.close()
+    assert rc == 2, out + err
+    lines = dict(line.split(": ", 1) for line in out.splitlines())
+    assert lines["public.b_free"].startswith("ok, created 2 children")
+    blocked = lines["public.a_locked"]
+    assert blocked.startswith("critical (failed)")
+    assert "lock not granted within 1s" in blocked
+    assert f"pid {locker_pid}" in blocked and "long-migration" in blocked
+
+
+def test_connection_lost_mid_run_reconnects_and_finishes(
+    dsn: str, conn: Conn, partman: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    partman_table(conn, partman, "a_first")
+    partman_table(conn, partman, "b_second")
+    drop_newest(conn, "b_second", 1)
+    locker = psycopg.connect(dsn)
+    locker.execute("LOCK TABLE public.a_first IN ACCESS EXCLUSIVE MODE")
+
+    def kill_waiting_maintainer() -> None:
+        """Terminate partguard's backend while it waits on the lock, then let go of it."""
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            for _ in range(200):
+                row = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'partguard maintain' AND wait_event_type = 'Lock'"
+                ).fetchone()
+                if row:
+                    break
+                time.sleep(0.05)
+        locker.rollback()
+
+    threading.Thread(target=kill_waiting_maintainer, daemon=True).start()
+    try:
+        rc, report = run_json(capsys, "-d", dsn, "--lock-timeout", "10s")
+    finally:
+        locker.close()
+    assert rc == 0, report
+    assert report["connect_attempts"] == 2
+    tables = by_table(report)
+    assert tables["public.a_first"]["status"] == "ok"
+    assert len(tables["public.b_second"]["created"]) == 1
+
+
+# --- native premaking from partguard.toml ----------------------------------------------------
+
+
+NATIVE = 'public."Native Ev"'
+
+
+def native_table(conn: Conn) -> None:
+    conn.execute('CREATE TABLE public."Native Ev" (id bigint, "At" timestamptz NOT NULL) PARTITION BY RANGE ("At")')
+    conn.execute('CREATE TABLE public."Native Ev_default" PARTITION OF public."Native Ev" DEFAULT')
+    conn.execute('CREATE INDEX ON public."Native Ev" ("At")')
+
+
+def write_config(tmp_path: Path, premake: int = 3) -> str:
+    path = tmp_path / "partguard.toml"
+    path.write_text(
+        "[[table]]\n"
+        f"name = '{NATIVE}'\n"
+        'interval = "1 day"\n'
+        f"premake = {premake}\n"
+        'tz = "Europe/Berlin"\n'
+        'naming = "{parent}_p{YYYYMMDD}"\n'
+    )
+    return str(path)
+
+
+def native_children(conn: Conn) -> list[tuple[str, str]]:
+    return conn.execute(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass "
+        "AND NOT c.relname LIKE '%%default' ORDER BY 1",
+        (NATIVE,),
+    ).fetchall()
+
+
+def test_native_premaking_creates_berlin_days_named_from_the_config(
+    dsn: str, conn: Conn, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    native_table(conn)
+    config = write_config(tmp_path)
+    rc, out, err = run(capsys, "-d", dsn, "--config", config)
+    assert rc == 0, out + err
+    assert out.startswith("public.Native Ev: ok, created 4 children, runway 3 days")
+    kids = native_children(conn)
+    berlin_today = conn.execute("SELECT (now() AT TIME ZONE 'Europe/Berlin')::date").fetchone()[0]  # type: ignore[index]
+    assert kids[0][0] == f"Native Ev_p{berlin_today:%Y%m%d}"
+    for _, bound in kids:  # Berlin midnight, whatever the season (+01 or +02)
+        assert " 23:00:00+00" in bound or " 22:00:00+00" in bound
+    # Idempotent: a second run finds nothing to do and still records a success.
+    rc, out, _ = run(capsys, "-d", dsn, "--config", config)
+    assert rc == 0 and "created" not in out
+    assert native_children(conn) == kids
+    last = conn.execute("SELECT count(*) FROM partguard.maintenance_table WHERE status = 'ok'").fetchone()
+    assert last == (2,)
+
+
+def test_native_premaking_refuses_a_range_the_default_holds_rows_of(
+    dsn: str, conn: Conn, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    native_table(conn)
+    conn.execute('INSERT INTO public."Native Ev" VALUES (1, now() + interval \'2 days\')')
+    rc, out, err = run(capsys, "-d", dsn, "--config", write_config(tmp_path))
+    assert rc == 2, out + err
+    line = out.strip()
+    assert line.startswith("public.Native Ev: critical (refused), created 2 children")
+    assert "the DEFAULT holds rows" in line
+    assert "partguard fix -d " in line and "Native Ev" in line
+    # Today and tomorrow exist; nothing at or after the day holding the row.
+    assert len(native_children(conn)) == 2
+    where = conn.execute('SELECT tableoid::regclass::text FROM public."Native Ev"').fetchall()
+    assert where == [('"Native Ev_default"',)]
+
+
+def test_premake_plan_probes_the_default_before_each_create(dsn: str, conn: Conn) -> None:
+    """The plan's EXISTS probe finds rows even when the snapshot did not know of them, and
+    the CREATE it guards would indeed fail (after scanning the DEFAULT under lock)."""
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from partguard.db import session_timezone
+    from partguard.inspect.catalog import read_tables
+    from partguard.inspect.snapshot import Options, read_server, table_state
+    from partguard.plan.premake import plan_premake
+
+    native_table(conn)
+    conn.execute('INSERT INTO public."Native Ev" VALUES (1, now() + interval \'1 day\')')
+    server = read_server(conn)
+    (table,) = read_tables(conn, [NATIVE])
+    state = table_state(conn, server, table, None, Options(interval="1 day", tz="UTC"))
+    blind = replace(state, default_probe=None)
+    plan = plan_premake(blind, 2, server.now, session_timezone(conn))
+    assert plan.refused is None and len(plan.steps) == 3
+    tomorrow = plan.steps[1]
+    assert tomorrow.upper - tomorrow.lower == timedelta(days=1)  # type: ignore[operator]
+    assert tomorrow.probe is not None
+    assert [conn.execute(s.probe).fetchone()[0] for s in plan.steps if s.probe] == [False, True, False]  # type: ignore[index]
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(tomorrow.create)

@@ -161,10 +161,13 @@ def reserved_advice(server: Server) -> str:
 
 
 def default_rows_estimate(state: TableState) -> int | None:
-    """reltuples lags behind inserts; never report fewer rows than the probe saw."""
+    """reltuples lags behind inserts (and a never-analysed table gets the planner's guess of
+    ~1000 rows): trust the probe's own keys for zero, and never report fewer than it saw."""
     p = state.default_probe
     if p is None:
         return None
+    if p.empty:
+        return 0
     return max(p.rows, p.null_rows + (0 if p.min_key is None else 1))
 
 

@@ -84,7 +84,8 @@ class TableOutcome:
 
     def line(self) -> str:
         """One journald-friendly line: ``public.fixes: ok, created 2 children, runway 4 days``."""
-        parts = [self.status]
+        head = "ok" if self.severity == OK else STATUS_TEXT[self.severity]
+        parts = [head if self.status == "ok" else f"{head} ({self.status})"]
         if self.created:
             parts.append(f"created {len(self.created)} child{'ren' if len(self.created) != 1 else ''}")
         if self.runway is not None:

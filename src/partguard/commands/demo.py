@@ -1,0 +1,215 @@
+"""``demo``: the whole incident on a throwaway cluster, told by partguard's own commands.
+
+Two tables like the ingest service's (``fixes`` with a generated column, ``raw_messages``),
+daily children made by pg_partman (native ones when partman is not installed), a
+maintenance job that "stopped" three days ago so rows fell into the DEFAULTs, and a writer
+that never stops inserting. Then: check, fix both tables under the writer, check again,
+maintain, metrics, and a row-for-row account of what the writer committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from datetime import timedelta
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from ..sandbox import Sandbox
+
+log = logging.getLogger(__name__)
+
+TABLES = ("public.fixes", "public.raw_messages")
+
+_SCHEMA = """
+CREATE TABLE public.fixes (
+    id          bigint NOT NULL,
+    received_at timestamptz NOT NULL,
+    device_id   int NOT NULL,
+    lat         double precision NOT NULL,
+    lon         double precision NOT NULL,
+    speed_ms    real,
+    speed_kmh   real GENERATED ALWAYS AS (speed_ms * 3.6) STORED,
+    PRIMARY KEY (id, received_at)
+) PARTITION BY RANGE (received_at);
+CREATE INDEX ON public.fixes (received_at);
+CREATE INDEX ON public.fixes (device_id, received_at);
+
+CREATE TABLE public.raw_messages (
+    id          bigint NOT NULL,
+    received_at timestamptz NOT NULL,
+    device_id   int NOT NULL,
+    payload     text NOT NULL,
+    PRIMARY KEY (id, received_at)
+) PARTITION BY RANGE (received_at);
+CREATE INDEX ON public.raw_messages (received_at);
+"""
+
+
+@dataclass
+class DemoWriter:
+    """The ingest service: one fix and one raw message every few ms, for as long as it runs."""
+
+    dsn: str
+    next_id: int = 1_000_000_000
+    committed: dict[str, set[int]] = field(default_factory=lambda: {t: set() for t in TABLES})
+    failures: list[str] = field(default_factory=list)
+    max_latency: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> DemoWriter:
+        self._thread = threading.Thread(target=self._run, name="demo-writer", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        fixes = sql.SQL("INSERT INTO public.fixes (id, received_at, device_id, lat, lon, speed_ms) "
+                        "VALUES (%s, now() - %s * interval '1 hour', %s, 52.5, 13.4, 8.5)")
+        raw = sql.SQL("INSERT INTO public.raw_messages (id, received_at, device_id, payload) "
+                      "VALUES (%s, now() - %s * interval '1 hour', %s, 'NMEA $GPRMC')")
+        with psycopg.connect(self.dsn, autocommit=True, application_name="ingest-service") as c:
+            while not self._stop.is_set():
+                self.next_id += 1
+                rid = self.next_id
+                late = (rid % 7) * 10  # some devices upload hours late, into the outage days
+                for table, stmt in (("public.fixes", fixes), ("public.raw_messages", raw)):
+                    t0 = time.monotonic()
+                    try:
+                        c.execute(stmt, (rid, late, rid % 100))
+                        self.committed[table].add(rid)
+                    except psycopg.Error as exc:
+                        self.failures.append(str(exc).splitlines()[0])
+                    self.max_latency = max(self.max_latency, time.monotonic() - t0)
+                time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(10)
+
+
+def build_incident(conn: psycopg.Connection, has_partman: bool, partman_major: int, rows: int) -> None:
+    """Children up to three days ago, then three days of rows straight into the DEFAULTs."""
+    conn.execute(_SCHEMA)  # type: ignore[arg-type]
+    for table in TABLES:
+        if has_partman:
+            kind = sql.SQL(", p_type := 'native'") if partman_major < 5 else sql.SQL("")
+            conn.execute(sql.SQL(
+                "SELECT partman.create_parent(p_parent_table := {t}, p_control := 'received_at', "
+                "p_interval := '1 day'{kind}, p_premake := 4, "
+                "p_start_partition := (date_trunc('day', now()) - interval '10 days')::text)"
+            ).format(t=sql.Literal(table), kind=kind))
+            stale = conn.execute(
+                """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                   WHERE i.inhparent = %s::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
+                     AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), '''(.*?)'''))[1]::timestamptz
+                         >= date_trunc('day', now()) - interval '3 days'""",
+                (table,),
+            ).fetchall()
+            for (name,) in stale:
+                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("public", name)))
+        else:
+            schema, name = table.split(".")
+            today = conn.execute("SELECT date_trunc('day', now())").fetchone()[0]  # type: ignore[index]
+            for back in range(10, 3, -1):
+                day = today - timedelta(days=back)
+                conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                    sql.Identifier(schema, f"{name}_p{day:%Y%m%d}"), sql.Identifier(schema, name),
+                    sql.Literal(day), sql.Literal(day + timedelta(days=1))))
+            conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
+                sql.Identifier(schema, f"{name}_default"), sql.Identifier(schema, name)))
+    conn.execute(
+        "INSERT INTO public.fixes (id, received_at, device_id, lat, lon, speed_ms) "
+        "SELECT i, date_trunc('day', now()) - interval '3 days' + i * (now() - date_trunc('day', now()) "
+        "+ interval '3 days') / %s, i %% 100, 52 + random(), 13 + random(), random() * 30 "
+        "FROM generate_series(1, %s) i", (rows, rows))
+    conn.execute(
+        "INSERT INTO public.raw_messages (id, received_at, device_id, payload) "
+        "SELECT i, date_trunc('day', now()) - interval '3 days' + i * (now() - date_trunc('day', now()) "
+        "+ interval '3 days') / %s, i %% 100, md5(i::text) FROM generate_series(1, %s) i",
+        (rows * 2, rows * 2))
+    conn.execute("ANALYZE public.fixes; ANALYZE public.raw_messages")
+
+
+def demo(
+    cli: Callable[[Sequence[str]], int],
+    say: Callable[[str], None],
+    *,
+    rows: int = 200_000,
+    keep: bool = False,
+) -> int:
+    """Run the story; ``cli`` runs a partguard command line, ``say`` narrates. Returns 0
+    when the account balances (no row lost or duplicated, no failed write) and check is OK."""
+    sandbox = Sandbox(keep=keep).start()
+    try:
+        return _story(sandbox, cli, say, rows)
+    finally:
+        if keep:
+            say(f"\nThe cluster is still running (--keep). Connect with:\n  psql '{sandbox.dsn('incident')}'\n"
+                f"Stop it with: pg_ctl -D {sandbox.datadir} stop")
+        else:
+            sandbox.stop()
+
+
+def _story(sandbox: Sandbox, cli: Callable[[Sequence[str]], int], say: Callable[[str], None], rows: int) -> int:
+    dsn = sandbox.create_database("incident", partman=True)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'").fetchone()
+        partman = f"pg_partman {version[0]}" if version else "no pg_partman (native partitions)"
+        say(f"== A throwaway PostgreSQL {sandbox.major} cluster with {partman}\n")
+        say("== The incident: maintenance stopped three days ago; rows fall into the DEFAULT partitions")
+        build_incident(conn, version is not None, int(version[0].split(".")[0]) if version else 0, rows)
+        writer = DemoWriter(dsn).start()
+        before = {t: {r[0] for r in conn.execute(sql.SQL("SELECT id FROM {}").format(
+            sql.Identifier(*t.split("."))))} for t in TABLES}
+        for t in TABLES:
+            n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier("public", t.split(".")[1] + "_default"))).fetchone()
+            say(f"   {t}: {n[0] if n else 0} rows in its DEFAULT; the ingest writer keeps inserting")
+        say("")
+        steps: list[tuple[str, list[str]]] = [
+            ("What partguard sees", ["check", "-d", dsn]),
+            ("The plan for fixes (a SQL script on stdout; nothing changes)", ["fix", "-d", dsn, "public.fixes", "--dry-run"]),
+            ("Repair fixes: the DEFAULT becomes a child, no row moves", ["fix", "-d", dsn, "public.fixes", "--yes"]),
+            ("Repair raw_messages with exact daily children (copy, 2 jobs)",
+             ["fix", "-d", dsn, "public.raw_messages", "--yes", "--strategy", "copy", "--jobs", "2"]),
+            ("Healthy again", ["check", "-d", dsn]),
+        ]
+        codes = []
+        for title, argv in steps:
+            say(f"== {title}\n$ partguard {' '.join(_shown(a, dsn) for a in argv)}")
+            codes.append(cli(argv))
+            say("")
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "partguard.toml"
+            config.write_text("" if version else "".join(
+                f'[[table]]\nname = "{t}"\ninterval = "1 day"\npremake = 4\n\n' for t in TABLES))
+            say(f"== Maintenance that does not stop silently\n$ partguard maintain -d $DSN --retry-for 1m")
+            codes.append(cli(["maintain", "-d", dsn, "--retry-for", "1m", "--config", str(config)]))
+        say("\n== What Prometheus scrapes (partguard metrics --listen 127.0.0.1:9187)")
+        codes.append(cli(["metrics", "-d", dsn]))
+        time.sleep(0.2)
+        writer.stop()
+        say("\n== The account, row for row")
+        balanced = True
+        for t in TABLES:
+            after = [r[0] for r in conn.execute(sql.SQL("SELECT id FROM {}").format(sql.Identifier(*t.split("."))))]
+            expected = before[t] | writer.committed[t]
+            ok = len(after) == len(set(after)) and set(after) == expected
+            balanced &= ok
+            say(f"   {t}: {len(before[t])} rows before + {len(writer.committed[t])} committed by the writer "
+                f"= {len(expected)}; after: {len(after)} {'✓ each exactly once' if ok else '✗ MISMATCH'}")
+        say(f"   writer: {len(writer.failures)} failed inserts, max insert latency {writer.max_latency * 1000:.0f} ms")
+    final_check_ok = codes[4] == 0
+    return 0 if balanced and not writer.failures and final_check_ok else 2
+
+
+def _shown(arg: str, dsn: str) -> str:
+    return "$DSN" if arg == dsn else arg
