@@ -360,7 +360,7 @@ def test_loose_index_scan_reads_the_index_not_the_default(conn: Any) -> None:
     days = [1, 2, 3, 6, 10]
     conn.execute(
         "INSERT INTO public.m SELECT timestamptz '2020-01-01 00:00+00' + (d - 1) * interval '1 day'"
-        " + (g % 86400) * interval '1 second', 'x' FROM unnest(%s::int[]) d, "
+        " + (g %% 86400) * interval '1 second', 'x' FROM unnest(%s::int[]) d, "
         "generate_series(1, 40000) g", (days,))
     conn.execute("ANALYZE public.m")
     rel = sql.Identifier("public", "m_default")

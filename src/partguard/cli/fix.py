@@ -99,6 +99,8 @@ def _summary(o: FixOutcome) -> list[str]:
     kids = p.get("children", [])
     if kids:
         lines.append(f"  children to create: {len(kids)} ({kids[0]['name']} … {kids[-1]['name']})")
+    if o.estimate_s is not None:
+        lines.append(f"  estimated duration: ~{o.estimate_s:g}s (rough; the parent is locked only for milliseconds)")
     lines += [f"  note: {n}" for n in o.notes]
     return lines
 
@@ -136,6 +138,10 @@ def _print_outcome(o: FixOutcome) -> None:
         click.echo(f"  partman maintenance: {o.maintenance}")
     for n in o.notes:
         click.echo(f"  note: {n}")
+    worst = [f for f in o.findings_after if f["severity"] in ("warning", "critical", "unknown")]
+    click.echo(f"  check afterwards: {'OK' if not worst else ', '.join(f['code'] for f in worst)}")
+    for f in o.findings_after:
+        click.echo(f"    {f['severity'].upper()} {f['code']}: {f['message']}")
 
 
 def _confirm(o: FixOutcome) -> bool:

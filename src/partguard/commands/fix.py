@@ -54,6 +54,8 @@ class FixOutcome:
     quarantine: str | None = None
     quarantine_rows: int = 0
     maintenance: str | None = None
+    estimate_s: float | None = None  # dry-run: a rough duration, from the DEFAULT's size
+    findings_after: list[dict[str, Any]] = field(default_factory=list)  # check, re-run after the fix
     notes: list[str] = field(default_factory=list)
 
 
@@ -128,7 +130,8 @@ def _fix_locked(
         return FixOutcome(table.qualname, "nothing_to_do", notes=[f"{source} holds no rows"])
     tag = datetime.now().strftime("%Y%m%d%H%M%S")
     p = plan_fix(state, pr, server.now, partman, req.options, adopted=source if adopted else None, run_tag=tag)
-    outcome = _outcome(p, table, partman, status="planned")
+    outcome = _outcome(p, table, partman, status="planned",
+                       estimate_s=_estimate(conn, table.schema, source, p, req.options.jobs))
     if req.dry_run:
         return outcome
     if confirm is not None and not confirm(outcome):
@@ -276,6 +279,7 @@ def _execute(
         raise
     journal.set_state(conn, run_id, "done", finished=True)
     copied, quarantined, per_child = _journal_totals(conn, run_id)
+    findings = _recheck(conn, table.qualname, req)
     elapsed = time.monotonic() - started
     return replace(
         outcome, status="done", rows_moved=copied, rows_quarantined=quarantined, per_child=per_child,
@@ -284,7 +288,33 @@ def _execute(
         longest_lock_s=round(runner.timings.longest, 4),
         locks_s={k: round(v, 4) for k, v in runner.timings.locked.items()},
         quarantine_rows=_count(conn, sql.Identifier(S.SCHEMA, p.quarantine)), maintenance=maintenance,
+        findings_after=findings,
     )
+
+
+def _recheck(conn: Conn, name: str, req: FixRequest) -> list[dict[str, Any]]:
+    """check's verdict on the repaired table: the repair is judged by the same rules."""
+    from ..diagnose import diagnose
+    from ..inspect import snapshot
+
+    snap = snapshot.take(conn, Options(tables=(name,), interval=req.interval, tz=req.tz))
+    return [{"code": f.code, "severity": f.severity.value, "message": f.message}
+            for f in diagnose(snap) if f.table == name]
+
+
+# Rough rates measured on a 2-core machine (benchmarks/bench_fix.py): a VALIDATE reads the
+# heap sequentially; a copy inserts through tuple routing and index maintenance.
+_SCAN_BYTES_S = 400e6
+_COPY_ROWS_S_PER_JOB = 120e3
+
+
+def _estimate(conn: Conn, schema: str, source: str, p: FixParams, jobs: int) -> float:
+    row = conn.execute("SELECT pg_relation_size(%s::regclass)",
+                       (sql.Identifier(schema, source).as_string(conn),)).fetchone()
+    size = float(row[0]) if row else 0.0
+    if p.strategy == "instant":
+        return round(size / _SCAN_BYTES_S + 0.1, 1)
+    return round(p.rows_estimate / (_COPY_ROWS_S_PER_JOB * min(jobs, 2)) + size / _SCAN_BYTES_S + 0.2, 1)
 
 
 def _oids(conn: Conn, schema: str, names: list[str]) -> list[int]:
