@@ -395,10 +395,10 @@ def runway_findings(state: TableState, rw: Runway) -> list[Finding]:
     zone = _zone(state)
     grid = state.grid.grid
     assert grid is not None
-    what = "the largest id " + str(rw.reference) if isinstance(rw.reference, int) else "now"
     if not rw.current_covered:
+        now = "new rows" if isinstance(rw.reference, int) else "rows written now"
         head = (f"no child for the current interval {fmt_key(rw.current_start, zone)} … "
-                f"{fmt_key(rw.current_end, zone)}: rows written now go to the DEFAULT")
+                f"{fmt_key(rw.current_end, zone)}: {now} go to the DEFAULT")
     elif not rw.next_covered:
         head = (f"no child for the next interval {fmt_key(rw.current_end, zone)} … "
                 f"{fmt_key(rw.next_end, zone)}: from {fmt_key(rw.current_end, zone)} on rows go "
@@ -407,10 +407,8 @@ def runway_findings(state: TableState, rw: Runway) -> list[Finding]:
         head = (f"children reach only {rw.intervals_ahead} interval"
                 f"{'s' if rw.intervals_ahead != 1 else ''} of {_interval(grid)} past the current "
                 f"one (premake {rw.premake})")
-    ends = (f"the newest child ends at {fmt_key(rw.last_upper, zone)}{_zone_suffix(zone)}"
-            if rw.last_upper is not None else "there are no children")
     return [Finding(
-        "runway", sev, state.table.qualname, f"{head}; {ends} ({_runway_text(rw)} ahead of {what})",
+        "runway", sev, state.table.qualname, f"{head}; {_runway_text(rw, zone)}",
         {"runway_seconds": rw.seconds, "runway_ids": rw.ids, "intervals_ahead": rw.intervals_ahead,
          "premake": rw.premake, "interval": _interval(grid), "last_upper": iso(rw.last_upper),
          "frontier": iso(rw.frontier), "current_covered": rw.current_covered,
@@ -530,12 +528,20 @@ def _partman_schema(server: Server) -> str:
     return server.partman.schema if server.partman else "partman"
 
 
-def _runway_text(rw: Runway) -> str:
+def _runway_text(rw: Runway, zone: str | None) -> str:
+    """Where the children end, relative to now (or to the largest id)."""
+    if rw.last_upper is None:
+        return "there are no children"
+    if rw.frontier is None and _lt(rw.reference, rw.last_upper):
+        return "later children exist: the hole is reported as a gap"
+    end = f"children end at {fmt_key(rw.last_upper if rw.frontier is None else rw.frontier, zone)}{_zone_suffix(zone)}"
     if rw.ids is not None:
-        return f"{rw.ids} ids"
+        return (f"{end}, {abs(rw.ids)} ids {'above' if rw.ids >= 0 else 'below'} "
+                f"the largest id {rw.reference}")
     if rw.seconds is None:
-        return "unbounded"
-    return fmt_delta(timedelta(seconds=rw.seconds))
+        return end
+    span = fmt_delta(timedelta(minutes=round(abs(rw.seconds) / 60)))
+    return f"{end}, {span} {'from now' if rw.seconds >= 0 else 'ago'}"
 
 
 def iso(x: Key | None) -> str | int | None:

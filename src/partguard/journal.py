@@ -76,7 +76,7 @@ def ensure_schema(conn: Conn) -> None:
     with conn.transaction():
         # Two first runs at once must not both create: serialise on a fixed advisory key.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('partguard schema'))")
-        conn.execute(_DDL)  # type: ignore[arg-type]
+        conn.execute(_DDL)
 
 
 def schema_exists(conn: Conn) -> bool:
@@ -137,7 +137,7 @@ def start_run(conn: Conn, parent_oid: int, parent_name: str, strategy: str, deta
 
 def set_state(conn: Conn, run_id: int, state: str, *, finished: bool = False, **fields: Any) -> None:
     """Record a phase; callers inside a transaction make it atomic with their DDL."""
-    sets = [sql.SQL("state = %s"), sql.SQL("updated_at = clock_timestamp()")]
+    sets: list[sql.Composable] = [sql.SQL("state = %s"), sql.SQL("updated_at = clock_timestamp()")]
     params: list[Any] = [state]
     for name, value in fields.items():
         if name == "detail":

@@ -92,7 +92,8 @@ def _status(params: Any, fmt: str) -> int:
 
 def _summary(o: FixOutcome) -> list[str]:
     p = o.params or {}
-    lines = [f"{o.table}: {o.strategy} repair{' (resuming run %d)' % o.run_id if o.resumed else ''}",
+    resumed = f" (resuming run {o.run_id})" if o.resumed else ""
+    lines = [f"{o.table}: {o.strategy} repair{resumed}",
              f"  rows in the DEFAULT (estimate): {p.get('rows_estimate', 0)}, buckets: {len(p.get('buckets', []))}"]
     if p.get("span_child"):
         lines.append(f"  the DEFAULT becomes {p['span_child']} FOR VALUES FROM ({p['span_lo']}) TO ({p['span_hi']})")
@@ -128,16 +129,16 @@ def _print_outcome(o: FixOutcome) -> None:
     click.echo(f"{o.table}: fixed with {o.strategy} in {o.duration_s:.2f}s, longest lock {o.longest_lock_s * 1000:.0f} ms")
     if o.rows_moved:
         click.echo(f"  rows copied: {o.rows_moved} ({o.rate_rows_s:.0f} rows/s)")
-        for child, n in sorted(o.per_child.items()):
-            click.echo(f"    {child}: {n}")
+        for child, rows in sorted(o.per_child.items()):
+            click.echo(f"    {child}: {rows}")
     if o.children_created:
         click.echo(f"  children created: {len(o.children_created)}")
     if o.quarantine_rows:
         click.echo(f"  quarantined rows kept in {o.quarantine}: {o.quarantine_rows}")
     if o.maintenance:
         click.echo(f"  partman maintenance: {o.maintenance}")
-    for n in o.notes:
-        click.echo(f"  note: {n}")
+    for note in o.notes:
+        click.echo(f"  note: {note}")
     worst = [f for f in o.findings_after if f["severity"] in ("warning", "critical", "unknown")]
     click.echo(f"  check afterwards: {'OK' if not worst else ', '.join(f['code'] for f in worst)}")
     for f in o.findings_after:

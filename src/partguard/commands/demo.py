@@ -97,7 +97,7 @@ class DemoWriter:
 
 def build_incident(conn: psycopg.Connection, has_partman: bool, partman_major: int, rows: int) -> None:
     """Children up to three days ago, then three days of rows straight into the DEFAULTs."""
-    conn.execute(_SCHEMA)  # type: ignore[arg-type]
+    conn.execute(_SCHEMA)
     for table in TABLES:
         if has_partman:
             kind = sql.SQL(", p_type := 'native'") if partman_major < 5 else sql.SQL("")

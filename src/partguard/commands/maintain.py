@@ -26,10 +26,11 @@ from psycopg import sql
 from .. import journal
 from ..config import Config, TableSpec
 from ..db import Conn, ConnParams, connect_retrying, run_locked, session_timezone
-from ..diagnose import Finding, diagnose_table, runway_findings
+from ..diagnose import Finding, diagnose_table, fmt_key, runway_findings
 from ..diagnose import runway as runway_of
 from ..errors import CRITICAL, OK, UNKNOWN, WARNING, ConnectionFailed, PartguardError, UsageError
 from ..inspect.catalog import read_tables, resolve
+from ..inspect.grid import TimeGrid
 from ..inspect.partman import Partman, PartmanConfig, config_for, find_partman, read_configs
 from ..inspect.snapshot import Options, Server, TableState, read_server, table_state
 from ..plan.premake import Refusal, plan_premake
@@ -276,7 +277,7 @@ class _Run:
                 if attempt == 2:
                     return _outcome(target, "failed", CRITICAL, f"connection lost twice: {exc}")
             except PartguardError as exc:
-                return _outcome(target, "failed", CRITICAL, str(exc))
+                return _outcome(target, "failed", CRITICAL, str(exc).removeprefix(f"{target.qualname}: "))
         raise AssertionError("unreachable")
 
     def read_state(self, target: _Target, server: Server) -> TableState:
@@ -310,13 +311,15 @@ class _Run:
     def run_partman(self, target: _Target, state: TableState, database: str) -> TableOutcome:
         assert self.partman is not None and target.config is not None and target.oid is not None
         table, p = state.table, state.default_probe
+        zone = state.grid.grid.tz if isinstance(state.grid.grid, TimeGrid) else None
         last_upper = table.children[-1].upper if table.children else None
         if p is not None and p.max_key is not None and (last_upper is None or p.max_key >= last_upper):  # type: ignore[operator]
             # partman would have to create a child over those rows: it fails after scanning the
             # DEFAULT under an ACCESS EXCLUSIVE lock (4.7 may even create children up to them).
             return _outcome(target, "refused", CRITICAL,
-                            f"the DEFAULT holds rows up to {p.max_key}, beyond the newest child "
-                            f"(ends {last_upper}); partman cannot premake over them; "
+                            f"the DEFAULT holds rows up to {fmt_key(p.max_key, zone)}, beyond the "
+                            f"newest child (ends {fmt_key(last_upper, zone)}); partman cannot premake "
+                            "over them; "
                             f"repair with: {fix_command(database, target.qualname)}")
         holder = maintenance_lock_holder(self.c)
         stmt = run_maintenance_sql(self.partman, target.config.parent_table)
@@ -375,10 +378,12 @@ class _Run:
             except pgerrors.CheckViolation:  # a row for the range arrived since the probe
                 refusal = Refusal(step.lower, step.upper, "the DEFAULT holds rows of this range")
                 break
-            self.event(f"{target.qualname}: created {step.qualname} [{step.lower}, {step.upper})")
+            self.event(f"{target.qualname}: created {step.qualname} for {step.lower} … {step.upper}")
             created.append(step.name)
         if refusal is not None:
-            msg = f"not creating a child for [{refusal.lower}, {refusal.upper}): {refusal.reason}"
+            zone = grid.tz if isinstance(grid, TimeGrid) else None
+            msg = (f"not creating a child for {fmt_key(refusal.lower, zone)} … {fmt_key(refusal.upper, zone)}: "
+                   f"{refusal.reason}")
             if "DEFAULT" in refusal.reason:
                 msg += f"; repair with: {fix_command(database, target.qualname)}"
             return _outcome(target, "refused", CRITICAL, msg, created=tuple(created))

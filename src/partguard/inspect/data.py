@@ -54,7 +54,7 @@ def estimate_rows(conn: Conn, rel: sql.Composable) -> int:
     if row and row[0] is not None and row[0] >= 0:
         return int(row[0])
     plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}").format(rel)).fetchone()
-    return int(plan[0][0]["Plan"]["Plan Rows"]) if plan else 0  # type: ignore[index]
+    return int(plan[0][0]["Plan"]["Plan Rows"]) if plan else 0
 
 
 def loose_scan_sql(rel: sql.Composable, key: str) -> sql.Composed:
@@ -117,7 +117,7 @@ def _walk(conn: Conn, rel: sql.Composable, key: str, grid: Grid, lo: Any) -> tup
     buckets: list[Key] = []
     cur: Any = lo
     while cur is not None:
-        start = grid.floor(cur)  # type: ignore[arg-type]
+        start = grid.floor(cur)
         buckets.append(start)
         if len(buckets) >= MAX_BUCKETS:
             return buckets, True

@@ -207,11 +207,11 @@ def _infer_grid(
         return _time_info(parse_interval(interval), zone, table, "option")
     if config is not None:
         return _time_info(parse_interval(config.interval), zone, table, "partman")
-    step = _common_time_step(table, zone)
-    info = _time_info(step, zone, table, "children")
+    tstep = _common_time_step(table, zone)
+    info = _time_info(tstep, zone, table, "children")
     if tz is None and zone is not None and info.aligned_zone and info.aligned_zone != zone:
         # A hand-made table has no partman to disagree with: follow its children's zone.
-        return _time_info(step, info.aligned_zone, table, "children")
+        return _time_info(tstep, info.aligned_zone, table, "children")
     return info
 
 

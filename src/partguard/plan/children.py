@@ -70,8 +70,8 @@ def _native_naming(table: Table, grid: Grid, tz: str | None) -> Naming:
             suffix = child_suffix(_in_zone(child.lower, tz), fmt)
             if child.name.endswith(suffix):
                 return _split(table.name, child.name[: -len(suffix)], fmt, tz)
-    fmt = None if isinstance(grid, IntGrid) else partman_datetime_string(grid.step, 5)
-    return Naming(table.name, "_p", fmt, tz)
+    default = None if isinstance(grid, IntGrid) else partman_datetime_string(grid.step, 5)
+    return Naming(table.name, "_p", default, tz)
 
 
 def _split(parent: str, head: str, fmt: str | None, tz: str | None) -> Naming:

@@ -269,7 +269,7 @@ def _single_span(
         top: Any = grid.floor(int(probe.max_key if probe.max_key is not None else buckets[-1]))  # type: ignore[arg-type]
     else:
         top = max(grid.floor(_now_key(table, now)), buckets[-1])  # type: ignore[arg-type, type-var]
-    hi: Any = grid.next(grid.next(top))
+    hi: Any = grid.next(grid.next(top))  # type: ignore[arg-type]
     if above and min(above) < hi:  # type: ignore[type-var]
         hi = min(above)  # type: ignore[type-var]
     return lo, hi
