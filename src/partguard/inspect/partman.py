@@ -45,6 +45,7 @@ class PartmanConfig:
     ignore_default_data: bool | None
     maintenance_last_run: datetime | None  # 5.1+
     epoch: str
+    timezone: str | None  # 5.x partition_timezone: partman's zone regardless of the session
     raw: dict[str, Any]
 
 
@@ -85,6 +86,7 @@ def _from_row(raw: dict[str, Any]) -> PartmanConfig:
         ignore_default_data=raw.get("ignore_default_data"),
         maintenance_last_run=datetime.fromisoformat(last) if last else None,
         epoch=str(raw.get("epoch") or "none"),
+        timezone=raw.get("partition_timezone"),
         raw=raw,
     )
 

@@ -206,6 +206,8 @@ def _infer_grid(
     if interval:
         return _time_info(parse_interval(interval), zone, table, "option")
     if config is not None:
+        if tz is None and config.timezone and zone is not None:
+            zone = config.timezone  # newer partman pins its own zone in part_config
         return _time_info(parse_interval(config.interval), zone, table, "partman")
     tstep = _common_time_step(table, zone)
     info = _time_info(tstep, zone, table, "children")

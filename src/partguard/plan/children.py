@@ -119,8 +119,12 @@ def partman_create(partman: Partman, table: Table, starts: list[Key]) -> sql.Com
     values = sql.SQL(", ").join(
         sql.Literal(s.isoformat() if isinstance(s, (date, datetime)) else int(s)) for s in starts
     )
-    return sql.SQL("SELECT {f}({parent}, ARRAY[{values}]{arr}, false)").format(
-        f=partman.func(func), parent=sql.Literal(f"{table.schema}.{table.name}"), values=values, arr=arr
+    # 4.x has p_analyze (default true: an ANALYZE of the whole parent); 5.x dropped it.
+    analyze = sql.SQL(", p_analyze := false") if partman.major < 5 else sql.SQL("")
+    return sql.SQL("SELECT {f}(p_parent_table := {parent}, {arg} := ARRAY[{values}]{arr}{analyze})").format(
+        f=partman.func(func), parent=sql.Literal(f"{table.schema}.{table.name}"), values=values, arr=arr,
+        arg=sql.Identifier("p_partition_ids" if func == "create_partition_id" else "p_partition_times"),
+        analyze=analyze,
     )
 
 
