@@ -19,7 +19,9 @@ Conn = psycopg.Connection[Any]
 
 
 def partman_major(conn: Conn) -> int:
-    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'").fetchone()
+    row = conn.execute(
+        "SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'"
+    ).fetchone()
     assert row is not None, "pg_partman is not installed in this database"
     return int(str(row[0]).split(".")[0])
 
@@ -38,7 +40,7 @@ def create_parent(
 
     ``tz`` pins the session TimeZone for the call: partman lays its grid in it.
     """
-    args = [
+    args: list[sql.Composable] = [
         sql.SQL("p_parent_table := {}").format(sql.Literal(parent)),
         sql.SQL("p_control := {}").format(sql.Literal(control)),
         sql.SQL("p_interval := {}").format(sql.Literal(interval)),

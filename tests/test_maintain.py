@@ -63,7 +63,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
-    rc, out, err = run(capsys, *argv, "--format", "json")
+    rc, out, _ = run(capsys, *argv, "--format", "json")
     return rc, json.loads(out)
 
 
@@ -366,3 +366,125 @@ def test_premake_plan_probes_the_default_before_each_create(dsn: str, conn: Conn
     assert [conn.execute(s.probe).fetchone()[0] for s in plan.steps if s.probe] == [False, True, False]  # type: ignore[index]
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute(tomorrow.create)
+
+
+# --- partman's own errors, and the repair --------------------------------------------------
+
+
+def test_partman_error_is_surfaced_with_the_statement_it_failed_on(
+    dsn: str, conn: Conn, partman: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    partman_table(conn, partman, "tmpl")
+    drop_newest(conn, "tmpl", 1)
+    (template,) = conn.execute("SELECT template_table FROM partman.part_config").fetchone()  # type: ignore[misc]
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(*template.split("."))))
+    rc, report = run_json(capsys, "-d", dsn)
+    assert rc == 2
+    t = by_table(report)["public.tmpl"]
+    assert t["status"] == "failed"
+    assert template in t["message"] and "while running" in t["message"]
+    assert "CONTEXT" in t["detail"] and "run_maintenance" in t["detail"]
+    assert t["runway"] is not None  # judged from what was read before the failure
+
+
+def incident(conn: Conn, partman: str, name: str) -> None:
+    """Maintenance stopped two days ago and the last day and a half of rows fell into the DEFAULT."""
+    from partguard.inspect.catalog import read_tables
+
+    partman_table(conn, partman, name)
+    conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier("public", name)))
+    cutoff = conn.execute("SELECT date_trunc('day', now()) - interval '1 day'").fetchone()[0]  # type: ignore[index]
+    (table,) = read_tables(conn, [f"public.{name}"])
+    for child in table.children:
+        if child.lower is not None and child.lower >= cutoff:  # type: ignore[operator]
+            conn.execute(sql.SQL("DROP TABLE {}").format(child.ident))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, now() - interval '30 hours' + g * interval '1 minute' "
+                         "FROM generate_series(1, 1000) g").format(sql.Identifier("public", name)))
+
+
+def test_default_with_rows_is_critical_and_fix_default_repairs_it(
+    dsn: str, conn: Conn, partman: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    incident(conn, partman, "inc")
+    rc, out, _ = run(capsys, "-d", dsn)
+    assert rc == 2
+    assert out.startswith("public.inc: critical (refused)")
+    assert "partguard fix -d " in out and " public.inc" in out
+    assert conn.execute("SELECT count(*) FROM ONLY public.inc_default").fetchone() == (1000,)
+
+    rc, report = run_json(capsys, "-d", dsn, "--fix-default")
+    assert rc == 0, report
+    t = by_table(report)["public.inc"]
+    assert t["fixed"] and t["status"] == "ok" and "repaired" in t["message"]
+    assert conn.execute("SELECT count(*) FROM public.inc").fetchone() == (1000,)
+    assert conn.execute("SELECT count(*) FROM ONLY public.inc_default").fetchone() == (0,)
+    assert run(capsys, "-d", dsn)[0] == 0
+
+
+# --- partguard.toml ----------------------------------------------------------------------
+
+
+def test_example_config_parses_with_defaults_applied() -> None:
+    from partguard.config import load
+
+    example = Path(__file__).parents[1] / "docs" / "partguard.toml.example"
+    cfg = load(example)
+    specs = {s.name: s for s in cfg.tables}
+    assert set(specs) == {"public.events", "public.measurements", "public.orders"}
+    assert specs["public.events"].tz == "Europe/Berlin" and specs["public.events"].premake == 4
+    assert specs["public.measurements"].interval == "1000000" and specs["public.measurements"].tz == "UTC"
+    assert specs["public.orders"].interval is None  # partman's: only tz is taken
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ('[[table]]\nname = "a.b"\ninterval = "1 day"\npremak = 3\n', "unknown key(s) premak"),
+        ('[[table]]\nname = "a.b"\ninterval = "1 day"\ntz = "Mars/Olympus"\n', "unknown time zone"),
+        ('[[table]]\nname = "a.b"\ninterval = "1 fortnight"\n', "invalid interval"),
+        ('[[table]]\nname = "a.b"\ninterval = "1 day"\nnaming = "p_YYYYMMDD"\n', "naming must look like"),
+        ('[[table]]\nname = "a.b"\ninterval = "1 day"\npremake = 0\n', "premake must be a positive"),
+        ('[defaults]\ninterval = "1 day"\n', "unknown key(s) interval"),
+        ('[table]\nname = "a.b"\n', "use [[table]]"),
+    ],
+)
+def test_config_mistakes_are_usage_errors_naming_the_entry(text: str, complaint: str) -> None:
+    from partguard.config import parse
+    from partguard.errors import UsageError
+
+    with pytest.raises(UsageError) as info:
+        parse(text, "x.toml")
+    assert complaint in str(info.value) and "x.toml" in str(info.value)
+
+
+def test_config_entry_for_a_missing_table_is_a_warning_not_a_stop(
+    dsn: str, conn: Conn, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    native_table(conn)
+    path = Path(write_config(tmp_path))
+    path.write_text(path.read_text() + '\n[[table]]\nname = "public.nope"\ninterval = "1 day"\n')
+    rc, out, _ = run(capsys, "-d", dsn, "--config", str(path))
+    assert rc == 1
+    lines = dict(line.split(": ", 1) for line in out.splitlines())
+    assert lines["public.Native Ev"].startswith("ok, created 4 children")
+    assert lines["public.nope"] == "warning (skipped), partguard.toml names public.nope, which does not exist"
+
+
+def test_partman_computes_in_the_roles_time_zone_not_partguards_utc(
+    dsn: str, conn: Conn, partman: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """partguard's sessions run in UTC; partman's boundaries must still be Berlin midnights
+    (the zone a plain ``psql -c 'CALL run_maintenance_proc()'`` would have used)."""
+    db = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+    conn.execute(sql.SQL("ALTER DATABASE {} SET TimeZone = 'Europe/Berlin'").format(sql.Identifier(db)))
+    with psycopg.connect(dsn, autocommit=True) as berlin:
+        partman_table(berlin, partman, "local")
+        drop_newest(berlin, "local", 2)
+    rc, out, err = run(capsys, "-d", dsn)
+    assert rc == 0, out + err
+    assert out.startswith("public.local: ok, created 2 children")
+    bounds = conn.execute(
+        "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'public.local'::regclass AND c.relname NOT LIKE '%default'"
+    ).fetchall()
+    assert bounds and all(" 22:00:00+00" in b or " 23:00:00+00" in b for (b,) in bounds)

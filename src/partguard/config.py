@@ -30,7 +30,7 @@ from .plan.children import Naming
 
 DEFAULT_PREMAKE = 4
 _KEYS = {"name", "interval", "premake", "tz", "naming"}
-_DEFAULT_KEYS = _KEYS - {"name", "naming"}
+_DEFAULT_KEYS = {"premake", "tz"}  # an interval default would also hit partman tables
 # "{parent}_p{YYYYMMDD}": an optional literal stem or {parent}, a literal prefix, then the
 # to_char-style format of the child's lower bound in braces ({start} for integer keys).
 _NAMING = re.compile(r"^(?P<stem>\{parent\}|[^{}]*?)(?P<prefix>[^{}]*)\{(?P<fmt>[^{}]+)\}$")
@@ -132,7 +132,10 @@ def _spec(d: dict[str, Any], where: str) -> TableSpec:
             interval = str(interval)
         elif isinstance(interval, str):
             if not interval.strip().isdigit():
-                parse_interval(interval)  # UsageError names the problem
+                try:
+                    parse_interval(interval)
+                except UsageError as exc:
+                    raise UsageError(f"{where}: {exc}") from None
         else:
             raise UsageError(f"{where}: interval must be a string such as \"1 day\" or an integer")
     premake = d.get("premake", DEFAULT_PREMAKE)

@@ -11,24 +11,41 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import timedelta
 from enum import Enum
-from itertools import pairwise
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from .coverage import (
+    DEFAULT_PREMAKE,
+    Alignment,
+    Runway,
+    alignment,
+    default_rows_estimate,
+    gaps,
+    last_maintenance,
+    misaligned,
+    runway,
+    wide_children,
+)
+from .coverage import key_lt as _lt
 from .errors import UsageError
-from .inspect.catalog import Child, Key, Table
-from .inspect.grid import Grid, IntGrid, TimeGrid
+from .humanize import display_name, fmt_delta, fmt_key, fmt_offset, iso, offset_json
+from .inspect.catalog import Key, Table
+from .inspect.grid import Grid, TimeGrid
 from .inspect.snapshot import Server, Snapshot, TableState, zone_label
 
-# partman's own default; tables without partman are held to the same standard.
-DEFAULT_PREMAKE = 4
+# Re-exported: callers (check, maintain, metrics) reach the shared measurements through here.
+__all__ = [
+    "DEFAULT_PREMAKE", "STALE_AFTER", "STATUS_NAMES", "Finding", "Runway", "Severity",
+    "default_rows_estimate", "diagnose", "diagnose_table", "display_name", "fmt_delta", "fmt_key",
+    "gaps", "iso", "last_maintenance", "misaligned", "reserved_advice", "runway",
+    "runway_findings", "runway_severity", "status", "wide_children", "worst",
+]
+
 # No successful maintenance for twice the usual (hourly) schedule.
 STALE_AFTER = timedelta(hours=2)
 CONNECTIONS_WARNING, CONNECTIONS_CRITICAL = 0.80, 0.95
-# Caps that keep a pathological table (decades of hourly children) from slowing a check.
-_MAX_STEPS = 10_000
+# Lists in ``detail`` stop here; counts stay exact.
 _MAX_LISTED = 100
 
 
@@ -102,15 +119,14 @@ def diagnose_table(state: TableState, server: Server) -> list[Finding]:
     out.extend(default_findings(state, server))
     grid = state.grid.grid
     if grid is None:
-        out.append(Finding(
-            "grid_unknown", Severity.UNKNOWN, table.qualname,
-            f"{state.grid.error or 'the partition grid cannot be determined'} "
-            "(pass --interval and --tz)", {},
-        ))
+        why = state.grid.error or f"{table.qualname}: the partition grid cannot be determined"
+        hint = "" if "--interval" in why else "; pass --interval (and --tz)"
+        out.append(Finding("grid_unknown", Severity.UNKNOWN, table.qualname, why + hint, {}))
         return out
     try:
-        out.extend(misaligned_findings(state))
-        out.extend(wide_findings(state))
+        aligned = alignment(state)
+        out.extend(misaligned_findings(state, aligned))
+        out.extend(wide_findings(state, aligned))
         rw = runway(state, server)
         if rw is not None:
             out.extend(runway_findings(state, rw))
@@ -120,7 +136,7 @@ def diagnose_table(state: TableState, server: Server) -> list[Finding]:
     return out
 
 
-# --- connections ---------------------------------------------------------------
+# --- connections ---
 
 
 def connections(server: Server) -> list[Finding]:
@@ -157,18 +173,7 @@ def reserved_advice(server: Server) -> str:
             f"GRANT pg_use_reserved_connections TO {role}")
 
 
-# --- DEFAULT and gaps --------------------------------------------------------------
-
-
-def default_rows_estimate(state: TableState) -> int | None:
-    """reltuples lags behind inserts (and a never-analysed table gets the planner's guess of
-    ~1000 rows): trust the probe's own keys for zero, and never report fewer than it saw."""
-    p = state.default_probe
-    if p is None:
-        return None
-    if p.empty:
-        return 0
-    return max(p.rows, p.null_rows + (0 if p.min_key is None else 1))
+# --- DEFAULT, gaps, the grid ---
 
 
 def default_findings(state: TableState, server: Server) -> list[Finding]:
@@ -201,16 +206,6 @@ def default_findings(state: TableState, server: Server) -> list[Finding]:
     )]
 
 
-def gaps(table: Table) -> list[tuple[Key, Key]]:
-    """Holes between consecutive children: rows there land in the DEFAULT (or fail)."""
-    out: list[tuple[Key, Key]] = []
-    kids = table.children
-    for a, b in pairwise(kids):
-        if a.upper is not None and b.lower is not None and _lt(a.upper, b.lower):
-            out.append((a.upper, b.lower))
-    return out
-
-
 def gaps_findings(table: Table, zone: str | None = None) -> list[Finding]:
     return [
         Finding(
@@ -225,36 +220,8 @@ def gaps_findings(table: Table, zone: str | None = None) -> list[Finding]:
     ]
 
 
-# --- the grid: misaligned and wide children ----------------------------------------------
-
-
-def misaligned(state: TableState) -> list[tuple[Child, Key, Any]]:
-    """(child, first off-grid bound, signed offset to the nearest boundary)."""
-    grid = state.grid.grid
-    if grid is None:
-        return []
-    out = []
-    for child in state.table.children:
-        for bound in (child.lower, child.upper):
-            if bound is not None and not grid.is_aligned(bound):  # type: ignore[arg-type]
-                out.append((child, bound, signed_offset(grid, bound)))
-                break
-    return out
-
-
-def signed_offset(grid: Grid, x: Key) -> Any:
-    """How far x is from the nearest grid boundary: -01:00 reads better than +23:00."""
-    if isinstance(grid, IntGrid):
-        off = grid.offset(int(x))  # type: ignore[arg-type]
-        return off if off <= grid.step - off else off - grid.step
-    assert isinstance(x, date)
-    past = grid.offset(x)
-    before = _instant(grid.next(x)) - _instant(x)
-    return -before if before < past else past
-
-
-def misaligned_findings(state: TableState) -> list[Finding]:
-    bad = misaligned(state)
+def misaligned_findings(state: TableState, aligned: Alignment | None = None) -> list[Finding]:
+    bad = misaligned(state, aligned)
     if not bad:
         return []
     table, info, grid = state.table, state.grid, state.grid.grid
@@ -265,7 +232,8 @@ def misaligned_findings(state: TableState) -> list[Finding]:
     first = f"{child.name} has a bound at {fmt_key(bound, zone)} ({fmt_offset(off)})"
     more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
     if state.config is not None:
-        msg = (f"{len(bad)} children are off the grid pg_partman computes ({where}): {first}{more}. "
+        msg = (f"{len(bad)} children are off the grid pg_partman computes ({where}): "
+               f"{first}{more}. "
                "partman lays its next children on its own grid, so they will overlap these "
                "(failing with \"would overlap\") or leave gaps")
         sev = Severity.CRITICAL
@@ -282,114 +250,36 @@ def misaligned_findings(state: TableState) -> list[Finding]:
          "aligned_zone": info.aligned_zone,
          "aligned_zone_label": zone_label(info.aligned_zone) if info.aligned_zone else None,
          "children": [{"name": c.name, "lower": iso(c.lower), "upper": iso(c.upper),
-                       "bound": iso(b), "offset": _offset_json(o)}
+                       "bound": iso(b), "offset": offset_json(o)}
                       for c, b, o in bad[:_MAX_LISTED]]},
     )]
 
 
-def wide_findings(state: TableState) -> list[Finding]:
+def wide_findings(state: TableState, aligned: Alignment | None = None) -> list[Finding]:
     """Children spanning several buckets on purpose (``fix --strategy instant``): not a fault."""
-    grid, out = state.grid.grid, []
-    assert grid is not None
     zone = _zone(state)
-    for c in state.table.children:
-        if c.lower is None or c.upper is None:
-            continue
-        lo, hi = c.lower, c.upper
-        if not (grid.is_aligned(lo) and grid.is_aligned(hi)):  # type: ignore[arg-type]
-            continue
-        n = _steps(grid, lo, hi)
-        if n > 1:
-            out.append(Finding(
-                "wide_child", Severity.INFO, state.table.qualname,
-                f"{c.name} spans {n} buckets ({fmt_key(lo, zone)} … {fmt_key(hi, zone)}), "
-                "as fix --strategy instant leaves it; splitting it is optional",
-                {"child": c.name, "from": iso(lo), "to": iso(hi), "buckets": n},
-            ))
-    return out
+    return [
+        Finding(
+            "wide_child", Severity.INFO, state.table.qualname,
+            f"{c.name} spans {n} buckets ({fmt_key(c.lower, zone)} … {fmt_key(c.upper, zone)}), "
+            "as fix --strategy instant leaves it; splitting it is optional",
+            {"child": c.name, "from": iso(c.lower), "to": iso(c.upper), "buckets": n},
+        )
+        for c, n in wide_children(state, aligned)
+    ]
 
 
-# --- runway and maintenance ---------------------------------------------------------
+# --- runway and maintenance ---
 
 
-@dataclass(frozen=True)
-class Runway:
-    """How far ahead of the present (or of the largest id) children already exist."""
-
-    reference: Key  # now, in the key's type, or the largest id
-    last_upper: Key | None  # upper bound of the newest child
-    frontier: Key | None  # end of contiguous coverage from `reference`; None if uncovered
-    unbounded: bool  # a MAXVALUE child: never runs out
-    seconds: float | None  # frontier - now (negative: how long ago children ran out)
-    ids: int | None  # for integer keys
-    intervals_ahead: int  # whole buckets covered after the current one
-    current_start: Key
-    current_end: Key
-    next_end: Key
-    current_covered: bool
-    next_covered: bool
-    premake: int
-
-    @property
-    def severity(self) -> Severity | None:
-        if self.unbounded:
-            return None
-        if not (self.current_covered and self.next_covered):
-            return Severity.CRITICAL
-        # One missed creation is tolerated: maintenance runs a while after each boundary.
-        if self.intervals_ahead < self.premake - 1:
-            return Severity.WARNING
-        return None
-
-
-def reference_key(state: TableState, server: Server) -> Key | None:
-    """The key value "now" has: the current time in the key's type, or the largest id."""
-    table = state.table
-    if table.key_kind == "int":
-        seen = [k for k in (state.max_key, state.default_probe and state.default_probe.max_key)
-                if isinstance(k, int)]
-        return max(seen) if seen else None
-    if table.key_type == "timestamp with time zone":
-        return server.now
-    wall = server.now.astimezone(ZoneInfo(server.timezone)).replace(tzinfo=None)
-    return wall.date() if table.key_type == "date" else wall
-
-
-def runway(state: TableState, server: Server) -> Runway | None:
-    grid, ref = state.grid.grid, reference_key(state, server)
-    if grid is None or ref is None:
-        return None
-    kids = state.table.children
-    premake = state.config.premake if state.config is not None else DEFAULT_PREMAKE
-    last_upper = kids[-1].upper if kids else None
-    unbounded = bool(kids) and last_upper is None
-    cur_start, cur_end = grid.floor(ref), grid.next(ref)  # type: ignore[arg-type]
-    next_end = grid.next(cur_end)  # type: ignore[arg-type]
-    frontier = _frontier(kids, ref)
-    ahead = 0
-    if frontier is not None and not unbounded:
-        ahead = _steps(grid, cur_end, frontier)
-    covered_to = frontier if frontier is not None else ref
-    seconds = ids = None
-    if isinstance(ref, int):
-        ids = int(frontier) - ref if frontier is not None else (  # type: ignore[arg-type]
-            int(last_upper) - ref if isinstance(last_upper, int) and last_upper <= ref else 0)
-    elif not unbounded:
-        end = covered_to
-        if frontier is None and last_upper is not None and not _lt(ref, last_upper):
-            end = last_upper  # children ran out in the past: a negative runway says how long ago
-        seconds = (_instant(end) - _instant(ref)).total_seconds()
-    return Runway(
-        reference=ref, last_upper=last_upper, frontier=frontier, unbounded=unbounded,
-        seconds=seconds, ids=ids, intervals_ahead=ahead, current_start=cur_start,
-        current_end=cur_end, next_end=next_end, current_covered=frontier is not None,
-        next_covered=unbounded or (frontier is not None and not _lt(frontier, next_end)),
-        premake=premake,
-    )
+def runway_severity(rw: Runway) -> Severity | None:
+    if rw.uncovered:
+        return Severity.CRITICAL
+    return Severity.WARNING if rw.short else None
 
 
 def runway_findings(state: TableState, rw: Runway) -> list[Finding]:
-    sev = rw.severity
+    sev = runway_severity(rw)
     if sev is None:
         return []
     zone = _zone(state)
@@ -416,15 +306,6 @@ def runway_findings(state: TableState, rw: Runway) -> list[Finding]:
     )]
 
 
-def last_maintenance(state: TableState) -> tuple[datetime | None, str]:
-    """The last successful maintenance and who recorded it ('partman' 5.1+, 'partguard')."""
-    if state.config is not None and state.config.maintenance_last_run is not None:
-        return state.config.maintenance_last_run, "partman"
-    if state.last_maintenance is not None:
-        return state.last_maintenance, "partguard"
-    return None, ""
-
-
 def stale_findings(state: TableState, server: Server, rw: Runway) -> list[Finding]:
     last, source = last_maintenance(state)
     cfg, name = state.config, state.table.qualname
@@ -439,7 +320,7 @@ def stale_findings(state: TableState, server: Server, rw: Runway) -> list[Findin
             f"recorded by {source}){off}",
             {"last_success": iso(last), "source": source, "age_seconds": age.total_seconds()},
         )]
-    if cfg is None or rw.severity is None:
+    if cfg is None or runway_severity(rw) is None:
         return []  # nothing records it and the runway looks fine: no evidence either way
     return [Finding(
         "maintenance_stale", Severity.WARNING, name,
@@ -449,36 +330,7 @@ def stale_findings(state: TableState, server: Server, rw: Runway) -> list[Findin
     )]
 
 
-# --- helpers -------------------------------------------------------------------
-
-
-def _frontier(kids: Sequence[Child], x: Key) -> Key | None:
-    """End of the run of touching children that starts with the one holding x."""
-    lo, hi = 0, len(kids)
-    while lo < hi:  # the last child whose lower bound is <= x
-        mid = (lo + hi) // 2
-        low = kids[mid].lower
-        if low is None or not _lt(x, low):
-            lo = mid + 1
-        else:
-            hi = mid
-    i = lo - 1
-    if i < 0 or (kids[i].upper is not None and not _lt(x, kids[i].upper)):
-        return None
-    while i + 1 < len(kids) and kids[i].upper is not None and kids[i + 1].lower == kids[i].upper:
-        i += 1
-    return kids[i].upper
-
-
-def _steps(grid: Grid, lo: Key, hi: Key) -> int:
-    """Whole buckets between boundary-ish lo and hi (capped)."""
-    n, b = 0, lo
-    while n < _MAX_STEPS:
-        nxt = grid.next(b)  # type: ignore[arg-type]
-        if _lt(hi, nxt):
-            break
-        n, b = n + 1, nxt
-    return n
+# --- helpers ---
 
 
 def _runs(grid: Grid, starts: Sequence[Key]) -> list[dict[str, Any]]:
@@ -493,22 +345,13 @@ def _runs(grid: Grid, starts: Sequence[Key]) -> list[dict[str, Any]]:
     out = []
     for r in runs:
         first, last = r[0], r[-1]
-        label = fmt_key(first, zone) if len(r) == 1 else f"{fmt_key(first, zone)} … {fmt_key(last, zone)}"
-        out.append({"first": iso(first), "last": iso(last),
-                    "end": iso(grid.next(last)), "buckets": len(r), "label": label})  # type: ignore[arg-type]
+        label = fmt_key(first, zone)
+        if len(r) > 1:
+            label += f" … {fmt_key(last, zone)}"
+        end = grid.next(last)  # type: ignore[arg-type]
+        out.append({"first": iso(first), "last": iso(last), "end": iso(end), "buckets": len(r),
+                    "label": label})
     return out
-
-
-def _lt(a: Any, b: Any) -> bool:
-    return bool(a < b)
-
-
-def _instant(x: Key) -> datetime:
-    """Keys as comparable instants: aware -> UTC, naive and dates -> wall time."""
-    if isinstance(x, datetime):
-        return x.astimezone(UTC).replace(tzinfo=None) if x.tzinfo is not None else x
-    assert isinstance(x, date)
-    return datetime.combine(x, time())
 
 
 def _zone(state: TableState) -> str | None:
@@ -534,7 +377,8 @@ def _runway_text(rw: Runway, zone: str | None) -> str:
         return "there are no children"
     if rw.frontier is None and _lt(rw.reference, rw.last_upper):
         return "later children exist: the hole is reported as a gap"
-    end = f"children end at {fmt_key(rw.last_upper if rw.frontier is None else rw.frontier, zone)}{_zone_suffix(zone)}"
+    edge = rw.last_upper if rw.frontier is None else rw.frontier
+    end = f"children end at {fmt_key(edge, zone)}{_zone_suffix(zone)}"
     if rw.ids is not None:
         return (f"{end}, {abs(rw.ids)} ids {'above' if rw.ids >= 0 else 'below'} "
                 f"the largest id {rw.reference}")
@@ -542,60 +386,3 @@ def _runway_text(rw: Runway, zone: str | None) -> str:
         return end
     span = fmt_delta(timedelta(minutes=round(abs(rw.seconds) / 60)))
     return f"{end}, {span} {'from now' if rw.seconds >= 0 else 'ago'}"
-
-
-def iso(x: Key | None) -> str | int | None:
-    """A key for JSON: ISO 8601 (with offset for timestamptz), ints as they are."""
-    if x is None or isinstance(x, int):
-        return x
-    return x.isoformat()
-
-
-def fmt_key(x: Key | None, zone: str | None = None) -> str:
-    """A key for humans, in ``zone``: dates when on midnight, else minutes (or seconds)."""
-    if x is None:
-        return "unbounded"
-    if isinstance(x, int) or not isinstance(x, datetime):
-        return str(x)
-    if x.tzinfo is not None and zone:
-        x = x.astimezone(ZoneInfo(zone))
-    if x.time() == time():
-        return x.date().isoformat()
-    text = x.strftime("%Y-%m-%d %H:%M:%S" if x.second or x.microsecond else "%Y-%m-%d %H:%M")
-    if x.tzinfo is not None and not zone:
-        text += x.strftime("%z")[:3]
-    return text
-
-
-def fmt_delta(d: timedelta) -> str:
-    """Signed '2 days 03:15' style, the way PostgreSQL prints intervals."""
-    sign, d = ("-" if d < timedelta(0) else ""), abs(d)
-    hours, rest = divmod(int(d.total_seconds()) - d.days * 86400, 3600)
-    text = f"{hours:02d}:{rest // 60:02d}" + (f":{rest % 60:02d}" if rest % 60 else "")
-    if d.days:
-        text = f"{d.days} day{'s' if d.days != 1 else ''} {text}"
-    return sign + text
-
-
-def fmt_offset(off: Any) -> str:
-    if isinstance(off, timedelta):
-        return ("+" if off >= timedelta(0) else "") + fmt_delta(off) + " off the grid"
-    return f"{int(off):+d} off the grid"
-
-
-def _offset_json(off: Any) -> float | int:
-    return off.total_seconds() if isinstance(off, timedelta) else int(off)
-
-
-_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_$")
-
-
-def display_name(table: Table) -> str:
-    """``schema.table`` as a DBA types it: each part quoted only when it has to be."""
-    return ".".join(_quote_if_needed(p) for p in (table.schema, table.name))
-
-
-def _quote_if_needed(part: str) -> str:
-    if part and not part[0].isdigit() and part[0] != "$" and set(part) <= _PLAIN:
-        return part
-    return '"' + part.replace('"', '""') + '"'

@@ -10,22 +10,13 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+from psycopg import errors as pgerrors
+
+from ..coverage import default_rows_estimate, last_maintenance, runway
 from ..db import Conn
-from ..diagnose import (
-    STATUS_NAMES,
-    Finding,
-    default_rows_estimate,
-    diagnose,
-    gaps,
-    iso,
-    last_maintenance,
-    misaligned,
-    reserved_advice,
-    runway,
-    status,
-    worst,
-)
-from ..errors import UnsupportedTable, UsageError
+from ..diagnose import STATUS_NAMES, Finding, diagnose, reserved_advice, status, worst
+from ..errors import LockNotAvailable, PermissionDenied, UnsupportedTable, UsageError
+from ..humanize import iso
 from ..inspect import snapshot
 from ..inspect.grid import IntGrid, TimeGrid
 from ..inspect.snapshot import Options, Server, Snapshot, TableState
@@ -94,7 +85,16 @@ def check(conn: Conn, options: Options | None = None) -> CheckReport:
     scanning are judged or reported as ``unsupported``.
     """
     options = options or Options()
-    snap = snapshot.take(conn, options)
+    try:
+        snap = snapshot.take(conn, options)
+    except pgerrors.InsufficientPrivilege as exc:
+        raise PermissionDenied(
+            f"{_first_line(exc)}: check reads pg_partman's part_config, each DEFAULT "
+            "partition and the newest children (GRANT pg_read_all_data, or SELECT on those)"
+        ) from None
+    except pgerrors.LockNotAvailable as exc:
+        raise LockNotAvailable(f"check: {_first_line(exc)} (a DDL holds the table; "
+                               "try again later)") from None
     if options.tables:
         for state in snap.tables:
             reason = state.table.unsupported_reason()
@@ -114,13 +114,13 @@ def report(snap: Snapshot) -> CheckReport:
 
 def summarise(state: TableState, server: Server, findings: list[Finding]) -> TableSummary:
     table, grid = state.table, state.grid.grid
-    supported = table.unsupported_reason() is None
-    judged = supported and grid is not None
+    judged = table.unsupported_reason() is None and grid is not None
     try:
         rw = runway(state, server) if judged else None
-        off_grid = len(misaligned(state)) if judged else 0
     except UsageError:  # diagnose reported it as grid_unknown
-        rw, off_grid = None, 0
+        rw = None
+    # Counted from the findings: the grid walk behind them is the costly part of a check.
+    off_grid = sum(int(f.detail.get("count", 0)) for f in findings if f.code == "misaligned")
     w = worst(findings)
     interval = zone = None
     if isinstance(grid, TimeGrid):
@@ -135,7 +135,7 @@ def summarise(state: TableState, server: Server, findings: list[Finding]) -> Tab
         default_rows=default_rows_estimate(state),
         runway_seconds=rw.seconds if rw else None, runway_ids=rw.ids if rw else None,
         last_upper=iso(table.children[-1].upper) if table.children else None,
-        gaps=len(gaps(table)) if supported else 0, misaligned_children=off_grid,
+        gaps=sum(f.code == "gap" for f in findings), misaligned_children=off_grid,
         last_maintenance=last_maintenance(state)[0],
         partman_version=server.partman.version if server.partman and state.config else None,
     )
@@ -151,3 +151,7 @@ def server_summary(server: Server) -> ServerSummary:
         can_use_reserved=server.can_use_reserved, reserved_note=reserved_advice(server),
         partman_version=server.partman.version if server.partman else None,
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

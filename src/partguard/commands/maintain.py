@@ -25,11 +25,12 @@ from psycopg import sql
 
 from .. import journal
 from ..config import Config, TableSpec
+from ..coverage import runway as runway_of
 from ..db import Conn, ConnParams, connect_retrying, run_locked, session_timezone
-from ..diagnose import Finding, diagnose_table, fmt_key, runway_findings
-from ..diagnose import runway as runway_of
+from ..diagnose import Finding, diagnose_table, runway_findings
 from ..errors import CRITICAL, OK, UNKNOWN, WARNING, ConnectionFailed, PartguardError, UsageError
-from ..inspect.catalog import read_tables, resolve
+from ..humanize import display_name, fmt_key
+from ..inspect.catalog import Table, read_tables, resolve
 from ..inspect.grid import TimeGrid
 from ..inspect.partman import Partman, PartmanConfig, config_for, find_partman, read_configs
 from ..inspect.snapshot import Options, Server, TableState, read_server, table_state
@@ -46,6 +47,8 @@ from .partman_calls import (
 log = logging.getLogger(__name__)
 
 STATUS_TEXT = {OK: "ok", WARNING: "warning", CRITICAL: "critical", UNKNOWN: "unknown"}
+# A known failure outranks "could not tell", which outranks a warning.
+_RANK = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
 # Findings that say whether maintenance did its job; the others are check's business.
 VERIFY_CODES = ("default_rows", "runway")
 
@@ -116,6 +119,7 @@ class _Target:
     config: PartmanConfig | None
     spec: TableSpec | None
     ident: tuple[str, str] = ("", "")  # (schema, table)
+    skip: str = ""  # why it is reported instead of maintained
 
     @property
     def kind(self) -> str:
@@ -140,7 +144,7 @@ class _Run:
         self.attempts = 0
         self.notices: list[str] = []
         self.messages: list[str] = []
-        self.before: dict[str, set[str]] = {}
+        self.before: dict[str, TableState] = {}  # the first picture of each table in this run
         self.lost: str | None = None
         self.conn: Conn | None = None
         self.partman: Partman | None = None
@@ -193,16 +197,16 @@ class _Run:
         try:
             database = str(self.c.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
             self.session_tz = session_timezone(self.c)
+            targets = self.targets()  # usage errors first, before a run is recorded
             try:
                 journal.ensure_schema(self.c)
-                run_id = journal.start_maintenance(self.c, {"tables": list(self.opt.tables)})
+                run_id = journal.start_maintenance(self.c, {"tables": [t.qualname for t in targets]})
             except psycopg.Error as exc:
                 self.messages.append(f"cannot record the run in schema partguard: {server_message(exc)[0]}")
-            targets = self.targets()
             outcomes = [self.guarded(t, database) for t in targets]
             if self.lost is None:
-                outcomes = self.verify(targets, outcomes)
-            status = max([o.severity for o in outcomes] + [OK])
+                outcomes = self.verify(targets, outcomes, database)
+            status = max([o.severity for o in outcomes] + [OK], key=_RANK.__getitem__)
             if self.messages and status == OK:
                 status = WARNING
             if self.lost is None and run_id is not None:
@@ -222,7 +226,8 @@ class _Run:
             try:
                 specs[resolve(self.c, spec.name)] = spec
             except PartguardError:
-                missing.append(_Target(spec.name, None, None, spec))
+                missing.append(_Target(spec.name, None, None, spec,
+                                       skip=f"partguard.toml names {spec.name}, which does not exist"))
         if self.opt.tables:
             names, explicit = list(self.opt.tables), True
         else:
@@ -237,7 +242,8 @@ class _Run:
                 if explicit:
                     raise
                 if name in configs:
-                    missing.append(_Target(name, None, configs[name], None))
+                    missing.append(_Target(name, None, configs[name], None,
+                                           skip=f"part_config names {name}, which does not exist"))
                 continue
             schema, rel = self.c.execute(
                 "SELECT n.nspname::text, c.relname::text FROM pg_class c "
@@ -252,9 +258,11 @@ class _Run:
                 if explicit:
                     raise UsageError(f"{name} is neither managed by pg_partman nor configured in "
                                      "partguard.toml (give it an interval there)")
+                missing.append(_Target(f"{schema}.{rel}", None, None, tspec, (schema, rel),
+                                       "partguard.toml gives it no interval and pg_partman does not manage it"))
                 continue
             out[oid] = _Target(f"{schema}.{rel}", oid, cfg, tspec, (schema, rel))
-        unique = {t.qualname: t for t in missing if t not in out.values()}
+        unique = {t.qualname: t for t in missing}
         return sorted(out.values(), key=lambda t: t.qualname) + sorted(unique.values(), key=lambda t: t.qualname)
 
     def guarded(self, target: _Target, database: str) -> TableOutcome:
@@ -297,13 +305,12 @@ class _Run:
         return (target.spec.tz if target.spec and target.spec.tz else None) or self.session_tz
 
     def maintain_one(self, target: _Target, database: str) -> TableOutcome:
-        if target.oid is None:
-            what = "part_config names" if target.config else "partguard.toml names"
-            return _outcome(target, "skipped", WARNING, f"{what} {target.qualname}, which does not exist")
+        if target.skip:
+            return _outcome(target, "skipped", WARNING, target.skip)
         self.event(f"{target.qualname}: maintaining ({target.kind})")
         server = read_server(self.c)
         state = self.read_state(target, server)
-        self.before[target.qualname] = {c.name for c in state.table.children}
+        self.before.setdefault(target.qualname, state)
         if target.config is not None:
             return self.run_partman(target, state, database)
         return self.run_native(target, state, server, database)
@@ -320,7 +327,7 @@ class _Run:
                             f"the DEFAULT holds rows up to {fmt_key(p.max_key, zone)}, beyond the "
                             f"newest child (ends {fmt_key(last_upper, zone)}); partman cannot premake "
                             "over them; "
-                            f"repair with: {fix_command(database, target.qualname)}")
+                            f"repair with: {fix_command(database, table)}")
         holder = maintenance_lock_holder(self.c)
         stmt = run_maintenance_sql(self.partman, target.config.parent_table)
         tz = sql.Literal(self.tz_for(target))
@@ -385,19 +392,21 @@ class _Run:
             msg = (f"not creating a child for {fmt_key(refusal.lower, zone)} … {fmt_key(refusal.upper, zone)}: "
                    f"{refusal.reason}")
             if "DEFAULT" in refusal.reason:
-                msg += f"; repair with: {fix_command(database, target.qualname)}"
+                msg += f"; repair with: {fix_command(database, table)}"
             return _outcome(target, "refused", CRITICAL, msg, created=tuple(created))
         return _outcome(target, "ok", OK, created=tuple(created))
 
     # --- verification, repair and the journal ------------------------------------
 
-    def verify(self, targets: list[_Target], outcomes: list[TableOutcome]) -> list[TableOutcome]:
+    def verify(self, targets: list[_Target], outcomes: list[TableOutcome], database: str) -> list[TableOutcome]:
         """Re-read each table and judge it with ``check``'s rules (diagnose)."""
         server = read_server(self.c)
         result = []
         for t, o in zip(targets, outcomes):
             if t.oid is None or o.status == "failed":
-                result.append(o)  # nothing to verify, or still locked: do not wait twice
+                # Nothing to verify, or still locked (do not wait twice): judge what was seen.
+                first = self.before.get(t.qualname)
+                result.append(o if first is None else self.judge(t, o, first, server))
                 continue
             try:
                 st = self.read_state(t, server)
@@ -406,7 +415,7 @@ class _Run:
                 continue
             o = self.judge(t, o, st, server)
             if self.opt.fix_default and any(f["code"] == "default_rows" for f in o.findings):
-                o = self.fix_default(t, o)
+                o = self.fix_default(t, o, database)
             result.append(o)
         return result
 
@@ -419,11 +428,13 @@ class _Run:
             # Without partman, premake is the one partguard.toml asks for, not partman's default.
             rw = replace(rw, premake=t.spec.premake)
             mine = [f for f in mine if f.code != "runway"] + runway_findings(st, rw)
-        created = tuple(sorted({c.name for c in st.table.children} - self.before.get(t.qualname, set())))
+        first = self.before.get(t.qualname)
+        had = {c.name for c in (first or st).table.children}
+        created = tuple(sorted({c.name for c in st.table.children} - had))
         severity, msg = o.severity, o.message
         for f in mine:
             if f.code in VERIFY_CODES:
-                severity = max(severity, f.severity.nagios)
+                severity = max(severity, f.severity.nagios, key=_RANK.__getitem__)
                 if not (f.code == "default_rows" and o.status == "refused"):
                     msg = _join(msg, f.message)
         ahead = None if rw is None else (rw.ids if rw.ids is not None else rw.seconds)
@@ -435,23 +446,33 @@ class _Run:
             runway=_human_runway(ahead, st), findings=tuple(_finding_dict(f) for f in mine),
         )
 
-    def fix_default(self, t: _Target, o: TableOutcome) -> TableOutcome:
-        """``--fix-default``: run the repair itself (opt-in: it moves rows and takes locks)."""
+    def fix_default(self, t: _Target, o: TableOutcome, database: str) -> TableOutcome:
+        """``--fix-default``: run the repair itself (opt-in: it moves rows and takes locks),
+        then maintain the table again, since a refused table was not premade."""
         try:
             fix_mod: Any = importlib.import_module("partguard.commands.fix")
         except ModuleNotFoundError:
             return replace(o, message=_join(o.message, "--fix-default: partguard fix is not available"))
         self.event(f"{t.qualname}: --fix-default: repairing the DEFAULT")
-        name = sql.Identifier(*t.ident).as_string(self.c)
+        spec = t.spec if t.config is None else None
+        req = fix_mod.FixRequest(
+            table=sql.Identifier(*t.ident).as_string(self.c), lock_timeout=self.opt.lock_timeout,
+            interval=spec.interval if spec else None, tz=spec.tz if spec else None,
+        )
         try:
-            fix_mod.fix(self.c, self.params.conninfo("partguard maintain"),
-                        fix_mod.FixRequest(table=name, lock_timeout=self.opt.lock_timeout))
-        except PartguardError as exc:
+            done = fix_mod.fix(self.c, self.params.conninfo("partguard maintain"), req)
+        except (PartguardError, psycopg.Error) as exc:
             return replace(o, message=_join(o.message, f"--fix-default failed: {exc}"))
+        again = self.guarded(t, database)
         server = read_server(self.c)
+        note = f"DEFAULT repaired by partguard fix ({getattr(done, 'status', 'done')}"
+        note += f", {getattr(done, 'rows_moved', 0)} rows moved)"
+        if again.status != "ok":
+            return replace(again, message=_join(note, again.message), fixed=True)
         st = self.read_state(t, server)
-        base = replace(o, status="ok", severity=OK, message="DEFAULT repaired by partguard fix")
-        return replace(self.judge(t, base, st, server), fixed=True)
+        created = o.created
+        judged = self.judge(t, replace(again, message=note), st, server)
+        return replace(judged, created=tuple(sorted(set(created) | set(judged.created))), fixed=True)
 
     def record(self, run_id: int, outcomes: list[TableOutcome], status: int) -> None:
         try:
@@ -467,8 +488,9 @@ class _Run:
             self.messages.append(f"cannot record the run: {server_message(exc)[0]}")
 
 
-def fix_command(database: str, table: str) -> str:
-    return f"partguard fix -d {shlex.quote(database)} {shlex.quote(table)}"
+def fix_command(database: str, table: Table) -> str:
+    """The repair, as a line to paste into a shell."""
+    return f"partguard fix -d {shlex.quote(database)} {shlex.quote(display_name(table))}"
 
 
 def _outcome(target: _Target, status: str, severity: int, message: str = "", **kw: Any) -> TableOutcome:

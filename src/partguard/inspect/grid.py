@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from fractions import Fraction
-from typing import Literal, TypeAlias, overload
+from typing import Literal, TypeAlias, cast, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..errors import UsageError
@@ -325,6 +325,34 @@ class IntGrid:
 
 
 Grid: TypeAlias = TimeGrid | IntGrid
+
+
+def on_grid(grid: Grid, keys: Sequence[Key]) -> list[bool]:
+    """``grid.is_aligned`` for many keys at once, e.g. every bound of a table's children.
+
+    A table's bounds are mostly adjacent boundaries, so one walk along the grid from the
+    smallest to the largest (one boundary computed per step) is several times cheaper than
+    locating each key on its own; a sparse span (a child from 1970 to 2100 on a daily grid)
+    falls back to per-key lookups.
+    """
+    if isinstance(grid, IntGrid) or len(keys) < 8:
+        return [grid.is_aligned(k) for k in keys]  # type: ignore[arg-type]
+    ks = cast(list[date], list(keys))
+    limit, seen = 4 * len(ks) + 64, set()
+    end: date | None = None
+    for n, (start, end) in enumerate(grid.buckets(min(ks), max(ks))):
+        if n > limit:
+            return [grid.is_aligned(k) for k in ks]
+        seen.add(_utc_key(start))
+    if end is None:
+        return [grid.is_aligned(k) for k in ks]
+    seen.add(_utc_key(end))
+    return [_utc_key(k) in seen for k in ks]
+
+
+def _utc_key(x: date) -> date:
+    """Aware datetimes compare by instant but hash safely only when normalised to UTC."""
+    return x.astimezone(UTC) if isinstance(x, datetime) and x.tzinfo is not None else x
 
 
 def default_anchor(step: Interval, tz: str | None) -> datetime:

@@ -20,7 +20,7 @@ from ..db import Conn, session_timezone
 from ..errors import UnknownGrid, UsageError
 from .catalog import Child, Key, Table, read_tables
 from .data import Probe, probe
-from .grid import Grid, IntGrid, Interval, TimeGrid, parse_interval, time_grid
+from .grid import Grid, IntGrid, Interval, TimeGrid, on_grid, parse_interval, time_grid
 from .partman import Partman, PartmanConfig, config_for, find_partman, read_configs
 
 
@@ -291,12 +291,14 @@ def _aligned_zone(table: Table, step: Interval, zone: str | None) -> str | None:
     """A zone whose grid every child bound sits on, preferring ``zone`` (None if none fits)."""
     if zone is None or step.months == 0 and step.days == 0:
         return zone
-    bounds = [b for c in table.children for b in (c.lower, c.upper) if isinstance(b, datetime)]
+    # Adjacent children share bounds; one walk along each grid checks them all (on_grid).
+    bounds = sorted({b for c in table.children for b in (c.lower, c.upper)
+                     if isinstance(b, datetime)})
     if not bounds:
         return zone
     for candidate in (zone,) + _CANDIDATE_ZONES:
         grid = time_grid(step, candidate)
-        if all(grid.is_aligned(b) for b in bounds):
+        if grid.is_aligned(bounds[0]) and all(on_grid(grid, bounds)):
             return candidate
     return None
 

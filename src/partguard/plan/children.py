@@ -39,6 +39,31 @@ class Naming:
     def name(self, start: Key) -> str:
         return child_name(self.stem, _in_zone(start, self.tz), self.datetime_string, self.prefix)
 
+    def unique(self, start: Key, taken: set[str] | frozenset[str]) -> str:
+        """``name(start)``, or where an existing child already has it (an off-grid
+        neighbour named for the same day) the same name with the start's time appended,
+        e.g. ``fixes_p2026_11_27_2300``: partman 4.x sorts children by parsing the suffix
+        with its datetime_string, which ignores trailing text, so the order stays right."""
+        name = self.name(start)
+        if name not in taken:
+            return name
+        local = _in_zone(start, self.tz)
+        fmt = self.datetime_string
+        tails = ([fmt + "_HH24MI", fmt + "_HH24MISS"] if fmt and isinstance(local, datetime) else [])
+        for tail in tails:
+            name = child_name(self.stem, local, tail, self.prefix)
+            if name not in taken:
+                return name
+        n = 2
+        while name in taken:
+            if fmt:
+                name = child_name(self.stem, local, fmt + f'"_{n}"', self.prefix)
+            else:
+                tail = f"{self.prefix}{local}_{n}"
+                name = self.stem.encode()[: 63 - len(tail.encode())].decode(errors="ignore") + tail
+            n += 1
+        return name
+
 
 def _in_zone(start: Key, tz: str | None) -> Key:
     if isinstance(start, datetime) and start.tzinfo is not None and tz:

@@ -73,6 +73,9 @@ class FixParams:
     buckets: tuple[Key, ...]
     outliers_estimate: int
     notes: tuple[str, ...] = field(default=())
+    # (old, new): partman children named outside its convention (the old script's
+    # ``_p20261122`` on 4.7) break show_partitions and every maintenance run: renamed in the swap.
+    renames: tuple[tuple[str, str], ...] = field(default=())
 
     def as_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -81,6 +84,7 @@ class FixParams:
             d[k] = _enc(d[k])
         d["buckets"] = [_enc(b) for b in self.buckets]
         d["notes"] = list(self.notes)
+        d["renames"] = [list(r) for r in self.renames]
         return d
 
     @classmethod
@@ -88,12 +92,13 @@ class FixParams:
         dec = _decoder(key_type)
         return cls(
             **{k: v for k, v in d.items() if k not in (
-                "children", "plausible_lo", "plausible_hi", "span_lo", "span_hi", "buckets", "notes")},
+                "children", "plausible_lo", "plausible_hi", "span_lo", "span_hi", "buckets", "notes", "renames")},
             plausible_lo=dec(d["plausible_lo"]), plausible_hi=dec(d["plausible_hi"]),
             span_lo=dec(d["span_lo"]), span_hi=dec(d["span_hi"]),
             children=tuple(ChildSpec(c["name"], dec(c["lower"]), dec(c["upper"]), c["via_partman"])
                            for c in d["children"]),
             buckets=tuple(dec(b) for b in d["buckets"]), notes=tuple(d.get("notes", ())),
+            renames=tuple((str(a), str(b)) for a, b in d.get("renames", ())),
         )
 
 
@@ -171,6 +176,15 @@ def plan_fix(
             + (" and then back into the parent (their new DEFAULT)" if options.outliers == "keep" else "")
         )
 
+    late = [b for b in probe.buckets if p_hi is not None and b >= p_hi]  # type: ignore[operator]
+    if keep and late and state.config is not None and state.config.ignore_default_data is False:
+        notes.append(
+            f"--outliers keep puts rows up to {_enc(probe.max_key)} back into the DEFAULT, and partman "
+            "(ignore_default_data = false) premakes children up to the DEFAULT's largest key: its next "
+            "maintenance would create a child for every interval until then; quarantine them instead, "
+            "or set ignore_default_data = true"
+        )
+
     span = None if adopted else _single_span(table, grid, rows_in, now, probe)
     strategy = options.strategy
     if strategy == "auto":
@@ -185,22 +199,27 @@ def plan_fix(
         )
 
     horizon = _horizon(grid, now, premake, probe, p_hi)
+    renames = misnamed(table, grid, nm) if managed else ()
+    if renames:
+        notes.append("children named outside partman's convention are renamed: "
+                     + ", ".join(f"{a} -> {b}" for a, b in renames))
     if strategy == "instant":
         assert span is not None
         lo, hi = span
         future_from = hi
-        span_child = nm.name(lo)
+        span_child = nm.unique(lo, _taken(table))
         children = _children(table, grid, nm, [], future_from, horizon, state.config is not None)
         return FixParams(
             "instant", table.qualname, table.key, source, new_default, None, False, quarantine,
             p_lo, p_hi, lo, hi, span_child, children, zone, managed, keep, probe.rows, tuple(rows_in), outliers, tuple(notes),
+            renames,
         )
     holding = short_name(table.name, f"_default_{run_tag or 'hold'}")
     children = _children(table, grid, nm, rows_in, None, horizon, state.config is not None)
     return FixParams(
         "copy", table.qualname, table.key, source, new_default, holding, adopted is not None,
         quarantine, p_lo, p_hi, None, None, None, children,
-        zone, managed, keep, probe.rows, tuple(rows_in), outliers, tuple(notes),
+        zone, managed, keep, probe.rows, tuple(rows_in), outliers, tuple(notes), renames,
     )
 
 
@@ -260,10 +279,14 @@ def _single_span(
         return None
     first: Any = buckets[0]
     last_end: Any = grid.next(buckets[-1])  # type: ignore[arg-type]
-    if free_spans(table, first, last_end) != [(first, last_end)]:
+    spans = free_spans(table, first, last_end)
+    if len(spans) != 1:
         return None  # a child sits between the buckets: more than one gap
-    below = [c.upper for c in table.children if c.upper is not None and c.upper <= first]  # type: ignore[operator]
-    above = [c.lower for c in table.children if c.lower is not None and c.lower >= last_end]  # type: ignore[operator]
+    # An off-grid neighbour may clip the first or last bucket: the gap is still one gap
+    # (the DEFAULT cannot hold rows a child covers), it just starts or ends off the grid.
+    s_lo, s_hi = spans[0]
+    below = [c.upper for c in table.children if c.upper is not None and c.upper <= s_lo]  # type: ignore[operator]
+    above = [c.lower for c in table.children if c.lower is not None and c.lower >= s_hi]  # type: ignore[operator]
     lo: Any = max(below) if below else first  # type: ignore[type-var]
     if isinstance(grid, IntGrid):
         top: Any = grid.floor(int(probe.max_key if probe.max_key is not None else buckets[-1]))  # type: ignore[arg-type]
@@ -310,8 +333,36 @@ def _children(
             wanted.setdefault(b, grid.next(b))
             b = grid.next(b)
     out: list[ChildSpec] = []
+    taken = set(_taken(table))
     for lo, hi in sorted(wanted.items()):
         for s_lo, s_hi in free_spans(table, lo, hi):
             exact = (s_lo, s_hi) == (lo, hi)
-            out.append(ChildSpec(nm.name(s_lo), s_lo, s_hi, partman_managed and exact))
+            name = nm.unique(s_lo, taken)
+            taken.add(name)
+            out.append(ChildSpec(name, s_lo, s_hi, partman_managed and exact and name == nm.name(s_lo)))
+    return tuple(out)
+
+
+def _taken(table: Table) -> set[str]:
+    """Names a new child must not take: the children's and the DEFAULT's."""
+    return {c.name for c in table.children} | ({table.default.name} if table.default else set())
+
+
+def misnamed(table: Table, grid: Grid, nm: Naming) -> tuple[tuple[str, str], ...]:
+    """On-grid children whose name is not the one the convention gives their bucket.
+
+    Only exact buckets: an off-grid child has no conventional name, and renaming it would
+    not make partman's arithmetic agree with it anyway. A target name already taken stays.
+    """
+    taken = {c.name for c in table.children} | ({table.default.name} if table.default else set())
+    out = []
+    for c in table.children:
+        if c.lower is None or c.upper is None or not grid.is_aligned(c.lower):  # type: ignore[arg-type]
+            continue
+        if grid.next(c.lower) != c.upper:  # type: ignore[arg-type]
+            continue
+        want = nm.name(c.lower)
+        if want != c.name and want not in taken:
+            out.append((c.name, want))
+            taken.add(want)
     return tuple(out)

@@ -127,6 +127,25 @@ def index_renames(schema: str, indexes: list[Index], old: str, new: str) -> list
     return out
 
 
+def rename_children(p: FixParams, table: Table) -> list[sql.Composed]:
+    """Give misnamed children (and their indexes) the names the convention gives them.
+
+    Index names are only known on the server, so a DO block renames those that start
+    with the old table name, as PostgreSQL would have named them for the new one."""
+    out: list[sql.Composed] = []
+    for old, new in p.renames:
+        out.append(sql.SQL("ALTER TABLE {} RENAME TO {}").format(ident(table.schema, old), sql.Identifier(new)))
+        out.append(sql.SQL(
+            "DO $partguard$ DECLARE r record; BEGIN"
+            " FOR r IN SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = {rel}::regclass AND starts_with(c.relname, {old}) LOOP"
+            " EXECUTE format('ALTER INDEX %I.%I RENAME TO %I', {schema}, r.relname, {new} || substr(r.relname, {n}));"
+            " END LOOP; END $partguard$"
+        ).format(rel=sql.Literal(ident(table.schema, new).as_string(None)), old=sql.Literal(old),
+                 schema=sql.Literal(table.schema), new=sql.Literal(new), n=sql.Literal(len(old) + 1)))
+    return out
+
+
 def run_maintenance(p: FixParams, partman: Partman) -> sql.Composed:
     return sql.SQL("SELECT {f}(p_parent_table := {t}, p_jobmon := false)").format(
         f=partman.func("run_maintenance"), t=sql.Literal(p.table)
@@ -163,6 +182,7 @@ def instant_steps(p: FixParams, table: Table, partman: Partman | None) -> list[S
     ]
     swap: list[sql.Composed] = [
         *set_zone(p),
+        *rename_children(p, table),
         sql.SQL("ALTER TABLE {parent} DETACH PARTITION {src}").format(parent=table.ident, src=src),
         sql.SQL("ALTER TABLE {src} RENAME TO {child}").format(src=src, child=sql.Identifier(p.span_child)),
         *make_children(p.children, table, partman),
@@ -185,7 +205,7 @@ def instant_steps(p: FixParams, table: Table, partman: Partman | None) -> list[S
 
 def copy_steps(p: FixParams, table: Table, partman: Partman | None) -> list[Step]:
     src, hold = ident(table.schema, p.source), ident(table.schema, p.holding or "")
-    swap: list[sql.Composed] = [*set_zone(p)]
+    swap: list[sql.Composed] = [*set_zone(p), *rename_children(p, table)]
     if not p.adopted:
         swap.append(sql.SQL("ALTER TABLE {parent} DETACH PARTITION {src}").format(parent=table.ident, src=src))
     swap.append(sql.SQL("ALTER TABLE {src} RENAME TO {hold}").format(src=src, hold=sql.Identifier(p.holding or "")))
@@ -239,9 +259,14 @@ def copy_chunk_sql(
 
 
 def _finish(p: FixParams, table: Table, partman: Partman | None) -> list[Step]:
-    steps = [Step("release", (release_quarantine(p, table, p.keep_outliers),), f"ROW EXCLUSIVE on {table.name}",
-                  "quarantined rows that now have a child go back into the table")]
+    """partman's maintenance first, then the quarantine's release: partman 4.x (with
+    ignore_default_data off, its default) premakes up to the DEFAULT's largest key, so an
+    outlier at 2999 that ``--outliers keep`` puts back would have it create children for
+    nine centuries."""
+    steps = []
     if partman is not None and p.managed:
         steps.append(Step("maintenance", (*set_zone(p), run_maintenance(p, partman)),
                           "partman's own locks, under lock_timeout", kind="maintenance"))
+    steps.append(Step("release", (release_quarantine(p, table, p.keep_outliers),), f"ROW EXCLUSIVE on {table.name}",
+                      "quarantined rows that now have a child go back into the table"))
     return steps

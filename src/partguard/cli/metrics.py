@@ -1,0 +1,77 @@
+"""``partguard metrics``: serve Prometheus metrics, write them for node_exporter, or print them."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+import click
+
+from ..commands.metrics import exposition, serve, write_textfile
+from ..errors import UsageError
+from ..inspect.snapshot import Options
+from .common import conn_params, connection_options
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` (all interfaces) or ``[::1]:PORT``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--listen wants HOST:PORT, e.g. 127.0.0.1:9187; got {text!r}")
+    host = host.strip("[]") if host.startswith("[") else host
+    return host or "0.0.0.0", int(port)  # ":PORT" asks for every interface
+
+
+@click.command("metrics")
+@connection_options
+@click.option("--listen", metavar="HOST:PORT",
+              help="Serve /metrics over HTTP (e.g. 127.0.0.1:9187); each scrape checks afresh.")
+@click.option("--textfile", type=click.Path(dir_okay=False, writable=True),
+              help="Write the metrics to this file atomically (node_exporter textfile "
+                   "collector; name it *.prom) and exit.")
+@click.option("-t", "--table", "tables", multiple=True, metavar="TABLE",
+              help="Only this table (repeatable). Default: every range-partitioned table.")
+@click.option("--interval", help="Partition interval, overriding partman and the children.")
+@click.option("--tz", help="Time zone of the grid, overriding the session's.")
+def command(dbname: str | None, host: str | None, port: int | None, user: str | None,
+            listen: str | None, textfile: str | None, tables: tuple[str, ...],
+            interval: str | None, tz: str | None) -> int:
+    """Export check results as Prometheus metrics.
+
+    Without --listen or --textfile, print the exposition to stdout once. Exit status 3
+    when the database could not be checked (the output still says partguard_up 0).
+    """
+    if listen and textfile:
+        raise UsageError("use either --listen or --textfile, not both")
+    params = conn_params(dbname, host, port, user)
+    options = Options(tables=tables, interval=interval, tz=tz)
+    if listen:
+        addr, port_no = parse_listen(listen)
+        server, _ = serve(params, options, addr, port_no)
+        where = f"[{addr}]" if ":" in addr else addr
+        click.echo(f"partguard: serving metrics on http://{where}:{server.server_port}/metrics",
+                   err=True)
+        _wait_for_termination()
+        server.shutdown()
+        server.server_close()
+        return 0
+    data, up = exposition(params, options)
+    if textfile:
+        write_textfile(textfile, data)
+    else:
+        sys.stdout.write(data.decode())
+        sys.stdout.flush()
+    return 0 if up else 3
+
+
+def _wait_for_termination() -> None:
+    """Block until SIGTERM (systemd stop) or Ctrl-C."""
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass

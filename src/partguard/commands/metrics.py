@@ -1,0 +1,179 @@
+"""``partguard metrics``: the check report as Prometheus samples.
+
+In the incident nobody knew maintenance had been failing for days. These metrics make the
+same facts ``check`` finds visible to alerting: each scrape takes a fresh snapshot on its
+own short-lived connection (no connection held between scrapes: the pool was what ran
+out), and a database that cannot be reached is reported as ``partguard_up 0`` rather
+than as an exporter error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..db import ConnParams, connect
+from ..inspect.snapshot import Options
+from .check import CheckReport, check
+
+log = logging.getLogger(__name__)
+
+# A scrape must finish well inside Prometheus' scrape timeout, and must never queue behind
+# DDL for long: these bound every statement of the snapshot.
+CONNECT_TIMEOUT = 5
+STATEMENT_TIMEOUT = "20s"
+LOCK_TIMEOUT = "2s"
+
+_TABLE = ("schema", "table")
+
+
+@dataclass(frozen=True)
+class Scrape:
+    report: CheckReport | None  # None: the database could not be checked
+    duration: float
+    error: str | None = None
+
+
+def scrape(params: ConnParams | str, options: Options) -> Scrape:
+    """One snapshot on a fresh connection; any failure becomes ``Scrape(None, …, error)``."""
+    start = time.monotonic()
+    try:
+        with connect(params, connect_timeout=CONNECT_TIMEOUT) as conn:
+            conn.execute("SELECT set_config('statement_timeout', %s, false), "
+                         "set_config('lock_timeout', %s, false)", (STATEMENT_TIMEOUT, LOCK_TIMEOUT))
+            report = check(conn, options)
+    except Exception as exc:  # noqa: BLE001 - an exporter answers "down", it does not crash
+        log.warning("metrics: cannot check the database: %s", str(exc).strip().splitlines()[0])
+        return Scrape(None, time.monotonic() - start, str(exc))
+    return Scrape(report, time.monotonic() - start)
+
+
+def families(s: Scrape) -> list[Metric]:
+    """Prometheus metric families for one scrape (units in names, ``partguard_`` prefix)."""
+    up = GaugeMetricFamily("partguard_up", "1 if the database could be reached and checked.",
+                           value=0 if s.report is None else 1)
+    took = GaugeMetricFamily("partguard_scrape_duration_seconds",
+                             "Time taken to snapshot and check the database.", value=s.duration)
+    out: list[Metric] = [up, took]
+    if s.report is None:
+        return out
+    srv = s.report.server
+    out += [
+        GaugeMetricFamily("partguard_connections_used", "Client backends connected now.",
+                          value=srv.used),
+        GaugeMetricFamily("partguard_connections_max", "The server's max_connections.",
+                          value=srv.max_connections),
+        GaugeMetricFamily("partguard_connections_reserved",
+                          "Slots ordinary roles cannot use: superuser_reserved_connections "
+                          "plus reserved_connections (PG 16+).",
+                          value=srv.superuser_reserved + srv.reserved),
+        GaugeMetricFamily("partguard_orphan_configs",
+                          "pg_partman configs whose table is gone or not partitioned.",
+                          value=sum(f.code == "orphan_config" for f in s.report.findings)),
+    ]
+    per_table = {
+        "default_rows": "Rows in the DEFAULT partition (estimate, at least those seen).",
+        "runway_seconds": "How far ahead of now children exist (negative: ran out that long ago).",
+        "gaps": "Holes between consecutive children.",
+        "misaligned_children": "Children whose bounds are off the partition grid.",
+        "children": "Child partitions, not counting the DEFAULT.",
+        "last_maintenance_success_timestamp_seconds":
+            "Unix time of the last successful maintenance (pg_partman 5.1+ or partguard).",
+        "check_status": "Worst check finding: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+    }
+    fams = {name: GaugeMetricFamily(f"partguard_{name}", doc, labels=_TABLE)
+            for name, doc in per_table.items()}
+    for t in s.report.tables:
+        labels = [t.schema, t.table]
+        values: dict[str, float | None] = {
+            "default_rows": t.default_rows or 0,
+            "runway_seconds": t.runway_seconds,
+            "gaps": t.gaps,
+            "misaligned_children": t.misaligned_children,
+            "children": t.children,
+            "last_maintenance_success_timestamp_seconds":
+                t.last_maintenance.timestamp() if t.last_maintenance else None,
+            "check_status": _STATUS[t.status],
+        }
+        for name, value in values.items():
+            if value is not None:  # unknown is absent, never a made-up zero
+                fams[name].add_metric(labels, value)
+    return out + list(fams.values())
+
+
+_STATUS = {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}
+
+
+class CheckCollector(Collector):
+    """A custom collector: every ``collect`` (one per scrape) runs a fresh check."""
+
+    def __init__(self, params: ConnParams | str, options: Options) -> None:
+        self.params, self.options = params, options
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(scrape(self.params, self.options))
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # registering must not connect to the database
+
+
+def registry_for(params: ConnParams | str, options: Options) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(CheckCollector(params, options))
+    return reg
+
+
+def exposition(params: ConnParams | str, options: Options) -> tuple[bytes, bool]:
+    """The text exposition of one scrape, and whether the database was up."""
+    s = scrape(params, options)
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Fixed(families(s)))
+    return generate_latest(reg), s.report is not None
+
+
+class _Fixed(Collector):
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self.metrics
+
+
+def write_textfile(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace ``path`` atomically, so node_exporter never reads a half-written file.
+
+    The temporary file lives in the same directory (``os.replace`` is atomic only within
+    a file system) and is named without ``.prom``, so the textfile collector ignores it.
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; node_exporter may run as another user
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def serve(
+    params: ConnParams | str, options: Options, host: str, port: int
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``/metrics`` on host:port from a daemon thread (port 0: any free port)."""
+    server, thread = start_http_server(port, addr=host, registry=registry_for(params, options))
+    log.info("metrics: serving on %s:%d", host, server.server_port)
+    return server, thread
