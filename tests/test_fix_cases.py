@@ -17,19 +17,20 @@ does not change.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 from partguard.cli import fix_partitioned_table_main, main
 from partguard.commands.fix import FixRequest, fix
@@ -212,19 +213,21 @@ def now(conn: Conn) -> datetime:
 
 
 def partman_incident(conn: Conn, *, schema: str = "public", table: str = "fixes", interval: str = "1 day",
-                     outage: int = 3, start_back: int = 10, n: int = 3000) -> tuple[str, datetime]:
+                     outage: int = 3, start_back: int = 10, n: int = 3000,
+                     key_type: str = "timestamptz") -> tuple[str, Any]:
     """The incident: a partman-managed set whose maintenance stopped ``outage`` intervals
     ago, so the DEFAULT holds every row written since. Returns (parent, gap start)."""
     unit = {"1 hour": "hour", "1 day": "day", "1 month": "month"}[interval]
     parent = f"{schema}.{table}"
-    ident = make_table(conn, schema, table)
+    ident = make_table(conn, schema, table, key_type=key_type)
     start = conn.execute(f"SELECT (date_trunc('{unit}', now()) - %s * interval '{interval}')::text",
                          (start_back,)).fetchone()
     assert start is not None
     create_parent(conn, parent, "ts", interval, start[0])
-    gap_row = conn.execute(f"SELECT date_trunc('{unit}', now()) - %s * interval '{interval}'", (outage,)).fetchone()
+    gap_row = conn.execute(f"SELECT (date_trunc('{unit}', now()) - %s * interval '{interval}')::{key_type}",
+                           (outage,)).fetchone()
     assert gap_row is not None
-    gap: datetime = gap_row[0]
+    gap = gap_row[0]
     step_row = conn.execute("SELECT %s::timestamptz - interval '2 " + unit + "'", (gap,)).fetchone()
     assert step_row is not None
     insert_spread(conn, ident, "ts", step_row[0], gap, n // 10, "before")  # rows already in children
@@ -271,7 +274,7 @@ def assert_exactly_once(before: Counter[tuple[Any, ...]], after: Counter[tuple[A
 def assert_children_sane(conn: Conn, parent: str, *, contiguous: bool = True, since: Any = None) -> list[Kid]:
     """No two children overlap; with ``contiguous``, none leaves a hole either (from ``since`` on)."""
     ks = kids(conn, parent)
-    for a, b in zip(ks, ks[1:]):
+    for a, b in itertools.pairwise(ks):
         if since is not None and a.lower < since:
             continue
         assert a.upper <= b.lower, f"{a.name} [{a.lower}, {a.upper}) overlaps {b.name} [{b.lower}, {b.upper})"
@@ -400,10 +403,11 @@ def run(capsys: pytest.CaptureFixture[str]) -> Run:
     return _run
 
 
-def fix_cli(run: Run, dsn: str, table: str, strategy: str, *extra: str) -> tuple[int, str, str]:
+def fix_cli(run: Run, dsn: str, table: str, strategy: str, *extra: str) -> tuple[str, str]:
+    """``partguard fix TABLE --yes --strategy S …`` that must succeed: (stdout, stderr)."""
     rc, out, err = run("fix", "-d", dsn, table, "--yes", "--strategy", strategy, *extra)
     assert rc == 0, f"fix failed ({rc}): {err}"
-    return rc, out, err
+    return out, err
 
 
 @pytest.fixture(params=STRATEGIES)
@@ -426,9 +430,11 @@ def test_partman_daily_incident_every_row_lands_in_a_proper_child_exactly_once(
     before = row_set(conn, parent)
     outage_ids = {r[0] for r in before if r[2].startswith("outage")}
 
-    rc, out, err = fix_cli(run, dsn, parent, strategy)
+    extra = ("--jobs", "2", "--chunk-pages", "16") if strategy == "copy" else ()  # several block ranges
+    out, err = fix_cli(run, dsn, parent, strategy, *extra)
 
     assert f"fixed with {strategy}" in out
+    assert "partguard:" not in err  # progress lines at most, no error or warning
     assert_exactly_once(before, row_set(conn, parent))
     assert quarantined(conn, parent) == []
     assert_default_empty(conn, parent)
@@ -456,10 +462,15 @@ def test_partman_daily_incident_every_row_lands_in_a_proper_child_exactly_once(
     landed = conn.execute("INSERT INTO fixes (device_id, ts, payload, val) VALUES (1, now(), 'new', 1) "
                           "RETURNING tableoid::regclass::text, id").fetchone()
     assert landed is not None and landed[0] != "fixes_default" and landed[1] not in {r[0] for r in before}
+    # Done is done: the same command again finds nothing to do and changes nothing.
+    settled = fingerprint(conn)
+    out, _ = fix_cli(run, dsn, parent, strategy)
+    assert "nothing to do" in out
+    assert fingerprint(conn) == settled
 
 
 def test_fix_library_call_reports_children_and_rows(dsn: str, conn: Conn, major: int, strategy: str) -> None:
-    parent, gap = partman_incident(conn, n=2000)
+    parent, _gap = partman_incident(conn, n=2000)
     before = row_set(conn, parent)
     with connect(dsn) as c:
         outcome = fix(c, dsn, FixRequest(parent, FixOptions(strategy=strategy)))
@@ -618,7 +629,7 @@ def test_partman_grid_in_a_fixed_plus_one_zone(run: Run, dsn: str, conn: Conn, m
     assert all(k.lower.astimezone(UTC).hour == 23 for k in ks), [(k.name, k.lower) for k in ks]
     fmt = PARTMAN_FORMATS[major]["1 day"]
     assert_named(ks, "fixes_p", fmt, zone)
-    assert [k for k in ks if k.lower >= gap][0].name == "fixes_p" + suffix(gap, fmt, zone)
+    assert next(k for k in ks if k.lower >= gap).name == "fixes_p" + suffix(gap, fmt, zone)
     assert_partman_healthy(dsn, parent, fmt, zone)
 
 
@@ -703,10 +714,10 @@ def _no_invented_children(ks: list[Kid]) -> None:
 def test_null_keys_and_far_outliers_are_quarantined_and_reported(
     run: Run, dsn: str, conn: Conn, major: int, strategy: str
 ) -> None:
-    parent, gap = _incident_with_outliers(conn)
+    parent, _gap = _incident_with_outliers(conn)
     before = row_set(conn, parent)
 
-    rc, out, err = fix_cli(run, dsn, parent, strategy)
+    out, _ = fix_cli(run, dsn, parent, strategy)
 
     assert_exactly_once(before, row_set(conn, parent))
     kept = quarantined(conn, parent)
@@ -724,10 +735,10 @@ def test_null_keys_and_far_outliers_are_quarantined_and_reported(
 def test_outliers_keep_leaves_them_in_the_fresh_default(
     run: Run, dsn: str, conn: Conn, major: int, strategy: str
 ) -> None:
-    parent, gap = _incident_with_outliers(conn)
+    parent, _gap = _incident_with_outliers(conn)
     before = row_set(conn, parent)
 
-    rc, out, err = fix_cli(run, dsn, parent, strategy, "--outliers", "keep")
+    out, _ = fix_cli(run, dsn, parent, strategy, "--outliers", "keep")
 
     assert "partman maintenance: ok" in out  # ran before the 2999 row went back
     assert "ignore_default_data" in out, "no warning that partman 4.7 follows the DEFAULT's max key"
@@ -738,6 +749,27 @@ def test_outliers_keep_leaves_them_in_the_fresh_default(
     assert [r[0] for r in in_default] == [f"far-{i}" for i in range(len(FAR))]
     _no_invented_children(assert_children_sane(conn, parent))
 
+
+def test_default_holding_only_outliers_is_emptied_into_quarantine(run: Run, dsn: str, conn: Conn,
+                                                                 partman: str) -> None:
+    """No plausible row at all: nothing for instant to turn into a child, so auto copies
+    the outliers into quarantine and leaves an empty DEFAULT; no child is invented."""
+    make_table(conn, "public", "fixes", nullable=True)
+    start = conn.execute("SELECT (date_trunc('day', now()) - interval '5 days')::text").fetchone()
+    assert start is not None
+    create_parent(conn, "public.fixes", "ts", "1 day", start[0])
+    insert_spread(conn, sql.Identifier("public", "fixes"), "ts", utc_midnight(conn, 4), now(conn), 300, "r")
+    insert_keys(conn, sql.Identifier("public", "fixes"), "ts", FAR, "far")
+    before, shape = row_set(conn, "public.fixes"), [(k.lower, k.upper) for k in kids(conn, "public.fixes")]
+
+    out, _ = fix_cli(run, dsn, "public.fixes", "auto")
+
+    assert_exactly_once(before, row_set(conn, "public.fixes"))
+    assert sorted(r[2] for r in quarantined(conn, "public.fixes")) == [f"far-{i}" for i in range(len(FAR))]
+    assert_default_empty(conn, "public.fixes")
+    ks = assert_children_sane(conn, "public.fixes")
+    _no_invented_children(ks)
+    assert [(k.lower, k.upper) for k in ks][: len(shape)] == shape
 
 # --- nothing to do; what an old script left behind -------------------------------------
 
@@ -753,7 +785,7 @@ def test_empty_default_is_nothing_to_do_and_changes_nothing(
     assert conn.execute("SELECT count(*) FROM fixes_default").fetchone() == (0,)
     before = fingerprint(conn)
 
-    rc, out, err = fix_cli(run, dsn, "public.fixes", strategy)
+    out, _ = fix_cli(run, dsn, "public.fixes", strategy)
 
     assert "nothing to do" in out and "holds no rows" in out
     assert fingerprint(conn) == before
@@ -780,12 +812,12 @@ def _old_script_interrupted(conn: Conn) -> tuple[str, datetime]:
 def test_default_detached_by_the_old_script_is_adopted_and_finished(
     run: Run, dsn: str, conn: Conn, major: int, how: str
 ) -> None:
-    parent, gap = _old_script_interrupted(conn)
+    parent, _gap = _old_script_interrupted(conn)
     before = Counter(row_set(conn, parent))
     before.update(tuple(r) for r in conn.execute("SELECT id, ts, payload, val FROM public.fixes_default"))
     assert default_of(conn, parent) is None
 
-    rc, out, err = fix_cli(run, dsn, parent, how)
+    out, _ = fix_cli(run, dsn, parent, how)
 
     assert "fixed with copy" in out
     assert_exactly_once(before, row_set(conn, parent))
@@ -863,7 +895,7 @@ def test_odd_identifiers_quotes_spaces_capitals_unicode(run: Run, dsn: str, conn
     insert_keys(conn, ident, key, [datetime(1970, 1, 1, tzinfo=UTC)], "far")
     before = row_set(conn, typed, key)
 
-    rc, out, err = fix_cli(run, dsn, typed, strategy)
+    _out, err = fix_cli(run, dsn, typed, strategy)
 
     assert_exactly_once(before, row_set(conn, typed, key))
     assert [r[2] for r in quarantined(conn, typed, key)] == ["far-0"]
@@ -994,7 +1026,7 @@ def test_non_owner_is_refused_with_exit_77_and_nothing_changed(run: Run, dsn: st
 
     rc, out, err = run("fix", "-d", make_conninfo(dsn, user=role), table, "--yes", "--strategy", strategy)
 
-    assert rc == 77, err
+    assert rc == 77 and out == "", err
     assert len(err.strip().splitlines()) == 1 and "owner" in err
     assert fingerprint(conn) == before
 
@@ -1008,7 +1040,7 @@ def test_instant_refuses_rows_in_two_gaps_and_auto_uses_copy(run: Run, dsn: str,
     assert rc == 64 and len(err.strip().splitlines()) == 1 and "one gap" in err, err
     assert fingerprint(conn) == before_fp
 
-    rc, out, err = fix_cli(run, dsn, table, "auto")
+    out, err = fix_cli(run, dsn, table, "auto")
     assert "fixed with copy" in out
     assert_exactly_once(before, row_set(conn, table))
     assert_default_empty(conn, table)
@@ -1022,7 +1054,7 @@ def test_instant_refuses_a_default_the_old_script_detached(run: Run, dsn: str, c
 
     rc, out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "instant")
 
-    assert rc == 64 and len(err.strip().splitlines()) == 1 and "--strategy copy" in err, err
+    assert rc == 64 and out == "" and len(err.strip().splitlines()) == 1 and "--strategy copy" in err, err
     assert fingerprint(conn) == before
 
 
@@ -1122,3 +1154,56 @@ def test_fix_partitioned_table_refuses_a_wrong_partition_key(
     assert "partitioned by ts, not by received_at" in err
     assert fingerprint(conn) == before
     assert fix_partitioned_table_main([dsn, "fixes"]) == 64  # the old script's four arguments, no fewer
+
+
+@pytest.mark.parametrize("key_type", ["date", "timestamp"])
+def test_date_and_naive_timestamp_keys(run: Run, dsn: str, conn: Conn, major: int, strategy: str,
+                                       key_type: str) -> None:
+    """Bounds on the wall clock, no zone: the planner must compare dates with dates."""
+    parent, gap = partman_incident(conn, key_type=key_type, n=1500)
+    before = row_set(conn, parent)
+
+    fix_cli(run, dsn, parent, strategy)
+
+    assert_exactly_once(before, row_set(conn, parent))
+    assert_default_empty(conn, parent)
+    ks = assert_children_sane(conn, parent)
+    fmt = PARTMAN_FORMATS[major]["1 day"]
+    assert_named(ks, "fixes_p", fmt, None)
+    new = [k for k in ks if k.lower >= gap]
+    assert new[0].lower == gap
+    assert all(k.upper - k.lower == DAY for k in (new if strategy == "copy" else new[1:]))
+    assert_partman_healthy(dsn, parent, fmt, "UTC")
+
+
+def test_interval_option_gives_a_grid_to_a_table_without_children(run: Run, dsn: str, conn: Conn,
+                                                                    strategy: str) -> None:
+    """Without children or partman the grid is unknowable (exit 67); --interval supplies it."""
+    table = _unknown_grid(conn)
+    before = row_set(conn, table)
+
+    fix_cli(run, dsn, table, strategy, "--interval", "1 day", "--premake", "6")
+
+    assert_exactly_once(before, row_set(conn, table))
+    assert_default_empty(conn, table)
+    ks = assert_children_sane(conn, table)
+    assert ks[0].lower == utc_midnight(conn, 3)
+    assert ks[-1].upper >= utc_midnight(conn, -7), "--premake 6: six children past today"
+    assert_named(ks, "fixes_p", "YYYYMMDD", "UTC")
+
+
+def test_copy_keep_source_keeps_the_detached_default_and_copies_every_row(run: Run, dsn: str, conn: Conn,
+                                                                          partman: str) -> None:
+    parent, _gap = partman_incident(conn, n=1000)
+    before = row_set(conn, parent)
+    outage = Counter(r for r in before if r[2].startswith("outage"))
+
+    fix_cli(run, dsn, parent, "copy", "--keep-source")
+
+    assert_exactly_once(before, row_set(conn, parent))
+    assert_default_empty(conn, parent)
+    (held,) = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'fixes\\_default\\_%' "
+                           "AND relkind = 'r' AND NOT relispartition").fetchall()
+    kept = Counter(tuple(r) for r in conn.execute(
+        sql.SQL("SELECT id, ts, payload, val FROM {}").format(sql.Identifier("public", held[0]))))
+    assert kept == outage, "the kept source is the DEFAULT as it was"

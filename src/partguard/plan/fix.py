@@ -198,7 +198,7 @@ def plan_fix(
             f"{table.qualname}: --strategy instant needs the DEFAULT's rows in one gap between children; use --strategy copy"
         )
 
-    horizon = _horizon(grid, now, premake, probe, p_hi)
+    horizon = _horizon(table, grid, now, premake, probe)
     renames = misnamed(table, grid, nm) if managed else ()
     if renames:
         notes.append("children named outside partman's convention are renamed: "
@@ -243,7 +243,7 @@ def plausible_range(
         hi = grid.next(hi)
     if lo is None:
         # No children at all: allow a year back from now.
-        lo = grid.floor(_shift_years(here, -1))  # type: ignore[arg-type]
+        lo = grid.floor(_shift_years(here, -1))
     return lo, hi
 
 
@@ -287,25 +287,25 @@ def _single_span(
     s_lo, s_hi = spans[0]
     below = [c.upper for c in table.children if c.upper is not None and c.upper <= s_lo]  # type: ignore[operator]
     above = [c.lower for c in table.children if c.lower is not None and c.lower >= s_hi]  # type: ignore[operator]
-    lo: Any = max(below) if below else first  # type: ignore[type-var]
+    lo: Any = max(below) if below else first
     if isinstance(grid, IntGrid):
         top: Any = grid.floor(int(probe.max_key if probe.max_key is not None else buckets[-1]))  # type: ignore[arg-type]
     else:
-        top = max(grid.floor(_now_key(table, now)), buckets[-1])  # type: ignore[arg-type, type-var]
+        top = max(grid.floor(_now_key(table, now)), buckets[-1])  # type: ignore[arg-type]
     hi: Any = grid.next(grid.next(top))  # type: ignore[arg-type]
-    if above and min(above) < hi:  # type: ignore[type-var]
-        hi = min(above)  # type: ignore[type-var]
+    if above and min(above) < hi:
+        hi = min(above)
     return lo, hi
 
 
-def _horizon(grid: Grid, now: datetime, premake: int, probe: Probe, p_hi: Key | None) -> Any:
+def _horizon(table: Table, grid: Grid, now: datetime, premake: int, probe: Probe) -> Any:
     """Future children run to ``premake`` intervals past now (ids: past the newest row)."""
     if isinstance(grid, IntGrid):
         top: Any = grid.floor(int(probe.max_key)) if probe.max_key is not None else None  # type: ignore[arg-type]
         if top is None:
             return None
     else:
-        top = grid.floor(now if grid.tz else now.replace(tzinfo=None))  # type: ignore[arg-type]
+        top = grid.floor(_now_key(table, now))  # type: ignore[arg-type]  # a date key has date bounds
     for _ in range(premake + 1):
         top = grid.next(top)
     return top
@@ -327,7 +327,7 @@ def _children(
         start: Any = future_from
         if start is None:
             uppers = [c.upper for c in table.children if c.upper is not None]
-            start = max(uppers) if uppers else (buckets[0] if buckets else horizon)  # type: ignore[type-var]
+            start = max(uppers) if uppers else (buckets[0] if buckets else horizon)
         b: Any = grid.floor(start)
         while b < horizon:
             wanted.setdefault(b, grid.next(b))
