@@ -373,13 +373,15 @@ class Bench:
         if left:
             problems.append(f"{left} rows still in the DEFAULT")
         tail = "" if attached else " (no DEFAULT left)"
+        if problems == [f"{left} rows still in the DEFAULT"] and res.error:
+            return f"no row lost; aborted with {left} rows still in the DEFAULT"
         return ("ok" + tail) if not problems else "FAIL: " + "; ".join(problems)
 
     # -- RSS of the CLI, in its own process ----------------------------------------------
 
     def cli_rss(self, rows: int, args: list[str]) -> tuple[float, Result]:
         """Run ``python -m partguard fix …`` as a child and read its own peak RSS (wait4)."""
-        label = f"CLI fix {' '.join(args)}"
+        label = f"CLI: python -m partguard fix {' '.join(args)} (wall incl. start-up)"
 
         def method(dsn: str, res: Result) -> None:
             with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -837,6 +839,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {a.label:<40} {fmt(a.seconds)}s → {fmt(b.seconds)}s ({fmt(ratio(b.seconds, a.seconds), '.2f')}×); "
               f"longest lock {ms(a.lock_s)} → {ms(b.lock_s)} ms; max insert "
               f"{fmt(a.latency_ms, '.1f')} → {fmt(b.latency_ms, '.1f')} ms")
+    print()
+    print("the same comparisons in server CPU seconds (the work done; robust to other load on the machine):")
+    for x, y, what in (("old", "instant", "old / instant"), ("old", "copy2", "old / copy --jobs 2"),
+                       ("old", "copy1", "old / copy --jobs 1"), ("copy1", "limit", "copy --jobs 1 / copy limit"),
+                       ("copy2", "floor", "copy --jobs 2 / bulk floor"), ("pm", "old", "partman / old")):
+        print(f"  {what:<28} {fmt(s[x].server_cpu)}s / {fmt(s[y].server_cpu)}s = "
+              f"{fmt(ratio(s[x].server_cpu, s[y].server_cpu), '.2f')}×")
     print()
     print("client memory (peak RSS of `python -m partguard fix … --strategy copy --jobs 2`, its own, from wait4):")
     print(f"  {quarter} rows: {rss_q:.1f} MB   {n} rows: {rss_n:.1f} MB   "

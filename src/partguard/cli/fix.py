@@ -60,9 +60,11 @@ def command(dbname: str | None, host: str | None, port: int | None, user: str | 
     if not dry_run and not yes and not sys.stdin.isatty():
         raise Aborted("fix changes the database: pass --yes when not running on a terminal (or --dry-run)")
     conn = connect(params)
+    progress = _ProgressPrinter()
     try:
-        outcome = fix(conn, params, req, confirm=None if yes else _confirm, on_progress=_progress_printer())
+        outcome = fix(conn, params, req, confirm=None if yes else _confirm, on_progress=progress)
     finally:
+        progress.close()
         conn.close()
     if fmt == "json":
         emit_json(outcome)
@@ -151,21 +153,44 @@ def _confirm(o: FixOutcome) -> bool:
     return click.confirm("Proceed?", default=False, err=True)
 
 
-def _progress_printer() -> Any:
-    """A bar on a terminal, a log line every few seconds otherwise (journald, CI)."""
-    last = [0.0]
+class _ProgressPrinter:
+    """A rich progress bar on a terminal; a log line every few seconds otherwise
+    (journald, CI), so a long copy never looks hung."""
 
-    def show(pr: Progress) -> None:
-        now = time.monotonic()
-        if now - last[0] < (0.2 if sys.stderr.isatty() else 5.0) and pr.done_pages < pr.total_pages:
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __call__(self, pr: Progress) -> None:
+        if self.tty:
+            self._bar(pr)
             return
-        last[0] = now
+        now = time.monotonic()
+        if now - self.last < 5.0 and pr.done_pages < pr.total_pages:
+            return
+        self.last = now
         pct = 100.0 * pr.done_pages / pr.total_pages if pr.total_pages else 100.0
         eta = f", ETA {pr.eta:.0f}s" if pr.eta else ""
-        text = f"copy: {pr.rows} rows, {pct:.0f}% of {pr.total_pages} pages, {pr.rate:.0f} rows/s{eta}"
-        if sys.stderr.isatty():
-            click.echo(f"\r{text}   ", err=True, nl=pr.done_pages >= pr.total_pages)
-        else:
-            click.echo(text, err=True)
+        click.echo(f"copy: {pr.rows} rows, {pct:.0f}% of {pr.total_pages} pages, {pr.rate:.0f} rows/s{eta}", err=True)
 
-    return show
+    def _bar(self, pr: Progress) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
+
+        if self.bar is None:
+            self.bar = Bar(TextColumn("copy"), BarColumn(), TextColumn("{task.fields[rows]} rows"),
+                           TextColumn("{task.fields[rate]} rows/s"), TimeRemainingColumn(),
+                           console=Console(stderr=True), transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task("copy", total=max(pr.total_pages, 1), rows=0, rate=0)
+        self.bar.update(self.task, completed=pr.done_pages, rows=pr.rows, rate=f"{pr.rate:.0f}")
+        if pr.done_pages >= pr.total_pages:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None

@@ -39,6 +39,10 @@ class Naming:
     def name(self, start: Key) -> str:
         return child_name(self.stem, _in_zone(start, self.tz), self.datetime_string, self.prefix)
 
+    def head(self, start: Key) -> str:
+        """``name(start)`` without the rendered bound: the (possibly cut) stem and prefix."""
+        return self.name(start)[: -len(child_suffix(_in_zone(start, self.tz), self.datetime_string))]
+
     def unique(self, start: Key, taken: set[str] | frozenset[str]) -> str:
         """``name(start)``, or where an existing child already has it (an off-grid
         neighbour named for the same day) the same name with the start's time appended,

@@ -198,7 +198,7 @@ def plan_fix(
             f"{table.qualname}: --strategy instant needs the DEFAULT's rows in one gap between children; use --strategy copy"
         )
 
-    horizon = _horizon(table, grid, now, premake, probe)
+    horizon = _horizon(table, grid, now, premake, rows_in)
     renames = misnamed(table, grid, nm) if managed else ()
     if renames:
         notes.append("children named outside partman's convention are renamed: "
@@ -230,13 +230,13 @@ def plausible_range(
 
     Below the first child nothing is plausible (partman never makes children there, and a
     1970 row would otherwise get a 1970 child); above, time keys may run ``premake + 2``
-    intervals past now. Integer keys have no "now": ids only grow, so no upper limit.
+    intervals past now. Integer keys have no "now", but ids grow densely: see ``_id_ceiling``.
     """
     lo: Key | None = table.children[0].lower if table.children else None
     if isinstance(grid, IntGrid):
         if lo is None and probe is not None and probe.min_key is not None:
             lo = grid.floor(int(probe.min_key))  # type: ignore[arg-type]
-        return lo, None
+        return lo, _id_ceiling(table, grid, premake, probe)
     here = _now_key(table, now)
     hi: Any = grid.floor(here)  # type: ignore[arg-type]
     for _ in range(premake + 2):
@@ -245,6 +245,26 @@ def plausible_range(
         # No children at all: allow a year back from now.
         lo = grid.floor(_shift_years(here, -1))
     return lo, hi
+
+
+def _id_ceiling(table: Table, grid: IntGrid, premake: int, probe: Probe | None) -> int | None:
+    """Where plausible ids end: the first jump of more than ``premake + 2`` empty buckets.
+
+    Ids arrive in order, so the DEFAULT's rows continue the children as one dense run; a row
+    far past it (a bad import's id 9e12) is an outlier, like a time key in 2999: copying it
+    would otherwise plan a child for every bucket up to it. None when there is no jump.
+    """
+    if probe is None or not probe.buckets:
+        return None
+    reach = (premake + 2) * grid.step
+    uppers = [int(c.upper) for c in table.children if isinstance(c.upper, int)]
+    end: int | None = max(uppers) if uppers else None
+    for b in probe.buckets:
+        start = int(b)  # type: ignore[arg-type]
+        if end is not None and start >= end + reach:
+            return end + reach
+        end = start + grid.step if end is None else max(end, start + grid.step)
+    return None
 
 
 def _shift_years(x: Any, years: int) -> Any:
@@ -289,7 +309,7 @@ def _single_span(
     above = [c.lower for c in table.children if c.lower is not None and c.lower >= s_hi]  # type: ignore[operator]
     lo: Any = max(below) if below else first
     if isinstance(grid, IntGrid):
-        top: Any = grid.floor(int(probe.max_key if probe.max_key is not None else buckets[-1]))  # type: ignore[arg-type]
+        top: Any = buckets[-1]  # the newest plausible bucket (an id outlier is no "now")
     else:
         top = max(grid.floor(_now_key(table, now)), buckets[-1])  # type: ignore[arg-type]
     hi: Any = grid.next(grid.next(top))  # type: ignore[arg-type]
@@ -298,12 +318,13 @@ def _single_span(
     return lo, hi
 
 
-def _horizon(table: Table, grid: Grid, now: datetime, premake: int, probe: Probe) -> Any:
-    """Future children run to ``premake`` intervals past now (ids: past the newest row)."""
+def _horizon(table: Table, grid: Grid, now: datetime, premake: int, buckets: list[Key]) -> Any:
+    """Future children run to ``premake`` intervals past now (ids: past the newest
+    plausible row, among ``buckets``)."""
     if isinstance(grid, IntGrid):
-        top: Any = grid.floor(int(probe.max_key)) if probe.max_key is not None else None  # type: ignore[arg-type]
-        if top is None:
+        if not buckets:
             return None
+        top: Any = buckets[-1]
     else:
         top = grid.floor(_now_key(table, now))  # type: ignore[arg-type]  # a date key has date bounds
     for _ in range(premake + 1):
@@ -352,7 +373,10 @@ def misnamed(table: Table, grid: Grid, nm: Naming) -> tuple[tuple[str, str], ...
     """On-grid children whose name is not the one the convention gives their bucket.
 
     Only exact buckets: an off-grid child has no conventional name, and renaming it would
-    not make partman's arithmetic agree with it anyway. A target name already taken stays.
+    not make partman's arithmetic agree with it anyway. Only names of the convention's
+    shape (same stem and prefix, another suffix, like the old script's ``fixes_p20261122``):
+    a child named some other way was named by someone on purpose. A target name already
+    taken stays.
     """
     taken = {c.name for c in table.children} | ({table.default.name} if table.default else set())
     out = []
@@ -362,7 +386,7 @@ def misnamed(table: Table, grid: Grid, nm: Naming) -> tuple[tuple[str, str], ...
         if grid.next(c.lower) != c.upper:  # type: ignore[arg-type]
             continue
         want = nm.name(c.lower)
-        if want != c.name and want not in taken:
+        if want != c.name and want not in taken and c.name.startswith(nm.head(c.lower)):
             out.append((c.name, want))
             taken.add(want)
     return tuple(out)
