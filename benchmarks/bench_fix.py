@@ -708,19 +708,27 @@ def print_targets(n: int, quarter: int, s: dict[str, Summary], rss_q: float, rss
     speed_instant = ratio(old.seconds, instant.seconds) if not instant.error else None
     speed_copy2 = ratio(old.seconds, copy2.seconds) if not copy2.error else None
     to_floor = ratio(copy2.seconds, floor.seconds) if not copy2.error else None
+
+    def best(a: Summary, b: Summary) -> str:
+        """The same ratio from each method's fastest round: what a quiet machine shows."""
+        if len(a.times) < 2 or a.error or b.error:
+            return ""
+        return f"  (best rounds: {fmt(ratio(a.times[0], b.times[0]), '.2f')}×)"
+
     def lat(r: Summary) -> float | None:
         return None if r.latency_ms is None else r.latency_ms / 1000
 
     targets = [
-        ("instant ≥ 20× faster than the old method", f"{fmt(speed_instant, '.1f')}×",
+        ("instant ≥ 20× faster than the old method", f"{fmt(speed_instant, '.1f')}×" + best(old, instant),
          None if speed_instant is None else speed_instant >= 20),
         ("instant: swap lock < 100 ms (worst round)", f"{ms(instant.lock_s)} ms", below(instant.lock_s, 0.1)),
         ("instant: zero failed concurrent writes", fmt(instant.failed, "d"),
          None if instant.failed is None else instant.failed == 0),
         ("instant: max insert latency < 250 ms", f"{fmt(instant.latency_ms, '.1f')} ms", below(lat(instant), 0.25)),
-        ("copy --jobs 2 ≥ 1.7× faster than the old method", f"{fmt(speed_copy2, '.2f')}×",
+        ("copy --jobs 2 ≥ 1.7× faster than the old method", f"{fmt(speed_copy2, '.2f')}×" + best(old, copy2),
          None if speed_copy2 is None else speed_copy2 >= 1.7),
-        ("copy --jobs 2 faster than the copy limit", f"{fmt(copy2.seconds)}s vs {fmt(limit.seconds)}s",
+        ("copy --jobs 2 faster than the copy limit", f"{fmt(copy2.seconds)}s vs {fmt(limit.seconds)}s"
+         + (f"  (best rounds: {copy2.times[0]:.2f}s vs {limit.times[0]:.2f}s)" if best(copy2, limit) else ""),
          None if copy2.seconds is None or limit.seconds is None or copy2.error else copy2.seconds < limit.seconds),
         ("copy --jobs 2: zero failed concurrent writes", fmt(copy2.failed, "d"),
          None if copy2.failed is None else copy2.failed == 0),
@@ -732,11 +740,11 @@ def print_targets(n: int, quarter: int, s: dict[str, Summary], rss_q: float, rss
          f"{fmt(copy2_q.latency_ms, '.1f')} → {fmt(copy2.latency_ms, '.1f')} ms", no_larger(lat(copy2_q), lat(copy2))),
         ("copy --jobs 2: client RSS < 150 MB (CLI process)", f"{rss_n:.1f} MB", rss_n < 150),
         (f"client RSS flat: at {n} ≤ 1.1 × at {quarter} rows", f"{rss_q:.1f} → {rss_n:.1f} MB", rss_n <= 1.1 * rss_q),
-        ("stretch: copy --jobs 2 within 1.1× of the bulk-load floor", f"{fmt(to_floor, '.2f')}×",
+        ("stretch: copy --jobs 2 within 1.1× of the bulk-load floor", f"{fmt(to_floor, '.2f')}×" + best(copy2, floor),
          None if to_floor is None else to_floor <= 1.1),
     ]
-    print("targets (issue 3, Performance; ratios from this run's medians, latencies and locks the worst round;")
-    print("         'no larger' allows max(50 %, 20 ms) for noise):")
+    print("targets (issue 3, Performance): ✓/✗ from this run's medians (times) and worst rounds (latency, locks);")
+    print("         'no larger' allows max(50 %, 20 ms) for noise; 'best rounds' is informational only:")
     w = max(len(t[0]) for t in targets)
     for name, value, ok in targets:
         print(f"  {mark(ok)} {name:<{w}}  {value}")

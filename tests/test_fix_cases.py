@@ -1287,22 +1287,14 @@ def test_copy_keep_source_keeps_the_detached_default_and_copies_every_row(run: R
     assert kept == outage, "the kept source is the DEFAULT as it was"
 
 
-# --- known bugs outside plan/ (strict xfail: they flip to failures once fixed) -----------
+# --- regressions: bugs found by this matrix, fixed outside plan/ ----------------------
 
 
 # A table outside the partition set (e.g. a detached fixes_p<day> left lying around) has a
-# new child's name. plan/fix.py's _taken() only knows the set's own children, because the
-# snapshot (inspect/catalog.py) holds no other relation names; partman 4.7's
-# create_partition_time silently skips a name that exists, so that bucket gets no child (a
-# hole the next rows fall into the DEFAULT through). For copy, commands/fix.py _late_children
-# then CREATEs the same name and psycopg's DuplicateTable escapes cli.main as a traceback.
-STRAY_NAME_BUG = (
-    "a stray table holding a new child's name: partman skips that child (a hole); copy then "
-    "dies with a raw DuplicateTable traceback instead of a one-line error"
-)
+# new child's name. partman 4.7's create_partition_time silently skips a name that exists,
+# so that bucket would get no child (a hole); the catalog now lists every relation name of
+# the schema and new children avoid them (Table.schema_names).
 
-
-@pytest.mark.xfail(reason=STRAY_NAME_BUG, strict=True)
 @pytest.mark.parametrize(("how", "day"), [("instant", 5), ("copy", 5), ("copy", 1)])
 def test_a_stray_table_with_a_childs_name_never_leaves_a_hole(
     run: Run, dsn: str, conn: Conn, partman: str, how: str, day: int
@@ -1323,20 +1315,10 @@ def test_a_stray_table_with_a_childs_name_never_leaves_a_hole(
         assert fingerprint(conn) == shape
 
 
-# cli.fix_partitioned_table_main passes the old script's <timezone> as --tz, and
-# inspect/snapshot._infer_grid lets --tz override partman's zone and the children's aligned
-# zone, so a UTC partman table gets Berlin-midnight children (23:00 UTC). partman's next
-# maintenance (in UTC) names the following child like the last one, skips it as existing and
-# leaves a one-day hole (measured: no child for [12-03 23:00, 12-04 23:00) UTC). The issue
-# wants the argument to set the grid only when neither partman nor the children tell the
-# zone, with a warning where they disagree.
-TZ_OVERRIDE_BUG = (
-    "fix-partitioned-table's <timezone> overrides partman's UTC grid: Berlin-midnight children, "
-    "then a one-day hole at partman's next premake"
-)
+# The old script's <timezone> must not override partman's zone: Berlin-midnight children on
+# a UTC partman table made partman's next premake skip one as existing and leave a one-day
+# hole. It is now a hint (--default-tz), used only where partman and the children are silent.
 
-
-@pytest.mark.xfail(reason=TZ_OVERRIDE_BUG, strict=True)
 def test_fix_partitioned_table_timezone_does_not_override_partmans_grid(
     dsn: str, conn: Conn, major: int, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 import click
+import psycopg
 
 from .. import __version__
 from ..errors import PartguardError
@@ -55,6 +56,10 @@ def main(argv: Sequence[str] | None = None, prog_name: str = "partguard") -> int
     except PartguardError as exc:
         click.echo(f"{prog_name}: {exc}", err=True)
         return exc.exit_code
+    except psycopg.Error as exc:  # an unexpected server answer: still one line, never a traceback
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        click.echo(f"{prog_name}: server error ({exc.sqlstate or 'no SQLSTATE'}): {first}", err=True)
+        return 70
     except KeyboardInterrupt:
         click.echo(f"{prog_name}: interrupted", err=True)
         return 130
@@ -76,7 +81,7 @@ def fix_partitioned_table_main(argv: Sequence[str] | None = None) -> int:
         )
         return 0 if args and args[0] in ("-h", "--help") else 64
     database, table, key, tz = args
-    return main(["fix", "-d", database, table, "--key", key, "--tz", tz, "--yes"],
+    return main(["fix", "-d", database, table, "--key", key, "--default-tz", tz, "--yes"],
                 prog_name="fix-partitioned-table")
 
 

@@ -65,6 +65,7 @@ class FixRequest:
     options: FixOptions = FixOptions()
     interval: str | None = None
     tz: str | None = None
+    tz_hint: str | None = None  # fix-partitioned-table's <timezone>: used where nothing else tells
     lock_timeout: float = 2.0
     retries: int = 5
     dry_run: bool = False
@@ -151,7 +152,7 @@ def _read(conn: Conn, name: str) -> catalog.Table:
 def _state(conn: Conn, server: Any, table: catalog.Table, req: FixRequest) -> TableState:
     configs = read_configs(conn, server.partman)
     return table_state(conn, server, table, config_for(configs, table.schema, table.name),
-                       Options(interval=req.interval, tz=req.tz))
+                       Options(interval=req.interval, tz=req.tz, tz_hint=req.tz_hint))
 
 
 def _check_privileges(conn: Conn, table: catalog.Table) -> None:
@@ -297,7 +298,7 @@ def _recheck(conn: Conn, name: str, req: FixRequest) -> list[dict[str, Any]]:
     from ..diagnose import diagnose
     from ..inspect import snapshot
 
-    snap = snapshot.take(conn, Options(tables=(name,), interval=req.interval, tz=req.tz))
+    snap = snapshot.take(conn, Options(tables=(name,), interval=req.interval, tz=req.tz, tz_hint=req.tz_hint))
     return [{"code": f.code, "severity": f.severity.value, "message": f.message}
             for f in diagnose(snap) if f.table == name]
 
@@ -373,11 +374,14 @@ def _late_children(
     fresh = catalog.read_tables(conn, [table.qualname])[0]
     pr = probe(conn, sql.Identifier(table.schema, p.holding), table.key, grid, has_index=_has_key_index(conn, table, p.holding))
     nm = naming(fresh, state.config, partman, grid)
+    taken = set(fresh.schema_names)
     out = []
     for b in pr.buckets:
         if (p.plausible_lo is None or b >= p.plausible_lo) and (p.plausible_hi is None or b < p.plausible_hi):  # type: ignore[operator]
             for lo, hi in free_spans(fresh, b, grid.next(b)):  # type: ignore[arg-type]
-                out.append(ChildSpec(nm.name(lo), lo, hi, False))
+                name = nm.unique(lo, taken)
+                taken.add(name)
+                out.append(ChildSpec(name, lo, hi, False))
     return out
 
 

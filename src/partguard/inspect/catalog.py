@@ -81,6 +81,9 @@ class Table:
     referenced_by: tuple[str, ...] = ()  # FKs of other tables pointing at this one
     default_key_index: str | None = None  # an index on the DEFAULT led by the key column
     indexes: tuple[str, ...] = field(default=())  # partitioned indexes of the parent
+    # Every relation name in the table's schema: a new child must not take one, even one
+    # outside the partition set (partman silently skips a name that exists: a hole).
+    schema_names: frozenset[str] = field(default=frozenset())
 
     @property
     def ident(self) -> sql.Identifier:
@@ -247,6 +250,13 @@ def read_tables(conn: Conn, names: list[str] | None = None, *, strict: bool = Tr
     for relid, iname, parent_index, first_col, idef in conn.execute(_INDEXES_SQL, (rel_oids,)):
         indexes[relid].append(Index(iname, parent_index, first_col, idef))
 
+    names_in: dict[str, set[str]] = {}
+    for nsp, relname in conn.execute(
+        """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = ANY(%s)""",
+        (sorted({r[1] for r in rows}),),
+    ):
+        names_in.setdefault(nsp, set()).add(relname)
     tables = []
     for oid, schema, name, strat, keycols, is_expr, keytype, notnull, owner in rows:
         kids = children[oid]
@@ -264,6 +274,7 @@ def read_tables(conn: Conn, names: list[str] | None = None, *, strict: bool = Tr
                 key_not_null=bool(notnull), owner=owner, children=tuple(regular), default=default,
                 columns=tuple(columns[oid]), referenced_by=tuple(referenced[oid]),
                 default_key_index=key_index, indexes=tuple(i.name for i in indexes.get(oid, [])),
+                schema_names=frozenset(names_in.get(schema, ())),
             )
         )
     return tables

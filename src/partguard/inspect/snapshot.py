@@ -7,6 +7,7 @@ config, the children's bounds, the session time zone and the user's overrides to
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -22,6 +23,8 @@ from .catalog import Child, Key, Table, read_tables
 from .data import Probe, probe
 from .grid import Grid, IntGrid, Interval, TimeGrid, on_grid, parse_interval, time_grid
 from .partman import Partman, PartmanConfig, config_for, find_partman, read_configs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Options:
     interval: str | None = None
     tz: str | None = None
     exact: bool = False
+    tz_hint: str | None = None  # a zone to prefer only when partman and the children are silent
 
 
 def read_server(conn: Conn) -> Server:
@@ -124,7 +128,7 @@ def table_state(
 ) -> TableState:
     if table.unsupported_reason():
         return TableState(table, config, GridInfo(None, "", table.unsupported_reason()), None, None, last_maintenance)
-    grid = infer_grid(table, config, server.timezone, options.interval, options.tz)
+    grid = infer_grid(table, config, server.timezone, options.interval, options.tz, options.tz_hint)
     default_probe = None
     if table.default is not None:
         default_probe = probe(
@@ -175,10 +179,17 @@ def infer_grid(
     session_tz: str,
     interval: str | None = None,
     tz: str | None = None,
+    tz_hint: str | None = None,
 ) -> GridInfo:
-    """Decide the grid: options first, then partman's config, then the children's bounds."""
+    """Decide the grid: options first, then partman's config, then the children's bounds.
+
+    ``tz`` overrides every other source; ``tz_hint`` (the old repair script's <timezone>
+    argument) only decides when neither partman nor the children say, and a disagreement
+    is logged rather than obeyed: children on another zone's grid would make partman's next
+    run skip or overlap.
+    """
     try:
-        return _infer_grid(table, config, session_tz, interval, tz)
+        return _infer_grid(table, config, session_tz, interval, tz, tz_hint)
     except UsageError:
         raise
     except UnknownGrid as exc:
@@ -186,10 +197,12 @@ def infer_grid(
 
 
 def _infer_grid(
-    table: Table, config: PartmanConfig | None, session_tz: str, interval: str | None, tz: str | None
+    table: Table, config: PartmanConfig | None, session_tz: str, interval: str | None, tz: str | None,
+    tz_hint: str | None = None,
 ) -> GridInfo:
-    if tz is not None:
-        time_grid(Interval(days=1), tz)  # validates the zone: UsageError if unknown
+    for given in (tz, tz_hint):
+        if given is not None:
+            time_grid(Interval(days=1), given)  # validates the zone: UsageError if unknown
     if table.key_kind == "int":
         if interval:
             step, source = _int_step(interval), "option"
@@ -203,17 +216,27 @@ def _infer_grid(
     zone: str | None = tz or session_tz
     if table.key_type != "timestamp with time zone":
         zone = None  # dates and naive timestamps live on the wall clock, not in a zone
-    if interval:
+    if zone is not None and tz is None and tz_hint and config is None:
+        zone = tz_hint  # preferred; the children still overrule it below
+    if interval and config is None and not table.children:
         return _time_info(parse_interval(interval), zone, table, "option")
     if config is not None:
         if tz is None and config.timezone and zone is not None:
             zone = config.timezone  # newer partman pins its own zone in part_config
-        return _time_info(parse_interval(config.interval), zone, table, "partman")
-    tstep = _common_time_step(table, zone)
-    info = _time_info(tstep, zone, table, "children")
+        if tz is None and tz_hint and zone is not None and tz_hint != zone:
+            log.warning("%s: the time zone given (%s) disagrees with pg_partman's (%s); following pg_partman",
+                        table.qualname, tz_hint, zone)
+        step = parse_interval(interval) if interval else parse_interval(config.interval)
+        return _time_info(step, zone, table, "option" if interval else "partman")
+    tstep = parse_interval(interval) if interval else _common_time_step(table, zone)
+    source = "option" if interval else "children"
+    info = _time_info(tstep, zone, table, source)
     if tz is None and zone is not None and info.aligned_zone and info.aligned_zone != zone:
         # A hand-made table has no partman to disagree with: follow its children's zone.
-        return _time_info(tstep, info.aligned_zone, table, "children")
+        if tz_hint:
+            log.warning("%s: the time zone given (%s) disagrees with the children's (%s); following the children",
+                        table.qualname, tz_hint, zone_label(info.aligned_zone))
+        return _time_info(tstep, info.aligned_zone, table, source)
     return info
 
 

@@ -365,8 +365,10 @@ def _children(
 
 
 def _taken(table: Table) -> set[str]:
-    """Names a new child must not take: the children's and the DEFAULT's."""
-    return {c.name for c in table.children} | ({table.default.name} if table.default else set())
+    """Names a new child must not take: the children's, the DEFAULT's, and any other
+    relation's in the schema."""
+    return ({c.name for c in table.children} | ({table.default.name} if table.default else set())
+            | set(table.schema_names))
 
 
 def misnamed(table: Table, grid: Grid, nm: Naming) -> tuple[tuple[str, str], ...]:
@@ -378,7 +380,7 @@ def misnamed(table: Table, grid: Grid, nm: Naming) -> tuple[tuple[str, str], ...
     a child named some other way was named by someone on purpose. A target name already
     taken stays.
     """
-    taken = {c.name for c in table.children} | ({table.default.name} if table.default else set())
+    taken = _taken(table)
     out = []
     for c in table.children:
         if c.lower is None or c.upper is None or not grid.is_aligned(c.lower):  # type: ignore[arg-type]
