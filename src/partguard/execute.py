@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from psycopg import sql
@@ -171,9 +172,10 @@ def copy_chunks(
                     first, end = work.get_nowait()
                 except queue.Empty:
                     return
+                args = {"run_id": run_id, "first_block": first, "end_block": end}
                 run_locked(
                     conn,
-                    lambda c: c.execute(template, {"run_id": run_id, "first_block": first, "end_block": end}),
+                    partial(_copy_one, template, args),
                     lock_timeout=lock_timeout, retries=retries, relations=relations, what="copy",
                 )
                 copied = _rows_of(conn, run_id, first)
@@ -203,6 +205,10 @@ def copy_chunks(
             raise exc
         raise PartguardError(f"copy failed: {exc}") from exc
     return state["rows"]
+
+
+def _copy_one(template: sql.Composed, args: dict[str, int], conn: Conn) -> None:
+    conn.execute(template, args)
 
 
 def _rows_of(conn: Conn, run_id: int, first: int) -> int:

@@ -13,9 +13,9 @@ import logging
 import tempfile
 import threading
 import time
-from datetime import timedelta
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -191,7 +191,7 @@ def _story(sandbox: Sandbox, cli: Callable[[Sequence[str]], int], say: Callable[
             config = Path(tmp) / "partguard.toml"
             config.write_text("" if version else "".join(
                 f'[[table]]\nname = "{t}"\ninterval = "1 day"\npremake = 4\n\n' for t in TABLES))
-            say(f"== Maintenance that does not stop silently\n$ partguard maintain -d $DSN --retry-for 1m")
+            say("== Maintenance that does not stop silently\n$ partguard maintain -d $DSN --retry-for 1m")
             codes.append(cli(["maintain", "-d", dsn, "--retry-for", "1m", "--config", str(config)]))
         say("\n== What Prometheus scrapes (partguard metrics --listen 127.0.0.1:9187)")
         codes.append(cli(["metrics", "-d", dsn]))

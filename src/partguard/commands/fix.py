@@ -18,12 +18,12 @@ from typing import Any
 from psycopg import sql
 
 from .. import journal
-from ..db import Conn, ConnParams, blockers
+from ..db import Conn, ConnParams
 from ..errors import AlreadyRunning, PermissionDenied, VerificationFailed
 from ..execute import Progress, Runner, chunks, copy_chunks, fault
 from ..inspect import catalog
-from ..inspect.data import Probe, probe
-from ..inspect.partman import Partman, config_for, find_partman, read_configs
+from ..inspect.data import probe
+from ..inspect.partman import Partman, config_for, read_configs
 from ..inspect.snapshot import Options, TableState, read_server, table_state
 from ..plan import steps as S
 from ..plan.children import free_spans, naming
@@ -62,7 +62,7 @@ class FixOutcome:
 @dataclass(frozen=True)
 class FixRequest:
     table: str
-    options: FixOptions = FixOptions()
+    options: FixOptions = field(default_factory=FixOptions)
     interval: str | None = None
     tz: str | None = None
     tz_hint: str | None = None  # fix-partitioned-table's <timezone>: used where nothing else tells
@@ -422,7 +422,7 @@ def _verify(conn: Conn, runner: Runner, p: FixParams, table: catalog.Table) -> N
     """Every row of the holding table is accounted for by a committed chunk, or we stop
     with the holding table intact."""
     assert p.holding
-    copied, quarantined, per = _journal_totals(conn, runner.run_id)
+    copied, quarantined, _ = _journal_totals(conn, runner.run_id)
     source_rows = _count(conn, sql.Identifier(table.schema, p.holding))
     if source_rows != copied + quarantined:
         raise VerificationFailed(

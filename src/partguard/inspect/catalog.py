@@ -300,7 +300,7 @@ def _sort_key(c: Child) -> tuple[int, Any]:
 
 # --- bound parsing ---------------------------------------------------------
 
-_RANGE_RE = re.compile(r"^FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)$", re.S)
+_RANGE_RE = re.compile(r"^FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)$", re.DOTALL)
 
 
 def parse_bound(text: str) -> tuple[Key | None, Key | None, bool]:
@@ -340,7 +340,6 @@ def _parse_time(body: str) -> Key | None:
     m = re.match(r"^(.*?)([+-]\d\d(?::?\d\d(?::?\d\d)?)?)$", body)
     if m and " " in body:
         stamp, off = m.groups()
-        off = off if ":" in off or len(off) == 3 else off
         if len(off) == 3:
             off += ":00"
         return datetime.fromisoformat(f"{stamp}{off}")

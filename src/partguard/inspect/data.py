@@ -14,8 +14,8 @@ from typing import Any
 from psycopg import sql
 
 from ..db import Conn
-from .grid import Grid
 from .catalog import Key
+from .grid import Grid
 
 # Beyond this many distinct buckets we stop walking and report what we have (an outlier
 # storm must not turn a health check into a million round trips).

@@ -21,7 +21,7 @@ from ..db import Conn, session_timezone
 from ..errors import UnknownGrid, UsageError
 from .catalog import Child, Key, Table, read_tables
 from .data import Probe, probe
-from .grid import Grid, IntGrid, Interval, TimeGrid, on_grid, parse_interval, time_grid
+from .grid import Grid, Interval, IntGrid, on_grid, parse_interval, time_grid
 from .partman import Partman, PartmanConfig, config_for, find_partman, read_configs
 
 log = logging.getLogger(__name__)
@@ -226,8 +226,8 @@ def _infer_grid(
         if tz is None and tz_hint and zone is not None and tz_hint != zone:
             log.warning("%s: the time zone given (%s) disagrees with pg_partman's (%s); following pg_partman",
                         table.qualname, tz_hint, zone)
-        step = parse_interval(interval) if interval else parse_interval(config.interval)
-        return _time_info(step, zone, table, "option" if interval else "partman")
+        pstep = parse_interval(interval) if interval else parse_interval(config.interval)
+        return _time_info(pstep, zone, table, "option" if interval else "partman")
     tstep = parse_interval(interval) if interval else _common_time_step(table, zone)
     source = "option" if interval else "children"
     info = _time_info(tstep, zone, table, source)
@@ -339,6 +339,17 @@ def with_grid(state: TableState, grid: GridInfo) -> TableState:
 
 
 __all__ = [
-    "Child", "GridInfo", "Options", "Server", "Snapshot", "TableState", "infer_grid", "read_server",
-    "take", "table_state", "zone_label", "with_grid", "Any",
+    "Any",
+    "Child",
+    "GridInfo",
+    "Options",
+    "Server",
+    "Snapshot",
+    "TableState",
+    "infer_grid",
+    "read_server",
+    "table_state",
+    "take",
+    "with_grid",
+    "zone_label",
 ]

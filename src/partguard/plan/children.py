@@ -17,7 +17,14 @@ from zoneinfo import ZoneInfo
 from psycopg import sql
 
 from ..inspect.catalog import Key, Table
-from ..inspect.grid import Grid, IntGrid, TimeGrid, child_name, child_suffix, partman_datetime_string
+from ..inspect.grid import (
+    Grid,
+    IntGrid,
+    TimeGrid,
+    child_name,
+    child_suffix,
+    partman_datetime_string,
+)
 from ..inspect.partman import Partman, PartmanConfig
 
 # Suffix formats we recognise in hand-made tables, most specific first.

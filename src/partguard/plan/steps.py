@@ -17,7 +17,7 @@ from ..inspect.partman import Partman
 from .children import bound_literal, create_child, partman_create
 from .fix import ChildSpec, FixParams, short_name
 
-__all__ = ["Step", "short_name", "instant_steps", "copy_steps", "index_renames", "make_children"]
+__all__ = ["Step", "copy_steps", "index_renames", "instant_steps", "make_children", "short_name"]
 
 SCHEMA = "partguard"
 CHECK_NAME = "partguard_span"
