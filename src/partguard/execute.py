@@ -72,8 +72,11 @@ class Runner:
         """Run one step's statements in one transaction and record it done in the same
         transaction, so the journal never claims a step that rolled back."""
         result: list[Any] = []
+        attempt_started = [0.0]
 
         def work(conn: Conn) -> None:
+            # Locks are taken from here on; earlier tries and back-off sleeps held none.
+            attempt_started[0] = time.monotonic()
             if scan:
                 # A long VALIDATE is fine (it blocks nobody); a server statement_timeout is not.
                 conn.execute("SET LOCAL statement_timeout = 0")
@@ -92,11 +95,10 @@ class Runner:
             fault(step.name)
             journal.set_state(conn, self.run_id, state or step.name, detail=detail or {})
 
-        started = time.monotonic()
         run_locked(self.conn, work, lock_timeout=self.lock_timeout, retries=self.retries,
                    relations=self.relations, what=f"{step.name}")
-        if step.kind == "ddl":
-            self.timings.locked[step.name] = time.monotonic() - started
+        if step.kind == "ddl":  # steps whose locks block the application (not private tables)
+            self.timings.locked[step.name] = time.monotonic() - attempt_started[0]
         return result
 
 
@@ -133,7 +135,7 @@ def chunks(total_pages: int, chunk_pages: int) -> list[tuple[int, int]]:
 
 def copy_chunks(
     params: ConnParams | str,
-    template: sql.Composed,
+    statements: Sequence[sql.Composed],
     run_id: int,
     todo: list[tuple[int, int]],
     total_pages: int,
@@ -175,7 +177,7 @@ def copy_chunks(
                 args = {"run_id": run_id, "first_block": first, "end_block": end}
                 run_locked(
                     conn,
-                    partial(_copy_one, template, args),
+                    partial(_copy_one, statements, args),
                     lock_timeout=lock_timeout, retries=retries, relations=relations, what="copy",
                 )
                 copied = _rows_of(conn, run_id, first)
@@ -207,8 +209,11 @@ def copy_chunks(
     return state["rows"]
 
 
-def _copy_one(template: sql.Composed, args: dict[str, int], conn: Conn) -> None:
-    conn.execute(template, args)
+def _copy_one(statements: Sequence[sql.Composed], args: dict[str, int], conn: Conn) -> None:
+    """Quarantine, then copy + journal: the second statement records the first's count."""
+    quarantine, copy = statements
+    moved = conn.execute(quarantine, args).rowcount
+    conn.execute(copy, {**args, "quarantined": moved})
 
 
 def _rows_of(conn: Conn, run_id: int, first: int) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 from psycopg import sql
 
 from .. import journal
-from ..db import Conn, ConnParams
+from ..db import Conn, ConnParams, run_locked
 from ..errors import AlreadyRunning, PermissionDenied, VerificationFailed
 from ..execute import Progress, Runner, chunks, copy_chunks, fault
 from ..inspect import catalog
@@ -26,7 +26,7 @@ from ..inspect.data import probe
 from ..inspect.partman import Partman, config_for, read_configs
 from ..inspect.snapshot import Options, TableState, read_server, table_state
 from ..plan import steps as S
-from ..plan.children import free_spans, naming
+from ..plan.children import free_spans, naming, partman_warmup
 from ..plan.fix import ChildSpec, FixOptions, FixParams, check_fixable, plan_fix
 
 log = logging.getLogger(__name__)
@@ -336,6 +336,10 @@ def _swap(
     DEFAULT's indexes get a child's names before the fresh DEFAULT claims the old ones."""
     extra: list[ChildSpec] = []
     stmts = list(step.statements)
+    if partman is not None and any(c.via_partman for c in p.children):
+        warmup = [*S.set_zone(p), partman_warmup(partman, table)]
+        run_locked(conn, lambda c: [c.execute(s) for s in warmup], lock_timeout=runner.lock_timeout,
+                   retries=runner.retries, relations=runner.relations, what="partman warm-up")
     create_default = stmts.pop() if p.new_default else None
 
     def after(c: Conn) -> None:
@@ -400,7 +404,7 @@ def _copy(
     all_chunks = chunks(total, chunk_pages)
     todo = [c for c in all_chunks if c[0] not in done]
     done_pages = sum(min(e, total) - f for f, e in all_chunks if f in done)
-    copy_chunks(params, step.statements[0], runner.run_id, todo, total, jobs=req.options.jobs,
+    copy_chunks(params, step.statements, runner.run_id, todo, total, jobs=req.options.jobs,
                 lock_timeout=req.lock_timeout, retries=req.retries, relations=runner.relations,
                 on_progress=on_progress, done_pages=done_pages)
     journal.set_state(conn, runner.run_id, "copy")
