@@ -154,6 +154,31 @@ def set_state(conn: Conn, run_id: int, state: str, *, finished: bool = False, **
     )
 
 
+def run_state(conn: Conn, run_id: int) -> str | None:
+    row = conn.execute("SELECT state FROM partguard.fix_run WHERE run_id = %s", (run_id,)).fetchone()
+    return str(row[0]) if row else None
+
+
+def done_chunks(conn: Conn, run_id: int) -> set[int]:
+    """First blocks of the ranges a run has copied and committed."""
+    return {int(r[0]) for r in conn.execute(
+        "SELECT first_block FROM partguard.fix_chunk WHERE run_id = %s", (run_id,))}
+
+
+def chunk_totals(conn: Conn, run_id: int) -> tuple[int, int, dict[str, int]]:
+    """(rows copied, rows quarantined, rows per child) over a run's committed ranges."""
+    row = conn.execute(
+        "SELECT coalesce(sum(rows_copied), 0), coalesce(sum(rows_quarantined), 0) "
+        "FROM partguard.fix_chunk WHERE run_id = %s",
+        (run_id,),
+    ).fetchone()
+    per: dict[str, int] = {}
+    for (d,) in conn.execute("SELECT per_child FROM partguard.fix_chunk WHERE run_id = %s", (run_id,)):
+        for k, v in d.items():
+            per[k] = per.get(k, 0) + int(v)
+    return (int(row[0]), int(row[1]), per) if row else (0, 0, per)
+
+
 def last_maintenance(conn: Conn) -> dict[str, datetime]:
     """Last successful partguard maintenance per table ('schema.table')."""
     if not schema_exists(conn):

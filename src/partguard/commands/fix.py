@@ -22,7 +22,8 @@ from ..db import Conn, ConnParams, run_locked
 from ..errors import AlreadyRunning, PermissionDenied, VerificationFailed
 from ..execute import Progress, Runner, chunks, copy_chunks, fault
 from ..inspect import catalog
-from ..inspect.data import probe
+from ..inspect.data import count_rows, probe
+from ..inspect.locks import advisory_holders
 from ..inspect.partman import Partman, config_for, read_configs
 from ..inspect.snapshot import Options, TableState, read_server, table_state
 from ..plan import steps as S
@@ -125,8 +126,9 @@ def _fix_locked(
     source, adopted = _source(conn, table)
     if source is None:
         return FixOutcome(table.qualname, "nothing_to_do", notes=["the table has no DEFAULT partition"])
-    pr = probe(conn, sql.Identifier(table.schema, source), table.key, state.grid.grid,
-               has_index=_has_key_index(conn, table, source), exact=False)
+    pr = state.default_probe if not adopted and state.default_probe is not None else probe(
+        conn, sql.Identifier(table.schema, source), table.key, state.grid.grid,
+        has_index=catalog.has_key_index(conn, table.schema, source, table.key))
     if pr.empty and not adopted:
         return FixOutcome(table.qualname, "nothing_to_do", notes=[f"{source} holds no rows"])
     tag = datetime.now().strftime("%Y%m%d%H%M%S")
@@ -156,26 +158,16 @@ def _state(conn: Conn, server: Any, table: catalog.Table, req: FixRequest) -> Ta
 
 
 def _check_privileges(conn: Conn, table: catalog.Table) -> None:
-    row = conn.execute(
-        "SELECT pg_has_role(current_user, %s, 'USAGE') OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
-        (table.owner,),
-    ).fetchone()
-    if not (row and row[0]):
+    is_owner, can_create = catalog.privileges(conn, table)
+    if not is_owner:
         raise PermissionDenied(f"{table.qualname} is owned by {table.owner}; fix must run as its owner (or a member)")
-    row = conn.execute("SELECT has_database_privilege(current_database(), 'CREATE')").fetchone()
-    if not (row and row[0]) and not journal.schema_exists(conn):
+    if not can_create and not journal.schema_exists(conn):
         raise PermissionDenied("fix needs CREATE on the database once, for its journal schema \"partguard\"")
 
 
 def _holder(conn: Conn, oid: int) -> str:
-    key = advisory_key(oid)
-    row = conn.execute(
-        """SELECT a.pid, coalesce(a.application_name, ''), a.backend_start FROM pg_locks l
-           JOIN pg_stat_activity a ON a.pid = l.pid
-           WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.objsubid = 1""",
-        ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
-    ).fetchone()
-    return f"pid {row[0]}, {row[1] or 'no application_name'}, connected since {row[2]:%Y-%m-%d %H:%M:%S}" if row else "holder unknown"
+    holders = advisory_holders(conn, sql.Literal(advisory_key(oid)))
+    return holders[0].describe() if holders else "holder unknown"
 
 
 def _source(conn: Conn, table: catalog.Table) -> tuple[str | None, bool]:
@@ -183,34 +175,10 @@ def _source(conn: Conn, table: catalog.Table) -> tuple[str | None, bool]:
     if table.default is not None:
         return table.default.name, False
     name = S.short_name(table.name, "_default")
-    row = conn.execute(
-        """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r' AND NOT c.relispartition""",
-        (table.schema, name),
-    ).fetchone()
-    if row is None:
-        return None, False
-    mine = {(c.name, c.type) for c in table.columns}
-    cols = conn.execute(
-        """SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-           WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped""",
-        (sql.Identifier(table.schema, name).as_string(conn),),
-    ).fetchall()
-    if {(c[0], c[1]) for c in cols} != mine:
-        log.warning("%s.%s exists but its columns differ from %s: not adopting it", table.schema, name, table.name)
+    if not catalog.is_detached_copy(conn, table, name):
         return None, False
     log.warning("adopting %s.%s, a DEFAULT detached by an earlier repair", table.schema, name)
     return name, True
-
-
-def _has_key_index(conn: Conn, table: catalog.Table, rel: str) -> bool:
-    row = conn.execute(
-        """SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a
-                 ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-               WHERE i.indrelid = %s::regclass AND a.attname = %s)""",
-        (sql.Identifier(table.schema, rel).as_string(conn), table.key),
-    ).fetchone()
-    return bool(row and row[0])
 
 
 def plan_steps(p: FixParams, table: catalog.Table, partman: Partman | None) -> list[S.Step]:
@@ -244,7 +212,7 @@ def _execute(
     on_progress: Callable[[Progress], None] | None,
 ) -> FixOutcome:
     started = time.monotonic()
-    relations = [table.oid] + _oids(conn, table.schema, [p.source, p.holding or ""])
+    relations = [table.oid] + catalog.relation_oids(conn, table.schema, [p.source, p.holding or ""])
     runner = Runner(conn, run_id, req.lock_timeout, req.retries, relations)
     plan = plan_steps(p, table, partman)
     names = [s.name for s in plan]
@@ -271,15 +239,14 @@ def _execute(
             else:
                 runner.step(step, scan=step.kind == "scan")
     except BaseException:
-        if done == "started" and not conn.closed and not conn.broken:
-            # Nothing committed yet (the first step takes the first lock): the table is as
-            # it was, so close the run instead of leaving it to be resumed.
-            row = conn.execute("SELECT state FROM partguard.fix_run WHERE run_id = %s", (run_id,)).fetchone()
-            if row and row[0] == "started":
-                journal.set_state(conn, run_id, "failed", finished=True)
+        # Nothing committed yet (the first step takes the first lock): the table is as it
+        # was, so close the run instead of leaving it to be resumed.
+        if (done == "started" and not conn.closed and not conn.broken
+                and journal.run_state(conn, run_id) == "started"):
+            journal.set_state(conn, run_id, "failed", finished=True)
         raise
     journal.set_state(conn, run_id, "done", finished=True)
-    copied, quarantined, per_child = _journal_totals(conn, run_id)
+    copied, quarantined, per_child = journal.chunk_totals(conn, run_id)
     findings = _recheck(conn, table.qualname, req)
     elapsed = time.monotonic() - started
     return replace(
@@ -288,7 +255,7 @@ def _execute(
         rate_rows_s=round(copied / elapsed, 1) if elapsed and copied else 0.0,
         longest_lock_s=round(runner.timings.longest, 4),
         locks_s={k: round(v, 4) for k, v in runner.timings.locked.items()},
-        quarantine_rows=_count(conn, sql.Identifier(S.SCHEMA, p.quarantine)), maintenance=maintenance,
+        quarantine_rows=count_rows(conn, sql.Identifier(S.SCHEMA, p.quarantine)), maintenance=maintenance,
         findings_after=findings,
     )
 
@@ -310,21 +277,10 @@ _COPY_ROWS_S_PER_JOB = 120e3
 
 
 def _estimate(conn: Conn, schema: str, source: str, p: FixParams, jobs: int) -> float:
-    row = conn.execute("SELECT pg_relation_size(%s::regclass)",
-                       (sql.Identifier(schema, source).as_string(conn),)).fetchone()
-    size = float(row[0]) if row else 0.0
+    size = float(catalog.relation_pages(conn, schema, source) * 8192)
     if p.strategy == "instant":
         return round(size / _SCAN_BYTES_S + 0.1, 1)
     return round(p.rows_estimate / (_COPY_ROWS_S_PER_JOB * min(jobs, 2)) + size / _SCAN_BYTES_S + 0.2, 1)
-
-
-def _oids(conn: Conn, schema: str, names: list[str]) -> list[int]:
-    rows = conn.execute(
-        """SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE n.nspname = %s AND c.relname = ANY(%s)""",
-        (schema, [n for n in names if n]),
-    ).fetchall()
-    return [int(r[0]) for r in rows]
 
 
 def _swap(
@@ -366,7 +322,7 @@ def _swap(
 
 
 def _oid(conn: Conn, schema: str, name: str) -> int:
-    return _oids(conn, schema, [name])[0]
+    return catalog.relation_oids(conn, schema, [name])[0]
 
 
 def _late_children(
@@ -376,7 +332,8 @@ def _late_children(
     grid = state.grid.grid
     assert grid is not None and p.holding
     fresh = catalog.read_tables(conn, [table.qualname])[0]
-    pr = probe(conn, sql.Identifier(table.schema, p.holding), table.key, grid, has_index=_has_key_index(conn, table, p.holding))
+    pr = probe(conn, sql.Identifier(table.schema, p.holding), table.key, grid,
+               has_index=catalog.has_key_index(conn, table.schema, p.holding, table.key))
     nm = naming(fresh, state.config, partman, grid)
     taken = set(fresh.schema_names)
     out = []
@@ -394,13 +351,10 @@ def _copy(
     req: FixRequest, on_progress: Callable[[Progress], None] | None,
 ) -> None:
     assert p.holding
-    hold = sql.Identifier(table.schema, p.holding)
-    pages_row = conn.execute(sql.SQL("SELECT pg_relation_size({}::regclass) / current_setting('block_size')::int")
-                             .format(sql.Literal(hold.as_string(conn)))).fetchone()
-    total = int(pages_row[0]) if pages_row else 0
+    total = catalog.relation_pages(conn, table.schema, p.holding)
     run = journal.open_run(conn, table.oid)
     chunk_pages = int((run.detail if run else {}).get("chunk_pages", req.options.chunk_pages))
-    done = {r[0] for r in conn.execute("SELECT first_block FROM partguard.fix_chunk WHERE run_id = %s", (runner.run_id,))}
+    done = journal.done_chunks(conn, runner.run_id)
     all_chunks = chunks(total, chunk_pages)
     todo = [c for c in all_chunks if c[0] not in done]
     done_pages = sum(min(e, total) - f for f, e in all_chunks if f in done)
@@ -410,38 +364,18 @@ def _copy(
     journal.set_state(conn, runner.run_id, "copy")
 
 
-def _journal_totals(conn: Conn, run_id: int) -> tuple[int, int, dict[str, int]]:
-    rows = conn.execute(
-        "SELECT coalesce(sum(rows_copied), 0), coalesce(sum(rows_quarantined), 0) FROM partguard.fix_chunk WHERE run_id = %s",
-        (run_id,),
-    ).fetchone()
-    per: dict[str, int] = {}
-    for (d,) in conn.execute("SELECT per_child FROM partguard.fix_chunk WHERE run_id = %s", (run_id,)):
-        for k, v in d.items():
-            per[k] = per.get(k, 0) + int(v)
-    return (int(rows[0]), int(rows[1]), per) if rows else (0, 0, per)
-
-
 def _verify(conn: Conn, runner: Runner, p: FixParams, table: catalog.Table) -> None:
     """Every row of the holding table is accounted for by a committed chunk, or we stop
     with the holding table intact."""
     assert p.holding
-    copied, quarantined, _ = _journal_totals(conn, runner.run_id)
-    source_rows = _count(conn, sql.Identifier(table.schema, p.holding))
+    copied, quarantined, _ = journal.chunk_totals(conn, runner.run_id)
+    source_rows = count_rows(conn, sql.Identifier(table.schema, p.holding))
     if source_rows != copied + quarantined:
         raise VerificationFailed(
             f"{table.schema}.{p.holding} holds {source_rows} rows but the journal accounts for "
             f"{copied} copied + {quarantined} quarantined; nothing dropped, rerun to resume"
         )
     runner.step(S.Step("verify", (), "none", kind="check"))
-
-
-def _count(conn: Conn, rel: sql.Identifier) -> int:
-    exists = conn.execute("SELECT to_regclass(%s)", (rel.as_string(conn),)).fetchone()
-    if not exists or exists[0] is None:
-        return 0
-    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(rel)).fetchone()
-    return int(row[0]) if row else 0
 
 
 def _maintenance(runner: Runner, step: S.Step) -> str:

@@ -9,69 +9,26 @@ the SQLSTATE (a lock timeout, say) is lost and must be read back from the messag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-
 import psycopg
 from psycopg import sql
 
 from ..db import Conn
+from ..inspect.locks import LockHolder, advisory_holders
 from ..inspect.partman import Partman
+
+__all__ = ["LockHolder", "is_lock_timeout", "maintenance_lock_holder", "run_maintenance_sql", "server_message"]
 
 ALREADY_RUNNING = "maintenance already running"
 LOCK_TIMEOUT_TEXT = "canceling statement due to lock timeout"
 
-# pg_locks splits a bigint advisory key into classid (high 32 bits) and objid (low 32 bits).
-_HOLDER_SQL = """
-SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), coalesce(a.state, ''),
-       a.backend_start, a.state_change, coalesce(a.query, '')
-FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND l.classid::bigint = (hashtext('pg_partman run_maintenance')::bigint >> 32) & 4294967295
-  AND l.objid::bigint = hashtext('pg_partman run_maintenance')::bigint & 4294967295
-  AND l.pid <> pg_backend_pid()
-ORDER BY a.backend_start
-"""
-
-
-@dataclass(frozen=True)
-class LockHolder:
-    """The session holding pg_partman's maintenance lock, as pg_stat_activity sees it."""
-
-    pid: int
-    application: str
-    user: str
-    state: str
-    connected_since: datetime | None
-    state_since: datetime | None
-    query: str
-
-    def describe(self) -> str:
-        q = " ".join(self.query.split())[:160]
-        since = f", {self.state or 'unknown state'} since {_ts(self.state_since)}"
-        return (
-            f"pid {self.pid} (application {self.application or '(none)'}, user {self.user}, "
-            f"connected since {_ts(self.connected_since)}{since}; last query: {q or '(hidden)'})"
-        )
-
-
-def _ts(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if value else "?"
-
-
 def maintenance_lock_holder(conn: Conn) -> LockHolder | None:
     """Another session holding ``hashtext('pg_partman run_maintenance')``, if any."""
-    row = conn.execute(_HOLDER_SQL).fetchone()
-    return LockHolder(*row) if row else None
+    holders = advisory_holders(conn, sql.SQL("hashtext('pg_partman run_maintenance')"))
+    return holders[0] if holders else None
 
 
 def run_maintenance_sql(partman: Partman, parent_table: str) -> sql.Composed:
-    """The per-table call; both named parameters exist in 4.7.x and 5.x. No jobmon: its
-    logging commits separately and is not what we report from."""
-    return sql.SQL("SELECT {f}(p_parent_table := {t}, p_jobmon := false)").format(
-        f=partman.func("run_maintenance"), t=sql.Literal(parent_table)
-    )
+    return partman.run_maintenance_sql(parent_table)
 
 
 def is_lock_timeout(exc: psycopg.Error) -> bool:

@@ -289,6 +289,60 @@ def read_table(conn: Conn, name: str) -> Table:
     return table
 
 
+def privileges(conn: Conn, table: Table) -> tuple[bool, bool]:
+    """(may alter ``table``: owner, member of its owner, or superuser; may CREATE schemas)."""
+    row = conn.execute(
+        """SELECT pg_has_role(current_user, %s, 'USAGE')
+                  OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+                  has_database_privilege(current_database(), 'CREATE')""",
+        (table.owner,),
+    ).fetchone()
+    return (bool(row[0]), bool(row[1])) if row else (False, False)
+
+
+def relation_pages(conn: Conn, schema: str, name: str) -> int:
+    """Heap pages on disk now (not the planner's estimate): the copy's block ranges."""
+    row = conn.execute(
+        "SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::int",
+        (sql.Identifier(schema, name).as_string(conn),),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def relation_oids(conn: Conn, schema: str, names: list[str]) -> list[int]:
+    rows = conn.execute(
+        """SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = %s AND c.relname = ANY(%s)""",
+        (schema, [n for n in names if n]),
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def has_key_index(conn: Conn, schema: str, rel: str, key: str) -> bool:
+    """An index on ``rel`` led by ``key``: what lets the bucket walk skip the heap."""
+    row = conn.execute(
+        """SELECT EXISTS (SELECT 1 FROM pg_index i
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                 JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = %s AND c.relname = %s AND a.attname = %s)""",
+        (schema, rel, key),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def is_detached_copy(conn: Conn, table: Table, name: str) -> bool:
+    """``name`` is a plain table in ``table``'s schema with exactly its columns: a DEFAULT
+    that an earlier repair detached and left behind."""
+    rows = conn.execute(
+        """SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+           WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r' AND NOT c.relispartition""",
+        (table.schema, name),
+    ).fetchall()
+    return bool(rows) and {(r[0], r[1]) for r in rows} == {(c.name, c.type) for c in table.columns}
+
+
 def child_indexes(conn: Conn, oid: int) -> list[Index]:
     return [Index(*r[1:]) for r in conn.execute(_INDEXES_SQL, ([oid],))]
 

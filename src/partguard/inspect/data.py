@@ -162,3 +162,12 @@ def _scan_buckets(
             if len(seen) >= MAX_BUCKETS:
                 return seen, True
     return seen, len(keys) >= 100000
+
+
+def count_rows(conn: Conn, rel: sql.Identifier) -> int:
+    """Exact row count, 0 for a relation that does not exist (a dropped holding table)."""
+    exists = conn.execute("SELECT to_regclass(%s)", (rel.as_string(conn),)).fetchone()
+    if not exists or exists[0] is None:
+        return 0
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(rel)).fetchone()
+    return int(row[0]) if row else 0

@@ -30,6 +30,13 @@ class Partman:
     def func(self, name: str) -> sql.Identifier:
         return sql.Identifier(self.schema, name)
 
+    def run_maintenance_sql(self, parent_table: str) -> sql.Composed:
+        """The per-table call; both named parameters exist in 4.7.x and 5.x. No jobmon: its
+        logging commits separately and is not what we report from."""
+        return sql.SQL("SELECT {f}(p_parent_table := {t}, p_jobmon := false)").format(
+            f=self.func("run_maintenance"), t=sql.Literal(parent_table)
+        )
+
 
 @dataclass(frozen=True)
 class PartmanConfig:

@@ -146,12 +146,6 @@ def rename_children(p: FixParams, table: Table) -> list[sql.Composed]:
     return out
 
 
-def run_maintenance(p: FixParams, partman: Partman) -> sql.Composed:
-    return sql.SQL("SELECT {f}(p_parent_table := {t}, p_jobmon := false)").format(
-        f=partman.func("run_maintenance"), t=sql.Literal(p.table)
-    )
-
-
 # --- the two strategies --------------------------------------------------------
 
 
@@ -271,7 +265,7 @@ def _finish(p: FixParams, table: Table, partman: Partman | None) -> list[Step]:
     nine centuries."""
     steps = []
     if partman is not None and p.managed:
-        steps.append(Step("maintenance", (*set_zone(p), run_maintenance(p, partman)),
+        steps.append(Step("maintenance", (*set_zone(p), partman.run_maintenance_sql(p.table)),
                           "partman's own locks, under lock_timeout", kind="maintenance"))
     steps.append(Step("release", (release_quarantine(p, table, p.keep_outliers),), f"ROW EXCLUSIVE on {table.name}",
                       "quarantined rows that now have a child go back into the table"))
