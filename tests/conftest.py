@@ -101,3 +101,20 @@ def make_cluster(cluster: Sandbox) -> Iterator[Callable[..., Sandbox]]:
     yield factory
     for sandbox in started:
         sandbox.stop()
+
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Run:
+    """``partguard <argv>`` in-process, as a user runs it: (exit code, stdout, stderr)."""
+    from partguard.cli import main
+
+    def _run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        rc = main(list(argv))
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return _run

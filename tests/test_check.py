@@ -26,7 +26,6 @@ from builders import (
 )
 from psycopg import sql
 
-from partguard.cli import main
 from partguard.errors import TableNotFound, UnsupportedTable
 from partguard.inspect.data import loose_scan_sql, probe
 from partguard.inspect.grid import Interval, time_grid
@@ -35,15 +34,6 @@ from partguard.sandbox import Sandbox
 Run = Callable[..., tuple[int, str, str]]
 
 
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    def _run(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        rc = main(list(argv))
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return _run
 
 
 def check_json(run: Run, dsn: str, *args: str) -> tuple[int, dict[str, Any]]:

@@ -32,7 +32,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from partguard.cli import fix_partitioned_table_main, main
+from partguard.cli import fix_partitioned_table_main
 from partguard.commands.fix import FixRequest, fix
 from partguard.db import connect
 from partguard.plan.fix import FixOptions
@@ -398,15 +398,6 @@ def fingerprint(conn: Conn) -> list[Any]:
 
 # --- driving the CLI ---------------------------------------------------------------
 
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    """``partguard <argv>`` in-process: (exit code, stdout, stderr)."""
-    def _run(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        rc = main(list(argv))
-        out, err = capsys.readouterr()
-        return rc, out, err
-    return _run
 
 
 def fix_cli(run: Run, dsn: str, table: str, strategy: str, *extra: str) -> tuple[str, str]:
