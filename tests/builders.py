@@ -26,6 +26,18 @@ def partman_major(conn: Conn) -> int:
     return int(str(row[0]).split(".")[0])
 
 
+def version_args(conn: Conn) -> list[sql.Composable]:
+    """What create_parent needs beyond the common arguments, by version: 4.x wants
+    ``p_type := 'native'``; newer 5.x refuses a nullable control column unless told
+    ``p_control_not_null := false`` (the tests need NULL keys to prove the quarantine)."""
+    if partman_major(conn) < 5:
+        return [sql.SQL("p_type := 'native'")]
+    row = conn.execute(
+        "SELECT bool_or('p_control_not_null' = ANY(proargnames)) FROM pg_proc WHERE proname = 'create_parent'"
+    ).fetchone()
+    return [sql.SQL("p_control_not_null := false")] if row and row[0] else []
+
+
 def create_parent(
     conn: Conn,
     parent: str,
@@ -46,8 +58,7 @@ def create_parent(
         sql.SQL("p_interval := {}").format(sql.Literal(interval)),
         sql.SQL("p_premake := {}").format(sql.Literal(premake)),
     ]
-    if partman_major(conn) < 5:  # 5.x dropped 'native' (native is all there is)
-        args.append(sql.SQL("p_type := 'native'"))
+    args.extend(version_args(conn))
     if start is not None:
         args.append(sql.SQL("p_start_partition := {}").format(sql.Literal(start)))
     with conn.transaction():

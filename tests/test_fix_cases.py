@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from builders import version_args
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -51,12 +52,6 @@ _STRFTIME = {"YYYY": "%Y", "MM": "%m", "DD": "%d", "HH24": "%H", "MI": "%M", "SS
 
 
 # --- test data -------------------------------------------------------------------
-
-
-def partman_major(conn: Conn) -> int:
-    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'").fetchone()
-    assert row is not None, "pg_partman is not installed in this database"
-    return int(str(row[0]).split(".")[0])
 
 
 def make_table(conn: Conn, schema: str, table: str, *, key: str = "ts", key_type: str = "timestamptz",
@@ -91,8 +86,7 @@ def create_parent(conn: Conn, parent: str, control: str, interval: str, start: s
         sql.SQL("p_start_partition := {}").format(sql.Literal(start)),
         sql.SQL("p_jobmon := false"),
     ]
-    if partman_major(conn) < 5:
-        args.append(sql.SQL("p_type := 'native'"))
+    args.extend(version_args(conn))
     conn.execute(sql.SQL("SELECT partman.create_parent({})").format(sql.SQL(", ").join(args)))
 
 
