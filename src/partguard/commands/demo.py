@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from ..inspect.catalog import read_tables
 from ..sandbox import Sandbox
 
 log = logging.getLogger(__name__)
@@ -106,15 +107,12 @@ def build_incident(conn: psycopg.Connection, has_partman: bool, partman_major: i
                 "p_interval := '1 day'{kind}, p_premake := 4, "
                 "p_start_partition := (date_trunc('day', now()) - interval '10 days')::text)"
             ).format(t=sql.Literal(table), kind=kind))
-            stale = conn.execute(
-                """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                   WHERE i.inhparent = %s::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
-                     AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), '''(.*?)'''))[1]::timestamptz
-                         >= date_trunc('day', now()) - interval '3 days'""",
-                (table,),
-            ).fetchall()
-            for (name,) in stale:
-                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("public", name)))
+            # Maintenance "stopped" three days ago: the children from then on never existed.
+            cutoff = conn.execute("SELECT date_trunc('day', now()) - interval '3 days'").fetchone()[0]  # type: ignore[index]
+            (parent,) = read_tables(conn, [table])
+            for child in parent.children:
+                if child.lower is not None and child.lower >= cutoff:
+                    conn.execute(sql.SQL("DROP TABLE {}").format(child.ident))
         else:
             schema, name = table.split(".")
             today = conn.execute("SELECT date_trunc('day', now())").fetchone()[0]  # type: ignore[index]

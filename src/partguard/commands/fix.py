@@ -298,17 +298,17 @@ def _swap(
                    retries=runner.retries, relations=runner.relations, what="partman warm-up")
     create_default = stmts.pop() if p.new_default else None
 
+    # Every renamed table's indexes follow its new name: the former DEFAULT's (as the span
+    # child or the holding table) and misnamed children's. Index names are read here, under
+    # the lock, because only the server knows them.
+    renamed = [*p.renames, (p.source, p.span_child if p.strategy == "instant" else p.holding)]
+
     def after(c: Conn) -> None:
-        if p.strategy == "instant":
-            assert p.span_child
-            for stmt in S.index_renames(table.schema, catalog.child_indexes(c, _oid(c, table.schema, p.span_child)),
-                                        p.source, p.span_child):
+        for old, new in renamed:
+            assert new
+            for stmt in S.index_renames(table.schema, catalog.child_indexes(c, _oid(c, table.schema, new)), old, new):
                 c.execute(stmt)
-        else:
-            assert p.holding
-            for stmt in S.index_renames(table.schema, catalog.child_indexes(c, _oid(c, table.schema, p.holding)),
-                                        p.source, p.holding):
-                c.execute(stmt)
+        if p.strategy == "copy":
             extra.extend(_late_children(c, p, table, state, partman))
             for stmt in S.make_children(tuple(extra), table, partman):
                 c.execute(stmt)

@@ -30,7 +30,7 @@ from ..db import Conn, ConnParams, connect_retrying, run_locked, session_timezon
 from ..diagnose import Finding, diagnose_table, runway_findings
 from ..errors import CRITICAL, OK, UNKNOWN, WARNING, ConnectionFailed, PartguardError, UsageError
 from ..humanize import display_name, fmt_key
-from ..inspect.catalog import Table, read_tables, resolve
+from ..inspect.catalog import Table, read_tables, relation_name, resolve
 from ..inspect.grid import TimeGrid
 from ..inspect.partman import Partman, PartmanConfig, config_for, find_partman, read_configs
 from ..inspect.snapshot import Options, Server, TableState, read_server, table_state
@@ -245,10 +245,7 @@ class _Run:
                     missing.append(_Target(name, None, configs[name], None,
                                            skip=f"part_config names {name}, which does not exist"))
                 continue
-            schema, rel = self.c.execute(
-                "SELECT n.nspname::text, c.relname::text FROM pg_class c "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s", (oid,)
-            ).fetchone()  # type: ignore[misc]
+            schema, rel = relation_name(self.c, oid)
             cfg = config_for(configs, schema, rel)
             tspec = specs.get(oid)
             if cfg is not None and tspec is not None and tspec.interval is not None:

@@ -309,6 +309,18 @@ def relation_pages(conn: Conn, schema: str, name: str) -> int:
     return int(row[0]) if row else 0
 
 
+def relation_name(conn: Conn, oid: int) -> tuple[str, str]:
+    """(schema, name) of a relation, unquoted, as pg_partman spells them."""
+    row = conn.execute(
+        """SELECT n.nspname::text, c.relname::text FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s""",
+        (oid,),
+    ).fetchone()
+    if row is None:
+        raise TableNotFound(f"relation {oid} disappeared while partguard was looking at it")
+    return str(row[0]), str(row[1])
+
+
 def relation_oids(conn: Conn, schema: str, names: list[str]) -> list[int]:
     rows = conn.execute(
         """SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

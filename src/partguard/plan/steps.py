@@ -128,22 +128,10 @@ def index_renames(schema: str, indexes: list[Index], old: str, new: str) -> list
 
 
 def rename_children(p: FixParams, table: Table) -> list[sql.Composed]:
-    """Give misnamed children (and their indexes) the names the convention gives them.
-
-    Index names are only known on the server, so a DO block renames those that start
-    with the old table name, as PostgreSQL would have named them for the new one."""
-    out: list[sql.Composed] = []
-    for old, new in p.renames:
-        out.append(sql.SQL("ALTER TABLE {} RENAME TO {}").format(ident(table.schema, old), sql.Identifier(new)))
-        out.append(sql.SQL(
-            "DO $partguard$ DECLARE r record; BEGIN"
-            " FOR r IN SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-            " WHERE i.indrelid = {rel}::regclass AND starts_with(c.relname, {old}) LOOP"
-            " EXECUTE format('ALTER INDEX %I.%I RENAME TO %I', {schema}, r.relname, {new} || substr(r.relname, {n}));"
-            " END LOOP; END $partguard$"
-        ).format(rel=sql.Literal(ident(table.schema, new).as_string(None)), old=sql.Literal(old),
-                 schema=sql.Literal(table.schema), new=sql.Literal(new), n=sql.Literal(len(old) + 1)))
-    return out
+    """Give misnamed children the names the convention gives them (their indexes follow
+    in the swap, through ``index_renames``, once the server has told their names)."""
+    return [sql.SQL("ALTER TABLE {} RENAME TO {}").format(ident(table.schema, old), sql.Identifier(new))
+            for old, new in p.renames]
 
 
 # --- the two strategies --------------------------------------------------------
@@ -191,7 +179,7 @@ def instant_steps(p: FixParams, table: Table, partman: Partman | None) -> list[S
     steps.append(Step(
         "swap", tuple(swap), f"ACCESS EXCLUSIVE on {table.name} and {p.source} (milliseconds, under lock_timeout)",
         "ATTACH skips its validation scan: the CHECK already proves the bound",
-        extra=(f"the former DEFAULT's indexes are renamed to {p.span_child}_…",),
+        extra=(f"the former DEFAULT's indexes (and renamed children's) are renamed to match, e.g. {p.span_child}_…",),
     ))
     steps.extend(_finish(p, table, partman))
     return steps
