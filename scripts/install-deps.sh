@@ -73,6 +73,62 @@ if [ -z "${PG_BIN:-}" ] && [ -z "$N" ]; then
 fi
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/$N/bin}"
 
+# --- every pg_partman version we support, side by side -----------------------------------
+# The extension is SQL only: the install script of each version is copied next to the one apt
+# installed, and `CREATE EXTENSION pg_partman VERSION '<v>'` picks one per database. Each version
+# comes from the Debian suite that ships it (bookworm 4.7.2, trixie 5.2.4, sid 5.5.0), fetched
+# with a private sources list and lists directory: the machine's own apt setup is not touched.
+PARTMAN_SUITES="bookworm:15 trixie:17 sid:18"  # suite:the PostgreSQL major its package is built for
+EXT_DIR="$("$PG_BIN/pg_config" --sharedir 2>/dev/null || echo "/usr/share/postgresql/$N")/extension"
+partman_versions() {  # the full install scripts present: 4.7.2 5.2.4 ...
+  find "$EXT_DIR" -maxdepth 1 -name 'pg_partman--*.sql' -printf '%f\n' 2>/dev/null \
+    | sed -n 's/^pg_partman--\([0-9][0-9.]*[0-9]\)\.sql$/\1/p' | sort -V | tr '\n' ' '
+}
+mirror() {  # the Debian mirror this machine already uses (deb.debian.org if none is configured)
+  local u
+  u=$(grep -hoE '(https?://[^ ]+/debian)/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
+        /etc/apt/sources.list.d/*.list 2>/dev/null | grep -v security | head -1 | tr -d ' ')
+  echo "${u:-http://deb.debian.org/debian}"
+}
+fetch_partman() {
+  local dir=.cache/partman-apt suite pkg opts deb found
+  mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial" "$dir/debs" "$dir/x"
+  : >"$dir/sources.list"
+  for s in $PARTMAN_SUITES; do
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(mirror) ${s%%:*} main" \
+      >>"$dir/sources.list"
+  done
+  opts=(-o "Dir::Etc::SourceList=$PWD/$dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+        -o "Dir::State::Lists=$PWD/$dir/lists" -o "Dir::Cache=$PWD/$dir/cache" -o Debug::NoLocking=1
+        -o APT::Sandbox::User=root)
+  log "fetching pg_partman from Debian $(echo "$PARTMAN_SUITES" | sed 's/:[0-9]*//g')"
+  apt-get "${opts[@]}" update -qq </dev/null >"$dir/update.log" 2>&1 \
+    || { cat "$dir/update.log" >&2; die "apt-get update (private lists for pg_partman) failed"; }
+  for s in $PARTMAN_SUITES; do
+    suite=${s%%:*}; pkg="postgresql-${s##*:}-partman"
+    (cd "$dir/debs" && apt-get "${opts[@]}" download "$pkg/$suite" </dev/null >/dev/null 2>&1) \
+      || die "apt-get download $pkg/$suite failed"
+  done
+  for deb in "$dir"/debs/*.deb; do dpkg-deb -x "$deb" "$dir/x"; done
+  found=0
+  for f in "$dir"/x/usr/share/postgresql/*/extension/pg_partman--*.sql; do
+    case "$(basename "$f")" in pg_partman--*--*) continue ;; esac  # upgrade scripts
+    "${SUDO[@]}" install -m 644 "$f" "$EXT_DIR/"; found=$((found + 1))
+  done
+  [ "$found" -gt 0 ] || die "no pg_partman install script in the downloaded packages"
+}
+WANT_PARTMAN="4.7.2 5.2.4 5.5.0"
+missing=""
+for v in $WANT_PARTMAN; do
+  [ -f "$EXT_DIR/pg_partman--$v.sql" ] || missing="$missing $v"
+done
+if [ -n "$missing" ] && [ -d "$EXT_DIR" ]; then
+  command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
+    || die "pg_partman$missing missing and no apt-get/dpkg-deb to fetch them"
+  fetch_partman
+fi
+log "pg_partman versions for PostgreSQL $N: $(partman_versions)"
+
 # --- make, python venv -------------------------------------------------------------------
 command -v make >/dev/null || { apt_update; apt_install make; }
 command -v python3 >/dev/null || { apt_update; apt_install python3; }

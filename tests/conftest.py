@@ -22,16 +22,49 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from partguard.errors import PartguardError
-from partguard.sandbox import Sandbox, Setting
+from partguard.sandbox import Sandbox, Setting, find_pg_bin, partman_versions
 
-TEMPLATE = "partguard_template"
+TEMPLATE = "partguard_template"  # pg_partman at the control file's default version
+SUPPORTED_PARTMAN = ("4.7.2", "5.2.4", "5.5.0")  # what CI must test; scripts/install-deps.sh
 _db_counter = itertools.count(1)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def _versions_to_test() -> list[str]:
+    """The pg_partman versions partman-dependent tests run against: every supported version
+    installed (``PARTGUARD_PARTMAN_VERSIONS=5.5.0,...`` narrows it for a quick local run)."""
+    try:
+        installed = partman_versions(find_pg_bin())
+    except PartguardError:
+        return []
+    wanted = os.environ.get("PARTGUARD_PARTMAN_VERSIONS")
+    pick = wanted.split(",") if wanted else SUPPORTED_PARTMAN
+    return [v for v in pick if v in installed]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that needs pg_partman (fixture ``partman`` or ``partman_version``) runs once per
+    version, with ids like ``[partman-5.5.0]``."""
+    if "partman_version" in metafunc.fixturenames:
+        versions: list[str | None] = list(_versions_to_test()) or [None]
+        metafunc.parametrize(
+            "partman_version", versions, indirect=True,
+            ids=[f"partman-{v}" if v else "no-partman" for v in versions],
+        )
+
+
+def _template(version: str) -> str:
+    return f"{TEMPLATE}_{version.replace('.', '_')}"
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Sandbox]:
-    """The session's cluster, with a template database that already has pg_partman."""
-    in_ci = os.environ.get("CI", "").lower() not in ("", "0", "false")
+    """The session's cluster, with a template database per pg_partman version (and one at the
+    default version); ``cluster.partman_broken`` maps a version to why it cannot be created."""
+    in_ci = _in_ci()
     try:
         sandbox = Sandbox().start()
     except PartguardError as e:
@@ -45,21 +78,42 @@ def cluster() -> Iterator[Sandbox]:
                 "CI must test with it: run scripts/install-deps.sh",
                 pytrace=False,
             )
+        if in_ci:
+            missing = sorted(set(SUPPORTED_PARTMAN) - set(partman_versions(sandbox.pg_bin)))
+            if missing:
+                pytest.fail(
+                    f"pg_partman {', '.join(missing)} not installed for PostgreSQL {sandbox.major}; "
+                    "CI tests every supported version: run scripts/install-deps.sh",
+                    pytrace=False,
+                )
         # CREATE DATABASE ... TEMPLATE copies files: much faster than CREATE EXTENSION per test.
         sandbox.create_database(TEMPLATE, partman=True)
+        broken: dict[str, str] = {}
+        for version in _versions_to_test():
+            try:
+                sandbox.create_database(_template(version), partman=True, partman_version=version)
+            except psycopg.Error as e:
+                broken[version] = str(e).splitlines()[0]
+        sandbox.partman_broken = broken  # type: ignore[attr-defined]
         yield sandbox
     finally:
         sandbox.stop()
 
 
-@pytest.fixture(scope="session")
-def partman_version(cluster: Sandbox) -> str | None:
-    """The installed pg_partman version (e.g. "4.7.2"), or None when it is not available."""
-    with psycopg.connect(cluster.dsn(TEMPLATE)) as c:
-        row = c.execute(
-            "select extversion from pg_extension where extname = 'pg_partman'"
-        ).fetchone()
-    return None if row is None else str(row[0])
+@pytest.fixture
+def partman_version(request: pytest.FixtureRequest, cluster: Sandbox) -> str | None:
+    """The pg_partman version this test case runs against (see ``pytest_generate_tests``), or
+    None when none is installed. A version the server cannot load fails the test in CI, except
+    4.x on PostgreSQL 17+, which pg_partman 4 predates (the README's support table says so)."""
+    version: str | None = getattr(request, "param", None)
+    if version is None:
+        return None
+    why = cluster.partman_broken.get(version)  # type: ignore[attr-defined]
+    if why is not None:
+        if _in_ci() and not (version.startswith("4.") and cluster.major >= 17):
+            pytest.fail(f"pg_partman {version} cannot be created: {why}", pytrace=False)
+        pytest.skip(f"pg_partman {version} does not run on PostgreSQL {cluster.major}: {why}")
+    return version
 
 
 @pytest.fixture
@@ -71,12 +125,16 @@ def partman(partman_version: str | None) -> str:
 
 
 @pytest.fixture
-def dsn(cluster: Sandbox, partman_version: str | None) -> Iterator[str]:
-    """A fresh database for this test (copied from the session template), dropped afterwards."""
+def dsn(request: pytest.FixtureRequest, cluster: Sandbox) -> Iterator[str]:
+    """A fresh database for this test, copied from the template of the test's pg_partman
+    version (the default one for tests that do not ask), dropped afterwards."""
     name = f"t_{next(_db_counter):04d}"
-    # partman_version is requested so that the template's only other connection is closed
-    # before the copy starts (CREATE DATABASE refuses a template that is in use).
-    yield cluster.create_database(name, partman=False, template=TEMPLATE)
+    template = TEMPLATE
+    if "partman_version" in request.fixturenames:
+        version = request.getfixturevalue("partman_version")
+        if version is not None:
+            template = _template(version)
+    yield cluster.create_database(name, partman=False, template=template)
     with psycopg.connect(cluster.dsn(), autocommit=True) as c:
         c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 

@@ -85,14 +85,32 @@ def server_major(pg_bin: Path) -> int:
     return int(m.group(1))
 
 
-def partman_available(pg_bin: Path) -> bool:
-    """Whether ``CREATE EXTENSION pg_partman`` can work on this server (its control file exists)."""
-    candidates = [
+def _extension_dirs(pg_bin: Path) -> list[Path]:
+    return [
         PG_SHARE / str(server_major(pg_bin)) / "extension",  # Debian
         pg_bin.parent / "share" / "extension",  # source build (--prefix)
         pg_bin.parent / "share" / "postgresql" / "extension",
     ]
-    return any((d / "pg_partman.control").is_file() for d in candidates)
+
+
+def partman_available(pg_bin: Path) -> bool:
+    """Whether ``CREATE EXTENSION pg_partman`` can work on this server (its control file exists)."""
+    return any((d / "pg_partman.control").is_file() for d in _extension_dirs(pg_bin))
+
+
+_INSTALL_SCRIPT = re.compile(r"pg_partman--(\d+(?:\.\d+)+)\.sql")
+
+
+def partman_versions(pg_bin: Path) -> list[str]:
+    """Every pg_partman version this server can ``CREATE EXTENSION … VERSION`` directly (its full
+    install script is present; upgrade scripts ``a--b.sql`` do not count), oldest first."""
+    found: set[str] = set()
+    for d in _extension_dirs(pg_bin):
+        if (d / "pg_partman.control").is_file():
+            for f in d.glob("pg_partman--*.sql"):
+                if m := _INSTALL_SCRIPT.fullmatch(f.name):
+                    found.add(m.group(1))
+    return sorted(found, key=lambda v: tuple(int(p) for p in v.split(".")))
 
 
 def _conf_value(value: object) -> str:
@@ -242,9 +260,16 @@ class Sandbox:
         """A libpq conninfo string for ``dbname`` (TCP, trust auth: no password)."""
         return make_conninfo("", host=self.host, port=self.port, user=self.user, dbname=dbname)
 
-    def create_database(self, name: str, partman: bool = True, template: str | None = None) -> str:
+    def create_database(
+        self,
+        name: str,
+        partman: bool = True,
+        template: str | None = None,
+        partman_version: str | None = None,
+    ) -> str:
         """CREATE DATABASE (optionally from ``template``), with pg_partman in schema ``partman``
-        when asked and installed; returns the new database's dsn."""
+        when asked and installed (``partman_version``, else the control file's default);
+        returns the new database's dsn."""
         stmt = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
         if template is not None:
             stmt = sql.SQL("{} TEMPLATE {}").format(stmt, sql.Identifier(template))
@@ -253,7 +278,10 @@ class Sandbox:
         if partman and self.has_partman:
             with psycopg.connect(self.dsn(name), autocommit=True) as conn:
                 conn.execute("CREATE SCHEMA IF NOT EXISTS partman")
-                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_partman SCHEMA partman")
+                create = sql.SQL("CREATE EXTENSION IF NOT EXISTS pg_partman SCHEMA partman")
+                if partman_version is not None:
+                    create = sql.SQL("{} VERSION {}").format(create, sql.Literal(partman_version))
+                conn.execute(create)
         return self.dsn(name)
 
 
