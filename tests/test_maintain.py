@@ -121,7 +121,7 @@ def test_second_successful_run_moves_the_last_success_forward(
 def full_cluster(make_cluster: Callable[..., Sandbox], partman: str) -> Iterator[tuple[Sandbox, str, list[Conn]]]:
     """A cluster whose every connection slot (superuser_reserved ones included) is held."""
     sb = make_cluster({"max_connections": 5, "superuser_reserved_connections": 1})
-    db = sb.create_database("exhausted")
+    db = sb.create_database("exhausted", partman_version=partman)
     with psycopg.connect(db, autocommit=True) as c:
         partman_table(c, partman, "events")
     held: list[Conn] = []
@@ -179,32 +179,82 @@ def test_stuck_partman_lock_is_reported_as_failure_naming_the_holder(
 ) -> None:
     partman_table(conn, partman, "good")
     partman_table(conn, partman, "broken")
-    # A row beyond the newest child lands in the DEFAULT; partman then has to create a child
-    # over it, which PostgreSQL refuses: run_maintenance_proc fails and keeps its lock.
+    # A row beyond the newest child lands in the DEFAULT: partman would have to create a child
+    # over it (refused by maintain, which names the repair).
     conn.execute("UPDATE partman.part_config SET ignore_default_data = false")
     conn.execute("INSERT INTO public.broken VALUES (2, now() + interval '10 days')")
+    # A timer's CALL run_maintenance_proc() that died half-way (here: statement_timeout while a
+    # long transaction holds the table) keeps the procedure's session lock for as long as its
+    # session lives; on every version, every later CALL then does nothing.
+    holder = psycopg.connect(dsn, autocommit=True)
+    holder.execute("BEGIN; LOCK TABLE public.good IN ACCESS EXCLUSIVE MODE")
     stuck = psycopg.connect(dsn, autocommit=True, application_name="old-cron-job")
-    with pytest.raises(psycopg.errors.RaiseException, match="would be violated"):
+    stuck.execute("SET statement_timeout = '300ms'")
+    with pytest.raises(psycopg.errors.QueryCanceled):
         stuck.execute("CALL partman.run_maintenance_proc()")
+    holder.execute("ROLLBACK")
+    holder.close()
     pid = stuck.info.backend_pid
     try:
         rc, report = run_json(capsys, "-d", dsn)
         assert rc == 2
         tables = by_table(report)
         good = tables["public.good"]
-        assert good["status"] == "blocked" and good["severity"] == 2
-        assert f"pid {pid}" in good["message"] and "old-cron-job" in good["message"]
-        assert f"pg_terminate_backend({pid})" in good["message"]
+        if partman.startswith("4."):
+            # 4.x: run_maintenance() takes the same key, so it did nothing either.
+            assert good["status"] == "blocked" and good["severity"] == 2
+            said = good["message"]
+        else:
+            # 5.x: run_maintenance(parent) takes another key and works; the leak is reported.
+            assert good["status"] == "ok"
+            (said,) = [m for m in report["messages"] if "run_maintenance_proc" in m]
+            assert report["status_text"] == "critical"
+        assert f"pid {pid}" in said and "old-cron-job" in said
+        assert f"pg_terminate_backend({pid})" in said
         broken = tables["public.broken"]
         assert broken["status"] == "refused"
         assert "partguard fix -d " in broken["message"] and "public.broken" in broken["message"]
         recorded = dict(conn.execute("SELECT table_name, status FROM partguard.maintenance_table").fetchall())
-        assert recorded == {"public.good": "blocked", "public.broken": "refused"}
+        assert recorded == {"public.good": good["status"], "public.broken": "refused"}
+        # check (and so metrics and alerts) sees the leak too, before anyone runs maintain.
+        rc, doc, _ = check_json(capsys, dsn)
+        (leak,) = [f for f in doc["findings"] if f["code"] == "partman_lock_stuck"]
+        assert rc == 2 and leak["severity"] == "critical" and leak["detail"]["pid"] == pid
     finally:
         stuck.close()
     # Once the holder is gone the same run succeeds: the lock was the whole problem.
     rc, report = run_json(capsys, "-d", dsn, "--table", "public.good")
-    assert rc == 0 and by_table(report)["public.good"]["status"] == "ok"
+    assert rc == 0 and by_table(report)["public.good"]["status"] == "ok" and report["messages"] == []
+
+
+def test_partman_skipping_a_set_with_a_warning_is_a_failure(
+    dsn: str, conn: Conn, partman: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """5.5 catches a set's error, sets maintenance_last_run NULL and raises only a WARNING; older
+    versions raise. Either way maintain says failed, exits 2 and records no success."""
+    partman_table(conn, partman, "skipped")
+    drop_newest(conn, "skipped", 2)
+    (template,) = conn.execute("SELECT template_table FROM partman.part_config").fetchone()  # type: ignore[misc]
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(*template.split("."))))
+    rc, report = run_json(capsys, "-d", dsn)
+    t = by_table(report)["public.skipped"]
+    assert rc == 2 and t["status"] == "failed" and t["severity"] == 2, t
+    assert "\n" not in t["message"] and template in t["message"]
+    if partman == "5.5.0":
+        assert "skipped partition set" in t["message"]
+    recorded = conn.execute("SELECT status FROM partguard.maintenance_table").fetchall()
+    assert recorded == [("failed",)]
+    # check does not see a fresh success either: no maintenance is recorded as done.
+    rc, out, _ = check_json(capsys, dsn)
+    assert rc >= 1  # the runway is short: partman made nothing
+    (tbl,) = [x for x in out["tables"] if x["table"] == "skipped"]
+    assert tbl["last_maintenance"] is None
+
+
+def check_json(capsys: pytest.CaptureFixture[str], dsn: str) -> tuple[int, dict[str, Any], str]:
+    rc = main(["check", "-d", dsn, "--format", "json"])
+    out, err = capsys.readouterr()
+    return rc, json.loads(out), err
 
 
 # --- lock contention ----------------------------------------------------------------

@@ -32,6 +32,7 @@ from .errors import UsageError
 from .humanize import display_name, fmt_delta, fmt_key, fmt_offset, iso, offset_json
 from .inspect.catalog import Key, Table
 from .inspect.grid import Grid, TimeGrid
+from .inspect.locks import LockHolder
 from .inspect.snapshot import Server, Snapshot, TableState, zone_label
 
 # Re-exported: callers (check, maintain, metrics) reach the shared measurements through here.
@@ -103,9 +104,19 @@ def diagnose(snapshot: Snapshot) -> list[Finding]:
             f"WHERE parent_table = '{config.parent_table}'",
             {"parent_table": config.parent_table, "reason": why},
         ))
+    for key, holder in snapshot.stuck_partman_locks:
+        out.append(Finding("partman_lock_stuck", Severity.CRITICAL, None, stuck_lock_message(key, holder),
+                           {"key": key, "pid": holder.pid, "application_name": holder.application,
+                            "user": holder.user, "state": holder.state}))
     for state in snapshot.tables:
         out.extend(diagnose_table(state, server))
     return out
+
+
+def stuck_lock_message(key: str, holder: LockHolder) -> str:
+    return (f"pg_partman's advisory lock hashtext('{key}') is held by {holder.describe()}: every "
+            "CALL run_maintenance_proc() (a timer, partman's background worker) does nothing until "
+            f"it is released: SELECT pg_terminate_backend({holder.pid})")
 
 
 def diagnose_table(state: TableState, server: Server) -> list[Finding]:
@@ -127,6 +138,7 @@ def diagnose_table(state: TableState, server: Server) -> list[Finding]:
         aligned = alignment(state)
         out.extend(misaligned_findings(state, aligned))
         out.extend(wide_findings(state, aligned))
+        out.extend(partman_next_findings(state))
         rw = runway(state, server)
         if rw is not None:
             out.extend(runway_findings(state, rw))
@@ -256,17 +268,68 @@ def misaligned_findings(state: TableState, aligned: Alignment | None = None) -> 
 
 
 def wide_findings(state: TableState, aligned: Alignment | None = None) -> list[Finding]:
-    """Children spanning several buckets on purpose (``fix --strategy instant``): not a fault."""
+    """Children spanning several buckets (``fix --strategy instant`` leaves one).
+
+    Harmless to PostgreSQL, but not to pg_partman, whose arithmetic assumes every child spans
+    one interval (read in its SQL, 4.7.2-5.5.0): 5.x counts premade children from the grid slot
+    of *any* row of the newest non-empty child (``SELECT key … LIMIT 1``), so next to a wide
+    child it premakes too few; and retention takes a child's end as start + interval, so it
+    drops a wide child while later days of it are still inside the window (pg_partman #776).
+    """
     zone = _zone(state)
-    return [
-        Finding(
-            "wide_child", Severity.INFO, state.table.qualname,
-            f"{c.name} spans {n} buckets ({fmt_key(c.lower, zone)} … {fmt_key(c.upper, zone)}), "
-            "as fix --strategy instant leaves it; splitting it is optional",
-            {"child": c.name, "from": iso(c.lower), "to": iso(c.upper), "buckets": n},
-        )
-        for c, n in wide_children(state, aligned)
-    ]
+    managed = state.config is not None
+    out = []
+    for c, n in wide_children(state, aligned):
+        span = f"{display_name(c)} spans {n} intervals ({fmt_key(c.lower, zone)} … {fmt_key(c.upper, zone)})"
+        if managed:
+            msg = (f"{span}: pg_partman assumes one interval per child, so it may premake too few "
+                   "children after it (5.x counts from the slot of any of its rows) and its "
+                   "retention would drop it while its later days are still inside the window; "
+                   f"re-cut it onto the grid: {split_command(state.table)}")
+            sev = Severity.WARNING
+        else:
+            msg = f"{span}, as fix --strategy instant leaves it; re-cutting it is optional"
+            sev = Severity.INFO
+        out.append(Finding("wide_child", sev, state.table.qualname, msg,
+                           {"child": c.name, "from": iso(c.lower), "to": iso(c.upper), "buckets": n,
+                            "partman": managed}))
+    return out
+
+
+def partman_next_findings(state: TableState) -> list[Finding]:
+    """Predict pg_partman's next child before partman trips over it.
+
+    Every version computes the next child as the newest child's start + interval (it never
+    reads the upper bound): when the newest child is wider than one interval, that child
+    overlaps it and every maintenance run fails with "would overlap" (5.5 skips the set with
+    a WARNING instead).
+    """
+    table, grid = state.table, state.grid.grid
+    if state.config is None or grid is None or not table.children:
+        return []
+    last = table.children[-1]  # ordered by lower bound
+    if last.lower is None or last.upper is None or not grid.is_aligned(last.lower):  # type: ignore[arg-type]
+        return []  # off the grid: the misaligned finding says what partman will do
+    start: Key = grid.next(last.lower)  # type: ignore[arg-type]
+    if not _lt(start, last.upper):
+        return []
+    end: Key = grid.next(start)  # type: ignore[arg-type]
+    zone = _zone(state)
+    name = display_name(last)
+    return [Finding(
+        "partman_next_overlaps", Severity.CRITICAL, table.qualname,
+        f"pg_partman's next child would be {fmt_key(start, zone)} … {fmt_key(end, zone)}"
+        f"{_zone_suffix(zone)} (the newest child's start + {_interval(grid)}), which overlaps "
+        f"{name} ({fmt_key(last.lower, zone)} … {fmt_key(last.upper, zone)}): every maintenance "
+        f"run fails with \"would overlap\"; re-cut it onto the grid: {split_command(table)}",
+        {"child": last.name, "next_from": iso(start), "next_to": iso(end),
+         "child_from": iso(last.lower), "child_to": iso(last.upper)},
+    )]
+
+
+def split_command(table: Table, database: str | None = None) -> str:
+    db = shlex.quote(database) if database else "<db>"
+    return f"partguard split -d {db} {shlex.quote(display_name(table))}"
 
 
 # --- runway and maintenance ---

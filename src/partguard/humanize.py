@@ -6,11 +6,12 @@ reads the same everywhere: in the grid's zone, as a date when it falls on midnig
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .inspect.catalog import Key, Table
+from .inspect.catalog import Child, Key, Table
 
 
 def iso(x: Key | None) -> str | int | None:
@@ -59,12 +60,38 @@ def offset_json(off: Any) -> float | int:
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_$")
 
 
-def display_name(table: Table) -> str:
+def display_name(rel: Table | Child) -> str:
     """``schema.table`` as a DBA types it: each part quoted only when it has to be."""
-    return ".".join(_quote_if_needed(p) for p in (table.schema, table.name))
+    return ".".join(_quote_if_needed(p) for p in (rel.schema, rel.name))
 
 
-def _quote_if_needed(part: str) -> str:
+def quote_name(part: str) -> str:
+    """One identifier as PostgreSQL reads it back, safe on any line of output.
+
+    The one quoting function for names in output (messages, SQL comments, JSON text): quoted
+    only when it has to be; a name with a control character (a newline could end a ``--``
+    comment in a printed plan and start a statement) or ``*/`` is written in PostgreSQL's
+    ``U&"…"`` form, so the text stays on one line and still names the same relation.
+    """
     if part and not part[0].isdigit() and part[0] != "$" and set(part) <= _PLAIN:
         return part
-    return '"' + part.replace('"', '""') + '"'
+    if not any(_unsafe(ch) for ch in part) and "*/" not in part and "/*" not in part:
+        return '"' + part.replace('"', '""') + '"'
+    out = []
+    for ch in part:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('""')
+        elif _unsafe(ch) or ch in "*/":
+            out.append(f"\\{ord(ch):04X}" if ord(ch) <= 0xFFFF else f"\\+{ord(ch):06X}")
+        else:
+            out.append(ch)
+    return 'U&"' + "".join(out) + '"'
+
+
+def _unsafe(ch: str) -> bool:
+    return unicodedata.category(ch)[0] in "CZ" and ch != " "
+
+
+_quote_if_needed = quote_name

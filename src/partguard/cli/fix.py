@@ -67,13 +67,29 @@ def command(dbname: str | None, host: str | None, port: int | None, user: str | 
     finally:
         progress.close()
         conn.close()
+    left = _still_wrong(outcome)
+    rc = (2 if left else 0) if outcome.status == "done" else (
+        0 if outcome.status in ("nothing_to_do", "planned") else 1)
     if fmt == "json":
-        emit_json(outcome)
+        emit_json({**jsonable(outcome), "exit_code": rc, "still_wrong": left})
     elif outcome.status == "planned":
         _print_plan(outcome)
     else:
         _print_outcome(outcome)
-    return 0 if outcome.status in ("done", "nothing_to_do", "planned") else 1
+    if left:
+        click.echo(f"fix: every row is in place, but {outcome.table} is not healthy yet: " + " | ".join(left),
+                   err=True)
+    return rc
+
+
+def _still_wrong(o: FixOutcome) -> list[str]:
+    """A repair that committed is not "fixed" while partman's own maintenance fails or check
+    still finds the table CRITICAL: that is exit 2 (Nagios CRITICAL), saying what is left."""
+    if o.status != "done":
+        return []
+    left = [f"partman maintenance {o.maintenance}"] if o.maintenance and o.maintenance != "ok" else []
+    left += [f"{f['code']}: {f['message']}" for f in o.findings_after if f["severity"] == "critical"]
+    return [" ".join(x.split()) for x in left]
 
 
 def _status(params: Any, fmt: str) -> int:

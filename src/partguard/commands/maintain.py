@@ -27,7 +27,7 @@ from .. import journal
 from ..config import Config, TableSpec
 from ..coverage import runway as runway_of
 from ..db import Conn, ConnParams, connect_retrying, run_locked, session_timezone
-from ..diagnose import Finding, diagnose_table, runway_findings
+from ..diagnose import Finding, diagnose_table, runway_findings, stuck_lock_message
 from ..errors import CRITICAL, OK, UNKNOWN, WARNING, ConnectionFailed, PartguardError, UsageError
 from ..humanize import display_name, fmt_key
 from ..inspect.catalog import Table, read_tables, relation_name, resolve
@@ -37,9 +37,12 @@ from ..inspect.snapshot import Options, Server, TableState, read_server, table_s
 from ..plan.premake import Refusal, plan_premake
 from .partman_calls import (
     ALREADY_RUNNING,
+    SKIPPED_SET,
     LockHolder,
     is_lock_timeout,
     maintenance_lock_holder,
+    stuck_partman_locks,
+    one_line,
     run_maintenance_sql,
     server_message,
 )
@@ -142,7 +145,8 @@ class _Run:
                  on_event: Callable[[str], None] | None) -> None:
         self.params, self.opt, self.on_event = params, options, on_event
         self.attempts = 0
-        self.notices: list[str] = []
+        self.notices: list[tuple[str, str]] = []  # (severity, text) the server sent
+        self.problems: list[tuple[int, str]] = []  # run-wide: (Nagios severity, message)
         self.messages: list[str] = []
         self.before: dict[str, TableState] = {}  # the first picture of each table in this run
         self.lost: str | None = None
@@ -165,7 +169,8 @@ class _Run:
         conn = connect_retrying(self.params.conninfo("partguard maintain"), self.opt.retry_for,
                                 on_attempt=attempt)
         self.attempts += 1
-        conn.add_notice_handler(lambda d: self.notices.append(d.message_primary or ""))
+        conn.add_notice_handler(
+            lambda d: self.notices.append((d.severity_nonlocalized or d.severity or "", d.message_primary or "")))
         self.conn = conn
         return conn
 
@@ -206,7 +211,10 @@ class _Run:
             outcomes = [self.guarded(t, database) for t in targets]
             if self.lost is None:
                 outcomes = self.verify(targets, outcomes, database)
-            status = max([o.severity for o in outcomes] + [OK], key=_RANK.__getitem__)
+                self.stuck_locks(outcomes)
+            status = max([o.severity for o in outcomes] + [p for p, _ in self.problems] + [OK],
+                         key=_RANK.__getitem__)
+            self.messages.extend(m for _, m in self.problems)
             if self.messages and status == OK:
                 status = WARNING
             if self.lost is None and run_id is not None:
@@ -326,11 +334,14 @@ class _Run:
                             "over them; "
                             f"repair with: {fix_command(database, table)}")
         holder = maintenance_lock_holder(self.c)
-        stmt = run_maintenance_sql(self.partman, target.config.parent_table)
+        partman, parent = self.partman, target.config.parent_table
+        stmt = run_maintenance_sql(partman, parent)
         tz = sql.Literal(self.tz_for(target))
+        confirms = "maintenance_last_run" in target.config.raw  # 5.1+ stamps every success
 
-        def work(conn: Conn) -> None:
+        def work(conn: Conn) -> list[tuple[str, str]]:
             conn.execute(sql.SQL("SET LOCAL TimeZone = {}").format(tz))
+            before = _scalar(conn, partman.last_run_sql(parent)) if confirms else None
             self.notices.clear()
             try:
                 conn.execute(stmt)
@@ -338,19 +349,36 @@ class _Run:
                 if is_lock_timeout(exc):
                     raise pgerrors.LockNotAvailable(server_message(exc)[0]) from exc
                 raise
-            if any(ALREADY_RUNNING in n for n in self.notices):
+            if any(ALREADY_RUNNING in text for _, text in self.notices):
                 raise _PartmanLocked()
+            said = list(self.notices)
+            if confirms:
+                after = _scalar(conn, partman.last_run_sql(parent))
+                if after is None or after == before:
+                    said.append(("UNCONFIRMED", f"maintenance_last_run {'is NULL' if after is None else 'did not move'}"))
+            return said
+            # partman's own record of a skipped set (maintenance_last_run = NULL) is committed
 
         relations = [target.oid] + ([table.default.oid] if table.default else [])
         try:
-            self.locked(work, relations, f"{target.qualname}: partman.run_maintenance")
+            said = self.locked(work, relations, f"{target.qualname}: partman.run_maintenance")
         except _PartmanLocked:
-            return self.blocked(target, maintenance_lock_holder(self.c) or holder)
+            return self.blocked(target, maintenance_lock_holder(self.c, partman) or holder)
         except pgerrors.QueryCanceled as exc:
             return _outcome(target, "failed", CRITICAL,
                             f"statement_timeout ({self.opt.statement_timeout:g}s) expired: "
                             f"{server_message(exc)[0]}", detail=server_message(exc)[1])
-        return _outcome(target, "ok", OK)
+        return _partman_verdict(target, said)
+
+    def stuck_locks(self, outcomes: list[TableOutcome]) -> None:
+        """A failed ``run_maintenance_proc()`` session keeps partman's session lock: from then on
+        every ``CALL run_maintenance_proc()`` (the user's timer, 5.x's background worker) does
+        nothing. On 5.x that lock is not the one ``run_maintenance(parent)`` takes, so our own
+        run succeeds regardless: report the leak itself, naming the holder."""
+        for key, h in stuck_partman_locks(self.c, self.partman):
+            if key == "pg_partman run_maintenance" and any(o.status == "blocked" for o in outcomes):
+                continue  # 4.x: the same key, already reported per table as "blocked"
+            self.problems.append((CRITICAL, stuck_lock_message(key, h)))
 
     def blocked(self, target: _Target, holder: LockHolder | None) -> TableOutcome:
         who = holder.describe() if holder else "a session that has since let go"
@@ -483,6 +511,25 @@ class _Run:
                                                                                 if o.severity >= CRITICAL]})
         except psycopg.Error as exc:
             self.messages.append(f"cannot record the run: {server_message(exc)[0]}")
+
+
+def _partman_verdict(target: _Target, said: list[tuple[str, str]]) -> TableOutcome:
+    """partman's call counts as done only if partman confirms it: 5.5 catches each set's error
+    and raises only a WARNING ("skipped partition set"), setting maintenance_last_run NULL."""
+    skipped = [text for sev, text in said if sev == "WARNING" and SKIPPED_SET in text]
+    if skipped:
+        return _outcome(target, "failed", CRITICAL, one_line(skipped[0]), detail="\n".join(skipped))
+    unconfirmed = [text for sev, text in said if sev == "UNCONFIRMED"]
+    if unconfirmed:
+        return _outcome(target, "failed", CRITICAL,
+                        f"pg_partman did not confirm the run ({unconfirmed[0]})")
+    warnings = [text for sev, text in said if sev == "WARNING"]
+    return _outcome(target, "ok", OK, detail="\n".join(warnings))
+
+
+def _scalar(conn: Conn, query: sql.Composed) -> Any:
+    row = conn.execute(query).fetchone()
+    return None if row is None else row[0]
 
 
 def fix_command(database: str, table: Table) -> str:

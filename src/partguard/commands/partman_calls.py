@@ -13,18 +13,52 @@ import psycopg
 from psycopg import sql
 
 from ..db import Conn
-from ..inspect.locks import LockHolder, advisory_holders
+from ..inspect.locks import LockHolder, advisory_holders, partman_lock_holders, stuck_partman_locks
 from ..inspect.partman import Partman
 
-__all__ = ["LockHolder", "is_lock_timeout", "maintenance_lock_holder", "run_maintenance_sql", "server_message"]
+__all__ = [
+    "SKIPPED_SET", "LockHolder", "is_lock_timeout", "maintenance_lock_holder", "maintenance_lock_holders",
+    "one_line", "run_maintenance_sql", "server_message", "stuck_partman_locks",
+]
 
 ALREADY_RUNNING = "maintenance already running"
 LOCK_TIMEOUT_TEXT = "canceling statement due to lock timeout"
 
-def maintenance_lock_holder(conn: Conn) -> LockHolder | None:
-    """Another session holding ``hashtext('pg_partman run_maintenance')``, if any."""
-    holders = advisory_holders(conn, sql.SQL("hashtext('pg_partman run_maintenance')"))
-    return holders[0] if holders else None
+SKIPPED_SET = "pg_partman maintenance skipped partition set"
+
+
+def maintenance_lock_holder(conn: Conn, partman: Partman | None = None) -> LockHolder | None:
+    """Another session holding one of partman's maintenance advisory locks, if any."""
+    held = maintenance_lock_holders(conn, partman)
+    return held[0][1] if held else None
+
+
+def maintenance_lock_holders(conn: Conn, partman: Partman | None) -> list[tuple[str, LockHolder]]:
+    """(key text, holder) for every other session holding one of partman's maintenance locks."""
+    if partman is None:
+        holders = advisory_holders(conn, sql.SQL("hashtext('pg_partman run_maintenance')"))
+        return [("pg_partman run_maintenance", h) for h in holders]
+    return partman_lock_holders(conn, partman)
+
+
+def one_line(primary: str, detail: str | None = None, hint: str | None = None) -> str:
+    """A partman error or WARNING text on one line: its message, the DETAIL/HINT lines that say
+    something, and the statement it was running (its first ``SQL statement`` context)."""
+    lines = [ln.strip() for ln in primary.strip().splitlines()]
+    line = lines[0] if lines else "error"
+    extras: list[str] = []
+    for label in ("DETAIL:", "HINT:"):
+        for ln in lines[1:] + [f"DETAIL: {detail or ''}", f"HINT: {hint or ''}"]:
+            text = ln[len(label):].strip() if ln.startswith(label) else ""
+            if text and text not in extras:
+                extras.append(text)
+                break
+    stmt = next((ln for ln in lines[1:] if ln.startswith(("CONTEXT: SQL statement", "SQL statement"))), None)
+    if stmt:
+        extras.append("while running " + stmt.split("SQL statement", 1)[1].strip())
+    if extras:
+        line = f"{line} ({'; '.join(extras)})"
+    return " ".join(line.split())
 
 
 def run_maintenance_sql(partman: Partman, parent_table: str) -> sql.Composed:
@@ -51,18 +85,4 @@ def server_message(exc: psycopg.Error) -> tuple[str, str]:
         if value:
             parts.append(f"{label}: {value.strip()}")
     full = "\n".join(parts)
-    lines = [ln.strip() for ln in primary.splitlines()]
-    line = lines[0] if lines else type(exc).__name__
-    extras: list[str] = []
-    for label in ("DETAIL:", "HINT:"):
-        for ln in lines[1:] + [f"DETAIL: {d.message_detail or ''}", f"HINT: {d.message_hint or ''}"]:
-            text = ln[len(label):].strip() if ln.startswith(label) else ""
-            if text and text not in extras:
-                extras.append(text)
-                break
-    stmt = next((ln for ln in lines[1:] if ln.startswith(("CONTEXT: SQL statement", "SQL statement"))), None)
-    if stmt:
-        extras.append("while running " + stmt.split("SQL statement", 1)[1].strip())
-    if extras:
-        line = f"{line} ({'; '.join(extras)})"
-    return " ".join(line.split()), full
+    return one_line(primary, d.message_detail, d.message_hint), full

@@ -10,6 +10,7 @@ from datetime import datetime
 from psycopg import sql
 
 from ..db import Conn
+from .partman import Partman
 
 # pg_locks splits a bigint advisory key into classid (high 32 bits) and objid (low 32 bits).
 _HOLDERS_SQL = """
@@ -54,3 +55,17 @@ def advisory_holders(conn: Conn, key: sql.Composable) -> list[LockHolder]:
     """Other sessions holding the session-level advisory lock ``key`` (a bigint expression)."""
     query = sql.SQL(_HOLDERS_SQL).format(key=sql.SQL("({})::bigint").format(key))
     return [LockHolder(*row) for row in conn.execute(query)]
+
+
+def partman_lock_holders(conn: Conn, partman: Partman | None) -> list[tuple[str, LockHolder]]:
+    """(key text, holder) for every other session holding one of partman's maintenance locks."""
+    if partman is None:
+        return []
+    return [(key, holder) for key in partman.lock_keys
+            for holder in advisory_holders(conn, sql.SQL("hashtext({})").format(sql.Literal(key)))]
+
+
+def stuck_partman_locks(conn: Conn, partman: Partman | None) -> list[tuple[str, LockHolder]]:
+    """partman locks held by a session that is not running anything: a ``run_maintenance_proc()``
+    that failed keeps its session lock while its session idles (a running one is 'active')."""
+    return [(k, h) for k, h in partman_lock_holders(conn, partman) if h.state != "active"]

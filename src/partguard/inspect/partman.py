@@ -27,6 +27,26 @@ class Partman:
     def major(self) -> int:
         return int(self.version.split(".")[0])
 
+    @property
+    def lock_keys(self) -> tuple[str, ...]:
+        """The ``hashtext()`` texts of partman's own advisory locks (read in its SQL).
+
+        ``run_maintenance()`` takes a transaction lock on the first; ``run_maintenance_proc()``
+        (which partman 5.x's background worker calls) a *session* lock on its own key, which
+        a session whose procedure failed keeps until it disconnects: 4.7 shares the first key,
+        5.0-5.4 use ``… procedure``, 5.5 ``… run_maintenance_proc``.
+        """
+        if self.major < 5:
+            return ("pg_partman run_maintenance",)
+        return ("pg_partman run_maintenance", "pg_partman run_maintenance procedure",
+                "pg_partman run_maintenance_proc")
+
+    def last_run_sql(self, parent_table: str) -> sql.Composed:
+        """5.1+'s ``maintenance_last_run`` of one set (partman's own confirmation)."""
+        return sql.SQL("SELECT (to_jsonb(pc) ->> 'maintenance_last_run') FROM {} pc "
+                       "WHERE parent_table = {}").format(
+            sql.Identifier(self.schema, "part_config"), sql.Literal(parent_table))
+
     def func(self, name: str) -> sql.Identifier:
         return sql.Identifier(self.schema, name)
 

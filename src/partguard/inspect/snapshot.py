@@ -22,6 +22,7 @@ from ..errors import UnknownGrid, UsageError
 from .catalog import Child, Key, Table, read_tables
 from .data import Probe, probe
 from .grid import Grid, Interval, IntGrid, on_grid, parse_interval, time_grid
+from .locks import LockHolder, stuck_partman_locks
 from .partman import Partman, PartmanConfig, config_for, find_partman, read_configs
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class Snapshot:
     server: Server
     tables: tuple[TableState, ...]
     orphan_configs: tuple[tuple[PartmanConfig, str], ...] = field(default=())  # (config, why)
+    # partman's maintenance locks held by idle sessions (a failed run_maintenance_proc())
+    stuck_partman_locks: tuple[tuple[str, LockHolder], ...] = field(default=())
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,8 @@ def take(conn: Conn, options: Options = Options()) -> Snapshot:
     for table in tables:
         config = config_for(configs, table.schema, table.name)
         states.append(table_state(conn, server, table, config, options, last.get(table.qualname)))
-    return Snapshot(server, tuple(states), tuple(_orphans(conn, configs, options)))
+    return Snapshot(server, tuple(states), tuple(_orphans(conn, configs, options)),
+                    tuple(stuck_partman_locks(conn, server.partman)))
 
 
 def table_state(

@@ -208,6 +208,12 @@ def plan_fix(
         lo, hi = span
         future_from = hi
         span_child = nm.unique(lo, _taken(table))
+        # The wide child must never be the newest child: partman computes its next child as
+        # the newest child's start + interval, which would overlap it on every run. And while
+        # it is the newest non-empty child, partman 5.x counts premade children from the slot
+        # of one of its (old) rows: ``premake`` regular children past its end keep the runway
+        # at least ``premake`` intervals until live rows reach the children after it.
+        horizon = _later(horizon, _advance(grid, hi, premake))
         children = _children(table, grid, nm, [], future_from, horizon, state.config is not None)
         return FixParams(
             "instant", table.qualname, table.key, source, new_default, None, False, quarantine,
@@ -330,6 +336,18 @@ def _horizon(table: Table, grid: Grid, now: datetime, premake: int, buckets: lis
     for _ in range(premake + 1):
         top = grid.next(top)
     return top
+
+
+def _advance(grid: Grid, x: Any, n: int) -> Any:
+    """``x`` moved ``n`` intervals on (from its bucket's start)."""
+    b: Any = grid.floor(x)
+    for _ in range(n):
+        b = grid.next(b)
+    return b
+
+
+def _later(a: Any, b: Any) -> Any:
+    return b if a is None or b > a else a
 
 
 def _children(
