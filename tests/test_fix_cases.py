@@ -423,8 +423,6 @@ def runway_wanted(c: Conn, parent: str, ids: bool, premake: int | None = None) -
     row = c.execute("SELECT now() + %s * %s::interval", (n, cfg[1])).fetchone()
     assert row is not None
     return int(cfg[0]), row[0]
-    assert ahead >= premake, f"{ahead} children ahead of the current one with premake {premake}"
-    return after
 
 
 def assert_check_ok(run: Run, dsn: str, parent: str) -> None:

@@ -27,9 +27,9 @@ from ..inspect.locks import advisory_holders
 from ..inspect.partman import Partman, config_for, read_configs
 from ..inspect.snapshot import Options, TableState, read_server, table_state
 from ..plan import steps as S
-from .partman_calls import SKIPPED_SET, one_line
 from ..plan.children import free_spans, naming, partman_warmup
 from ..plan.fix import ChildSpec, FixOptions, FixParams, check_fixable, plan_fix
+from .partman_calls import SKIPPED_SET, one_line
 
 log = logging.getLogger(__name__)
 

@@ -41,10 +41,10 @@ from .partman_calls import (
     LockHolder,
     is_lock_timeout,
     maintenance_lock_holder,
-    stuck_partman_locks,
     one_line,
     run_maintenance_sql,
     server_message,
+    stuck_partman_locks,
 )
 
 log = logging.getLogger(__name__)
