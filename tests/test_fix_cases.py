@@ -466,10 +466,18 @@ def fingerprint(conn: Conn) -> list[Any]:
 
 
 
-def fix_cli(run: Run, dsn: str, table: str, strategy: str, *extra: str) -> tuple[str, str]:
-    """``partguard fix TABLE --yes --strategy S …`` that must succeed: (stdout, stderr)."""
+def fix_cli(run: Run, dsn: str, table: str, strategy: str, *extra: str, still: str | None = None) -> tuple[str, str]:
+    """``partguard fix TABLE --yes --strategy S …`` that must succeed: (stdout, stderr).
+
+    With ``still``, the repair must succeed but leave the table CRITICAL for that finding
+    (exit 2, saying so on its last stderr line): a fix never says "fixed" while check does not."""
     rc, out, err = run("fix", "-d", dsn, table, "--yes", "--strategy", strategy, *extra)
-    assert rc == 0, f"fix failed ({rc}): {err}"
+    if still is None:
+        assert rc == 0, f"fix failed ({rc}): {err}"
+    else:
+        assert rc == 2, f"fix exited {rc}, expected 2 ({still} is left): {err}"
+        last = err.strip().splitlines()[-1]
+        assert "is not healthy yet" in last and f"{still}:" in last, last
     return out, err
 
 
@@ -837,7 +845,8 @@ def test_outliers_keep_leaves_them_in_the_fresh_default(
     parent, _gap = _incident_with_outliers(conn)
     before = row_set(conn, parent)
 
-    out, _ = fix_cli(run, dsn, parent, strategy, "--outliers", "keep")
+    # The rows asked to stay in the DEFAULT keep the table CRITICAL for check, so fix says so.
+    out, _ = fix_cli(run, dsn, parent, strategy, "--outliers", "keep", still="default_rows")
 
     assert "partman maintenance: ok" in out  # ran before the 2999 row went back
     if major == 4:  # 4.x reads the DEFAULT's max key (ignore_default_data defaults to false there)
@@ -1267,8 +1276,8 @@ def test_fix_partitioned_table_names_children_by_the_tables_convention(
     if major == 4:
         assert f"fixes_p{gap:%Y_%m_%d}" in {k.name for k in ks}
         assert not [k.name for k in ks if re.fullmatch(r"fixes_p\d{8}", k.name)], "the old script's names"
-    assert_partman_healthy(dsn, parent, fmt, "UTC")
     assert_check_ok(run, dsn, parent)
+    assert_partman_healthy(dsn, parent, fmt, "UTC")
 
 
 def test_fix_partitioned_table_refuses_a_wrong_partition_key(

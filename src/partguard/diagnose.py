@@ -243,12 +243,20 @@ def misaligned_findings(state: TableState, aligned: Alignment | None = None) -> 
     child, bound, off = bad[0]
     first = f"{child.name} has a bound at {fmt_key(bound, zone)} ({fmt_offset(off)})"
     more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-    if state.config is not None:
+    newest = table.children[-1].name if table.children else None
+    if state.config is not None and any(c.name == newest for c, _, _ in bad):
         msg = (f"{len(bad)} children are off the grid pg_partman computes ({where}): "
                f"{first}{more}. "
-               "partman lays its next children on its own grid, so they will overlap these "
-               "(failing with \"would overlap\") or leave gaps")
+               "partman lays its next children from the newest child on its own grid, so they "
+               "will overlap these (failing with \"would overlap\") or leave gaps; re-cut them "
+               f"onto the grid: {split_command(table)}")
         sev = Severity.CRITICAL
+    elif state.config is not None:
+        msg = (f"{len(bad)} children are off the grid pg_partman computes ({where}): "
+               f"{first}{more}. The newest child is on the grid, so partman's next children "
+               "are too; these older ones confuse its retention and naming: re-cut them onto "
+               f"the grid: {split_command(table)}")
+        sev = Severity.WARNING
     else:
         msg = f"{len(bad)} children are off the grid ({where}, from {info.source}): {first}{more}"
         sev = Severity.WARNING  # nothing of partman's will trip over them

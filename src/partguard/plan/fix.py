@@ -214,7 +214,8 @@ def plan_fix(
         # of one of its (old) rows: ``premake`` regular children past its end keep the runway
         # at least ``premake`` intervals until live rows reach the children after it.
         horizon = _later(horizon, _advance(grid, hi, premake))
-        children = _children(table, grid, nm, [], future_from, horizon, state.config is not None)
+        children = _children(table, grid, nm, _holes(table, grid, lo), future_from, horizon,
+                             state.config is not None)
         return FixParams(
             "instant", table.qualname, table.key, source, new_default, None, False, quarantine,
             p_lo, p_hi, lo, hi, span_child, children, zone, managed, keep, probe.rows, tuple(rows_in), outliers, tuple(notes),
@@ -336,6 +337,22 @@ def _horizon(table: Table, grid: Grid, now: datetime, premake: int, buckets: lis
     for _ in range(premake + 1):
         top = grid.next(top)
     return top
+
+
+def _holes(table: Table, grid: Grid, until: Any) -> list[Key]:
+    """Bucket starts of the empty holes between existing children below ``until``.
+
+    They hold no row (every DEFAULT row lies in the span), so a child for each costs nothing
+    in the swap, and a hole left behind is a ``gap`` that check reports CRITICAL."""
+    if not table.children or table.children[0].lower is None:
+        return []
+    out: list[Key] = []
+    for s_lo, s_hi in free_spans(table, table.children[0].lower, until):
+        b: Any = grid.floor(s_lo)  # type: ignore[arg-type]
+        while b < s_hi:
+            out.append(b)
+            b = grid.next(b)
+    return out
 
 
 def _advance(grid: Grid, x: Any, n: int) -> Any:
