@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from fractions import Fraction
 from typing import Literal, TypeAlias, cast, overload
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..errors import UsageError
+from .zones import zone_info
 
 Key: TypeAlias = datetime | date | int
 _Mode = Literal["abs", "wall", "date"]
@@ -129,12 +129,8 @@ def _check_step(iv: Interval, what: object) -> None:
 
 
 def _zone(tz: str | None) -> tzinfo:
-    if tz is None:
-        return UTC
-    try:
-        return ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise UsageError(f"unknown time zone {tz!r}") from None
+    """A tz database name or a fixed offset as ``zones`` names it ('<+05:45>-05:45')."""
+    return zone_info(tz)
 
 
 def _localize(wall: datetime, zone: tzinfo) -> datetime:
