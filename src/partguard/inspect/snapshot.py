@@ -268,7 +268,7 @@ def _infer_grid(
         # A hand-made table has no partman to disagree with: follow its children's zone.
         if tz_hint and not same_zone(tz_hint, info.aligned_zone):
             log.warning("%s: the time zone given (%s) disagrees with the children's (%s); following the children",
-                        table.qualname, tz_hint, zone_label(info.aligned_zone))
+                        table.qualname, zone_label(tz_hint), zone_label(info.aligned_zone))
         return _time_info(tstep, info.aligned_zone, table, source)
     return info
 
