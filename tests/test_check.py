@@ -233,8 +233,9 @@ def test_berlin_daily_grid_across_dst_is_healthy(
     assert (rc, doc["findings"]) == (0, [])
     (t,) = doc["tables"]
     assert (t["zone"], t["misaligned_children"]) == ("Europe/Berlin", 0)
-    # The same children judged on a UTC grid (--tz) are off it: the zone matters.
-    rc, doc = check_json(run, dsn, "--tz", "UTC")
+    # The same children judged on a UTC grid (--tz, forced: it contradicts partman's zone) are
+    # off it: the zone matters.
+    rc, doc = check_json(run, dsn, "--tz", "UTC", "--force-tz")
     assert rc == 2 and codes(doc)["misaligned"][0]["detail"]["aligned_zone"] == "Europe/Berlin"
 
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from itertools import pairwise
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from .inspect.catalog import Child, Key, Table
 from .inspect.grid import Grid, Interval, IntGrid, on_grid
 from .inspect.snapshot import Server, TableState
+from .inspect.zones import zone_info
 
 # partman's own default; tables without partman are held to the same standard.
 DEFAULT_PREMAKE = 4
@@ -153,7 +153,7 @@ def reference_key(state: TableState, server: Server) -> Key | None:
         return max(seen) if seen else None
     if table.key_type == "timestamp with time zone":
         return server.now
-    wall = server.now.astimezone(ZoneInfo(server.timezone)).replace(tzinfo=None)
+    wall = server.now.astimezone(zone_info(server.timezone)).replace(tzinfo=None)
     return wall.date() if table.key_type == "date" else wall
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import unicodedata
 from datetime import datetime, time, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from .inspect.catalog import Child, Key, Table
+from .inspect.zones import zone_info
 
 
 def iso(x: Key | None) -> str | int | None:
@@ -28,7 +28,7 @@ def fmt_key(x: Key | None, zone: str | None = None) -> str:
     if isinstance(x, int) or not isinstance(x, datetime):
         return str(x)
     if x.tzinfo is not None and zone:
-        x = x.astimezone(ZoneInfo(zone))
+        x = x.astimezone(zone_info(zone))
     if x.time() == time():
         return x.date().isoformat()
     text = x.strftime("%Y-%m-%d %H:%M:%S" if x.second or x.microsecond else "%Y-%m-%d %H:%M")

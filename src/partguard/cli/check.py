@@ -35,16 +35,18 @@ _STYLE = {"ok": "green", "info": "cyan", "warning": "yellow", "critical": "bold 
 @click.option("--exact", is_flag=True, help="Count the DEFAULT's rows exactly (a full scan).")
 @click.option("--interval", help="Partition interval, overriding partman and the children "
                                  "(e.g. '1 day', 'monthly', 100000).")
-@click.option("--tz", help="Time zone of the grid, overriding the session's (e.g. Europe/Berlin).")
+@click.option("--tz", help="Time zone of the grid, overriding the session's (e.g. Europe/Berlin); "
+                           "on a partman table one that contradicts partman's is refused.")
+@click.option("--force-tz", is_flag=True, help="Judge a partman table in --tz even where partman's differs.")
 @format_option
 def command(dbname: str | None, host: str | None, port: int | None, user: str | None,
             tables: tuple[str, ...], exact: bool, interval: str | None, tz: str | None,
-            fmt: str) -> int:
+            force_tz: bool, fmt: str) -> int:
     """Find what is wrong with range-partitioned tables, read-only.
 
     Exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios).
     """
-    options = Options(tables=tables, interval=interval, tz=tz, exact=exact)
+    options = Options(tables=tables, interval=interval, tz=tz, exact=exact, force_tz=force_tz)
     with connect(conn_params(dbname, host, port, user)) as conn:
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (LOCK_TIMEOUT,))
         result = check(conn, options)

@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 @click.option("--lock-timeout", default="2s", show_default=True, help="Longest wait for any lock.")
 @click.option("--retries", type=click.IntRange(0, 100), default=5, show_default=True, help="Tries after a lock timeout.")
 @click.option("--interval", help="Partition interval when neither partman nor the children tell it.")
-@click.option("--tz", help="Time zone of the grid (default: partman's session zone / the children's).")
+@click.option("--tz", help="Time zone of the grid, any PostgreSQL accepts (default: partman's zone / the "
+                           "children's); on a partman table one that contradicts partman's is refused.")
+@click.option("--force-tz", is_flag=True, help="Use --tz even where it contradicts partman's zone.")
 @click.option("--outliers", type=click.Choice(["quarantine", "keep"]), default="quarantine", show_default=True,
               help="NULL keys and far-off rows: keep them in partguard.<table>_quarantine, or in the DEFAULT.")
 @click.option("--premake", type=click.IntRange(1, 1000), help="Future children to have afterwards.")
@@ -39,12 +41,14 @@ log = logging.getLogger(__name__)
 @click.option("--chunk-pages", type=click.IntRange(16, 1_000_000), default=2048, show_default=True,
               help="copy: heap pages per transaction.")
 @click.option("--key", help="Expected partition key column (checked against the table's).")
-@click.option("--default-tz", "tz_hint", help="Zone to use only when neither partman nor the children tell it.")
+@click.option("--default-tz", "tz_hint",
+              help="Zone to use only when neither partman nor the children tell it (a hint: one that "
+                   "cannot be used is a warning).")
 @click.option("--status", is_flag=True, help="List fix runs from the journal (finished and interrupted).")
 @format_option
 def command(dbname: str | None, host: str | None, port: int | None, user: str | None, table: str | None,
             strategy: str, dry_run: bool, yes: bool, jobs: int, lock_timeout: str, retries: int,
-            interval: str | None, tz: str | None, outliers: str, premake: int | None, keep_source: bool,
+            interval: str | None, tz: str | None, force_tz: bool, outliers: str, premake: int | None, keep_source: bool,
             chunk_pages: int, key: str | None, tz_hint: str | None, status: bool, fmt: str) -> int:
     """Repair TABLE's DEFAULT partition under live writes: short locks, resumable, verified."""
     params = conn_params(dbname, host, port, user)
@@ -56,7 +60,7 @@ def command(dbname: str | None, host: str | None, port: int | None, user: str | 
         table=table,
         options=FixOptions(strategy=strategy, outliers=outliers, premake=premake, keep_source=keep_source,
                            jobs=jobs, chunk_pages=chunk_pages, key=key),
-        interval=interval, tz=tz, tz_hint=tz_hint, lock_timeout=parse_duration(lock_timeout), retries=retries, dry_run=dry_run,
+        interval=interval, tz=tz, tz_hint=tz_hint, force_tz=force_tz, lock_timeout=parse_duration(lock_timeout), retries=retries, dry_run=dry_run,
     )
     if not dry_run and not yes and not sys.stdin.isatty():
         raise Aborted("fix changes the database: pass --yes when not running on a terminal (or --dry-run)")

@@ -34,9 +34,10 @@ def parse_listen(text: str) -> tuple[str, int]:
               help="Only this table (repeatable). Default: every range-partitioned table.")
 @click.option("--interval", help="Partition interval, overriding partman and the children.")
 @click.option("--tz", help="Time zone of the grid, overriding the session's.")
+@click.option("--force-tz", is_flag=True, help="Use --tz on partman tables even where partman's differs.")
 def command(dbname: str | None, host: str | None, port: int | None, user: str | None,
             listen: str | None, textfile: str | None, tables: tuple[str, ...],
-            interval: str | None, tz: str | None) -> int:
+            interval: str | None, tz: str | None, force_tz: bool) -> int:
     """Export check results as Prometheus metrics.
 
     Without --listen or --textfile, print the exposition to stdout once. Exit status 3
@@ -45,7 +46,7 @@ def command(dbname: str | None, host: str | None, port: int | None, user: str | 
     if listen and textfile:
         raise UsageError("use either --listen or --textfile, not both")
     params = conn_params(dbname, host, port, user)
-    options = Options(tables=tables, interval=interval, tz=tz)
+    options = Options(tables=tables, interval=interval, tz=tz, force_tz=force_tz)
     if listen:
         addr, port_no = parse_listen(listen)
         server, _ = serve(params, options, addr, port_no)

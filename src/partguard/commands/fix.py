@@ -25,7 +25,7 @@ from ..inspect import catalog
 from ..inspect.data import count_rows, probe
 from ..inspect.locks import advisory_holders
 from ..inspect.partman import Partman, config_for, read_configs
-from ..inspect.snapshot import Options, TableState, read_server, table_state
+from ..inspect.snapshot import Options, TableState, read_server, resolve_zones, table_state
 from ..plan import steps as S
 from ..plan.children import free_spans, naming, partman_warmup
 from ..plan.fix import ChildSpec, FixOptions, FixParams, check_fixable, plan_fix
@@ -68,6 +68,7 @@ class FixRequest:
     interval: str | None = None
     tz: str | None = None
     tz_hint: str | None = None  # fix-partitioned-table's <timezone>: used where nothing else tells
+    force_tz: bool = False  # use tz even where it contradicts a partman table's zone
     lock_timeout: float = 2.0
     retries: int = 5
     dry_run: bool = False
@@ -86,6 +87,8 @@ def fix(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> FixOutcome:
     """Repair ``req.table``'s DEFAULT; see the module docstring for the guarantees."""
+    zones = resolve_zones(conn, _options(req))
+    req = replace(req, tz=zones.tz, tz_hint=zones.tz_hint)
     table = _read(conn, req.table)
     check_fixable(table, req.options.key)
     _check_privileges(conn, table)
@@ -154,8 +157,11 @@ def _read(conn: Conn, name: str) -> catalog.Table:
 
 def _state(conn: Conn, server: Any, table: catalog.Table, req: FixRequest) -> TableState:
     configs = read_configs(conn, server.partman)
-    return table_state(conn, server, table, config_for(configs, table.schema, table.name),
-                       Options(interval=req.interval, tz=req.tz, tz_hint=req.tz_hint))
+    return table_state(conn, server, table, config_for(configs, table.schema, table.name), _options(req))
+
+
+def _options(req: FixRequest, tables: tuple[str, ...] = ()) -> Options:
+    return Options(tables=tables, interval=req.interval, tz=req.tz, tz_hint=req.tz_hint, force_tz=req.force_tz)
 
 
 def _check_privileges(conn: Conn, table: catalog.Table) -> None:
@@ -248,7 +254,8 @@ def _execute(
         raise
     journal.set_state(conn, run_id, "done", finished=True)
     copied, quarantined, per_child = journal.chunk_totals(conn, run_id)
-    findings = _recheck(conn, table.qualname, req)
+    # Judged in the zone the repair used: the hint's warnings were said once, when deciding.
+    findings = _recheck(conn, table.qualname, replace(req, tz=p.zone or req.tz, tz_hint=None))
     elapsed = time.monotonic() - started
     return replace(
         outcome, status="done", rows_moved=copied, rows_quarantined=quarantined, per_child=per_child,
@@ -266,7 +273,7 @@ def _recheck(conn: Conn, name: str, req: FixRequest) -> list[dict[str, Any]]:
     from ..diagnose import diagnose
     from ..inspect import snapshot
 
-    snap = snapshot.take(conn, Options(tables=(name,), interval=req.interval, tz=req.tz, tz_hint=req.tz_hint))
+    snap = snapshot.take(conn, _options(req, (name,)))
     return [{"code": f.code, "severity": f.severity.value, "message": f.message}
             for f in diagnose(snap) if f.table == name]
 

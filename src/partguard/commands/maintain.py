@@ -296,7 +296,8 @@ class _Run:
     def read_state(self, target: _Target, server: Server) -> TableState:
         assert target.oid is not None
         spec = target.spec
-        opts = Options(interval=spec.interval if spec else None, tz=spec.tz if spec else None)
+        # partguard.toml's tz is the zone maintain runs partman in (tz_for): partman's, by definition.
+        opts = Options(interval=spec.interval if spec else None, tz=spec.tz if spec else None, force_tz=True)
         ident = sql.Identifier(*target.ident).as_string(self.c)
 
         def work(conn: Conn) -> TableState:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from fractions import Fraction
 from typing import Literal, TypeAlias, cast, overload
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..errors import UsageError
+from .zones import zone_info
 
 Key: TypeAlias = datetime | date | int
 _Mode = Literal["abs", "wall", "date"]
@@ -129,12 +129,8 @@ def _check_step(iv: Interval, what: object) -> None:
 
 
 def _zone(tz: str | None) -> tzinfo:
-    if tz is None:
-        return UTC
-    try:
-        return ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise UsageError(f"unknown time zone {tz!r}") from None
+    """A tz database name or a fixed offset as ``zones`` names it ('<+05:45>-05:45')."""
+    return zone_info(tz)
 
 
 def _localize(wall: datetime, zone: tzinfo) -> datetime:
@@ -144,6 +140,43 @@ def _localize(wall: datetime, zone: tzinfo) -> datetime:
     if later.astimezone(zone).replace(tzinfo=None) == wall:
         return later
     return wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+
+
+def _exists(wall: datetime, zone: tzinfo) -> bool:
+    """Whether the local wall time occurs at all (it does not inside a forward jump)."""
+    return any(
+        wall.replace(tzinfo=zone, fold=f).astimezone(UTC).astimezone(zone).replace(tzinfo=None) == wall
+        for f in (0, 1)
+    )
+
+
+# How far back to look for the offset before a forward jump: the largest jumps skipped a
+# whole calendar day (Pacific/Apia 2011, Pacific/Kwajalein 1993).
+_JUMP_LOOKBACK = (timedelta(hours=1), timedelta(hours=6), timedelta(hours=25), timedelta(hours=49))
+
+
+def _wall_reading(instant: datetime, zone: tzinfo) -> datetime:
+    """The wall time a boundary at ``instant`` stands for, the inverse of ``_localize``.
+
+    Usually that is its local reading. But an instant just after a forward jump is also what
+    PostgreSQL makes of a wall time inside the jump (read with the offset before it): in
+    Asia/Kathmandu, +05:30 -> +05:45 at 1986-01-01 00:00, the quarter boundary "00:00" is the
+    instant shown as 00:15. A grid anchored there was built on 00:00, and every later bucket
+    must start at 00:00 again, not at 00:15: so the nonexistent reading wins.
+    """
+    local = instant.astimezone(zone)
+    after = local.utcoffset()
+    assert after is not None
+    tried: set[timedelta] = set()
+    for back in _JUMP_LOOKBACK:
+        before = (instant - back).astimezone(zone).utcoffset()
+        if before is None or before >= after or before in tried:
+            continue
+        tried.add(before)
+        wall = (instant + before).replace(tzinfo=None)
+        if not _exists(wall, zone) and _localize(wall, zone) == instant:
+            return wall
+    return local.replace(tzinfo=None)
 
 
 def _add_months(d: datetime, n: int) -> datetime:
@@ -178,7 +211,7 @@ class TimeGrid:
         a = self.anchor
         if isinstance(a, datetime) and a.tzinfo is not None:
             abs0 = a.astimezone(UTC)
-            wall0 = abs0.astimezone(zone).replace(tzinfo=None)
+            wall0 = _wall_reading(abs0, zone)
         else:
             wall0 = a if isinstance(a, datetime) else datetime.combine(a, time())
             abs0 = _localize(wall0, zone)

@@ -24,6 +24,7 @@ from .data import Probe, probe
 from .grid import Grid, Interval, IntGrid, on_grid, parse_interval, time_grid
 from .locks import LockHolder, stuck_partman_locks
 from .partman import Partman, PartmanConfig, config_for, find_partman, read_configs
+from .zones import UnknownZone, resolve, same_zone, session_zone, zone_info, zone_label
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class Options:
     tz: str | None = None
     exact: bool = False
     tz_hint: str | None = None  # a zone to prefer only when partman and the children are silent
+    force_tz: bool = False  # use ``tz`` on a partman table even where it contradicts partman's zone
 
 
 def read_server(conn: Conn) -> Server:
@@ -103,13 +105,40 @@ def read_server(conn: Conn) -> Server:
     assert row is not None
     return Server(
         version_num=row[0], max_connections=row[1], superuser_reserved=row[2], reserved=row[3],
-        used=row[4], timezone=session_timezone(conn), now=row[5], current_user=row[6],
+        used=row[4], timezone=_session_zone(conn), now=row[5], current_user=row[6],
         can_use_reserved=bool(row[7]), partman=find_partman(conn), database=row[8],
     )
 
 
+def _session_zone(conn: Conn) -> str:
+    raw = session_timezone(conn)
+    try:
+        return session_zone(conn, raw)
+    except UnknownZone as exc:
+        log.warning("the database's default TimeZone: %s", exc)
+        return raw
+
+
+def resolve_zones(conn: Conn, options: Options) -> Options:
+    """``tz`` and ``tz_hint`` as PostgreSQL reads them (``zones.resolve``), once per command.
+
+    A bad ``tz`` is the user's mistake (UsageError); a hint that cannot be used is a warning
+    and is dropped: the old script's <timezone> never stops a repair.
+    """
+    tz = resolve(conn, options.tz) if options.tz else None
+    hint = options.tz_hint
+    if hint:
+        try:
+            hint = resolve(conn, hint)
+        except UsageError as exc:
+            log.warning("ignoring the time zone hint: %s", exc)
+            hint = None
+    return replace(options, tz=tz, tz_hint=hint or None)
+
+
 def take(conn: Conn, options: Options = Options()) -> Snapshot:
     """Read everything ``check`` judges. Read-only; safe on a busy primary."""
+    options = resolve_zones(conn, options)
     server = read_server(conn)
     tables = read_tables(conn, list(options.tables) or None)
     configs = read_configs(conn, server.partman)
@@ -132,7 +161,8 @@ def table_state(
 ) -> TableState:
     if table.unsupported_reason():
         return TableState(table, config, GridInfo(None, "", table.unsupported_reason()), None, None, last_maintenance)
-    grid = infer_grid(table, config, server.timezone, options.interval, options.tz, options.tz_hint)
+    grid = infer_grid(table, config, server.timezone, options.interval, options.tz, options.tz_hint,
+                      options.force_tz)
     default_probe = None
     if table.default is not None:
         default_probe = probe(
@@ -184,16 +214,19 @@ def infer_grid(
     interval: str | None = None,
     tz: str | None = None,
     tz_hint: str | None = None,
+    force_tz: bool = False,
 ) -> GridInfo:
     """Decide the grid: options first, then partman's config, then the children's bounds.
 
-    ``tz`` overrides every other source; ``tz_hint`` (the old repair script's <timezone>
-    argument) only decides when neither partman nor the children say, and a disagreement
-    is logged rather than obeyed: children on another zone's grid would make partman's next
-    run skip or overlap.
+    Zones are names as ``zones.resolve`` gives them. ``tz`` overrides every other source,
+    except on a partman table where it contradicts the zone partman computes in: refused
+    (UsageError) unless ``force_tz``. ``tz_hint`` (the old repair script's <timezone> argument)
+    only decides when neither partman nor the children say, and a disagreement is logged
+    rather than obeyed: children on another zone's grid would make partman's next run skip
+    or overlap.
     """
     try:
-        return _infer_grid(table, config, session_tz, interval, tz, tz_hint)
+        return _infer_grid(table, config, session_tz, interval, tz, tz_hint, force_tz)
     except UsageError:
         raise
     except UnknownGrid as exc:
@@ -202,11 +235,11 @@ def infer_grid(
 
 def _infer_grid(
     table: Table, config: PartmanConfig | None, session_tz: str, interval: str | None, tz: str | None,
-    tz_hint: str | None = None,
+    tz_hint: str | None = None, force_tz: bool = False,
 ) -> GridInfo:
-    for given in (tz, tz_hint):
-        if given is not None:
-            time_grid(Interval(days=1), given)  # validates the zone: UsageError if unknown
+    if tz is not None:
+        zone_info(tz)  # validates the zone: UsageError if unknown
+    tz_hint = _usable_hint(table, tz_hint)
     if table.key_kind == "int":
         if interval:
             step, source = _int_step(interval), "option"
@@ -225,11 +258,11 @@ def _infer_grid(
     if interval and config is None and not table.children:
         return _time_info(parse_interval(interval), zone, table, "option")
     if config is not None:
-        if tz is None and config.timezone and zone is not None:
-            zone = config.timezone  # newer partman pins its own zone in part_config
-        if tz is None and tz_hint and zone is not None and tz_hint != zone:
+        if zone is not None:
+            zone = _partman_zone(table, config, session_tz, tz, force_tz)
+        if tz is None and tz_hint and zone is not None and not same_zone(tz_hint, zone):
             log.warning("%s: the time zone given (%s) disagrees with pg_partman's (%s); following pg_partman",
-                        table.qualname, tz_hint, zone)
+                        table.qualname, zone_label(tz_hint), zone_label(zone))
         pstep = parse_interval(interval) if interval else parse_interval(config.interval)
         return _time_info(pstep, zone, table, "option" if interval else "partman")
     tstep = parse_interval(interval) if interval else _common_time_step(table, zone)
@@ -237,11 +270,42 @@ def _infer_grid(
     info = _time_info(tstep, zone, table, source)
     if tz is None and zone is not None and info.aligned_zone and info.aligned_zone != zone:
         # A hand-made table has no partman to disagree with: follow its children's zone.
-        if tz_hint:
+        if tz_hint and not same_zone(tz_hint, info.aligned_zone):
             log.warning("%s: the time zone given (%s) disagrees with the children's (%s); following the children",
-                        table.qualname, tz_hint, zone_label(info.aligned_zone))
+                        table.qualname, zone_label(tz_hint), zone_label(info.aligned_zone))
         return _time_info(tstep, info.aligned_zone, table, source)
     return info
+
+
+def _usable_hint(table: Table, hint: str | None) -> str | None:
+    """The hint, or None (with a warning) when partguard cannot compute in it."""
+    if not hint:
+        return None
+    try:
+        zone_info(hint)
+    except UsageError as exc:
+        log.warning("%s: ignoring the time zone hint: %s", table.qualname, exc)
+        return None
+    return hint
+
+
+def _partman_zone(table: Table, config: PartmanConfig, session_tz: str, tz: str | None, force_tz: bool) -> str:
+    """The zone of a partman table's grid: partman's own, or ``tz`` where it agrees (or is forced).
+
+    partman computes in part_config.partition_timezone where its version has one, else in the
+    session's TimeZone, which for its maintenance is the role/database default.
+    """
+    ours, where = ((config.timezone, "part_config.partition_timezone") if config.timezone
+                   else (session_tz, "the role/database default TimeZone"))
+    if tz is None or same_zone(tz, ours):
+        return ours if tz is None else tz
+    why = (f"{table.qualname}: --tz {zone_label(tz)} contradicts the zone pg_partman computes in "
+           f"({zone_label(ours)}, {where}); children on another zone's grid make partman fail with "
+           '"would overlap" or leave gaps')
+    if not force_tz:
+        raise UsageError(f"{why}; pass --force-tz to use it anyway")
+    log.warning("%s; using it as --force-tz asks", why)
+    return tz
 
 
 def _time_info(step: Interval, zone: str | None, table: Table, source: str) -> GridInfo:
@@ -299,7 +363,7 @@ def _wall(x: date, zone: str | None) -> datetime:
         return datetime(x.year, x.month, x.day)
     if x.tzinfo is None or zone is None:
         return x.replace(tzinfo=None)
-    return x.astimezone(ZoneInfo(zone)).replace(tzinfo=None)
+    return x.astimezone(zone_info(zone)).replace(tzinfo=None)
 
 
 def _utc(x: date) -> datetime:
@@ -330,14 +394,6 @@ def _aligned_zone(table: Table, step: Interval, zone: str | None) -> str | None:
     return None
 
 
-def zone_label(zone: str) -> str:
-    """'Etc/GMT-1' is UTC+01 (POSIX signs are inverted): say it the way humans do."""
-    if zone.startswith("Etc/GMT") and len(zone) > 7:
-        hours = -int(zone[7:])
-        return f"UTC{hours:+03d}:00"
-    return zone
-
-
 def with_grid(state: TableState, grid: GridInfo) -> TableState:
     return replace(state, grid=grid)
 
@@ -352,6 +408,7 @@ __all__ = [
     "TableState",
     "infer_grid",
     "read_server",
+    "resolve_zones",
     "table_state",
     "take",
     "with_grid",

@@ -26,6 +26,7 @@ from ..inspect.grid import (
     partman_datetime_string,
 )
 from ..inspect.partman import Partman, PartmanConfig
+from ..inspect.zones import zone_info
 
 # Suffix formats we recognise in hand-made tables, most specific first.
 _NATIVE_FORMATS = (
@@ -78,7 +79,7 @@ class Naming:
 
 def _in_zone(start: Key, tz: str | None) -> Key:
     if isinstance(start, datetime) and start.tzinfo is not None and tz:
-        return start.astimezone(ZoneInfo(tz))
+        return start.astimezone(zone_info(tz))
     return start
 
 

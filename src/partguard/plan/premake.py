@@ -19,6 +19,7 @@ from ..errors import UnknownGrid
 from ..inspect.catalog import Key, Table
 from ..inspect.grid import Grid, IntGrid
 from ..inspect.snapshot import TableState
+from ..inspect.zones import zone_info
 from .children import Naming, bound_literal, create_child, free_spans, naming
 
 
@@ -60,7 +61,7 @@ def current_key(table: Table, grid: Grid, now: datetime, tz: str, data_max: Key 
         return data_max
     if table.key_type == "timestamp with time zone":
         return now
-    wall = now.astimezone(ZoneInfo(tz)).replace(tzinfo=None)
+    wall = now.astimezone(zone_info(tz)).replace(tzinfo=None)
     return wall.date() if table.key_type == "date" else wall
 
 
