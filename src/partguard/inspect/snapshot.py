@@ -20,6 +20,7 @@ from .. import journal
 from ..db import Conn, session_timezone
 from ..errors import UnknownGrid, UsageError
 from .catalog import Child, Key, Table, read_tables
+from .connections import CLIENT_BACKEND, Clients, read_clients
 from .data import Probe, probe
 from .grid import Grid, Interval, IntGrid, on_grid, parse_interval, time_grid
 from .partman import Partman, PartmanConfig, config_for, find_partman, read_configs
@@ -40,6 +41,7 @@ class Server:
     can_use_reserved: bool  # the current role may use reserved_connections (PG 16+)
     partman: Partman | None
     database: str = ""  # current_database(): messages name the command to run against it
+    clients: Clients | None = None  # who holds the slots (inspect/connections.py)
 
     @property
     def available(self) -> int:
@@ -88,7 +90,7 @@ def read_server(conn: Conn) -> Server:
                current_setting('max_connections')::int,
                current_setting('superuser_reserved_connections')::int,
                coalesce((SELECT setting::int FROM pg_settings WHERE name = 'reserved_connections'), 0),
-               (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+               (SELECT count(*) FROM pg_stat_activity WHERE """ + CLIENT_BACKEND + """),
                now(), current_user,
                CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pg_use_reserved_connections')
                     THEN pg_has_role(current_user, 'pg_use_reserved_connections', 'MEMBER')
@@ -102,6 +104,7 @@ def read_server(conn: Conn) -> Server:
         version_num=row[0], max_connections=row[1], superuser_reserved=row[2], reserved=row[3],
         used=row[4], timezone=session_timezone(conn), now=row[5], current_user=row[6],
         can_use_reserved=bool(row[7]), partman=find_partman(conn), database=row[8],
+        clients=read_clients(conn),
     )
 
 
