@@ -34,6 +34,7 @@ from .inspect.catalog import Key, Table
 from .inspect.connections import STATES as CONNECTION_STATES
 from .inspect.connections import Clients, Limit, Pool
 from .inspect.grid import Grid, TimeGrid
+from .inspect.retention import le
 from .inspect.snapshot import Server, Snapshot, TableState, zone_label
 
 # Re-exported: callers (check, maintain, metrics) reach the shared measurements through here.
@@ -129,6 +130,7 @@ def diagnose_table(state: TableState, server: Server) -> list[Finding]:
         aligned = alignment(state)
         out.extend(misaligned_findings(state, aligned))
         out.extend(wide_findings(state, aligned))
+        out.extend(partman_retention_findings(state, server))
         rw = runway(state, server)
         if rw is not None:
             out.extend(runway_findings(state, rw))
@@ -352,6 +354,42 @@ def wide_findings(state: TableState, aligned: Alignment | None = None) -> list[F
         )
         for c, n in wide_children(state, aligned)
     ]
+
+
+def partman_retention_findings(state: TableState, server: Server) -> list[Finding]:
+    """pg_partman's retention takes a child's end to be start + interval: a wider child still
+    holding rows inside the window is dropped (or detached) at its next run."""
+    cfg = state.config
+    if cfg is None:
+        return []
+    zone = _zone(state)
+    keep = bool(cfg.raw.get("retention_keep_table"))
+    verb = "detach" if keep else "drop"
+    out = []
+    for drop, newest in state.partman_drops:
+        if newest is None or not le(drop.cutoff, newest):
+            continue  # empty, or every row already outside the window: nothing is lost early
+        c = drop.child
+        fix = ("raise retention past the child's end or split the child into one per interval"
+               if keep else
+               f"until it is split into one child per interval, make partman only detach it: "
+               f"UPDATE {_partman_schema(server)}.part_config SET retention_keep_table = true "
+               f"WHERE parent_table = '{cfg.parent_table}'")
+        out.append(Finding(
+            "partman_retention", Severity.WARNING, state.table.qualname,
+            f"pg_partman's retention ({cfg.raw.get('retention')}) will {verb} {c.name} at its next run: "
+            f"it takes the child's end to be {fmt_key(drop.end, zone)} (start + {_interval_of(state)}), "
+            f"but the child spans to {fmt_key(c.upper, zone)} and holds rows up to "
+            f"{fmt_key(newest, zone)}, inside the window (from {fmt_key(drop.cutoff, zone)}); {fix}",
+            {"child": c.name, "lower": iso(c.lower), "upper": iso(c.upper), "partman_end": iso(drop.end),
+             "cutoff": iso(drop.cutoff), "max_key": iso(newest), "retention": str(cfg.raw.get("retention")),
+             "action": verb},
+        ))
+    return out
+
+
+def _interval_of(state: TableState) -> str:
+    return _interval(state.grid.grid) if state.grid.grid is not None else "interval"
 
 
 # --- runway and maintenance ---

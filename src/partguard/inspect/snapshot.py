@@ -24,6 +24,7 @@ from .connections import CLIENT_BACKEND, Clients, read_clients
 from .data import Probe, probe
 from .grid import Grid, Interval, IntGrid, on_grid, parse_interval, time_grid
 from .partman import Partman, PartmanConfig, config_for, find_partman, read_configs
+from .retention import PartmanDrop, early_drops, max_keys, now_key
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class TableState:
     default_probe: Probe | None
     max_key: Key | None  # largest key in the regular children (for id runway)
     last_maintenance: datetime | None  # partguard's own record of success
+    # Children partman's retention would retire too early, each with its largest key.
+    partman_drops: tuple[tuple[PartmanDrop, Key | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,11 @@ def table_state(
             conn, table.default.ident, table.key, grid.grid,
             has_index=table.default_key_index is not None, exact=options.exact,
         )
-    return TableState(table, config, grid, default_probe, max_child_key(conn, table), last_maintenance)
+    max_key = max_child_key(conn, table)
+    drops = early_drops(table, config, grid.grid, now_key(table, server.now, server.timezone, max_key)) if config else []
+    held = max_keys(conn, table, [d.child for d in drops])
+    return TableState(table, config, grid, default_probe, max_key, last_maintenance,
+                      tuple((d, k) for d, (_, k) in zip(drops, held, strict=True)))
 
 
 def max_child_key(conn: Conn, table: Table) -> Key | None:
