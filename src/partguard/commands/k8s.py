@@ -51,8 +51,7 @@ class SecretRef:
     @classmethod
     def parse(cls, text: str, default_key: str) -> SecretRef:
         """``NAME`` or ``NAME:KEY``."""
-        name, _, key = text.partition(":")
-        ref = cls(name, key or default_key)
+        ref = cls(*_pair(text, default_key))
         if not _DNS_LABEL.match(ref.name) or len(ref.name) > 253:
             raise UsageError(f"not a Secret name: {ref.name!r} (lower-case letters, digits and '-')")
         if not re.fullmatch(r"[-._a-zA-Z0-9]+", ref.key):
@@ -62,18 +61,23 @@ class SecretRef:
 
 @dataclass(frozen=True)
 class Resources:
+    """``REQUEST`` or ``REQUEST:LIMIT`` in Kubernetes quantities (50m, 128Mi)."""
+
     request: str
     limit: str
 
     @classmethod
     def parse(cls, text: str, what: str) -> Resources:
-        """``REQUEST`` or ``REQUEST:LIMIT`` (Kubernetes quantities: 50m, 128Mi)."""
-        req, _, lim = text.partition(":")
-        lim = lim or req
-        for q in (req, lim):
-            if not _QUANTITY.match(q):
-                raise UsageError(f"{what}: not a Kubernetes quantity: {q!r} (e.g. 50m, 1, 128Mi)")
-        return cls(req, lim)
+        bad = [q for q in _pair(text) if not _QUANTITY.match(q)]
+        if bad:
+            raise UsageError(f"{what}: not a Kubernetes quantity: {bad[0]!r} (e.g. 50m, 1, 128Mi)")
+        return cls(*_pair(text))
+
+
+def _pair(text: str, default: str | None = None) -> tuple[str, str]:
+    """``A:B`` -> (A, B); ``A`` -> (A, default), or (A, A) without one."""
+    first, _, second = text.partition(":")
+    return first, second or (first if default is None else default)
 
 
 @dataclass(frozen=True)
