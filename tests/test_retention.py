@@ -259,3 +259,22 @@ def test_check_warns_before_partman_retention_drops_a_wide_child_with_rows_in_th
     conn.execute("SELECT partman.run_maintenance('app.fixes')")
     assert conn.execute("SELECT to_regclass(%s)", (f"app.{wide}",)).fetchone() == (None,)
     assert conn.execute("SELECT count(*) FROM app.fixes WHERE id = 2").fetchone() == (0,)
+
+
+def test_integer_keys_keep_the_ids_within_retention_of_the_largest(
+    dsn: str, conn: Conn, run: Run, tmp_path: Path
+) -> None:
+    conn.execute("CREATE TABLE public.readings (id bigint NOT NULL, v int) PARTITION BY RANGE (id)")
+    for lo in range(0, 11000, 1000):
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF public.readings FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier("public", f"readings_p{lo}"), sql.Literal(lo), sql.Literal(lo + 1000)))
+    conn.execute("INSERT INTO public.readings SELECT i, 0 FROM generate_series(1, 10500) i")
+    cfg = tmp_path / "partguard.toml"
+    cfg.write_text('[[table]]\nname = "public.readings"\ninterval = 1000\npremake = 1\n'
+                   'retention = 5000\nretention_mode = "drop"\n')
+    rc, out, _ = run("maintain", "-d", dsn, "--config", str(cfg), "--format", "json")
+    (t,) = json.loads(out)["tables"]
+    assert rc == 0, t
+    # Largest id 10500: ids from 5500 on are inside the window, so [5000, 6000) stays.
+    assert t["retired"] == [f"public.readings_p{lo}" for lo in range(0, 5000, 1000)]
+    assert conn.execute("SELECT min(id) FROM public.readings").fetchone() == (5000,)
