@@ -225,7 +225,7 @@ def test_promtool_accepts_the_alert_rules() -> None:
     check = subprocess.run([promtool, "check", "rules", rules],
                            capture_output=True, text=True, timeout=60, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 7 rules found" in check.stdout
+    assert "SUCCESS: 8 rules found" in check.stdout
     # The rules fire on an incident's series and stay quiet on a healthy table.
     test = subprocess.run([promtool, "test", "rules", "prometheus-alerts.test.yml"],
                           cwd=ROOT / "tests/data", capture_output=True, text=True, timeout=60,
@@ -236,12 +236,13 @@ def test_promtool_accepts_the_alert_rules() -> None:
 def exported_names() -> set[str]:
     from partguard.commands.check import CheckReport, ServerSummary, TableSummary
     from partguard.commands.metrics import Scrape, families
+    from partguard.inspect.connections import Clients
 
     now = datetime.now(UTC)
     server = ServerSummary("15.0", 150000, "db", "u", "UTC", now, 100, 3, 0, 1, 97, False, "", None)
     table = TableSummary("s", "t", "ok", "range", "ts", "timestamp with time zone", "1 day",
                          "UTC", "partman", 1, True, 0, 1.0, None, None, 0, 0, now, None)
-    return {f.name for f in families(Scrape(CheckReport(0, server, (table,), ()), 0.1))}
+    return {f.name for f in families(Scrape(CheckReport(0, server, (table,), (), Clients(())), 0.1))}
 
 
 def test_alerts_and_dashboard_use_only_exported_metrics() -> None:

@@ -11,6 +11,8 @@ in (its interval and premake live in ``part_config``, one source of truth).
     premake = 4
     tz = "Europe/Berlin"
     naming = "{parent}_p{YYYYMMDD}"
+    retention = "30 days"       # optional: retire children whose upper bound left the window
+    retention_mode = "detach"   # or "drop"
 
 See docs/partguard.toml.example for every key.
 """
@@ -26,11 +28,14 @@ from typing import Any
 from .errors import UsageError
 from .inspect.catalog import Table
 from .inspect.grid import Grid, IntGrid, TimeGrid, parse_interval, time_grid
+from .inspect.retention import Window, parse_window
 from .plan.children import Naming
 
 DEFAULT_PREMAKE = 4
-_KEYS = {"name", "interval", "premake", "tz", "naming"}
-_DEFAULT_KEYS = {"premake", "tz"}  # an interval default would also hit partman tables
+_KEYS = {"name", "interval", "premake", "tz", "naming", "retention", "retention_mode"}
+# An interval or retention default would also hit partman tables.
+_DEFAULT_KEYS = {"premake", "tz", "retention_mode"}
+RETENTION_MODES = ("detach", "drop")
 # "{parent}_p{YYYYMMDD}": an optional literal stem or {parent}, a literal prefix, then the
 # to_char-style format of the child's lower bound in braces ({start} for integer keys).
 _NAMING = re.compile(r"^(?P<stem>\{parent\}|[^{}]*?)(?P<prefix>[^{}]*)\{(?P<fmt>[^{}]+)\}$")
@@ -45,6 +50,13 @@ class TableSpec:
     premake: int = DEFAULT_PREMAKE
     tz: str | None = None
     naming: str | None = None  # None: follow the existing children's pattern
+    retention: str | None = None  # "30 days", or ids for integer keys; None: keep every child
+    retention_mode: str = "detach"  # detach: the old child stays as a plain table; drop: gone
+
+    @property
+    def window(self) -> Window | None:
+        """The retention as a value (validated on load)."""
+        return None if self.retention is None else parse_window(self.retention, f"{self.name}: retention")
 
     def naming_for(self, table: Table, grid: Grid) -> Naming | None:
         """The Naming this entry asks for, or None to follow the children's pattern."""
@@ -156,4 +168,16 @@ def _spec(d: dict[str, Any], where: str) -> TableSpec:
         )
     if interval is None and naming is not None:
         raise UsageError(f"{where}: naming needs an interval (partman tables follow part_config)")
-    return TableSpec(name.strip(), interval, premake, tz, naming)
+    retention, mode = d.get("retention"), d.get("retention_mode", "detach")
+    if retention is not None:
+        if interval is None:
+            raise UsageError(f"{where}: retention needs an interval (for a partman table set "
+                             "part_config.retention)")
+        window = parse_window(retention, f"{where}: retention")
+        if isinstance(window, int) != (isinstance(interval, int) or str(interval).strip().isdigit()):
+            raise UsageError(f"{where}: retention {retention!r} and interval {interval!r} are not of one "
+                             "kind (both a time span, or both a number of ids)")
+        retention = str(retention)
+    if mode not in RETENTION_MODES:
+        raise UsageError(f"{where}: retention_mode must be \"detach\" or \"drop\", got {mode!r}")
+    return TableSpec(name.strip(), interval, premake, tz, naming, retention, mode)

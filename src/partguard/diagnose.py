@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from enum import Enum
 from typing import Any
@@ -31,8 +31,11 @@ from .coverage import key_lt as _lt
 from .errors import UsageError
 from .humanize import display_name, fmt_delta, fmt_key, fmt_offset, iso, offset_json
 from .inspect.catalog import Key, Table
+from .inspect.connections import STATES as CONNECTION_STATES
+from .inspect.connections import Clients, Limit, Pool
 from .inspect.grid import Grid, TimeGrid
 from .inspect.locks import LockHolder
+from .inspect.retention import le
 from .inspect.snapshot import Server, Snapshot, TableState, zone_label
 
 # Re-exported: callers (check, maintain, metrics) reach the shared measurements through here.
@@ -139,6 +142,7 @@ def diagnose_table(state: TableState, server: Server) -> list[Finding]:
         out.extend(misaligned_findings(state, aligned))
         out.extend(wide_findings(state, aligned))
         out.extend(partman_next_findings(state))
+        out.extend(partman_retention_findings(state, server))
         rw = runway(state, server)
         if rw is not None:
             out.extend(runway_findings(state, rw))
@@ -152,21 +156,104 @@ def diagnose_table(state: TableState, server: Server) -> list[Finding]:
 
 
 def connections(server: Server) -> list[Finding]:
+    """Slots against the budget, who holds them, and the role and database limits that bind."""
     avail = server.available
     ratio = server.used / avail if avail > 0 else 1.0
-    if ratio < CONNECTIONS_WARNING:
+    sev = (Severity.CRITICAL if ratio >= CONNECTIONS_CRITICAL
+           else Severity.WARNING if ratio >= CONNECTIONS_WARNING else None)
+    clients = server.clients
+    binding = [(lim, s) for lim in (clients.limits if clients else ()) if (s := _limit_severity(lim, clients))]
+    severities = [s for s in [sev, *(s for _, s in binding)] if s is not None]
+    if not severities:
         return []
-    sev = Severity.CRITICAL if ratio >= CONNECTIONS_CRITICAL else Severity.WARNING
-    return [Finding(
-        "connections", sev, None,
-        f"{server.used} of {avail} connection slots in use ({ratio:.0%}; max_connections "
-        f"{server.max_connections} less {server.superuser_reserved} superuser_reserved and "
-        f"{server.reserved} reserved); {reserved_advice(server)}",
-        {"used": server.used, "available": avail, "ratio": round(ratio, 4),
-         "max_connections": server.max_connections,
-         "superuser_reserved": server.superuser_reserved, "reserved": server.reserved,
-         "role": server.current_user, "can_use_reserved": server.can_use_reserved},
-    )]
+    role = server.current_user
+    parts = [(f"{server.used} of {avail} usable connection slots in use ({ratio:.0%}; max_connections "
+              f"{server.max_connections} less {server.superuser_reserved} superuser_reserved and "
+              f"{server.reserved} reserved)")]
+    detail: dict[str, Any] = {
+        "used": server.used, "available": avail, "ratio": round(ratio, 4),
+        "max_connections": server.max_connections,
+        "superuser_reserved": server.superuser_reserved, "reserved": server.reserved,
+        "role": role, "can_use_reserved": server.can_use_reserved,
+    }
+    if clients is not None:
+        pools = clients.pools()
+        if pools:
+            parts.append("held by " + "; ".join(
+                _pool_text(p, avail if i == 0 else None) for i, p in enumerate(pools[:3])))
+            if len(pools) > 3:
+                rest = pools[3:]
+                parts.append(f"and {sum(p.total for p in rest)} more in {len(rest)} other "
+                             f"application/role pair{'s' if len(rest) != 1 else ''}")
+        hidden = clients.count("unknown")
+        if hidden:
+            parts.append(f"the state of {hidden} backends is hidden from {role} "
+                         f"(GRANT pg_read_all_stats TO {role} to see it)")
+        detail.update(
+            idle=clients.count("idle"), idle_in_transaction=clients.count("idle_in_transaction"),
+            pools=[{"application_name": p.application_name, "usename": p.usename, "clients": p.clients,
+                    "total": p.total, **{st: p.count(st) for st in CONNECTION_STATES},
+                    "oldest_idle_in_transaction_seconds": (p.oldest_idle_in_transaction or (None,))[0],
+                    "client_addrs": [g.client_addr for g in p.groups][:_MAX_LISTED]}
+                   for p in pools[:_MAX_LISTED]],
+            groups=[{**asdict(g), "total": g.total} for g in clients.groups[:_MAX_LISTED]],
+            limits=[{**asdict(lim), "severity": s.value} for lim, s in binding],
+        )
+    for lim, _ in binding:
+        parts.append(_limit_text(lim, clients))
+    advice = reserved_advice(server)
+    if clients is not None and server.version_num < 160000:
+        advice += f" ({role} is {'a superuser: it can' if clients.superuser else 'not a superuser: it cannot'})"
+    parts.append(advice)
+    return [Finding("connections", max(severities, key=lambda s: s.rank), None, "; ".join(parts), detail)]
+
+
+def _pool_text(pool: Pool, budget: int | None) -> str:
+    """``ingest (user app): 4 clients × ~49 = 196 of 197 usable slots, 162 idle, …``"""
+    who = f"{pool.application_name or '(no application_name)'} (user {pool.usename or '?'})"
+    n = pool.total
+    if pool.clients > 1:
+        text = f"{who}: {pool.clients} clients × ~{round(n / pool.clients)} = {n}"
+    else:
+        addr = pool.groups[0].client_addr
+        text = f"{who}{' from ' + addr if addr else ''}: {n}"
+    if budget is not None:
+        text += f" of {budget} usable slots"
+    states = [f"{pool.count(st)} {st.replace('_', ' ')}" for st in ("idle", "active")
+              if pool.count(st)]
+    if pool.count("idle_in_transaction"):
+        oldest = pool.oldest_idle_in_transaction
+        age = "" if oldest is None else (
+            f" (oldest {fmt_delta(timedelta(seconds=round(oldest[0])))}, pid {oldest[1]})")
+        states.append(f"{pool.count('idle_in_transaction')} idle in transaction{age}")
+    return text + (", " + ", ".join(states) if states else "")
+
+
+def _limit_severity(lim: Limit, clients: Clients | None) -> Severity | None:
+    """A limit binds at 80 %; at 95 % it is CRITICAL when it locks this role out."""
+    if lim.limit <= 0:
+        return None  # CONNECTION LIMIT 0 is how a role or database is switched off on purpose
+    ratio = lim.used / lim.limit
+    if ratio < CONNECTIONS_WARNING:
+        return None
+    if ratio >= CONNECTIONS_CRITICAL and _locks_out_current(lim, clients):
+        return Severity.CRITICAL
+    return Severity.WARNING
+
+
+def _locks_out_current(lim: Limit, clients: Clients | None) -> bool:
+    if clients is None or clients.superuser:
+        return False
+    mine = clients.current_user if lim.kind == "role" else clients.current_database
+    return lim.name == mine
+
+
+def _limit_text(lim: Limit, clients: Clients | None) -> str:
+    text = f"{lim.kind} {lim.name} has {lim.used} of its CONNECTION LIMIT {lim.limit}"
+    if _locks_out_current(lim, clients):
+        assert clients is not None
+        text += f" (maintenance as {clients.current_user} is refused once it is reached)"
+    return text
 
 
 def reserved_advice(server: Server) -> str:
@@ -338,6 +425,42 @@ def partman_next_findings(state: TableState) -> list[Finding]:
 def split_command(table: Table, database: str | None = None) -> str:
     db = shlex.quote(database) if database else "<db>"
     return f"partguard split -d {db} {shlex.quote(display_name(table))}"
+
+
+def partman_retention_findings(state: TableState, server: Server) -> list[Finding]:
+    """pg_partman's retention takes a child's end to be start + interval: a wider child still
+    holding rows inside the window is dropped (or detached) at its next run."""
+    cfg = state.config
+    if cfg is None:
+        return []
+    zone = _zone(state)
+    keep = bool(cfg.raw.get("retention_keep_table"))
+    verb = "detach" if keep else "drop"
+    out = []
+    for drop, newest in state.partman_drops:
+        if newest is None or not le(drop.cutoff, newest):
+            continue  # empty, or every row already outside the window: nothing is lost early
+        c = drop.child
+        fix = ("raise retention past the child's end or split the child into one per interval"
+               if keep else
+               f"until it is split into one child per interval, make partman only detach it: "
+               f"UPDATE {_partman_schema(server)}.part_config SET retention_keep_table = true "
+               f"WHERE parent_table = '{cfg.parent_table}'")
+        out.append(Finding(
+            "partman_retention", Severity.WARNING, state.table.qualname,
+            f"pg_partman's retention ({cfg.raw.get('retention')}) will {verb} {c.name} at its next run: "
+            f"it takes the child's end to be {fmt_key(drop.end, zone)} (start + {_interval_of(state)}), "
+            f"but the child spans to {fmt_key(c.upper, zone)} and holds rows up to "
+            f"{fmt_key(newest, zone)}, inside the window (from {fmt_key(drop.cutoff, zone)}); {fix}",
+            {"child": c.name, "lower": iso(c.lower), "upper": iso(c.upper), "partman_end": iso(drop.end),
+             "cutoff": iso(drop.cutoff), "max_key": iso(newest), "retention": str(cfg.raw.get("retention")),
+             "action": verb},
+        ))
+    return out
+
+
+def _interval_of(state: TableState) -> str:
+    return _interval(state.grid.grid) if state.grid.grid is not None else "interval"
 
 
 # --- runway and maintenance ---

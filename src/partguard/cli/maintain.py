@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
+from ..commands import retention
 from ..commands.maintain import MaintainOptions, MaintainReport, maintain
 from ..config import load
-from ..db import parse_duration
+from ..db import connect, parse_duration
 from .common import conn_params, connection_options, emit_json, format_option
 
 
@@ -27,10 +28,13 @@ from .common import conn_params, connection_options, emit_json, format_option
               help="When a DEFAULT partition holds rows, repair it with partguard fix (moves rows).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="PARTGUARD_CONFIG",
               help="partguard.toml: premaking for tables without pg_partman [env: PARTGUARD_CONFIG].")
+@click.option("--dry-run", is_flag=True,
+              help="Print the SQL maintain would run (premaking, retention, partman calls); change nothing.")
 @format_option
 def command(dbname: str | None, host: str | None, port: int | None, user: str | None,
             tables: tuple[str, ...], retry_for: str, lock_timeout: str, lock_retries: int,
-            statement_timeout: str, fix_default: bool, config_path: str | None, fmt: str) -> int:
+            statement_timeout: str, fix_default: bool, config_path: str | None, dry_run: bool,
+            fmt: str) -> int:
     """Run partition maintenance table by table, verify it, and record the run.
 
     Exit status (Nagios): 0 all tables maintained and healthy, 1 warning, 2 a table failed
@@ -41,6 +45,10 @@ def command(dbname: str | None, host: str | None, port: int | None, user: str | 
         lock_retries=lock_retries, statement_timeout=parse_duration(statement_timeout),
         fix_default=fix_default, config=load(config_path),
     )
+    if dry_run:
+        with connect(conn_params(dbname, host, port, user)) as conn:
+            click.echo(retention.dry_run(conn, options.config, tables), nl=False)
+        return 0
     report = maintain(conn_params(dbname, host, port, user), options)
     if fmt == "json":
         emit_json(report)

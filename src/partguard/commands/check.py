@@ -18,6 +18,7 @@ from ..diagnose import STATUS_NAMES, Finding, diagnose, reserved_advice, status,
 from ..errors import LockNotAvailable, PermissionDenied, UnsupportedTable, UsageError
 from ..humanize import iso
 from ..inspect import snapshot
+from ..inspect.connections import Clients
 from ..inspect.grid import IntGrid, TimeGrid
 from ..inspect.snapshot import Options, Server, Snapshot, TableState
 
@@ -71,6 +72,7 @@ class CheckReport:
     server: ServerSummary
     tables: tuple[TableSummary, ...]
     findings: tuple[Finding, ...]
+    clients: Clients | None = None  # who holds the connection slots (for metrics)
 
     @property
     def status_name(self) -> str:
@@ -109,7 +111,8 @@ def report(snap: Snapshot) -> CheckReport:
     log.info("check: %d tables, %d findings", len(snap.tables), len(findings))
     tables = tuple(summarise(s, snap.server, [f for f in findings if f.table == s.table.qualname])
                    for s in snap.tables)
-    return CheckReport(status(findings), server_summary(snap.server), tables, tuple(findings))
+    return CheckReport(status(findings), server_summary(snap.server), tables, tuple(findings),
+                       snap.server.clients)
 
 
 def summarise(state: TableState, server: Server, findings: list[Finding]) -> TableSummary:

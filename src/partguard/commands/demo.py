@@ -4,7 +4,8 @@ Two tables like the ingest service's (``fixes`` with a generated column, ``raw_m
 daily children made by pg_partman (native ones when partman is not installed), a
 maintenance job that "stopped" three days ago so rows fell into the DEFAULTs, and a writer
 that never stops inserting. Then: check, fix both tables under the writer, check again,
-maintain, metrics, and a row-for-row account of what the writer committed.
+maintain, metrics, the root cause (a pool that takes every connection slot, named by
+check), and a row-for-row account of what the writer committed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from ..inspect.catalog import read_tables
 from ..sandbox import Sandbox
@@ -195,6 +197,15 @@ def _story(sandbox: Sandbox, cli: Callable[[Sequence[str]], int], say: Callable[
         codes.append(cli(["metrics", "-d", dsn]))
         time.sleep(0.2)
         writer.stop()
+        say("\n== The root cause: a service whose pools take every connection slot")
+        pool = fill_server(conn, dsn)
+        try:
+            say(f"   {len(pool)} connections of ingest-pool (role ingest) are open; the next one is refused")
+            say("$ partguard check -d $DSN        # as a superuser: one of the reserved slots")
+            cli(["check", "-d", dsn])
+        finally:
+            for c in pool:
+                c.close()
         say("\n== The account, row for row")
         balanced = True
         for t in TABLES:
@@ -207,6 +218,20 @@ def _story(sandbox: Sandbox, cli: Callable[[Sequence[str]], int], say: Callable[
         say(f"   writer: {len(writer.failures)} failed inserts, max insert latency {writer.max_latency * 1000:.0f} ms")
     final_check_ok = codes[4] == 0
     return 0 if balanced and not writer.failures and final_check_ok else 2
+
+
+def fill_server(conn: psycopg.Connection, dsn: str) -> list[psycopg.Connection]:
+    """Connect as an ordinary role until the server refuses: what several service instances
+    with a pool of ~50 each did to max_connections in the incident."""
+    conn.execute("DO $$ BEGIN CREATE ROLE ingest LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    info = make_conninfo(dsn, user="ingest", application_name="ingest-pool")
+    pool: list[psycopg.Connection] = []
+    while len(pool) < 1000:
+        try:
+            pool.append(psycopg.connect(info, autocommit=True))
+        except psycopg.OperationalError:
+            break
+    return pool
 
 
 def _shown(arg: str, dsn: str) -> str:

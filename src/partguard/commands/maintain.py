@@ -46,6 +46,7 @@ from .partman_calls import (
     server_message,
     stuck_partman_locks,
 )
+from .retention import apply_retention
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class TableOutcome:
     blocker: str | None = None
     findings: tuple[dict[str, Any], ...] = ()
     fixed: bool = False
+    retired: tuple[str, ...] = ()  # children native retention detached or dropped
 
     def line(self) -> str:
         """One journald-friendly line: ``public.fixes: ok, created 2 children, runway 4 days``."""
@@ -319,7 +321,12 @@ class _Run:
         self.before.setdefault(target.qualname, state)
         if target.config is not None:
             return self.run_partman(target, state, database)
-        return self.run_native(target, state, server, database)
+        done = self.run_native(target, state, server, database)
+        assert target.spec is not None
+        gone = apply_retention(self.c, state, target.spec, server, self.tz_for(target), on_event=self.event,
+                               lock_timeout=self.opt.lock_timeout, retries=self.opt.lock_retries)
+        return replace(done, severity=max(done.severity, gone.severity, key=_RANK.__getitem__),
+                       message=_join(done.message, gone.message), retired=gone.retired)
 
     def run_partman(self, target: _Target, state: TableState, database: str) -> TableOutcome:
         assert self.partman is not None and target.config is not None and target.oid is not None

@@ -24,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..db import ConnParams, connect
+from ..inspect.connections import TOP_HOLDERS, Clients
 from ..inspect.snapshot import Options
 from .check import CheckReport, check
 
@@ -82,6 +83,8 @@ def families(s: Scrape) -> list[Metric]:
                           "pg_partman configs whose table is gone or not partitioned.",
                           value=sum(f.code == "orphan_config" for f in s.report.findings)),
     ]
+    if s.report.clients is not None:
+        out += connection_families(s.report.clients)
     per_table = {
         "default_rows": "Rows in the DEFAULT partition (estimate, at least those seen).",
         "runway_seconds": "How far ahead of now children exist (negative: ran out that long ago).",
@@ -110,6 +113,22 @@ def families(s: Scrape) -> list[Metric]:
             if value is not None:  # unknown is absent, never a made-up zero
                 fams[name].add_metric(labels, value)
     return out + list(fams.values())
+
+
+def connection_families(clients: Clients) -> list[Metric]:
+    """Who holds the slots: the largest (application_name, usename) pairs, the rest "other"."""
+    held = GaugeMetricFamily("partguard_connections", "Client backends by application, role and "
+                             f"state (the {TOP_HOLDERS} largest pairs; the rest as 'other').",
+                             labels=("application_name", "usename", "state"))
+    for (app, user, state), n in sorted(clients.series().items()):
+        held.add_metric([app, user, state], n)
+    oldest = GaugeMetricFamily("partguard_connections_idle_in_transaction_max_seconds",
+                               "Longest time a backend has been idle in transaction, by "
+                               "application and role (absent when none is).",
+                               labels=("application_name", "usename"))
+    for (app, user), age in sorted(clients.oldest_idle_in_transaction().items()):
+        oldest.add_metric([app, user], age)
+    return [held, oldest]
 
 
 _STATUS = {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}

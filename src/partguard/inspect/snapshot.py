@@ -20,10 +20,12 @@ from .. import journal
 from ..db import Conn, session_timezone
 from ..errors import UnknownGrid, UsageError
 from .catalog import Child, Key, Table, read_tables
+from .connections import CLIENT_BACKEND, Clients, read_clients
 from .data import Probe, probe
 from .grid import Grid, Interval, IntGrid, on_grid, parse_interval, time_grid
 from .locks import LockHolder, stuck_partman_locks
 from .partman import Partman, PartmanConfig, config_for, find_partman, read_configs
+from .retention import PartmanDrop, early_drops, max_keys, now_key
 from .zones import UnknownZone, resolve, same_zone, session_zone, zone_info, zone_label
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class Server:
     can_use_reserved: bool  # the current role may use reserved_connections (PG 16+)
     partman: Partman | None
     database: str = ""  # current_database(): messages name the command to run against it
+    clients: Clients | None = None  # who holds the slots (inspect/connections.py)
 
     @property
     def available(self) -> int:
@@ -65,6 +68,8 @@ class TableState:
     default_probe: Probe | None
     max_key: Key | None  # largest key in the regular children (for id runway)
     last_maintenance: datetime | None  # partguard's own record of success
+    # Children partman's retention would retire too early, each with its largest key.
+    partman_drops: tuple[tuple[PartmanDrop, Key | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ def read_server(conn: Conn) -> Server:
                current_setting('max_connections')::int,
                current_setting('superuser_reserved_connections')::int,
                coalesce((SELECT setting::int FROM pg_settings WHERE name = 'reserved_connections'), 0),
-               (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+               (SELECT count(*) FROM pg_stat_activity WHERE """ + CLIENT_BACKEND + """),
                now(), current_user,
                CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pg_use_reserved_connections')
                     THEN pg_has_role(current_user, 'pg_use_reserved_connections', 'MEMBER')
@@ -107,6 +112,7 @@ def read_server(conn: Conn) -> Server:
         version_num=row[0], max_connections=row[1], superuser_reserved=row[2], reserved=row[3],
         used=row[4], timezone=_session_zone(conn), now=row[5], current_user=row[6],
         can_use_reserved=bool(row[7]), partman=find_partman(conn), database=row[8],
+        clients=read_clients(conn),
     )
 
 
@@ -169,7 +175,11 @@ def table_state(
             conn, table.default.ident, table.key, grid.grid,
             has_index=table.default_key_index is not None, exact=options.exact,
         )
-    return TableState(table, config, grid, default_probe, max_child_key(conn, table), last_maintenance)
+    max_key = max_child_key(conn, table)
+    drops = early_drops(table, config, grid.grid, now_key(table, server.now, server.timezone, max_key)) if config else []
+    held = max_keys(conn, table, [d.child for d in drops])
+    return TableState(table, config, grid, default_probe, max_key, last_maintenance,
+                      tuple((d, k) for d, (_, k) in zip(drops, held, strict=True)))
 
 
 def max_child_key(conn: Conn, table: Table) -> Key | None:
