@@ -244,6 +244,17 @@ def test_check_warns_before_partman_retention_drops_a_wide_child_with_rows_in_th
     conn.execute("UPDATE partman.part_config SET retention = '4 days', retention_keep_table = false "
                  "WHERE parent_table = 'app.fixes'")
 
+    # maintain (partman's run through partguard) holds retention back for the wide child only,
+    # inside its own transaction: the child and its in-window row survive, the config is intact.
+    rc, out, err = run("maintain", "-d", dsn, "-t", "app.fixes", "--format", "json")
+    (t,) = json.loads(out)["tables"]
+    assert rc == 1 and t["status"] == "ok" and t["severity"] == 1, (t, err)
+    assert "retention held back" in t["message"] and wide in t["message"] and "partguard split" in t["message"]
+    assert conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"app.{wide}",)).fetchone() == (True,)
+    assert conn.execute("SELECT count(*) FROM app.fixes WHERE id = 2").fetchone() == (1,)
+    assert conn.execute("SELECT retention FROM partman.part_config WHERE parent_table = 'app.fixes'"
+                        ).fetchone() == ("4 days",)
+
     rc, out, err = run("check", "-d", dsn, "-t", "app.fixes", "--format", "json")
     assert err == ""
     doc = json.loads(out)

@@ -29,10 +29,11 @@ from ..coverage import runway as runway_of
 from ..db import Conn, ConnParams, connect_retrying, run_locked, session_timezone
 from ..diagnose import Finding, diagnose_table, runway_findings, stuck_lock_message
 from ..errors import CRITICAL, OK, UNKNOWN, WARNING, ConnectionFailed, PartguardError, UsageError
-from ..humanize import display_name, fmt_key
+from ..humanize import display_name, fmt_key, quote_name
 from ..inspect.catalog import Table, read_tables, relation_name, resolve
 from ..inspect.grid import TimeGrid
 from ..inspect.partman import Partman, PartmanConfig, config_for, find_partman, read_configs
+from ..inspect.retention import le
 from ..inspect.snapshot import Options, Server, TableState, read_server, table_state
 from ..plan.premake import Refusal, plan_premake
 from .partman_calls import (
@@ -347,16 +348,33 @@ class _Run:
         tz = sql.Literal(self.tz_for(target))
         confirms = "maintenance_last_run" in target.config.raw  # 5.1+ stamps every success
 
+        early = [d.child.name for d, newest in state.partman_drops
+                 if newest is not None and le(d.cutoff, newest)]
+        cfg_table = sql.Identifier(partman.schema, "part_config")
+
         def work(conn: Conn) -> list[tuple[str, str]]:
             conn.execute(sql.SQL("SET LOCAL TimeZone = {}").format(tz))
             before = _scalar(conn, partman.last_run_sql(parent)) if confirms else None
             self.notices.clear()
+            if early:
+                # partman's retention would drop a wide child whose later rows are still inside
+                # the window (it takes a child's end as start + interval, pg_partman #776): hold
+                # retention back for this one call, in this transaction only; nobody else ever
+                # sees the change, which is undone before the commit.
+                conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS partguard_retention "
+                                     "ON COMMIT DROP AS SELECT retention FROM {} WHERE parent_table = {}")
+                             .format(cfg_table, sql.Literal(parent)))
+                conn.execute(sql.SQL("UPDATE {} SET retention = NULL WHERE parent_table = {}")
+                             .format(cfg_table, sql.Literal(parent)))
             try:
                 conn.execute(stmt)
             except pgerrors.RaiseException as exc:
                 if is_lock_timeout(exc):
                     raise pgerrors.LockNotAvailable(server_message(exc)[0]) from exc
                 raise
+            if early:
+                conn.execute(sql.SQL("UPDATE {} SET retention = (SELECT retention FROM partguard_retention) "
+                                     "WHERE parent_table = {}").format(cfg_table, sql.Literal(parent)))
             if any(ALREADY_RUNNING in text for _, text in self.notices):
                 raise _PartmanLocked()
             said = list(self.notices)
@@ -376,7 +394,14 @@ class _Run:
             return _outcome(target, "failed", CRITICAL,
                             f"statement_timeout ({self.opt.statement_timeout:g}s) expired: "
                             f"{server_message(exc)[0]}", detail=server_message(exc)[1])
-        return _partman_verdict(target, said)
+        outcome = _partman_verdict(target, said)
+        if early and outcome.status == "ok":
+            names = ", ".join(quote_name(n) for n in early)
+            outcome = replace(outcome, severity=WARNING, message=_join(outcome.message, (
+                f"partman's retention held back for this run: it would drop {names} while rows of "
+                f"it are still inside the window; re-cut it onto the grid: partguard split "
+                f"{shlex.quote(display_name(table))}")))
+        return outcome
 
     def stuck_locks(self, outcomes: list[TableOutcome]) -> None:
         """A failed ``run_maintenance_proc()`` session keeps partman's session lock: from then on
