@@ -28,17 +28,18 @@ from .coverage import (
     wide_children,
 )
 from .coverage import key_lt as _lt
-from .errors import UsageError
+from .errors import UnsupportedTable, UsageError
 from .humanize import display_name, fmt_delta, fmt_key, fmt_offset, iso, offset_json
 from .inspect.catalog import Key, Table
 from .inspect.grid import Grid, TimeGrid
 from .inspect.snapshot import Server, Snapshot, TableState, zone_label
+from .plan.fix import check_fixable
 
 # Re-exported: callers (check, maintain, metrics) reach the shared measurements through here.
 __all__ = [
     "DEFAULT_PREMAKE", "STALE_AFTER", "STATUS_NAMES", "Finding", "Runway", "Severity",
-    "default_rows_estimate", "diagnose", "diagnose_table", "display_name", "fmt_delta", "fmt_key",
-    "gaps", "iso", "last_maintenance", "misaligned", "reserved_advice", "runway",
+    "default_rows_estimate", "diagnose", "diagnose_table", "display_name", "fix_command", "fmt_delta",
+    "fmt_key", "gaps", "iso", "last_maintenance", "misaligned", "repair_advice", "reserved_advice", "runway",
     "runway_findings", "runway_severity", "status", "wide_children", "worst",
 ]
 
@@ -182,7 +183,12 @@ def default_findings(state: TableState, server: Server) -> list[Finding]:
         return []
     grid, zone = state.grid.grid, _zone(state)
     rows = default_rows_estimate(state) or 0
-    count = f"{p.rows_exact} rows" if p.rows_exact is not None else f"~{rows} rows (estimate)"
+    if p.rows_exact is not None:
+        count = f"{p.rows_exact} rows"
+    elif p.rows_at_least:
+        count = f"at least {rows} rows (counted up to {rows}: its statistics are stale, ANALYZE it)"
+    else:
+        count = f"~{rows} rows (estimate)"
     runs = _runs(grid, p.buckets) if grid is not None else []
     parts = [f"DEFAULT partition {table.default.qualname} holds {count}"]
     if p.min_key is not None:
@@ -194,15 +200,14 @@ def default_findings(state: TableState, server: Server) -> list[Finding]:
                      f"child: {spans}{_zone_suffix(zone)}{more}")
     if p.null_rows:
         parts.append(f"{p.null_rows} rows with a NULL key (no partition can hold them)")
-    db = shlex.quote(server.database) if server.database else "<db>"
-    parts.append(f"repair: partguard fix -d {db} {shlex.quote(display_name(table))}")
+    parts.append(repair_advice(table, server_target(server), grid_known=grid is not None))
     return [Finding(
         "default_rows", Severity.CRITICAL, table.qualname, "; ".join(parts),
         {"default": table.default.qualname, "rows_estimate": rows, "rows_exact": p.rows_exact,
          "min_key": iso(p.min_key), "max_key": iso(p.max_key), "null_rows": p.null_rows,
          "buckets": [iso(b) for b in p.buckets[:_MAX_LISTED]], "bucket_count": len(p.buckets),
          "bucket_runs": runs, "truncated": p.truncated, "used_index": p.used_index,
-         "zone": zone},
+         "zone": zone, "rows_at_least": p.rows_at_least},
     )]
 
 
@@ -211,9 +216,8 @@ def gaps_findings(table: Table, zone: str | None = None) -> list[Finding]:
         Finding(
             "gap", Severity.CRITICAL, table.qualname,
             f"no child covers {fmt_key(lo, zone)} … {fmt_key(hi, zone)}{_zone_suffix(zone)} "
-            "(between two children): rows in it "
-            "go to the DEFAULT, or fail without one, and partman never fills holes behind its "
-            "newest child",
+            f"(between two children): rows in it {_rows_land(table)}, and partman never fills "
+            "holes behind its newest child",
             {"from": iso(lo), "to": iso(hi)},
         )
         for lo, hi in gaps(table)
@@ -288,11 +292,11 @@ def runway_findings(state: TableState, rw: Runway) -> list[Finding]:
     if not rw.current_covered:
         now = "new rows" if isinstance(rw.reference, int) else "rows written now"
         head = (f"no child for the current interval {fmt_key(rw.current_start, zone)} … "
-                f"{fmt_key(rw.current_end, zone)}: {now} go to the DEFAULT")
+                f"{fmt_key(rw.current_end, zone)}: {now} {_rows_land(state.table)}")
     elif not rw.next_covered:
         head = (f"no child for the next interval {fmt_key(rw.current_end, zone)} … "
-                f"{fmt_key(rw.next_end, zone)}: from {fmt_key(rw.current_end, zone)} on rows go "
-                "to the DEFAULT")
+                f"{fmt_key(rw.next_end, zone)}: from {fmt_key(rw.current_end, zone)} on rows "
+                f"{_rows_land(state.table)}")
     else:
         head = (f"children reach only {rw.intervals_ahead} interval"
                 f"{'s' if rw.intervals_ahead != 1 else ''} of {_interval(grid)} past the current "
@@ -328,6 +332,39 @@ def stale_findings(state: TableState, server: Server, rw: Runway) -> list[Findin
         f"{cfg.premake}, and neither partman nor partguard records its runs{off}",
         {"last_success": None, "source": "inferred", "age_seconds": None},
     )]
+
+
+# --- what to tell the user to run ---
+
+
+def server_target(server: Server) -> str:
+    """The connection options commands in messages carry: as given, else the database."""
+    return server.target or f"-d {shlex.quote(server.database) if server.database else '<db>'}"
+
+
+def fix_command(target: str, table: Table) -> str:
+    """The repair as a line to paste into the shell partguard ran in (``target``: -d -h -p -U as
+    given, never a password; ``ConnParams.command_args``)."""
+    return f"partguard fix {target} {shlex.quote(display_name(table))}"
+
+
+def repair_advice(table: Table, target: str, *, grid_known: bool = True) -> str:
+    """The fix command for a DEFAULT holding rows, or why fix would refuse the table (then
+    suggesting it would only earn the user an error)."""
+    try:
+        check_fixable(table, None)
+    except UnsupportedTable as exc:
+        return f"partguard fix cannot repair it: {exc}"
+    if not grid_known:
+        return f"repair, once the interval is known: {fix_command(target, table)} --interval <interval>"
+    return f"repair: {fix_command(target, table)}"
+
+
+def _rows_land(table: Table) -> str:
+    """Where rows for a key no child covers end up."""
+    if table.default is not None:
+        return "go to the DEFAULT"
+    return 'fail: there is no DEFAULT partition ("no partition of relation … found for row")'
 
 
 # --- helpers ---

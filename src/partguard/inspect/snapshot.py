@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from psycopg import sql
 
 from .. import journal
-from ..db import Conn, session_timezone
+from ..db import Conn, ConnParams, session_timezone
 from ..errors import UnknownGrid, UsageError
 from .catalog import Child, Key, Table, read_tables
 from .data import Probe, probe
@@ -40,6 +40,8 @@ class Server:
     can_use_reserved: bool  # the current role may use reserved_connections (PG 16+)
     partman: Partman | None
     database: str = ""  # current_database(): messages name the command to run against it
+    in_recovery: bool = False  # a hot standby: read-only, maintenance and repairs run on the primary
+    target: str = ""  # the connection options given (-d -h -p -U), for the commands messages print
 
     @property
     def available(self) -> int:
@@ -79,6 +81,7 @@ class Options:
     tz: str | None = None
     exact: bool = False
     tz_hint: str | None = None  # a zone to prefer only when partman and the children are silent
+    connection: ConnParams | None = None  # as given: repair commands in messages repeat it
 
 
 def read_server(conn: Conn) -> Server:
@@ -94,7 +97,7 @@ def read_server(conn: Conn) -> Server:
                     THEN pg_has_role(current_user, 'pg_use_reserved_connections', 'MEMBER')
                          OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
                     ELSE false END,
-               current_database()
+               current_database(), pg_is_in_recovery()
         """
     ).fetchone()
     assert row is not None
@@ -102,12 +105,15 @@ def read_server(conn: Conn) -> Server:
         version_num=row[0], max_connections=row[1], superuser_reserved=row[2], reserved=row[3],
         used=row[4], timezone=session_timezone(conn), now=row[5], current_user=row[6],
         can_use_reserved=bool(row[7]), partman=find_partman(conn), database=row[8],
+        in_recovery=bool(row[9]),
     )
 
 
 def take(conn: Conn, options: Options = Options()) -> Snapshot:
     """Read everything ``check`` judges. Read-only; safe on a busy primary."""
     server = read_server(conn)
+    if options.connection is not None:
+        server = replace(server, target=options.connection.command_args(server.database))
     tables = read_tables(conn, list(options.tables) or None)
     configs = read_configs(conn, server.partman)
     last = journal.last_maintenance(conn)
