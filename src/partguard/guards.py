@@ -60,10 +60,10 @@ def pooled_session(conn: Conn, params: ConnParams | str) -> str | None:
         with other.transaction():
             theirs = _pid(other)
             if theirs == pid:
-                return f"another client got this session's server connection (backend pid {pid})"
+                return f"another client got this session's server connection, backend pid {pid}"
             ours = _pid(conn)
             if ours != pid:
-                return f"the server session changed between two statements (backend pid {pid}, then {ours})"
+                return f"the server session changed between two statements, backend pid {pid}, then {ours}"
     except psycopg.Error as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "pooling" in text:  # PgBouncer's statement mode: "transaction blocks not allowed …"
@@ -91,7 +91,7 @@ def warn_if_pooled(conn: Conn, params: ConnParams | str, what: str) -> str | Non
     if why is not None:
         conn.prepare_threshold = None
         log.warning("%s: connected through a transaction-mode pooler (%s): its lock_timeout may not "
-                    "apply; connect directly for reliable results", what, why)
+                    "hold; connect directly for reliable results", what, why)
     return why
 
 

@@ -319,7 +319,7 @@ class Sandbox:
         if partman and self.has_partman:
             with psycopg.connect(self.dsn(name), autocommit=True) as conn:
                 conn.execute("CREATE SCHEMA IF NOT EXISTS partman")
-                create: sql.Composable = sql.SQL("CREATE EXTENSION IF NOT EXISTS pg_partman SCHEMA partman")
+                create: sql.SQL | sql.Composed = sql.SQL("CREATE EXTENSION IF NOT EXISTS pg_partman SCHEMA partman")
                 if partman_version is not None:
                     create = sql.SQL("{} VERSION {}").format(create, sql.Literal(partman_version))
                 conn.execute(create)
