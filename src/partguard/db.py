@@ -59,8 +59,8 @@ class ConnParams:
         """``-d … -h … -p … -U …`` as the user gave them (``database`` when no -d), shell-quoted
         and never with a password: the options of every command partguard prints."""
         base = self.dbname or ""
-        if _is_conninfo(base):
-            base = make_conninfo("", **{k: v for k, v in conninfo_to_dict(base).items() if k != "password"})
+        if _is_conninfo(base) and "password" in (parts := conninfo_to_dict(base)):
+            base = make_conninfo("", **{k: v for k, v in parts.items() if k != "password"})
         given = (("-d", base or database), ("-h", self.host), ("-p", self.port), ("-U", self.user))
         return " ".join(f"{flag} {shlex.quote(str(v))}" for flag, v in given if v)
 

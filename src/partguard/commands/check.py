@@ -63,7 +63,7 @@ class ServerSummary:
     can_use_reserved: bool
     reserved_note: str
     partman_version: str | None
-    in_recovery: bool  # a hot standby: findings describe the primary's tables as replayed here
+    in_recovery: bool = False  # a hot standby: findings describe the primary's tables as replayed here
 
 
 @dataclass(frozen=True)
