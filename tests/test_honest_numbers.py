@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from builders import create_parent, drop_children, midnight, native_daily, utc_today
+from builders import insert_outage, native_outage, partman_due, utc_today
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
@@ -23,27 +23,6 @@ from partguard.inspect.data import COUNT_CAP, RowCount, estimate_rows
 
 Conn = psycopg.Connection[Any]
 Run = Callable[..., tuple[int, str, str]]
-
-
-def outage(conn: Conn, rows: int, *, default: bool = True, table: str = "events") -> None:
-    """public.<table>: native daily children up to three days ago; ``rows`` rows spread over
-    the two days since, in the DEFAULT (never analysed: autovacuum is off for it)."""
-    today = utc_today(conn)
-    native_daily(conn, "public", table, "ts", [today - timedelta(days=d) for d in range(8, 2, -1)],
-                 default=default)
-    if default:
-        conn.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = off)")
-                     .format(sql.Identifier("public", f"{table}_default")))
-    if rows:
-        insert_outage(conn, rows, table)
-
-
-def insert_outage(conn: Conn, rows: int, table: str = "events") -> None:
-    today = utc_today(conn)
-    conn.execute(sql.SQL(
-        "INSERT INTO {} (ts, payload) SELECT %s::timestamptz + g * (interval '2 days' / %s), 'late' "
-        "FROM generate_series(0, %s - 1) g").format(sql.Identifier("public", table)),
-        (midnight(today - timedelta(days=2)), rows, rows))
 
 
 def check_json(run: Run, *args: str) -> tuple[int, dict[str, Any]]:
@@ -66,7 +45,7 @@ def connection_args(dsn: str) -> list[str]:
 
 
 def test_never_analysed_default_is_counted_not_guessed(run: Run, dsn: str, conn: Conn) -> None:
-    outage(conn, 20_000)
+    native_outage(conn, 20_000)
     assert conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'public.events_default'::regclass"
                         ).fetchone() == (-1,)
     rc, doc = check_json(run, "-d", dsn)
@@ -87,7 +66,7 @@ def test_never_analysed_default_is_counted_not_guessed(run: Run, dsn: str, conn:
 
 
 def test_stale_positive_statistics_are_scaled_to_the_current_size(run: Run, dsn: str, conn: Conn) -> None:
-    outage(conn, 1_000)
+    native_outage(conn, 1_000)
     conn.execute("ANALYZE public.events_default")
     insert_outage(conn, 19_000)  # the statistics still say 1000
     rc, doc = check_json(run, "-d", dsn)
@@ -98,7 +77,7 @@ def test_stale_positive_statistics_are_scaled_to_the_current_size(run: Run, dsn:
 
 
 def test_a_count_past_the_cap_says_at_least(run: Run, dsn: str, conn: Conn) -> None:
-    outage(conn, COUNT_CAP + 500)
+    native_outage(conn, COUNT_CAP + 500)
     rc, doc = check_json(run, "-d", dsn)
     f = finding(doc, "default_rows")
     assert rc == 2
@@ -115,7 +94,7 @@ def test_a_count_past_the_cap_says_at_least(run: Run, dsn: str, conn: Conn) -> N
 
 
 def test_copy_rate_after_a_resume_counts_only_this_run(run: Run, dsn: str, conn: Conn) -> None:
-    outage(conn, 20_000)
+    native_outage(conn, 20_000)
     args = ["fix", "-d", dsn, "public.events", "--yes", "--strategy", "copy", "--chunk-pages", "16"]
     killed = subprocess.run([sys.executable, "-m", "partguard", *args], capture_output=True, text=True,
                             check=False, timeout=300, stdin=subprocess.DEVNULL,
@@ -142,7 +121,7 @@ def _env() -> dict[str, str]:
 
 
 def test_without_a_default_runway_and_gap_say_inserts_fail(run: Run, dsn: str, conn: Conn) -> None:
-    outage(conn, 0, default=False)
+    native_outage(conn, 0, default=False)
     conn.execute("DROP TABLE public.events_p" + f"{utc_today(conn) - timedelta(days=5):%Y%m%d}")
     rc, doc = check_json(run, "-d", dsn)
     runway, gap = finding(doc, "runway"), finding(doc, "gap")
@@ -153,7 +132,7 @@ def test_without_a_default_runway_and_gap_say_inserts_fail(run: Run, dsn: str, c
 
 
 def test_with_a_default_runway_and_gap_say_rows_go_there(run: Run, dsn: str, conn: Conn) -> None:
-    outage(conn, 0)
+    native_outage(conn, 0)
     conn.execute("DROP TABLE public.events_p" + f"{utc_today(conn) - timedelta(days=5):%Y%m%d}")
     rc, doc = check_json(run, "-d", dsn)
     assert rc == 2
@@ -174,7 +153,7 @@ def printed_fix(message: str) -> list[str]:
 
 
 def test_check_prints_a_repair_command_that_reaches_the_same_server(run: Run, dsn: str, conn: Conn) -> None:
-    outage(conn, 100)
+    native_outage(conn, 100)
     given = connection_args(dsn)
     rc, doc = check_json(run, *given)
     argv = printed_fix(finding(doc, "default_rows")["message"])
@@ -198,11 +177,8 @@ def test_maintain_prints_the_repair_with_the_connection_options(
     run: Run, dsn: str, conn: Conn, partman: str
 ) -> None:
     """partman cannot premake over rows in the DEFAULT: maintain refuses and names the fix."""
-    conn.execute("CREATE TABLE public.fixes (id bigint, ts timestamptz NOT NULL) PARTITION BY RANGE (ts)")
-    today = utc_today(conn)
-    create_parent(conn, "public.fixes", "ts", "1 day", premake=4, start=str(today - timedelta(days=3)))
-    drop_children(conn, "public.fixes", lambda lo: lo <= midnight(today))
-    conn.execute("INSERT INTO public.fixes VALUES (1, now()), (2, now() + interval '2 days')")
+    assert partman_due(conn)
+    conn.execute("INSERT INTO public.fixes VALUES (2, now() + interval '2 days')")  # into the DEFAULT
     given = connection_args(dsn)
     rc, out, err = run("maintain", *given, "-t", "public.fixes")
     assert rc == 2, out + err
@@ -217,7 +193,7 @@ def test_maintain_prints_the_repair_with_the_connection_options(
 def test_check_says_why_fix_cannot_repair_a_table_referenced_by_foreign_keys(
     run: Run, dsn: str, conn: Conn
 ) -> None:
-    outage(conn, 100)
+    native_outage(conn, 100)
     conn.execute("ALTER TABLE public.events ADD PRIMARY KEY (id, ts)")
     conn.execute("CREATE TABLE public.notes (event_id bigint, event_ts timestamptz, "
                  "FOREIGN KEY (event_id, event_ts) REFERENCES public.events (id, ts))")

@@ -16,13 +16,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from builders import children, create_parent, drop_children, midnight, native_daily, utc_today
+from builders import children, count, native_outage, partman_due
 from psycopg.conninfo import conninfo_to_dict
 
 from partguard.sandbox import OS_USER, Sandbox
@@ -100,21 +99,6 @@ def through(port: int, dsn: str) -> list[str]:
     return ["-h", "127.0.0.1", "-p", str(port), "-U", str(d["user"]), "-d", str(d["dbname"])]
 
 
-def outage(conn: Conn) -> None:
-    """public.events: native daily children up to three days ago, the days since in the DEFAULT."""
-    today = utc_today(conn)
-    native_daily(conn, "public", "events", "ts", [today - timedelta(days=d) for d in range(8, 2, -1)])
-    conn.execute("INSERT INTO public.events (ts, payload) SELECT g, 'late' FROM generate_series("
-                 "%s::timestamptz, %s::timestamptz, interval '1 hour') g",
-                 (midnight(today - timedelta(days=2)), midnight(today)))
-
-
-def default_rows(conn: Conn) -> int:
-    row = conn.execute("SELECT count(*) FROM public.events_default").fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 def advisory_locks(conn: Conn) -> int:
     row = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()
     assert row is not None
@@ -127,14 +111,14 @@ REFUSED = "needs a direct connection (or a session-mode pooler): another client 
 def test_fix_through_a_transaction_pooler_is_refused_and_changes_nothing(
     run: Run, dsn: str, conn: Conn, bouncer: Bouncer
 ) -> None:
-    outage(conn)
-    rows = default_rows(conn)
+    native_outage(conn, 48)
+    rows = count(conn, "public.events_default")
     port = bouncer("transaction")
     for extra in (["--yes"], ["--dry-run"]):
         rc, out, err = run("fix", *through(port, dsn), "public.events", *extra)
         assert (rc, out) == (78, ""), err
         assert err.startswith(f"partguard: fix {REFUSED}") and err.count("\n") == 1, err
-    assert default_rows(conn) == rows
+    assert count(conn, "public.events_default") == rows
     assert conn.execute("SELECT to_regnamespace('partguard')").fetchone() == (None,)
     assert advisory_locks(conn) == 0  # no lock left behind on a pooled server connection
 
@@ -142,11 +126,7 @@ def test_fix_through_a_transaction_pooler_is_refused_and_changes_nothing(
 def test_maintain_through_a_transaction_pooler_is_refused(
     run: Run, dsn: str, conn: Conn, bouncer: Bouncer, partman: str
 ) -> None:
-    conn.execute("CREATE TABLE public.fixes (id bigint, ts timestamptz NOT NULL) PARTITION BY RANGE (ts)")
-    today = utc_today(conn)
-    create_parent(conn, "public.fixes", "ts", "1 day", premake=4, start=str(today - timedelta(days=3)))
-    drop_children(conn, "public.fixes", lambda lo: lo <= midnight(today))
-    conn.execute("INSERT INTO public.fixes VALUES (1, now())")
+    assert partman_due(conn)
     before = children(conn, "public.fixes")
     port = bouncer("transaction")
     rc, out, err = run("maintain", *through(port, dsn))
@@ -159,7 +139,7 @@ def test_maintain_through_a_transaction_pooler_is_refused(
 def test_check_through_a_transaction_pooler_warns_and_still_checks(
     run: Run, dsn: str, conn: Conn, bouncer: Bouncer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    outage(conn)
+    native_outage(conn, 48)
     rc, out, err = run("check", "-d", dsn, "--format", "json")
     direct = json.loads(out)
     assert (rc, err) == (2, "")
@@ -180,12 +160,12 @@ def test_a_session_pooler_is_not_mistaken_for_one_and_fix_goes_through(
 ) -> None:
     """The port differs from the server's, as behind any proxy; the session is kept, so the
     repair runs, its copy workers connecting through PgBouncer too."""
-    outage(conn)
+    native_outage(conn, 48)
     port = bouncer("session")
     rc, out, err = run("check", *through(port, dsn))
     assert (rc, err) == (2, "")
     rc, out, err = run("fix", *through(port, dsn), "public.events", "--yes", "--strategy", "copy", "--jobs", "2")
     assert rc == 0, out + err
-    assert default_rows(conn) == 0
+    assert count(conn, "public.events_default") == 0
     rc, out, err = run("check", *through(port, dsn))
     assert (rc, err) == (0, ""), out

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
-from builders import children, create_parent, drop_children, midnight, native_daily, utc_today
+from builders import children, count, native_outage, partman_due
 from psycopg.conninfo import conninfo_to_dict
 
 from partguard.sandbox import Sandbox
@@ -40,26 +39,10 @@ def conninfo_dbname(dsn: str) -> str:
     return str(conninfo_to_dict(dsn)["dbname"])
 
 
-def outage(conn: Conn) -> None:
-    """public.events, daily native children up to three days ago, rows of the days since in
-    the DEFAULT: check is CRITICAL and fix has work to do."""
-    today = utc_today(conn)
-    native_daily(conn, "public", "events", "ts", [today - timedelta(days=d) for d in range(8, 2, -1)])
-    conn.execute("INSERT INTO public.events (ts, payload) SELECT g, 'late' FROM generate_series("
-                 "%s::timestamptz, %s::timestamptz, interval '1 hour') g",
-                 (midnight(today - timedelta(days=2)), midnight(today)))
-
-
-def default_rows(conn: Conn) -> int:
-    row = conn.execute("SELECT count(*) FROM public.events_default").fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 def test_check_and_metrics_say_the_server_is_a_standby(
     run: Run, dsn: str, conn: Conn, replica: Sandbox
 ) -> None:
-    outage(conn)
+    native_outage(conn, 48)
     standby = on_standby(replica, dsn)
 
     rc, out, err = run("check", "-d", dsn, "--format", "json")
@@ -89,12 +72,7 @@ def test_maintain_on_a_standby_does_nothing_and_says_why_in_one_line(
 ) -> None:
     """The primary's maintenance is due (its newest children are gone); on the standby
     maintain exits 0 with one line, touches nothing, and is not recorded as a failure."""
-    conn.execute("CREATE TABLE public.fixes (id bigint, ts timestamptz NOT NULL) PARTITION BY RANGE (ts)")
-    today = utc_today(conn)
-    create_parent(conn, "public.fixes", "ts", "1 day", premake=4, start=str(today - timedelta(days=3)))
-    dropped = drop_children(conn, "public.fixes", lambda lo: lo <= midnight(today))
-    assert len(dropped) == 4
-    conn.execute("INSERT INTO public.fixes VALUES (1, now())")  # partman 5 premakes from the newest row
+    assert len(partman_due(conn)) == 4
     before = children(conn, "public.fixes")
     standby = on_standby(replica, dsn)
 
@@ -120,8 +98,8 @@ def test_maintain_on_a_standby_does_nothing_and_says_why_in_one_line(
 def test_fix_on_a_standby_refuses_with_its_own_code(
     run: Run, dsn: str, conn: Conn, replica: Sandbox
 ) -> None:
-    outage(conn)
-    rows = default_rows(conn)
+    native_outage(conn, 48)
+    rows = count(conn, "public.events_default")
     standby = on_standby(replica, dsn)
     want = ("partguard: fix changes the database and the server is a hot standby (in recovery, "
             "read-only): run it against the primary\n")
@@ -130,8 +108,8 @@ def test_fix_on_a_standby_refuses_with_its_own_code(
         assert (rc, out, err) == (69, "", want), extra
     rc, out, err = run("fix", "-d", standby, "--status")
     assert (rc, out, err) == (0, "no fix runs recorded\n", "")
-    assert default_rows(conn) == rows
+    assert count(conn, "public.events_default") == rows
     # The primary takes the repair the standby refused.
     rc, out, err = run("fix", "-d", dsn, "public.events", "--yes")
     assert rc == 0, out + err
-    assert default_rows(conn) == 0
+    assert count(conn, "public.events_default") == 0
