@@ -2,7 +2,8 @@
 # Install what the tests, the demo and the benchmarks need, and say which PostgreSQL to use:
 #   - PostgreSQL N + pg_partman for N (Debian packages postgresql-N, postgresql-N-partman),
 #   - the venv .venv with partguard installed editable with its test extras,
-#   - promtool (Debian package prometheus; optional: its tests are skipped without it).
+#   - promtool (Debian package prometheus; optional: its tests are skipped without it),
+#   - pgbouncer (Debian package pgbouncer; optional, likewise).
 # Prints PARTGUARD_PG_BIN=... and writes that directory to .pg_bin for the Makefile.
 #
 # Idempotent and fast when everything is there: apt is only used when no installed PostgreSQL
@@ -156,6 +157,19 @@ if ! have_promtool && { [ "$FORCE_APT" = 1 ] || [ ! -e "$TRIED" ]; }; then
     log "warning: promtool not available (Debian package prometheus); continuing without it"
   fi
   touch "$TRIED"
+fi
+
+# --- OPTIONAL: pgbouncer (tests/test_pgbouncer.py; skipped without it, except in CI) -----
+# Never fatal: partguard does not need it, only the test that proves it refuses a
+# transaction-mode pooler. Tried once per venv unless --apt.
+TRIED_BOUNCER=.venv/.partguard-pgbouncer-tried
+have_pgbouncer() { command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; }
+if ! have_pgbouncer && { [ "$FORCE_APT" = 1 ] || [ ! -e "$TRIED_BOUNCER" ]; }; then
+  if command -v apt-get >/dev/null && { apt_update || true; } && candidate pgbouncer \
+      && apt_install pgbouncer && have_pgbouncer; then :; else
+    log "warning: pgbouncer not available (Debian package pgbouncer); continuing without it"
+  fi
+  touch "$TRIED_BOUNCER"
 fi
 
 echo "$PG_BIN" >.pg_bin

@@ -130,3 +130,45 @@ def native_daily(
         conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
             sql.Identifier(schema, f"{table}_default"), parent))
     return parent
+
+
+def native_outage(conn: Conn, rows: int, *, table: str = "events", default: bool = True) -> sql.Identifier:
+    """``public.<table>``: native daily children up to three days ago and ``rows`` rows spread
+    over the two days since, in the DEFAULT (autovacuum off for it: its statistics stay as
+    the test leaves them)."""
+    today = utc_today(conn)
+    parent = native_daily(conn, "public", table, "ts", [today - timedelta(days=d) for d in range(8, 2, -1)],
+                          default=default)
+    if default:
+        conn.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = off)")
+                     .format(sql.Identifier("public", f"{table}_default")))
+    if rows:
+        insert_outage(conn, rows, table)
+    return parent
+
+
+def insert_outage(conn: Conn, rows: int, table: str = "events") -> None:
+    """``rows`` more rows, evenly over the two days before today (UTC)."""
+    conn.execute(sql.SQL(
+        "INSERT INTO {} (ts, payload) SELECT %s::timestamptz + g * (interval '2 days' / %s), 'late' "
+        "FROM generate_series(0, %s - 1) g").format(sql.Identifier("public", table)),
+        (midnight(utc_today(conn) - timedelta(days=2)), rows, rows))
+
+
+def count(conn: Conn, rel: str) -> int:
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(*rel.split(".")))).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def partman_due(conn: Conn, parent: str = "public.fixes") -> list[str]:
+    """A daily pg_partman table from three days ago whose future children are gone (its
+    maintenance is due) and a row written now (partman 5 premakes from the newest row).
+    Returns the names of the children dropped."""
+    conn.execute(sql.SQL("CREATE TABLE {} (id bigint, ts timestamptz NOT NULL) PARTITION BY RANGE (ts)")
+                 .format(sql.Identifier(*parent.split("."))))
+    today = utc_today(conn)
+    create_parent(conn, parent, "ts", "1 day", premake=4, start=str(today - timedelta(days=3)))
+    dropped = drop_children(conn, parent, lambda lo: lo <= midnight(today))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, now())").format(sql.Identifier(*parent.split("."))))
+    return dropped

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shlex
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -99,8 +100,8 @@ def test_incident_default_rows_names_exactly_the_missing_buckets(
     assert f["detail"]["used_index"] is True
     label = f"{today - timedelta(days=2)} … {today}"
     assert f["detail"]["bucket_runs"][0]["label"] == label and label in f["message"]
-    dbname = conninfo_dbname(dsn)
-    assert f"partguard fix -d {dbname} app.events" in f["message"]
+    # The repair command repeats the connection options given: here -d as a conninfo string.
+    assert f"partguard fix -d {shlex.quote(dsn)} app.events" in f["message"]
     (rw,) = found["runway"]
     assert rw["severity"] == "critical" and rw["detail"]["current_covered"] is False
     assert rw["detail"]["runway_seconds"] < -2 * 86400  # children ran out two days ago
@@ -338,7 +339,7 @@ def test_json_output_matches_the_documented_schema(
     server_types = {"version": str, "version_num": int, "database": str, "current_user": str,
                     "timezone": str, "now": str, "max_connections": int, "superuser_reserved": int,
                     "reserved": int, "used": int, "available": int, "can_use_reserved": bool,
-                    "reserved_note": str, "partman_version": str}
+                    "reserved_note": str, "partman_version": str, "in_recovery": bool}
     assert {k: type(v) for k, v in doc["server"].items()} == server_types
     datetime.fromisoformat(doc["server"]["now"])
     (t,) = doc["tables"]

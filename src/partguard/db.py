@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -45,7 +46,7 @@ class ConnParams:
         extra: dict[str, Any] = {
             k: v for k, v in (("host", self.host), ("port", self.port), ("user", self.user)) if v
         }
-        if base and ("=" in base or base.startswith(("postgresql://", "postgres://"))):
+        if _is_conninfo(base):
             # A conninfo or URI: parse it so our explicit -h/-p/-U can override its parts.
             params: dict[str, Any] = dict(conninfo_to_dict(base))
         else:
@@ -54,10 +55,23 @@ class ConnParams:
         params.setdefault("application_name", application_name)
         return make_conninfo("", **params)
 
+    def command_args(self, database: str = "") -> str:
+        """``-d … -h … -p … -U …`` as the user gave them (``database`` when no -d), shell-quoted
+        and never with a password: the options of every command partguard prints."""
+        base = self.dbname or ""
+        if _is_conninfo(base) and "password" in (parts := conninfo_to_dict(base)):
+            base = make_conninfo("", **{k: v for k, v in parts.items() if k != "password"})
+        given = (("-d", base or database), ("-h", self.host), ("-p", self.port), ("-U", self.user))
+        return " ".join(f"{flag} {shlex.quote(str(v))}" for flag, v in given if v)
+
     def describe(self) -> str:
         """The target without secrets, for messages."""
         d = conninfo_to_dict(self.conninfo())
         return " ".join(f"{k}={v}" for k, v in d.items() if k in ("host", "port", "dbname", "user"))
+
+
+def _is_conninfo(dbname: str) -> bool:
+    return "=" in dbname or dbname.startswith(("postgresql://", "postgres://"))
 
 
 def connect(params: ConnParams | str, *, autocommit: bool = True, **kwargs: Any) -> Conn:

@@ -28,7 +28,7 @@ from .coverage import (
     wide_children,
 )
 from .coverage import key_lt as _lt
-from .errors import UsageError
+from .errors import UnsupportedTable, UsageError
 from .humanize import display_name, fmt_delta, fmt_key, fmt_offset, iso, offset_json
 from .inspect.catalog import Key, Table
 from .inspect.connections import STATES as CONNECTION_STATES
@@ -37,12 +37,13 @@ from .inspect.grid import Grid, TimeGrid
 from .inspect.locks import LockHolder
 from .inspect.retention import le
 from .inspect.snapshot import Server, Snapshot, TableState, zone_label
+from .plan.fix import check_fixable
 
 # Re-exported: callers (check, maintain, metrics) reach the shared measurements through here.
 __all__ = [
     "DEFAULT_PREMAKE", "STALE_AFTER", "STATUS_NAMES", "Finding", "Runway", "Severity",
-    "default_rows_estimate", "diagnose", "diagnose_table", "display_name", "fmt_delta", "fmt_key",
-    "gaps", "iso", "last_maintenance", "misaligned", "reserved_advice", "runway",
+    "default_rows_estimate", "diagnose", "diagnose_table", "display_name", "fix_command", "fmt_delta",
+    "fmt_key", "gaps", "iso", "last_maintenance", "misaligned", "repair_advice", "reserved_advice", "runway",
     "runway_findings", "runway_severity", "status", "wide_children", "worst",
 ]
 
@@ -139,9 +140,10 @@ def diagnose_table(state: TableState, server: Server) -> list[Finding]:
         return out
     try:
         aligned = alignment(state)
-        out.extend(misaligned_findings(state, aligned))
-        out.extend(wide_findings(state, aligned))
-        out.extend(partman_next_findings(state))
+        target = server_target(server)
+        out.extend(misaligned_findings(state, aligned, target))
+        out.extend(wide_findings(state, aligned, target))
+        out.extend(partman_next_findings(state, target))
         out.extend(partman_retention_findings(state, server))
         rw = runway(state, server)
         if rw is not None:
@@ -281,7 +283,12 @@ def default_findings(state: TableState, server: Server) -> list[Finding]:
         return []
     grid, zone = state.grid.grid, _zone(state)
     rows = default_rows_estimate(state) or 0
-    count = f"{p.rows_exact} rows" if p.rows_exact is not None else f"~{rows} rows (estimate)"
+    if p.rows_exact is not None:
+        count = f"{p.rows_exact} rows"
+    elif p.rows_at_least:
+        count = f"at least {rows} rows (counted up to {rows}: its statistics are stale, ANALYZE it)"
+    else:
+        count = f"~{rows} rows (estimate)"
     runs = _runs(grid, p.buckets) if grid is not None else []
     parts = [f"DEFAULT partition {table.default.qualname} holds {count}"]
     if p.min_key is not None:
@@ -293,15 +300,14 @@ def default_findings(state: TableState, server: Server) -> list[Finding]:
                      f"child: {spans}{_zone_suffix(zone)}{more}")
     if p.null_rows:
         parts.append(f"{p.null_rows} rows with a NULL key (no partition can hold them)")
-    db = shlex.quote(server.database) if server.database else "<db>"
-    parts.append(f"repair: partguard fix -d {db} {shlex.quote(display_name(table))}")
+    parts.append(repair_advice(table, server_target(server), grid_known=grid is not None))
     return [Finding(
         "default_rows", Severity.CRITICAL, table.qualname, "; ".join(parts),
         {"default": table.default.qualname, "rows_estimate": rows, "rows_exact": p.rows_exact,
          "min_key": iso(p.min_key), "max_key": iso(p.max_key), "null_rows": p.null_rows,
          "buckets": [iso(b) for b in p.buckets[:_MAX_LISTED]], "bucket_count": len(p.buckets),
          "bucket_runs": runs, "truncated": p.truncated, "used_index": p.used_index,
-         "zone": zone},
+         "zone": zone, "rows_at_least": p.rows_at_least},
     )]
 
 
@@ -310,16 +316,15 @@ def gaps_findings(table: Table, zone: str | None = None) -> list[Finding]:
         Finding(
             "gap", Severity.CRITICAL, table.qualname,
             f"no child covers {fmt_key(lo, zone)} … {fmt_key(hi, zone)}{_zone_suffix(zone)} "
-            "(between two children): rows in it "
-            "go to the DEFAULT, or fail without one, and partman never fills holes behind its "
-            "newest child",
+            f"(between two children): rows in it {_rows_land(table)}, and partman never fills "
+            "holes behind its newest child",
             {"from": iso(lo), "to": iso(hi)},
         )
         for lo, hi in gaps(table)
     ]
 
 
-def misaligned_findings(state: TableState, aligned: Alignment | None = None) -> list[Finding]:
+def misaligned_findings(state: TableState, aligned: Alignment | None = None, target: str = "-d <db>") -> list[Finding]:
     bad = misaligned(state, aligned)
     if not bad:
         return []
@@ -336,13 +341,13 @@ def misaligned_findings(state: TableState, aligned: Alignment | None = None) -> 
                f"{first}{more}. "
                "partman lays its next children from the newest child on its own grid, so they "
                "will overlap these (failing with \"would overlap\") or leave gaps; re-cut them "
-               f"onto the grid: {split_command(table)}")
+               f"onto the grid: {split_command(table, target)}")
         sev = Severity.CRITICAL
     elif state.config is not None:
         msg = (f"{len(bad)} children are off the grid pg_partman computes ({where}): "
                f"{first}{more}. The newest child is on the grid, so partman's next children "
                "are too; these older ones confuse its retention and naming: re-cut them onto "
-               f"the grid: {split_command(table)}")
+               f"the grid: {split_command(table, target)}")
         sev = Severity.WARNING
     else:
         msg = f"{len(bad)} children are off the grid ({where}, from {info.source}): {first}{more}"
@@ -362,7 +367,7 @@ def misaligned_findings(state: TableState, aligned: Alignment | None = None) -> 
     )]
 
 
-def wide_findings(state: TableState, aligned: Alignment | None = None) -> list[Finding]:
+def wide_findings(state: TableState, aligned: Alignment | None = None, target: str = "-d <db>") -> list[Finding]:
     """Children spanning several buckets (``fix --strategy instant`` leaves one).
 
     Harmless to PostgreSQL, but not to pg_partman, whose arithmetic assumes every child spans
@@ -380,7 +385,7 @@ def wide_findings(state: TableState, aligned: Alignment | None = None) -> list[F
             msg = (f"{span}: pg_partman assumes one interval per child, so it may premake too few "
                    "children after it (5.x counts from the slot of any of its rows) and its "
                    "retention would drop it while its later days are still inside the window; "
-                   f"re-cut it onto the grid: {split_command(state.table)}")
+                   f"re-cut it onto the grid: {split_command(state.table, target)}")
             sev = Severity.WARNING
         else:
             msg = f"{span}, as fix --strategy instant leaves it; re-cutting it is optional"
@@ -391,7 +396,7 @@ def wide_findings(state: TableState, aligned: Alignment | None = None) -> list[F
     return out
 
 
-def partman_next_findings(state: TableState) -> list[Finding]:
+def partman_next_findings(state: TableState, target: str = "-d <db>") -> list[Finding]:
     """Predict pg_partman's next child before partman trips over it.
 
     Every version computes the next child as the newest child's start + interval (it never
@@ -416,15 +421,15 @@ def partman_next_findings(state: TableState) -> list[Finding]:
         f"pg_partman's next child would be {fmt_key(start, zone)} … {fmt_key(end, zone)}"
         f"{_zone_suffix(zone)} (the newest child's start + {_interval(grid)}), which overlaps "
         f"{name} ({fmt_key(last.lower, zone)} … {fmt_key(last.upper, zone)}): every maintenance "
-        f"run fails with \"would overlap\"; re-cut it onto the grid: {split_command(table)}",
+        f"run fails with \"would overlap\"; re-cut it onto the grid: {split_command(table, target)}",
         {"child": last.name, "next_from": iso(start), "next_to": iso(end),
          "child_from": iso(last.lower), "child_to": iso(last.upper)},
     )]
 
 
-def split_command(table: Table, database: str | None = None) -> str:
-    db = shlex.quote(database) if database else "<db>"
-    return f"partguard split -d {db} {shlex.quote(display_name(table))}"
+def split_command(table: Table, target: str = "-d <db>") -> str:
+    """The re-cut, as a line to paste (``target`` as in ``fix_command``)."""
+    return f"partguard split {target} {shlex.quote(display_name(table))}"
 
 
 def partman_retention_findings(state: TableState, server: Server) -> list[Finding]:
@@ -482,11 +487,11 @@ def runway_findings(state: TableState, rw: Runway) -> list[Finding]:
     if not rw.current_covered:
         now = "new rows" if isinstance(rw.reference, int) else "rows written now"
         head = (f"no child for the current interval {fmt_key(rw.current_start, zone)} … "
-                f"{fmt_key(rw.current_end, zone)}: {now} go to the DEFAULT")
+                f"{fmt_key(rw.current_end, zone)}: {now} {_rows_land(state.table)}")
     elif not rw.next_covered:
         head = (f"no child for the next interval {fmt_key(rw.current_end, zone)} … "
-                f"{fmt_key(rw.next_end, zone)}: from {fmt_key(rw.current_end, zone)} on rows go "
-                "to the DEFAULT")
+                f"{fmt_key(rw.next_end, zone)}: from {fmt_key(rw.current_end, zone)} on rows "
+                f"{_rows_land(state.table)}")
     else:
         head = (f"children reach only {rw.intervals_ahead} interval"
                 f"{'s' if rw.intervals_ahead != 1 else ''} of {_interval(grid)} past the current "
@@ -522,6 +527,39 @@ def stale_findings(state: TableState, server: Server, rw: Runway) -> list[Findin
         f"{cfg.premake}, and neither partman nor partguard records its runs{off}",
         {"last_success": None, "source": "inferred", "age_seconds": None},
     )]
+
+
+# --- what to tell the user to run ---
+
+
+def server_target(server: Server) -> str:
+    """The connection options commands in messages carry: as given, else the database."""
+    return server.target or f"-d {shlex.quote(server.database) if server.database else '<db>'}"
+
+
+def fix_command(target: str, table: Table) -> str:
+    """The repair as a line to paste into the shell partguard ran in (``target``: -d -h -p -U as
+    given, never a password; ``ConnParams.command_args``)."""
+    return f"partguard fix {target} {shlex.quote(display_name(table))}"
+
+
+def repair_advice(table: Table, target: str, *, grid_known: bool = True) -> str:
+    """The fix command for a DEFAULT holding rows, or why fix would refuse the table (then
+    suggesting it would only earn the user an error)."""
+    try:
+        check_fixable(table, None)
+    except UnsupportedTable as exc:
+        return f"partguard fix cannot repair it: {exc}"
+    if not grid_known:
+        return f"repair, once the interval is known: {fix_command(target, table)} --interval <interval>"
+    return f"repair: {fix_command(target, table)}"
+
+
+def _rows_land(table: Table) -> str:
+    """Where rows for a key no child covers end up."""
+    if table.default is not None:
+        return "go to the DEFAULT"
+    return 'fail: there is no DEFAULT partition ("no partition of relation … found for row")'
 
 
 # --- helpers ---

@@ -44,6 +44,19 @@ class ConnectionFailed(PartguardError):
     exit_code = 3
 
 
+class StandbyServer(PartguardError):
+    """The server is a hot standby (in recovery): it cannot take a change; run on the primary."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class PoolerNotSupported(PartguardError):
+    """The connection goes through a transaction- or statement-mode pooler (PgBouncer): session
+    advisory locks and SET would not survive between statements."""
+
+    exit_code = 78  # EX_CONFIG
+
+
 class AlreadyRunning(PartguardError):
     """Another partguard fix holds the table's advisory lock."""
 

@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
@@ -145,6 +146,7 @@ class Sandbox:
         self.keep = keep
         self.port = 0
         self._tmp: Path | None = None
+        self.primary: Sandbox | None = None  # set on a streaming replica (``replica()``)
 
     @property
     def datadir(self) -> Path:
@@ -214,10 +216,7 @@ class Sandbox:
             self._tmp.chmod(0o755)
             if os.geteuid() == 0:
                 shutil.chown(self._tmp, OS_USER, OS_USER)
-            initdb_args = ["-D", str(self.datadir), "-U", self.user, "-A", "trust", "-E", "UTF8"]
-            self._run("initdb", *initdb_args, "--no-locale", "--no-sync")
-            with (self.datadir / "postgresql.conf").open("a") as f:
-                f.write("\ninclude 'partguard.conf'\n")
+            self._init_datadir()
             for attempt in range(3):  # the free port can be taken before the server binds it
                 self.port = _free_port()
                 self._write_conf()
@@ -231,6 +230,48 @@ class Sandbox:
             raise
         atexit.register(self.stop)
         return self
+
+    def _init_datadir(self) -> None:
+        if self.primary is None:
+            initdb_args = ["-D", str(self.datadir), "-U", self.user, "-A", "trust", "-E", "UTF8"]
+            self._run("initdb", *initdb_args, "--no-locale", "--no-sync")
+            with (self.datadir / "postgresql.conf").open("a") as f:
+                f.write("\ninclude 'partguard.conf'\n")
+            return
+        # initdb's pg_hba.conf lets 127.0.0.1 replicate with trust, and wal_level=replica and
+        # max_wal_senders are PostgreSQL's defaults: the primary needs no change.
+        p = self.primary
+        self._run("pg_basebackup", "-D", str(self.datadir), "-h", p.host, "-p", str(p.port), "-U", p.user,
+                  "-R", "-X", "stream", "-c", "fast", "--no-sync")
+        # The copy brings the primary's postgresql.conf (which includes partguard.conf, rewritten
+        # with our own port) and its server log, which would only confuse ours.
+        with self.logfile.open("w"):
+            pass
+
+    def replica(self) -> Sandbox:
+        """A started hot standby of this (started) cluster: ``pg_basebackup -R``, streaming
+        replication, read-only queries allowed. ``stop()`` it like any sandbox."""
+        if self._tmp is None:
+            raise PartguardError("the primary is not started")
+        standby = Sandbox(pg_bin=self.pg_bin, settings=self.settings, keep=self.keep)
+        standby.primary = self
+        return standby.start()
+
+    def wait_replayed(self, timeout: float = 60.0) -> None:
+        """On a replica: wait until it has replayed everything its primary has written so far."""
+        if self.primary is None:
+            raise PartguardError("not a replica")
+        with psycopg.connect(self.primary.dsn(), autocommit=True) as conn:
+            lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            while True:
+                row = conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()
+                if row and row[0]:
+                    return
+                if time.monotonic() > deadline:
+                    raise PartguardError(f"the replica has not replayed up to {lsn} after {timeout:g}s")
+                time.sleep(0.05)
 
     def stop(self) -> None:
         """Stop the server (fast, else immediate) and delete its directory unless ``keep``."""
@@ -278,7 +319,7 @@ class Sandbox:
         if partman and self.has_partman:
             with psycopg.connect(self.dsn(name), autocommit=True) as conn:
                 conn.execute("CREATE SCHEMA IF NOT EXISTS partman")
-                create: sql.Composed = sql.Composed([sql.SQL("CREATE EXTENSION IF NOT EXISTS pg_partman SCHEMA partman")])
+                create: sql.SQL | sql.Composed = sql.SQL("CREATE EXTENSION IF NOT EXISTS pg_partman SCHEMA partman")
                 if partman_version is not None:
                     create = sql.SQL("{} VERSION {}").format(create, sql.Literal(partman_version))
                 conn.execute(create)

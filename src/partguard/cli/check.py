@@ -16,6 +16,7 @@ from rich.text import Text
 
 from ..commands.check import CheckReport, TableSummary, check
 from ..db import connect
+from ..guards import warn_if_pooled
 from ..humanize import fmt_delta
 from ..inspect.snapshot import Options, zone_label
 from .common import conn_params, connection_options, emit_json, format_option, jsonable
@@ -46,8 +47,11 @@ def command(dbname: str | None, host: str | None, port: int | None, user: str | 
 
     Exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios).
     """
-    options = Options(tables=tables, interval=interval, tz=tz, exact=exact, force_tz=force_tz)
-    with connect(conn_params(dbname, host, port, user)) as conn:
+    params = conn_params(dbname, host, port, user)
+    options = Options(tables=tables, interval=interval, tz=tz, exact=exact, force_tz=force_tz,
+                      connection=params)
+    with connect(params) as conn:
+        warn_if_pooled(conn, params, "check")
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (LOCK_TIMEOUT,))
         result = check(conn, options)
     if fmt == "json":
@@ -81,10 +85,11 @@ def headline(result: CheckReport) -> str:
                       if (n := counts.get(sev)))
     s = result.server
     partman = f", pg_partman {s.partman_version}" if s.partman_version else ", no pg_partman"
+    standby = "; a hot standby (in recovery, read-only)" if s.in_recovery else ""
     n = len(result.tables)
     return (f"partguard check {result.status_name.upper()}: {n} table{'' if n == 1 else 's'}"
             f"{'; ' + tally if tally else ''} (database {s.database}, PostgreSQL {s.version}"
-            f"{partman}; connections {s.used}/{s.available})")
+            f"{partman}; connections {s.used}/{s.available}{standby})")
 
 
 _COLUMNS = ("table", "key", "interval", "zone", "children", "default rows", "runway", "status")

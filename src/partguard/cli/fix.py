@@ -151,7 +151,8 @@ def _print_outcome(o: FixOutcome) -> None:
         return
     click.echo(f"{o.table}: fixed with {o.strategy} in {o.duration_s:.2f}s, longest lock {o.longest_lock_s * 1000:.0f} ms")
     if o.rows_moved:
-        click.echo(f"  rows copied: {o.rows_moved} ({o.rate_rows_s:.0f} rows/s)")
+        now = f"{o.rows_this_run} of them in this run, " if o.resumed else ""
+        click.echo(f"  rows copied: {o.rows_moved} ({now}{o.rate_rows_s:.0f} rows/s)")
         for child, rows in sorted(o.per_child.items()):
             click.echo(f"    {child}: {rows}")
     if o.children_created:

@@ -64,6 +64,7 @@ class ServerSummary:
     can_use_reserved: bool
     reserved_note: str
     partman_version: str | None
+    in_recovery: bool = False  # a hot standby: findings describe the primary's tables as replayed here
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ def server_summary(server: Server) -> ServerSummary:
         reserved=server.reserved, used=server.used, available=server.available,
         can_use_reserved=server.can_use_reserved, reserved_note=reserved_advice(server),
         partman_version=server.partman.version if server.partman else None,
+        in_recovery=server.in_recovery,
     )
 
 

@@ -21,6 +21,7 @@ from .. import journal
 from ..db import Conn, ConnParams, run_locked
 from ..errors import AlreadyRunning, PermissionDenied, VerificationFailed
 from ..execute import Progress, Runner, chunks, copy_chunks, fault
+from ..guards import refuse_pooler, refuse_standby
 from ..inspect import catalog
 from ..inspect.data import count_rows, probe
 from ..inspect.locks import advisory_holders
@@ -50,7 +51,9 @@ class FixOutcome:
     per_child: dict[str, int] = field(default_factory=dict)
     children_created: list[str] = field(default_factory=list)
     duration_s: float = 0.0
-    rate_rows_s: float = 0.0
+    rate_rows_s: float = 0.0  # copy rows_this_run / copy_s: this invocation's work, not a resumed run's total
+    rows_this_run: int = 0  # rows the copy step moved (copied or quarantined) in this invocation
+    copy_s: float = 0.0  # time this invocation spent in the copy step
     longest_lock_s: float = 0.0
     locks_s: dict[str, float] = field(default_factory=dict)
     quarantine: str | None = None
@@ -87,6 +90,8 @@ def fix(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> FixOutcome:
     """Repair ``req.table``'s DEFAULT; see the module docstring for the guarantees."""
+    refuse_standby(conn, "fix")  # even --dry-run: its plan is the primary's to run
+    refuse_pooler(conn, params, "fix")  # the per-table advisory lock is a session lock
     zones = resolve_zones(conn, _options(req))
     req = replace(req, tz=zones.tz, tz_hint=zones.tz_hint)
     table = _read(conn, req.table)
@@ -226,13 +231,14 @@ def _execute(
     todo = plan[names.index(done) + 1:] if done in names else plan
     created: list[str] = []
     maintenance = None
+    copied_now, copy_s = 0, 0.0
     try:
         for step in todo:
             log.info("fix %s: %s", table.qualname, step.name)
             if step.name == "swap":
                 created = _swap(conn, runner, step, p, table, state, partman)
             elif step.name == "copy":
-                _copy(conn, params, runner, step, p, table, req, on_progress)
+                copied_now, copy_s = _copy(conn, params, runner, step, p, table, req, on_progress)
             elif step.name == "verify":
                 _verify(conn, runner, p, table)
             elif step.name == "drop" and req.options.keep_source:
@@ -255,12 +261,13 @@ def _execute(
     journal.set_state(conn, run_id, "done", finished=True)
     copied, quarantined, per_child = journal.chunk_totals(conn, run_id)
     # Judged in the zone the repair used: the hint's warnings were said once, when deciding.
-    findings = _recheck(conn, table.qualname, replace(req, tz=p.zone or req.tz, tz_hint=None))
+    findings = _recheck(conn, table.qualname, replace(req, tz=p.zone or req.tz, tz_hint=None), params)
     elapsed = time.monotonic() - started
     return replace(
         outcome, status="done", rows_moved=copied, rows_quarantined=quarantined, per_child=per_child,
         children_created=created, duration_s=round(elapsed, 3),
-        rate_rows_s=round(copied / elapsed, 1) if elapsed and copied else 0.0,
+        rate_rows_s=round(copied_now / copy_s, 1) if copy_s and copied_now else 0.0,
+        rows_this_run=copied_now, copy_s=round(copy_s, 3),
         longest_lock_s=round(runner.timings.longest, 4),
         locks_s={k: round(v, 4) for k, v in runner.timings.locked.items()},
         quarantine_rows=count_rows(conn, sql.Identifier(S.SCHEMA, p.quarantine)), maintenance=maintenance,
@@ -268,12 +275,13 @@ def _execute(
     )
 
 
-def _recheck(conn: Conn, name: str, req: FixRequest) -> list[dict[str, Any]]:
+def _recheck(conn: Conn, name: str, req: FixRequest, params: ConnParams | str) -> list[dict[str, Any]]:
     """check's verdict on the repaired table: the repair is judged by the same rules."""
     from ..diagnose import diagnose
     from ..inspect import snapshot
 
-    snap = snapshot.take(conn, _options(req, (name,)))
+    snap = snapshot.take(conn, replace(_options(req, (name,)),
+                                       connection=params if isinstance(params, ConnParams) else None))
     return [{"code": f.code, "severity": f.severity.value, "message": f.message}
             for f in diagnose(snap) if f.table == name]
 
@@ -357,7 +365,8 @@ def _late_children(
 def _copy(
     conn: Conn, params: ConnParams | str, runner: Runner, step: S.Step, p: FixParams, table: catalog.Table,
     req: FixRequest, on_progress: Callable[[Progress], None] | None,
-) -> None:
+) -> tuple[int, float]:
+    """Copy the ranges not yet journalled; returns the rows moved now and the time it took."""
     assert p.holding
     total = catalog.relation_pages(conn, table.schema, p.holding)
     run = journal.open_run(conn, table.oid)
@@ -366,10 +375,13 @@ def _copy(
     all_chunks = chunks(total, chunk_pages)
     todo = [c for c in all_chunks if c[0] not in done]
     done_pages = sum(min(e, total) - f for f, e in all_chunks if f in done)
-    copy_chunks(params, step.statements, runner.run_id, todo, total, jobs=req.options.jobs,
-                lock_timeout=req.lock_timeout, retries=req.retries, relations=runner.relations,
-                on_progress=on_progress, done_pages=done_pages)
+    started = time.monotonic()
+    rows = copy_chunks(params, step.statements, runner.run_id, todo, total, jobs=req.options.jobs,
+                       lock_timeout=req.lock_timeout, retries=req.retries, relations=runner.relations,
+                       on_progress=on_progress, done_pages=done_pages)
+    took = time.monotonic() - started
     journal.set_state(conn, runner.run_id, "copy")
+    return rows, took
 
 
 def _verify(conn: Conn, runner: Runner, p: FixParams, table: catalog.Table) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -27,9 +26,17 @@ from .. import journal
 from ..config import Config, TableSpec
 from ..coverage import runway as runway_of
 from ..db import Conn, ConnParams, connect_retrying, run_locked, session_timezone
-from ..diagnose import Finding, diagnose_table, runway_findings, stuck_lock_message
+from ..diagnose import (
+    Finding,
+    diagnose_table,
+    repair_advice,
+    runway_findings,
+    split_command,
+    stuck_lock_message,
+)
 from ..errors import CRITICAL, OK, UNKNOWN, WARNING, ConnectionFailed, PartguardError, UsageError
-from ..humanize import display_name, fmt_key, quote_name
+from ..guards import STANDBY_NOTE, in_recovery, refuse_pooler
+from ..humanize import fmt_key, quote_name
 from ..inspect.catalog import Table, read_tables, relation_name, resolve
 from ..inspect.grid import TimeGrid
 from ..inspect.partman import Partman, PartmanConfig, config_for, find_partman, read_configs
@@ -116,6 +123,7 @@ class MaintainReport:
     connect_attempts: int
     tables: tuple[TableOutcome, ...]
     messages: tuple[str, ...] = ()
+    skipped: str = ""  # why nothing was maintained on purpose (a hot standby), else ''
 
 
 @dataclass(frozen=True)
@@ -204,6 +212,12 @@ class _Run:
         run_id: int | None = None
         try:
             database = str(self.c.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
+            if in_recovery(self.c):  # an HA pair's timer on the standby: not a failure
+                why = f"nothing to do: {STANDBY_NOTE}; maintenance runs on the primary"
+                self.event(why)
+                return MaintainReport(database, started, datetime.now(UTC), OK, STATUS_TEXT[OK], None,
+                                      self.attempts, (), skipped=why)
+            refuse_pooler(self.c, self.params.conninfo("partguard maintain"), "maintain")
             self.session_tz = session_timezone(self.c)
             targets = self.targets()  # usage errors first, before a run is recorded
             try:
@@ -310,6 +324,9 @@ class _Run:
         state: TableState = self.locked(work, [target.oid], f"{target.qualname}: reading the catalog")
         return state
 
+    def repair(self, table: Table, database: str) -> str:
+        return repair_advice(table, self.params.command_args(database))
+
     def tz_for(self, target: _Target) -> str:
         return (target.spec.tz if target.spec and target.spec.tz else None) or self.session_tz
 
@@ -340,8 +357,7 @@ class _Run:
             return _outcome(target, "refused", CRITICAL,
                             f"the DEFAULT holds rows up to {fmt_key(p.max_key, zone)}, beyond the "
                             f"newest child (ends {fmt_key(last_upper, zone)}); partman cannot premake "
-                            "over them; "
-                            f"repair with: {fix_command(database, table)}")
+                            f"over them; {self.repair(table, database)}")
         holder = maintenance_lock_holder(self.c)
         partman, parent = self.partman, target.config.parent_table
         stmt = run_maintenance_sql(partman, parent)
@@ -399,8 +415,8 @@ class _Run:
             names = ", ".join(quote_name(n) for n in early)
             outcome = replace(outcome, severity=WARNING, message=_join(outcome.message, (
                 f"partman's retention held back for this run: it would drop {names} while rows of "
-                f"it are still inside the window; re-cut it onto the grid: partguard split "
-                f"{shlex.quote(display_name(table))}")))
+                f"it are still inside the window; re-cut it onto the grid: "
+                f"{split_command(table, self.params.command_args(database))}")))
         return outcome
 
     def stuck_locks(self, outcomes: list[TableOutcome]) -> None:
@@ -450,7 +466,7 @@ class _Run:
             msg = (f"not creating a child for {fmt_key(refusal.lower, zone)} … {fmt_key(refusal.upper, zone)}: "
                    f"{refusal.reason}")
             if "DEFAULT" in refusal.reason:
-                msg += f"; repair with: {fix_command(database, table)}"
+                msg += f"; {self.repair(table, database)}"
             return _outcome(target, "refused", CRITICAL, msg, created=tuple(created))
         return _outcome(target, "ok", OK, created=tuple(created))
 
@@ -479,7 +495,8 @@ class _Run:
 
     def judge(self, t: _Target, o: TableOutcome, st: TableState, server: Server) -> TableOutcome:
         """Runway at least premake and no rows in the DEFAULT, else the finding's severity."""
-        srv = replace(server, timezone=self.tz_for(t))  # the zone wall-clock keys are read in
+        srv = replace(server, timezone=self.tz_for(t),  # the zone wall-clock keys are read in
+                      target=self.params.command_args(server.database))
         mine = [f for f in diagnose_table(st, srv) if f.code != "maintenance_stale"]
         rw = runway_of(st, srv)
         if t.config is None and t.spec is not None and rw is not None:
@@ -563,11 +580,6 @@ def _partman_verdict(target: _Target, said: list[tuple[str, str]]) -> TableOutco
 def _scalar(conn: Conn, query: sql.Composed) -> Any:
     row = conn.execute(query).fetchone()
     return None if row is None else row[0]
-
-
-def fix_command(database: str, table: Table) -> str:
-    """The repair, as a line to paste into a shell."""
-    return f"partguard fix -d {shlex.quote(database)} {shlex.quote(display_name(table))}"
 
 
 def _outcome(target: _Target, status: str, severity: int, message: str = "", **kw: Any) -> TableOutcome:

@@ -24,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..db import ConnParams, connect
+from ..guards import warn_if_pooled
 from ..inspect.connections import TOP_HOLDERS, Clients
 from ..inspect.snapshot import Options
 from .check import CheckReport, check
@@ -53,6 +54,7 @@ def scrape(params: ConnParams | str, options: Options) -> Scrape:
         with connect(params, connect_timeout=CONNECT_TIMEOUT) as conn:
             conn.execute("SELECT set_config('statement_timeout', %s, false), "
                          "set_config('lock_timeout', %s, false)", (STATEMENT_TIMEOUT, LOCK_TIMEOUT))
+            warn_if_pooled(conn, params, "metrics")
             report = check(conn, options)
     except Exception as exc:  # noqa: BLE001 - an exporter answers "down", it does not crash
         log.warning("metrics: cannot check the database: %s", str(exc).strip().splitlines()[0])
@@ -79,6 +81,9 @@ def families(s: Scrape) -> list[Metric]:
                           "Slots ordinary roles cannot use: superuser_reserved_connections "
                           "plus reserved_connections (PG 16+).",
                           value=srv.superuser_reserved + srv.reserved),
+        GaugeMetricFamily("partguard_in_recovery",
+                          "1 if the server is a hot standby (in recovery): maintenance and repairs "
+                          "run on the primary.", value=int(srv.in_recovery)),
         GaugeMetricFamily("partguard_orphan_configs",
                           "pg_partman configs whose table is gone or not partitioned.",
                           value=sum(f.code == "orphan_config" for f in s.report.findings)),

@@ -20,6 +20,8 @@ from .grid import Grid
 # Beyond this many distinct buckets we stop walking and report what we have (an outlier
 # storm must not turn a health check into a million round trips).
 MAX_BUCKETS = 5000
+# When the statistics say nothing, count instead, but stop here: cheap on any table, exact below.
+COUNT_CAP = 100_000
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Probe:
     buckets: tuple[Key, ...]  # starts of grid buckets that hold at least one row
     truncated: bool  # more than MAX_BUCKETS buckets: the list is a prefix
     used_index: bool
+    rows_at_least: bool = False  # stale statistics, and the count stopped at COUNT_CAP: >= rows_estimate
 
     @property
     def rows(self) -> int:
@@ -44,17 +47,35 @@ class Probe:
         return self.min_key is None and self.null_rows == 0
 
 
-def estimate_rows(conn: Conn, rel: sql.Composable) -> int:
-    """reltuples, or the planner's guess when never analysed (reltuples = -1)."""
+@dataclass(frozen=True)
+class RowCount:
+    rows: int
+    exact: bool  # counted to the end
+    at_least: bool  # the count stopped at its cap: there are at least ``rows``
+
+
+def estimate_rows(conn: Conn, rel: sql.Composable, cap: int = COUNT_CAP) -> RowCount:
+    """The statistics' row count scaled to the relation's current size (as the planner does).
+
+    Statistics that say nothing (never analysed: reltuples -1; analysed while empty: 0, the
+    DEFAULT's usual state before an outage fills it) are replaced by a count that stops after
+    ``cap`` rows: exact below it, "at least ``cap``" above.
+    """
     row = conn.execute(
-        sql.SQL("SELECT reltuples::bigint, relpages FROM pg_class WHERE oid = {}::regclass").format(
-            sql.Literal(rel.as_string(conn))
-        )
+        sql.SQL(
+            "SELECT reltuples, relpages, pg_relation_size(oid) / current_setting('block_size')::int "
+            "FROM pg_class WHERE oid = {}::regclass"
+        ).format(sql.Literal(rel.as_string(conn)))
     ).fetchone()
-    if row and row[0] is not None and row[0] >= 0:
-        return int(row[0])
-    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}").format(rel)).fetchone()
-    return int(plan[0][0]["Plan"]["Plan Rows"]) if plan else 0
+    if row and row[0] > 0 and row[1] > 0:
+        scaled = round(float(row[0]) / int(row[1]) * int(row[2]))
+        if scaled > 0:
+            return RowCount(scaled, False, False)
+    counted = conn.execute(
+        sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT {}) s").format(rel, sql.Literal(cap + 1))
+    ).fetchone()
+    n = int(counted[0]) if counted else 0
+    return RowCount(min(n, cap), n <= cap, n > cap)
 
 
 def loose_scan_sql(rel: sql.Composable, key: str) -> sql.Composed:
@@ -78,8 +99,8 @@ def probe(
 ) -> Probe:
     """Summarise ``rel``'s keys on ``grid``: min, max, NULLs and the non-empty buckets."""
     k = sql.Identifier(key)
-    est = estimate_rows(conn, rel)
-    rows_exact = None
+    rows_exact: int | None = None
+    at_least = False
     if exact or not has_index:
         # Without an index every question costs a scan; ask them all in one.
         row = conn.execute(
@@ -88,6 +109,7 @@ def probe(
         ).fetchone()
         assert row is not None
         rows_exact, lo, hi, nulls = int(row[0]), row[1], row[2], int(row[3])
+        est = rows_exact
     else:
         lo = _one(conn, sql.SQL("SELECT {k} FROM {rel} WHERE {k} IS NOT NULL ORDER BY {k} LIMIT 1"), k, rel)
         hi = _one(conn, sql.SQL("SELECT {k} FROM {rel} WHERE {k} IS NOT NULL ORDER BY {k} DESC LIMIT 1"), k, rel)
@@ -95,6 +117,9 @@ def probe(
             sql.SQL("SELECT count(*) FROM {rel} WHERE {k} IS NULL").format(k=k, rel=rel)
         ).fetchone()
         nulls = int(nulls_row[0]) if nulls_row else 0
+        counted = estimate_rows(conn, rel)
+        est, at_least = counted.rows, counted.at_least
+        rows_exact = counted.rows if counted.exact else None
     buckets: list[Key] = []
     truncated = False
     if lo is not None and grid is not None:
@@ -102,9 +127,7 @@ def probe(
             buckets, truncated = _walk(conn, rel, key, grid, lo)
         else:
             buckets, truncated = _scan_buckets(conn, rel, key, grid, lo, hi)
-    if rows_exact is not None:
-        est = rows_exact
-    return Probe(est, rows_exact, lo, hi, nulls, tuple(buckets), truncated, has_index)
+    return Probe(est, rows_exact, lo, hi, nulls, tuple(buckets), truncated, has_index, at_least)
 
 
 def _one(conn: Conn, template: sql.SQL, k: sql.Identifier, rel: sql.Composable) -> Any:

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from psycopg import sql
 
 from .. import journal
-from ..db import Conn, session_timezone
+from ..db import Conn, ConnParams, session_timezone
 from ..errors import UnknownGrid, UsageError
 from .catalog import Child, Key, Table, read_tables
 from .connections import CLIENT_BACKEND, Clients, read_clients
@@ -45,6 +45,8 @@ class Server:
     partman: Partman | None
     database: str = ""  # current_database(): messages name the command to run against it
     clients: Clients | None = None  # who holds the slots (inspect/connections.py)
+    in_recovery: bool = False  # a hot standby: read-only, maintenance and repairs run on the primary
+    target: str = ""  # the connection options given (-d -h -p -U), for the commands messages print
 
     @property
     def available(self) -> int:
@@ -89,6 +91,7 @@ class Options:
     exact: bool = False
     tz_hint: str | None = None  # a zone to prefer only when partman and the children are silent
     force_tz: bool = False  # use ``tz`` on a partman table even where it contradicts partman's zone
+    connection: ConnParams | None = None  # as given: repair commands in messages repeat it
 
 
 def read_server(conn: Conn) -> Server:
@@ -104,7 +107,7 @@ def read_server(conn: Conn) -> Server:
                     THEN pg_has_role(current_user, 'pg_use_reserved_connections', 'MEMBER')
                          OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
                     ELSE false END,
-               current_database()
+               current_database(), pg_is_in_recovery()
         """
     ).fetchone()
     assert row is not None
@@ -113,6 +116,7 @@ def read_server(conn: Conn) -> Server:
         used=row[4], timezone=_session_zone(conn), now=row[5], current_user=row[6],
         can_use_reserved=bool(row[7]), partman=find_partman(conn), database=row[8],
         clients=read_clients(conn),
+        in_recovery=bool(row[9]),
     )
 
 
@@ -146,6 +150,8 @@ def take(conn: Conn, options: Options = Options()) -> Snapshot:
     """Read everything ``check`` judges. Read-only; safe on a busy primary."""
     options = resolve_zones(conn, options)
     server = read_server(conn)
+    if options.connection is not None:
+        server = replace(server, target=options.connection.command_args(server.database))
     tables = read_tables(conn, list(options.tables) or None)
     configs = read_configs(conn, server.partman)
     last = journal.last_maintenance(conn)
