@@ -22,6 +22,8 @@ from ..errors import UnknownGrid, UsageError
 from .catalog import Child, Key, Table, read_tables
 from .data import Probe, probe
 from .grid import Grid, Interval, IntGrid, on_grid, parse_interval, time_grid
+from .leftovers import Leftovers
+from .leftovers import read as read_leftovers
 from .partman import Partman, PartmanConfig, config_for, find_partman, read_configs
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,9 @@ class TableState:
     default_probe: Probe | None
     max_key: Key | None  # largest key in the regular children (for id runway)
     last_maintenance: datetime | None  # partguard's own record of success
+    # What unfinished repairs left: holding tables, instant's trigger + CHECK, a detached
+    # DEFAULT, quarantined rows (inspect/leftovers.py).
+    leftovers: Leftovers = field(default_factory=Leftovers)
 
 
 @dataclass(frozen=True)
@@ -111,10 +116,12 @@ def take(conn: Conn, options: Options = Options()) -> Snapshot:
     tables = read_tables(conn, list(options.tables) or None)
     configs = read_configs(conn, server.partman)
     last = journal.last_maintenance(conn)
+    left = read_leftovers(conn, tables, exact=options.exact)
     states = []
     for table in tables:
         config = config_for(configs, table.schema, table.name)
-        states.append(table_state(conn, server, table, config, options, last.get(table.qualname)))
+        states.append(table_state(conn, server, table, config, options, last.get(table.qualname),
+                                  left.get(table.oid, Leftovers())))
     return Snapshot(server, tuple(states), tuple(_orphans(conn, configs, options)))
 
 
@@ -125,9 +132,13 @@ def table_state(
     config: PartmanConfig | None,
     options: Options,
     last_maintenance: datetime | None = None,
+    leftovers: Leftovers | None = None,
 ) -> TableState:
+    """One table's state; ``leftovers`` as read for many tables at once (read here if None)."""
     if table.unsupported_reason():
         return TableState(table, config, GridInfo(None, "", table.unsupported_reason()), None, None, last_maintenance)
+    if leftovers is None:
+        leftovers = read_leftovers(conn, [table], exact=options.exact).get(table.oid, Leftovers())
     grid = infer_grid(table, config, server.timezone, options.interval, options.tz, options.tz_hint)
     default_probe = None
     if table.default is not None:
@@ -135,7 +146,8 @@ def table_state(
             conn, table.default.ident, table.key, grid.grid,
             has_index=table.default_key_index is not None, exact=options.exact,
         )
-    return TableState(table, config, grid, default_probe, max_child_key(conn, table), last_maintenance)
+    return TableState(table, config, grid, default_probe, max_child_key(conn, table), last_maintenance,
+                      leftovers)
 
 
 def max_child_key(conn: Conn, table: Table) -> Key | None:
