@@ -357,13 +357,16 @@ def assert_partman_healthy(dsn: str, parent: str, fmt: str, zone: str, *, more: 
     return after
 
 
-def assert_check_ok(run: Run, dsn: str, parent: str) -> None:
+def assert_check_ok(run: Run, dsn: str, parent: str, quarantined: int = 0) -> None:
     """``partguard check`` agrees: status OK, no default_rows (a wide child left by instant
-    is information, not a fault)."""
+    is information, not a fault); rows kept in quarantine are its one WARNING, with their count."""
     rc, report, _ = run("check", "-d", dsn, "-t", parent, "--format", "json")
     doc = json.loads(report)
-    faults = [(f["code"], f["severity"], f["message"]) for f in doc["findings"] if f["severity"] != "info"]
-    assert rc == 0 and not faults, faults
+    faults = [(f["code"], f["severity"], f["message"]) for f in doc["findings"]
+              if f["severity"] != "info" and f["code"] != "quarantine_rows"]
+    kept = [f["detail"]["rows"] for f in doc["findings"] if f["code"] == "quarantine_rows"]
+    assert rc == (1 if quarantined else 0) and not faults, faults
+    assert kept == ([quarantined] if quarantined else []), doc["findings"]
     assert "default_rows" not in {f["code"] for f in doc["findings"]}
 
 
@@ -755,7 +758,7 @@ def test_null_keys_and_far_outliers_are_quarantined_and_reported(
     ks = assert_children_sane(conn, parent)
     _no_invented_children(ks)
     assert_named(ks, "fixes_p", PARTMAN_FORMATS[major]["1 day"], "UTC")
-    assert_check_ok(run, dsn, parent)
+    assert_check_ok(run, dsn, parent, quarantined=len(FAR))
     assert_partman_healthy(dsn, parent, PARTMAN_FORMATS[major]["1 day"], "UTC")
 
 
@@ -933,7 +936,7 @@ def test_odd_identifiers_quotes_spaces_capitals_unicode(run: Run, dsn: str, conn
     ks = assert_children_sane(conn, typed)
     assert_named(ks, f"{table}_p", "YYYYMMDD", "UTC")
     assert_no_default_index_names(conn, typed)
-    assert_check_ok(run, dsn, typed)
+    assert_check_ok(run, dsn, typed, quarantined=1)
     assert "partguard:" not in err
 
 

@@ -322,7 +322,7 @@ def _unfinished(table: Table, u: UnfinishedFix, server: Server) -> Finding:
         head = f"{who} was interrupted after step {u.state}"
     else:
         head = f"{who} left its helpers behind"
-    quarantine = f"partguard.{u.quarantine}" if u.quarantine else "partguard's quarantine"
+    quarantine = _quarantine_name(table, u.quarantine) if u.quarantine else "partguard's quarantine"
     if u.kind == "detached_default":
         head = (f"{rel} is a detached DEFAULT (a plain table with the columns of {display_name(table)}, "
                 f"left by an interrupted repair)")
@@ -348,7 +348,7 @@ def _unfinished(table: Table, u: UnfinishedFix, server: Server) -> Finding:
         f"{head}: {body}; {how}",
         {"kind": u.kind, "run_id": u.run_id, "state": u.state, "relation": rel,
          "rows_not_visible": u.hidden_rows, "rows_exact": u.hidden_exact, "trigger": u.trigger,
-         "check": u.check, "quarantine": f"partguard.{u.quarantine}" if u.quarantine else None,
+         "check": u.check, "quarantine": _quarantine_name(table, u.quarantine) if u.quarantine else None,
          "running": u.running, "started_at": iso(u.started_at) if u.started_at else None,
          "command": finish if u.adoptable else None, "undo_command": undo},
     )
@@ -361,7 +361,7 @@ def quarantine_findings(state: TableState) -> list[Finding]:
 
 
 def _quarantined(state: TableState, q: Quarantine) -> Finding:
-    zone, name = _zone(state), f"partguard.{q.name}"
+    zone, name = _zone(state), _quarantine_name(state.table, q.name)
     keys = (f"keys {fmt_key(q.min_key, zone)} … {fmt_key(q.max_key, zone)}{_zone_suffix(zone)}"
             if q.min_key is not None else "no key")
     nulls = f", {q.null_rows} with a NULL key" if q.null_rows else ""
@@ -373,6 +373,10 @@ def _quarantined(state: TableState, q: Quarantine) -> Finding:
         {"quarantine": name, "rows": q.rows, "null_rows": q.null_rows, "min_key": iso(q.min_key),
          "max_key": iso(q.max_key), "zone": zone},
     )
+
+
+def _quarantine_name(table: Table, name: str) -> str:
+    return display_name(replace(table, schema="partguard", name=name))
 
 
 def repair_command(server: Server, table: Table, *extra: str) -> str:

@@ -175,13 +175,13 @@ def _fix_locked(
 ) -> FixOutcome:
     server = read_server(conn)
     partman = server.partman
-    state = _state(conn, server, table, req)
     source, adopted = _source(conn, table)
-    lacking = privileges.missing(conn, privileges.Needs(
-        table.schema, table.owner, source or "", partman if state.config is not None else None))
+    # partman's part_config tells whether it manages the table: needed even for a native one.
+    lacking = privileges.missing(conn, privileges.Needs(table.schema, table.owner, source or "", partman))
     if lacking and not req.dry_run:
         raise PermissionDenied(f"fix needs privileges this role lacks (nothing changed): {'; '.join(lacking)}")
     notes = [f"this role could not run the repair: it lacks {'; '.join(lacking)}"] if lacking else []
+    state = _state(conn, server, table, req)
     readable = journal.readable(conn)
     if not readable and journal.schema_exists(conn):  # a dry run by a role that may not read it
         notes.append("this role may not read partguard.fix_run: an interrupted run would go unseen here")

@@ -39,7 +39,7 @@ class Needs:
     schema: str  # the table's schema: new children and the fresh DEFAULT go there
     owner: str  # the parent's owner (ALTER TABLE … DETACH/ATTACH need its ownership)
     source: str  # the DEFAULT (or the detached table adopted): renamed, altered, dropped
-    partman: Partman | None  # partman creates the children: its schema and config
+    partman: Partman | None  # installed: its config says whether it manages the table (and makes children)
 
 
 def missing(conn: Conn, needs: Needs) -> list[str]:
@@ -59,6 +59,7 @@ def missing(conn: Conn, needs: Needs) -> list[str]:
         (db_create, "CREATE on the database (the plan creates schema partguard if missing)"),
         (pg_create and pg_usage, "USAGE and CREATE on schema partguard (journal and quarantine)"),
         (runs and chunks, "SELECT, INSERT, UPDATE on partguard.fix_run and SELECT, INSERT on partguard.fix_chunk"),
-        (partman, f"USAGE on schema {needs.partman.schema if needs.partman else ''} and SELECT on its part_config"),
+        (partman, f"USAGE on schema {needs.partman.schema if needs.partman else ''} and SELECT on its part_config "
+                  "(whether pg_partman manages the table)"),
     ]
     return [what for ok, what in checks if not ok]
