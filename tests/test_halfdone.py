@@ -370,6 +370,26 @@ def test_copy_with_all_but_one_slot_taken_runs_on_fewer_connections(
     assert "unfinished_fix" not in {f["code"] for f in findings}, findings
 
 
+def test_copy_goes_on_when_a_worker_connection_is_lost(run: Run, dsn: str, conn: Conn) -> None:
+    fixes_incident(conn, partman=False, rows=20_000)
+    killed: list[bool] = []
+
+    def terminate_the_other_worker() -> None:
+        with psycopg.connect(dsn, autocommit=True) as dba:
+            row = dba.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE application_name = 'partguard copy 2'").fetchone()
+        killed.append(bool(row and row[0]))
+
+    with fault_action("copy:1", terminate_the_other_worker):
+        rc, out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "copy", "--jobs", "2",
+                           "--chunk-pages", "16")
+
+    assert killed == [True], "no worker connection was terminated: the test proves nothing"
+    assert rc == 0, err
+    assert conn.execute("SELECT count(*), count(DISTINCT id) FROM public.fixes").fetchone() == (20_000, 20_000)
+    assert conn.execute("SELECT state FROM partguard.fix_run").fetchall() == [("done",)]
+
+
 # --- 4. quarantined rows -----------------------------------------------------------------
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -122,47 +123,36 @@ def abort(conn: Conn, req: FixRequest) -> FixOutcome:
             cmd = unfinished.left(conn, table, run.run_id)
             raise UsageError(f"fix run {run.run_id} ({p.strategy}) is past the point where it can be undone "
                              f"(step {run.state}); finish it instead: {cmd}")
-        done = unfinished.undo_instant(conn, table, p, run, lock_timeout=req.lock_timeout, retries=req.retries,
-                                       reason="fix --abort")
+        done = unfinished.undo_instant(conn, table, p.source, p.quarantine, run, lock_timeout=req.lock_timeout,
+                                       retries=req.retries, reason="fix --abort")
         return FixOutcome(table.qualname, "rolled_back", p.strategy, run.run_id, rows_moved=done.rows_put_back,
-                          notes=[unfinished.describe_undone(done, table, p)])
+                          notes=[unfinished.describe_undone(done, table, p.source)])
 
 
 def _abort_helpers(conn: Conn, req: FixRequest, table: catalog.Table) -> FixOutcome:
     """No journal run, but instant's trigger or CHECK on the DEFAULT (a lost journal):
     drop them; quarantined rows stay, since nothing tells which run set them aside."""
-    if table.default is None:
-        return FixOutcome(table.qualname, "nothing_to_do", notes=["no unfinished fix run"])
-    p = _helper_params(table)
-    done = unfinished.undo_instant(conn, table, p, None, lock_timeout=req.lock_timeout, retries=req.retries,
-                                   reason="fix --abort")
-    if not done.dropped:
-        return FixOutcome(table.qualname, "nothing_to_do", notes=["no unfinished fix run"])
-    return FixOutcome(table.qualname, "rolled_back", "instant", notes=[unfinished.describe_undone(done, table, p)])
+    if table.default is not None:
+        done = unfinished.undo_instant(conn, table, table.default.name, S.short_name(table.name, "_quarantine"),
+                                       None, lock_timeout=req.lock_timeout, retries=req.retries,
+                                       reason="fix --abort")
+        if done.dropped:
+            return FixOutcome(table.qualname, "rolled_back", "instant",
+                              notes=[unfinished.describe_undone(done, table, table.default.name)])
+    return FixOutcome(table.qualname, "nothing_to_do", notes=["no unfinished fix run"])
 
 
-def _helper_params(table: catalog.Table) -> FixParams:
-    assert table.default is not None
-    return FixParams("instant", table.qualname, table.key, table.default.name, None, None, False,
-                     S.short_name(table.name, "_quarantine"), None, None, None, None, None, (), None, False,
-                     False, 0, (), 0)
-
-
-class _table_lock:
+@contextmanager
+def _table_lock(conn: Conn, table: catalog.Table) -> Iterator[None]:
     """The per-table advisory lock every fix (and --abort) holds for its whole run."""
-
-    def __init__(self, conn: Conn, table: catalog.Table) -> None:
-        self.conn, self.table = conn, table
-
-    def __enter__(self) -> None:
-        got = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (advisory_key(self.table.oid),)).fetchone()
-        if not (got and got[0]):
-            raise AlreadyRunning(f"another partguard fix is running on {self.table.qualname} "
-                                 f"({_holder(self.conn, self.table.oid)})")
-
-    def __exit__(self, *exc: object) -> None:
-        if not (self.conn.closed or self.conn.broken):
-            self.conn.execute("SELECT pg_advisory_unlock(%s)", (advisory_key(self.table.oid),))
+    got = conn.execute("SELECT pg_try_advisory_lock(%s)", (advisory_key(table.oid),)).fetchone()
+    if not (got and got[0]):
+        raise AlreadyRunning(f"another partguard fix is running on {table.qualname} ({_holder(conn, table.oid)})")
+    try:
+        yield
+    finally:
+        if not (conn.closed or conn.broken):
+            conn.execute("SELECT pg_advisory_unlock(%s)", (advisory_key(table.oid),))
 
 
 def _fix_locked(

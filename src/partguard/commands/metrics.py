@@ -134,7 +134,7 @@ def _leftovers(report: CheckReport) -> dict[str, dict[str, float]]:
             continue
         m = out.setdefault(f.table, dict.fromkeys(_LEFTOVERS, 0.0))
         if f.code == "unfinished_fix":
-            m["unfinished_fixes"] += f.severity.value == "critical"
+            m["unfinished_fixes"] += 1.0 if f.severity.value == "critical" else 0.0
             m["unfinished_fix_rows"] += float(f.detail.get("rows_not_visible") or 0)
         else:
             m["quarantine_rows"] += float(f.detail.get("rows") or 0)

@@ -36,14 +36,15 @@ class Undone:
 
 
 def undo_instant(
-    conn: Conn, table: catalog.Table, p: FixParams, run: journal.FixRun | None, *,
+    conn: Conn, table: catalog.Table, source: str, quarantine: str, run: journal.FixRun | None, *,
     lock_timeout: float, retries: int, reason: str,
 ) -> Undone:
-    """Drop instant's trigger and CHECK from the DEFAULT and put the rows the run set aside
-    (quarantined since it started) back into the parent, in one transaction with the
-    journal's ``rolled_back``. Only valid before the swap: the DEFAULT is still attached."""
-    src = sql.Identifier(table.schema, p.source)
-    q = sql.Identifier(S.SCHEMA, p.quarantine)
+    """Drop instant's trigger and CHECK from ``source`` (the DEFAULT) and put the rows the
+    run set aside in ``partguard.<quarantine>`` (since it started) back into the parent, in
+    one transaction with the journal's ``rolled_back``. Only valid before the swap, while
+    the DEFAULT is attached. Without a run no row is moved: nothing tells whose they are."""
+    src = sql.Identifier(table.schema, source)
+    q = sql.Identifier(S.SCHEMA, quarantine)
     since = run.started_at if run is not None else None
     relations = [table.oid] + ([table.default.oid] if table.default else [])
 
@@ -70,12 +71,12 @@ def undo_instant(
 
     done: Undone = run_locked(conn, work, lock_timeout=lock_timeout, retries=retries, relations=relations,
                               what="undo")
-    log.warning("fix %s: undone: %s", table.qualname, describe_undone(done, table, p))
+    log.warning("fix %s: undone: %s", table.qualname, describe_undone(done, table, source))
     return done
 
 
-def describe_undone(u: Undone, table: catalog.Table, p: FixParams) -> str:
-    src = display_name(replace(table, name=p.source))
+def describe_undone(u: Undone, table: catalog.Table, source: str) -> str:
+    src = display_name(replace(table, name=source))
     dropped = f"dropped {' and '.join(u.dropped)} from {src}" if u.dropped else f"nothing was left on {src}"
     return f"{dropped}, put {u.rows_put_back} quarantined rows back into {display_name(table)}"
 
@@ -102,11 +103,11 @@ def after_failure(
             return None
         if p.strategy == "instant" and run.state in journal.INSTANT_BEFORE_SWAP:
             try:
-                done = undo_instant(c, table, p, run, lock_timeout=lock_timeout, retries=retries,
-                                    reason=_first_line(exc))
+                done = undo_instant(c, table, p.source, p.quarantine, run, lock_timeout=lock_timeout,
+                                    retries=retries, reason=_first_line(exc))
             except (PartguardError, psycopg.Error) as undo_exc:
                 return f"the undo failed too ({_first_line(undo_exc)}): {left(c, table, run_id)}"
-            return f"undone: {describe_undone(done, table, p)}; the table is as it was (run {run_id} rolled back)"
+            return f"undone: {describe_undone(done, table, p.source)}; the table is as it was (run {run_id} rolled back)"
         return f"stopped after step {run.state}: {left(c, table, run_id)}"
     finally:
         if not own:

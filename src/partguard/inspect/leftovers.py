@@ -32,9 +32,9 @@ CHECK_NAME = "partguard_span"
 COUNT_CAP = 1_000_000
 NAMEDATALEN = 63
 
-# After these states a copy run has copied every range (verify passed or the copy step
-# completed): nothing is out of sight any more, only the clean-up is left.
-_COPY_ALL_COPIED = ("copy", "verify", "drop", "maintenance", "release")
+# After these states a copy run has verified that every row of the holding table was
+# copied (or dropped it): nothing is out of sight any more, only the clean-up is left.
+_COPY_ALL_COPIED = ("verify", "drop", "maintenance", "release")
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ def missing(conn: Conn, needs: Needs) -> list[str]:
     if row[0]:
         return []
     (_, owner, source_owner, schema_create, db_create, pg_create, pg_usage, runs, chunks, partman) = row
+    pm = needs.partman.schema if needs.partman else ""
     checks = [
         (owner, f"ownership of the table (its owner is {needs.owner}: run as that role or a member of it)"),
         (source_owner, f"ownership of {needs.source} (the DEFAULT the repair renames)"),
@@ -59,7 +60,6 @@ def missing(conn: Conn, needs: Needs) -> list[str]:
         (db_create, "CREATE on the database (the plan creates schema partguard if missing)"),
         (pg_create and pg_usage, "USAGE and CREATE on schema partguard (journal and quarantine)"),
         (runs and chunks, "SELECT, INSERT, UPDATE on partguard.fix_run and SELECT, INSERT on partguard.fix_chunk"),
-        (partman, f"USAGE on schema {needs.partman.schema if needs.partman else ''} and SELECT on its part_config "
-                  "(whether pg_partman manages the table)"),
+        (partman, f"USAGE on schema {pm} and SELECT on its part_config (whether pg_partman manages the table)"),
     ]
     return [what for ok, what in checks if not ok]
