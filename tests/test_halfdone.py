@@ -381,7 +381,7 @@ def test_copy_goes_on_when_a_worker_connection_is_lost(run: Run, dsn: str, conn:
         killed.append(bool(row and row[0]))
 
     with fault_action("copy:1", terminate_the_other_worker):
-        rc, out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "copy", "--jobs", "2",
+        rc, _out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "copy", "--jobs", "2",
                            "--chunk-pages", "16")
 
     assert killed == [True], "no worker connection was terminated: the test proves nothing"

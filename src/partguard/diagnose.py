@@ -337,7 +337,9 @@ def _unfinished(table: Table, u: UnfinishedFix, server: Server) -> Finding:
         helpers = " and ".join(n for n, on in (("trigger partguard_divert", u.trigger),
                                                ("CHECK partguard_span", u.check)) if on)
         body = (f"{helpers} on {rel} divert every insert outside the repair's span to {quarantine} "
-                f"(the writer sees INSERT 0 0); {u.hidden_rows} rows there are not visible through the table")
+                "(the writer sees INSERT 0 0)")
+        if u.run_id is not None:
+            body += f"; {u.hidden_rows} rows the run set aside there are not visible through the table"
         how = f"finish it: {finish}, or undo it: {undo}"
     else:
         body = (f"the table takes inserts again; partman maintenance and the release of {quarantine} "

@@ -92,10 +92,11 @@ def schema_exists(conn: Conn) -> bool:
 
 def readable(conn: Conn) -> bool:
     """The fix journal exists and this role may read it (a monitoring role may not)."""
+    # CASE, not AND: has_table_privilege raises on a table that does not exist.
     row = conn.execute(
-        "SELECT to_regclass('partguard.fix_run') IS NOT NULL "
-        "AND has_table_privilege('partguard.fix_run', 'SELECT') "
-        "AND has_table_privilege('partguard.fix_chunk', 'SELECT')"
+        "SELECT CASE WHEN to_regclass('partguard.fix_run') IS NULL OR to_regclass('partguard.fix_chunk') IS NULL "
+        "THEN false ELSE has_table_privilege('partguard.fix_run', 'SELECT') "
+        "AND has_table_privilege('partguard.fix_chunk', 'SELECT') END"
     ).fetchone()
     return bool(row and row[0])
 

@@ -20,16 +20,19 @@ SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
                  WHERE n.nspname = %(schema)s AND c.relname = %(source)s), true),
        has_schema_privilege(%(schema)s, 'CREATE'),
        has_database_privilege(current_database(), 'CREATE'),
-       to_regnamespace('partguard') IS NULL OR has_schema_privilege('partguard', 'CREATE'),
-       to_regnamespace('partguard') IS NULL OR has_schema_privilege('partguard', 'USAGE'),
-       to_regclass('partguard.fix_run') IS NULL OR (
-           has_table_privilege('partguard.fix_run', 'SELECT') AND has_table_privilege('partguard.fix_run', 'INSERT')
-           AND has_table_privilege('partguard.fix_run', 'UPDATE')),
-       to_regclass('partguard.fix_chunk') IS NULL OR (
-           has_table_privilege('partguard.fix_chunk', 'SELECT') AND has_table_privilege('partguard.fix_chunk', 'INSERT')),
-       %(partman)s::text IS NULL OR (has_schema_privilege(%(partman)s::text, 'USAGE')
-           AND has_table_privilege(quote_ident(%(partman)s::text) || '.part_config', 'SELECT'))
+       CASE WHEN to_regnamespace('partguard') IS NULL THEN true
+            ELSE has_schema_privilege('partguard', 'CREATE') AND has_schema_privilege('partguard', 'USAGE') END,
+       CASE WHEN to_regclass('partguard.fix_run') IS NULL THEN true
+            ELSE has_table_privilege('partguard.fix_run', 'SELECT') AND has_table_privilege('partguard.fix_run', 'INSERT')
+                 AND has_table_privilege('partguard.fix_run', 'UPDATE') END,
+       CASE WHEN to_regclass('partguard.fix_chunk') IS NULL THEN true
+            ELSE has_table_privilege('partguard.fix_chunk', 'SELECT')
+                 AND has_table_privilege('partguard.fix_chunk', 'INSERT') END,
+       CASE WHEN %(partman)s::text IS NULL THEN true
+            ELSE has_schema_privilege(%(partman)s::text, 'USAGE')
+                 AND has_table_privilege(quote_ident(%(partman)s::text) || '.part_config', 'SELECT') END
 """
+# CASE, not OR/AND: has_*_privilege raises on an object that does not exist.
 
 
 @dataclass(frozen=True)
@@ -51,14 +54,14 @@ def missing(conn: Conn, needs: Needs) -> list[str]:
     assert row is not None
     if row[0]:
         return []
-    (_, owner, source_owner, schema_create, db_create, pg_create, pg_usage, runs, chunks, partman) = row
+    (_, owner, source_owner, schema_create, db_create, journal_schema, runs, chunks, partman) = row
     pm = needs.partman.schema if needs.partman else ""
     checks = [
         (owner, f"ownership of the table (its owner is {needs.owner}: run as that role or a member of it)"),
         (source_owner, f"ownership of {needs.source} (the DEFAULT the repair renames)"),
         (schema_create, f"CREATE on schema {needs.schema} (for the new children and the fresh DEFAULT)"),
         (db_create, "CREATE on the database (the plan creates schema partguard if missing)"),
-        (pg_create and pg_usage, "USAGE and CREATE on schema partguard (journal and quarantine)"),
+        (journal_schema, "USAGE and CREATE on schema partguard (journal and quarantine)"),
         (runs and chunks, "SELECT, INSERT, UPDATE on partguard.fix_run and SELECT, INSERT on partguard.fix_chunk"),
         (partman, f"USAGE on schema {pm} and SELECT on its part_config (whether pg_partman manages the table)"),
     ]
