@@ -248,8 +248,14 @@ def copy_chunks(
                for i, c in enumerate(conns, 1)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException:  # Ctrl-C: let each worker finish its range before the caller goes on
+        stop.set()
+        for t in threads:
+            t.join()
+        raise
     if errors:
         exc = errors[0]
         if isinstance(exc, PartguardError):

@@ -120,9 +120,8 @@ def abort(conn: Conn, req: FixRequest) -> FixOutcome:
             return _abort_helpers(conn, req, table)
         p = FixParams.from_json(run.params, table.key_type)
         if p.strategy != "instant" or run.state not in journal.INSTANT_BEFORE_SWAP:
-            cmd = unfinished.left(conn, table, run.run_id)
-            raise UsageError(f"fix run {run.run_id} ({p.strategy}) is past the point where it can be undone "
-                             f"(step {run.state}); finish it instead: {cmd}")
+            raise UsageError(f"fix --abort undoes only an instant run before its swap; "
+                             f"{unfinished.left(conn, table, run.run_id)}")
         done = unfinished.undo_instant(conn, table, p.source, p.quarantine, run, lock_timeout=req.lock_timeout,
                                        retries=req.retries, reason="fix --abort")
         return FixOutcome(table.qualname, "rolled_back", p.strategy, run.run_id, rows_moved=done.rows_put_back,
