@@ -156,6 +156,38 @@ def test_lock_taken_just_before_the_swap_is_undone_and_live_inserts_land_in_the_
     assert {"unfinished_fix", "quarantine_rows"}.isdisjoint(f["code"] for f in findings), findings
 
 
+def test_when_the_undo_cannot_be_done_either_the_error_says_what_is_left_and_how_to_finish(
+    run: Run, dsn: str, conn: Conn, partman_version: str | None
+) -> None:
+    fixes_incident(conn, partman=partman_version is not None)
+    before = outside_partguard(conn)
+
+    with psycopg.connect(dsn) as blocker:
+        def whole_table_locked_when_the_swap_comes() -> None:
+            blocker.execute("LOCK TABLE public.fixes IN ACCESS SHARE MODE")  # the DEFAULT too
+
+        with fault_action("validate", whole_table_locked_when_the_swap_comes):
+            rc, _out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "instant",
+                                "--lock-timeout", "100ms", "--retries", "1")
+        assert far_insert(conn, "diverted") == 0  # still diverting: what the message must say
+        blocker.rollback()
+
+    assert rc == 75, err
+    line = one_line(err)
+    assert "the undo failed too" in line and "trigger partguard_divert and CHECK partguard_span on public.fixes_default" in line
+    assert f"finish it: partguard fix -d {conn.info.dbname} public.fixes --yes" in line
+    assert f"undo it: partguard fix -d {conn.info.dbname} public.fixes --abort" in line
+    assert runs(conn) == [("validate", False)]
+
+    rc, out, err = run("fix", "-d", dsn, "public.fixes", "--abort")  # the command it gave
+
+    assert rc == 0 and "put 1 quarantined rows back" in out, out + err
+    assert helpers_on_default(conn) == [] and where_is(conn, "diverted") == ["fixes_default"]
+    conn.execute("DELETE FROM public.fixes WHERE payload = 'diverted'")
+    assert outside_partguard(conn) == before
+    assert runs(conn) == [("rolled_back", True)]
+
+
 def test_a_lock_held_on_the_parent_fails_the_run_before_its_first_commit(
     run: Run, dsn: str, conn: Conn, partman_version: str | None
 ) -> None:

@@ -118,8 +118,8 @@ def families(s: Scrape) -> list[Metric]:
 _STATUS = {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}
 
 _LEFTOVERS = {
-    "unfinished_fixes": "Interrupted repairs (check's unfinished_fix, CRITICAL): unfinished fix runs "
-                        "no fix is running, helpers left on the DEFAULT, a detached DEFAULT holding rows.",
+    "unfinished_fixes": "Interrupted repairs (check's CRITICAL unfinished_fix): fix runs left unfinished "
+                        "with no fix running, instant's helpers on the DEFAULT, a detached DEFAULT holding rows.",
     "unfinished_fix_rows": "Rows unfinished repairs keep out of sight of the table (holding table, "
                            "detached DEFAULT, rows a run set aside), running ones included.",
     "quarantine_rows": "Rows a fix set aside in partguard.<table>_quarantine (NULL keys, outliers).",
