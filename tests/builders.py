@@ -172,3 +172,44 @@ def partman_due(conn: Conn, parent: str = "public.fixes") -> list[str]:
     dropped = drop_children(conn, parent, lambda lo: lo <= midnight(today))
     conn.execute(sql.SQL("INSERT INTO {} VALUES (1, now())").format(sql.Identifier(*parent.split("."))))
     return dropped
+
+
+def fixes_incident(conn: Conn, *, partman: bool, rows: int = 3000, schema: str = "public") -> sql.Identifier:
+    """The incident on ``<schema>.fixes`` (daily, UTC): children end four days ago, so the
+    DEFAULT holds ``rows`` rows spread over the last three days; managed by pg_partman when asked."""
+    today = utc_today(conn)
+    if partman:
+        parent = native_daily(conn, schema, "fixes", "ts", [], default=False)
+        create_parent(conn, f"{schema}.fixes", "ts", "1 day", premake=3,
+                      start=midnight(today - timedelta(days=10)).isoformat())
+        drop_children(conn, f"{schema}.fixes", lambda lower: lower < midnight(today - timedelta(days=3)))
+    else:
+        parent = native_daily(conn, schema, "fixes", "ts", [today - timedelta(days=d) for d in range(10, 3, -1)])
+    conn.execute(sql.SQL(
+        "INSERT INTO {} (ts, payload) SELECT date_trunc('day', now()) - interval '3 days' "
+        "+ i * (now() - date_trunc('day', now()) + interval '3 days') / %s, 'outage' FROM generate_series(1, %s) i"
+    ).format(parent), (rows + 1, rows))
+    conn.execute(sql.SQL("ANALYZE {}").format(parent))
+    return parent
+
+
+def outside_partguard(conn: Conn) -> list[Any]:
+    """What a fix that failed must leave as it found it: every relation outside partguard's
+    own schema (bounds, constraints, triggers, indexes) and the rows of every table."""
+    where = "n.nspname NOT IN ('partguard', 'pg_catalog', 'information_schema', 'pg_toast')"
+    shape = conn.execute(f"""
+        SELECT n.nspname, c.relname, c.relkind::text, c.relispartition,
+               coalesce(pg_get_expr(c.relpartbound, c.oid), ''),
+               ARRAY(SELECT conname || ' ' || pg_get_constraintdef(x.oid) || ' ' || convalidated::text
+                     FROM pg_constraint x WHERE x.conrelid = c.oid ORDER BY 1),
+               ARRAY(SELECT tgname FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal ORDER BY 1)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE {where} ORDER BY 1, 2""").fetchall()  # test-only SQL, no names interpolated
+    contents = []
+    for schema, name, kind, *_ in shape:
+        if kind == "r":
+            got = conn.execute(sql.SQL("SELECT count(*), md5(coalesce(string_agg(r::text, '|' ORDER BY r::text), '')) "
+                                       "FROM {} r").format(sql.Identifier(schema, name))).fetchone()
+            contents.append((schema, name, got))
+    schemas = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname <> 'partguard' ORDER BY 1")]
+    return [shape, contents, schemas]

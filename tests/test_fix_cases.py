@@ -425,17 +425,20 @@ def runway_wanted(c: Conn, parent: str, ids: bool, premake: int | None = None) -
     return int(cfg[0]), row[0]
 
 
-def assert_check_ok(run: Run, dsn: str, parent: str) -> None:
+def assert_check_ok(run: Run, dsn: str, parent: str, quarantined: int = 0) -> None:
     """``partguard check`` agrees: status OK, no default_rows. A wide child left by instant is
     INFO on a native table and a WARNING on a partman table (whose arithmetic it confuses):
-    then it must say what partman will do wrong, and nothing else may be wrong."""
+    then it must say what partman will do wrong. Rows kept in quarantine are a WARNING with
+    their count. Nothing else may be wrong."""
     rc, report, _ = run("check", "-d", dsn, "-t", parent, "--format", "json")
     doc = json.loads(report)
     faults = [(f["code"], f["severity"], f["message"]) for f in doc["findings"] if f["severity"] != "info"]
     wide = [f for f in faults if f[0] == "wide_child"]
     assert all(sev == "warning" and "premake" in msg and "partguard split" in msg for _, sev, msg in wide), wide
-    others = [f for f in faults if f[0] != "wide_child"]
-    assert rc == (1 if wide else 0) and not others, faults
+    kept = [f["detail"]["rows"] for f in doc["findings"] if f["code"] == "quarantine_rows"]
+    assert kept == ([quarantined] if quarantined else []), doc["findings"]
+    others = [f for f in faults if f[0] not in ("wide_child", "quarantine_rows")]
+    assert rc == (1 if wide or quarantined else 0) and not others, faults
     assert "default_rows" not in {f["code"] for f in doc["findings"]}
 
 
@@ -835,7 +838,7 @@ def test_null_keys_and_far_outliers_are_quarantined_and_reported(
     ks = assert_children_sane(conn, parent)
     _no_invented_children(ks)
     assert_named(ks, "fixes_p", PARTMAN_FORMATS[major]["1 day"], "UTC")
-    assert_check_ok(run, dsn, parent)
+    assert_check_ok(run, dsn, parent, quarantined=len(FAR))
     assert_partman_healthy(dsn, parent, PARTMAN_FORMATS[major]["1 day"], "UTC")
 
 
@@ -1014,7 +1017,7 @@ def test_odd_identifiers_quotes_spaces_capitals_unicode(run: Run, dsn: str, conn
     ks = assert_children_sane(conn, typed)
     assert_named(ks, f"{table}_p", "YYYYMMDD", "UTC")
     assert_no_default_index_names(conn, typed)
-    assert_check_ok(run, dsn, typed)
+    assert_check_ok(run, dsn, typed, quarantined=1)
     assert "partguard:" not in err
 
 

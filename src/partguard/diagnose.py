@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from enum import Enum
 from typing import Any
@@ -34,6 +34,7 @@ from .inspect.catalog import Key, Table
 from .inspect.connections import STATES as CONNECTION_STATES
 from .inspect.connections import Clients, Limit, Pool
 from .inspect.grid import Grid, TimeGrid
+from .inspect.leftovers import Quarantine, UnfinishedFix
 from .inspect.locks import LockHolder
 from .inspect.retention import le
 from .inspect.snapshot import Server, Snapshot, TableState, zone_label
@@ -42,9 +43,10 @@ from .plan.fix import check_fixable
 # Re-exported: callers (check, maintain, metrics) reach the shared measurements through here.
 __all__ = [
     "DEFAULT_PREMAKE", "STALE_AFTER", "STATUS_NAMES", "Finding", "Runway", "Severity",
-    "default_rows_estimate", "diagnose", "diagnose_table", "display_name", "fix_command", "fmt_delta",
-    "fmt_key", "gaps", "iso", "last_maintenance", "misaligned", "repair_advice", "reserved_advice", "runway",
-    "runway_findings", "runway_severity", "status", "wide_children", "worst",
+    "default_rows_estimate", "describe_unfinished", "diagnose", "diagnose_table", "display_name",
+    "fix_command", "fmt_delta", "fmt_key", "gaps", "iso", "last_maintenance", "misaligned",
+    "quarantine_findings", "repair_advice", "repair_command", "reserved_advice", "runway",
+    "runway_findings", "runway_severity", "status", "unfinished_findings", "wide_children", "worst",
 ]
 
 # No successful maintenance for twice the usual (hourly) schedule.
@@ -132,6 +134,8 @@ def diagnose_table(state: TableState, server: Server) -> list[Finding]:
         return [Finding("unsupported", sev, table.qualname, reason, {"strategy": table.strategy})]
     out = gaps_findings(table, _zone(state))
     out.extend(default_findings(state, server))
+    out.extend(unfinished_findings(state, server))
+    out.extend(quarantine_findings(state))
     grid = state.grid.grid
     if grid is None:
         why = state.grid.error or f"{table.qualname}: the partition grid cannot be determined"
@@ -466,6 +470,98 @@ def partman_retention_findings(state: TableState, server: Server) -> list[Findin
 
 def _interval_of(state: TableState) -> str:
     return _interval(state.grid.grid) if state.grid.grid is not None else "interval"
+
+
+# --- what unfinished repairs left behind ---
+
+
+def unfinished_findings(state: TableState, server: Server) -> list[Finding]:
+    """A fix run the journal records as unfinished, instant's trigger + CHECK still on the
+    DEFAULT, or a DEFAULT the old script detached: CRITICAL (WARNING while a fix is
+    running on the table), with the rows out of sight and the command that finishes it."""
+    return [_unfinished(state.table, u, server) for u in state.leftovers.unfinished]
+
+
+def describe_unfinished(table: Table, u: UnfinishedFix, server: Server) -> str:
+    """What an unfinished repair left and the command that finishes (or undoes) it."""
+    return _unfinished(table, u, server).message
+
+
+def _unfinished(table: Table, u: UnfinishedFix, server: Server) -> Finding:
+    rel = display_name(replace(table, name=u.relation))
+    rows = f"{u.hidden_rows} rows" if u.hidden_exact else f"~{u.hidden_rows} rows (estimate)"
+    finish = repair_command(server, table, "--yes")
+    undo = repair_command(server, table, "--abort") if u.before_swap else None
+    who = f"fix run {u.run_id} ({u.kind})" if u.run_id is not None else "an earlier fix --strategy instant"
+    if u.running:
+        head = f"{who} is in progress ({u.running}), at step {u.state}"
+    elif u.run_id is not None:
+        head = f"{who} was interrupted after step {u.state}"
+    else:
+        head = f"{who} left its helpers behind"
+    quarantine = _quarantine_name(table, u.quarantine) if u.quarantine else "partguard's quarantine"
+    if u.kind == "detached_default":
+        head = (f"{rel} is a detached DEFAULT (a plain table with the columns of {display_name(table)}, "
+                f"left by an interrupted repair)")
+        body = f"it holds {rows}, not visible through the table"
+        how = (f"adopt and finish it: {finish}" if u.adoptable else
+               "partguard fix adopts it only while the table has no DEFAULT: move its rows by hand")
+    elif u.kind == "copy":
+        body = (f"{rows} in {rel} are not visible through {display_name(table)} yet" if u.hidden_rows
+                else f"every row of {rel} is copied; dropping it and the last steps are left")
+        how = f"finish it: {finish}"
+    elif u.before_swap:
+        helpers = " and ".join(n for n, on in (("trigger partguard_divert", u.trigger),
+                                               ("CHECK partguard_span", u.check)) if on)
+        body = (f"{helpers} on {rel} divert every insert outside the repair's span to {quarantine} "
+                "(the writer sees INSERT 0 0)")
+        if u.run_id is not None:
+            body += f"; {u.hidden_rows} rows the run set aside there are not visible through the table"
+        how = f"finish it: {finish}, or undo it: {undo}"
+    else:
+        body = (f"the table takes inserts again; partman maintenance and the release of {quarantine} "
+                f"({u.hidden_rows} rows set aside by the run) are left")
+        how = f"finish it: {finish}"
+    return Finding(
+        "unfinished_fix", Severity.WARNING if u.running else Severity.CRITICAL, table.qualname,
+        f"{head}: {body}; {how}",
+        {"kind": u.kind, "run_id": u.run_id, "state": u.state, "relation": rel,
+         "rows_not_visible": u.hidden_rows, "rows_exact": u.hidden_exact, "trigger": u.trigger,
+         "check": u.check, "quarantine": _quarantine_name(table, u.quarantine) if u.quarantine else None,
+         "running": u.running, "started_at": iso(u.started_at) if u.started_at else None,
+         "command": finish if u.adoptable else None, "undo_command": undo},
+    )
+
+
+def quarantine_findings(state: TableState) -> list[Finding]:
+    """Rows a fix set aside (NULL keys, far outliers, inserts diverted during a repair):
+    kept, but not visible through the table, and no child will ever take them."""
+    return [_quarantined(state, q) for q in state.leftovers.quarantine if q.rows]
+
+
+def _quarantined(state: TableState, q: Quarantine) -> Finding:
+    zone, name = _zone(state), _quarantine_name(state.table, q.name)
+    keys = (f"keys {fmt_key(q.min_key, zone)} … {fmt_key(q.max_key, zone)}{_zone_suffix(zone)}"
+            if q.min_key is not None else "no key")
+    nulls = f", {q.null_rows} with a NULL key" if q.null_rows else ""
+    return Finding(
+        "quarantine_rows", Severity.WARNING, state.table.qualname,
+        f"{name} holds {q.rows} rows set aside from {display_name(state.table)} ({keys}{nulls}): "
+        f"they are not visible through the table; review them (SELECT * FROM {name}), then move "
+        "them back once a child covers them, or delete them",
+        {"quarantine": name, "rows": q.rows, "null_rows": q.null_rows, "min_key": iso(q.min_key),
+         "max_key": iso(q.max_key), "zone": zone},
+    )
+
+
+def _quarantine_name(table: Table, name: str) -> str:
+    return display_name(replace(table, schema="partguard", name=name))
+
+
+def repair_command(server: Server, table: Table, *extra: str) -> str:
+    """``partguard fix -d <db> <table> …``, shell-quoted, to paste."""
+    db = shlex.quote(server.database) if server.database else "<db>"
+    return " ".join(["partguard fix -d", db, shlex.quote(display_name(table)), *extra])
 
 
 # --- runway and maintenance ---

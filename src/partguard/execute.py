@@ -10,32 +10,52 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from . import journal
-from .db import Conn, ConnParams, connect, run_locked
-from .errors import PartguardError
+from .db import Conn, ConnParams, connect_retrying, run_locked
+from .errors import ConnectionFailed, PartguardError
 from .plan.steps import Step
 
 log = logging.getLogger(__name__)
 
 Work = Callable[[Conn], Any]
 
+_ACTIONS: dict[str, Callable[[], None]] = {}
+
 
 def fault(point: str) -> None:
     """Crash-test hook: ``PARTGUARD_FAULT=<point>`` kills this process at ``point``.
 
     The crash tests need a SIGKILL at an exact place (inside the swap, mid-copy, before the
-    drop); timing a kill from outside would make them flaky. Unset in production.
+    drop); timing a kill from outside would make them flaky. Unset in production. An
+    in-process test may also run an action there (``fault_action``).
     """
+    action = _ACTIONS.get(point)
+    if action is not None:
+        action()
     if os.environ.get("PARTGUARD_FAULT") == point:
         log.warning("PARTGUARD_FAULT=%s: killing myself", point)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextmanager
+def fault_action(point: str, action: Callable[[], None]) -> Iterator[None]:
+    """Tests: run ``action`` when a run reaches ``point`` (in the thread that reaches it,
+    inside that step's transaction), e.g. take a lock on the parent just before the swap."""
+    _ACTIONS[point] = action
+    try:
+        yield
+    finally:
+        _ACTIONS.pop(point, None)
 
 
 @dataclass
@@ -133,23 +153,49 @@ def chunks(total_pages: int, chunk_pages: int) -> list[tuple[int, int]]:
     return out or [(0, 1)]
 
 
+def open_workers(params: ConnParams | str, jobs: int, *, retry_for: float) -> tuple[list[Conn], str | None]:
+    """The copy's extra connections (``jobs - 1``: the main connection is a worker too),
+    opened and checked before the swap commits, so a full server costs parallelism, never
+    a half-done copy. A refused connection (too many clients, starting up) is retried with
+    backoff for ``retry_for`` seconds; after that the copy runs on what it has. Returns the
+    connections and, when fewer than asked, why."""
+    conns: list[Conn] = []
+    for i in range(2, jobs + 1):
+        try:
+            conn = connect_retrying(_worker_conninfo(params, i), retry_for)
+            conn.execute("SELECT 1")
+        except (ConnectionFailed, psycopg.OperationalError) as exc:
+            log.warning("copy: connection %d of %d refused, copying on %d: %s", i, jobs, len(conns) + 1,
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            return conns, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        conns.append(conn)
+    return conns, None
+
+
+def _worker_conninfo(params: ConnParams | str, i: int) -> str:
+    """Each copy connection says what it is in pg_stat_activity."""
+    name = f"partguard copy {i}"
+    return params.conninfo(name) if isinstance(params, ConnParams) else make_conninfo(params, application_name=name)
+
+
 def copy_chunks(
-    params: ConnParams | str,
+    conns: Sequence[Conn],
     statements: Sequence[sql.Composed],
     run_id: int,
     todo: list[tuple[int, int]],
     total_pages: int,
     *,
-    jobs: int,
     lock_timeout: float,
     retries: int,
     relations: Sequence[int],
     on_progress: Callable[[Progress], None] | None = None,
     done_pages: int = 0,
 ) -> int:
-    """Copy block ranges on ``jobs`` connections; every range commits with its journal row.
+    """Copy block ranges on ``conns`` (one worker each); every range commits with its
+    journal row.
 
-    Returns rows copied in this call. The first error stops every worker after its current
+    Returns rows copied in this call. A worker whose connection is lost hands its range
+    back and stops; the others go on. Any other error stops every worker after its current
     range; what committed stays committed and a rerun skips it.
     """
     work: queue.Queue[tuple[int, int]] = queue.Queue()
@@ -161,13 +207,9 @@ def copy_chunks(
     started = time.monotonic()
     stop = threading.Event()
 
-    def worker() -> None:
-        try:
-            conn = connect(params)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-            stop.set()
-            return
+    lost: list[str] = []
+
+    def worker(conn: Conn) -> None:
         try:
             while not stop.is_set():
                 try:
@@ -175,11 +217,19 @@ def copy_chunks(
                 except queue.Empty:
                     return
                 args = {"run_id": run_id, "first_block": first, "end_block": end}
-                run_locked(
-                    conn,
-                    partial(_copy_one, statements, args),
-                    lock_timeout=lock_timeout, retries=retries, relations=relations, what="copy",
-                )
+                try:
+                    run_locked(
+                        conn,
+                        partial(_copy_one, statements, args),
+                        lock_timeout=lock_timeout, retries=retries, relations=relations, what="copy",
+                    )
+                except psycopg.OperationalError as exc:
+                    if not conn.broken:
+                        raise
+                    work.put((first, end))  # rolled back with the connection: someone else's now
+                    lost.append(str(exc).strip().splitlines()[0] if str(exc).strip() else "connection lost")
+                    log.warning("copy: a connection was lost (%s); going on with the others", lost[-1])
+                    return
                 copied = _rows_of(conn, run_id, first)
                 with lock:
                     state["pages"] += min(end, total_pages) - first
@@ -193,19 +243,26 @@ def copy_chunks(
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(exc)
             stop.set()
-        finally:
-            conn.close()
 
-    threads = [threading.Thread(target=worker, name=f"partguard-copy-{i}", daemon=True) for i in range(max(1, jobs))]
+    threads = [threading.Thread(target=worker, args=(c,), name=f"partguard-copy-{i}", daemon=True)
+               for i, c in enumerate(conns, 1)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException:  # Ctrl-C: let each worker finish its range before the caller goes on
+        stop.set()
+        for t in threads:
+            t.join()
+        raise
     if errors:
         exc = errors[0]
         if isinstance(exc, PartguardError):
             raise exc
         raise PartguardError(f"copy failed: {exc}") from exc
+    if not work.empty():
+        raise PartguardError(f"copy: every connection was lost ({lost[-1] if lost else 'no reason given'})")
     return state["rows"]
 
 

@@ -18,6 +18,12 @@ from .db import Conn
 
 SCHEMA = "partguard"
 
+_LOCK_SPACE = 0x70617274  # 'part': our half of the advisory-lock key of a fix
+
+# Steps after which an instant run has changed the DEFAULT but not yet swapped it: its
+# trigger diverts inserts and its CHECK narrows the DEFAULT. Undone, never left behind.
+INSTANT_BEFORE_SWAP = ("prepare", "quarantine", "validate")
+
 _DDL = """
 CREATE SCHEMA IF NOT EXISTS partguard;
 CREATE TABLE IF NOT EXISTS partguard.fix_run (
@@ -84,6 +90,23 @@ def schema_exists(conn: Conn) -> bool:
     return bool(row and row[0])
 
 
+def readable(conn: Conn) -> bool:
+    """The fix journal exists and this role may read it (a monitoring role may not)."""
+    # CASE, not AND: has_table_privilege raises on a table that does not exist.
+    row = conn.execute(
+        "SELECT CASE WHEN to_regclass('partguard.fix_run') IS NULL OR to_regclass('partguard.fix_chunk') IS NULL "
+        "THEN false ELSE has_table_privilege('partguard.fix_run', 'SELECT') "
+        "AND has_table_privilege('partguard.fix_chunk', 'SELECT') END"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def advisory_key(oid: int) -> int:
+    """The session advisory lock a running fix holds on its table (pg_locks: classid
+    ``_LOCK_SPACE``, objid the table's oid)."""
+    return (_LOCK_SPACE << 32) | (oid & 0xFFFFFFFF)
+
+
 @dataclass(frozen=True)
 class FixRun:
     run_id: int
@@ -97,6 +120,11 @@ class FixRun:
     holding: str | None
     quarantine: str | None
     detail: dict[str, Any]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The plan as written before the first change (``FixParams.as_json``)."""
+        return dict(self.detail.get("params") or {})
 
 
 _RUN_COLS = sql.SQL(
@@ -115,6 +143,12 @@ def open_run(conn: Conn, parent_oid: int) -> FixRun | None:
     return FixRun(*row) if row else None
 
 
+def get_run(conn: Conn, run_id: int) -> FixRun | None:
+    row = conn.execute(sql.SQL("SELECT {} FROM partguard.fix_run WHERE run_id = %s").format(_RUN_COLS),
+                       (run_id,)).fetchone()
+    return FixRun(*row) if row else None
+
+
 def list_runs(conn: Conn, limit: int = 50) -> list[FixRun]:
     if not schema_exists(conn):
         return []
@@ -125,11 +159,45 @@ def list_runs(conn: Conn, limit: int = 50) -> list[FixRun]:
     return [FixRun(*r) for r in rows]
 
 
+def unfinished_runs(conn: Conn) -> list[FixRun]:
+    """Runs that committed at least one step and did not finish: each left something
+    behind (a holding table, a trigger and CHECK, quarantined rows). A run still
+    'started' changed nothing yet."""
+    if not readable(conn):
+        return []
+    rows = conn.execute(
+        sql.SQL("SELECT {} FROM partguard.fix_run WHERE finished_at IS NULL AND state <> 'started' "
+                "ORDER BY run_id").format(_RUN_COLS)
+    ).fetchall()
+    return [FixRun(*r) for r in rows]
+
+
+def quarantine_names(conn: Conn) -> dict[int, set[str]]:
+    """Quarantine tables (in schema partguard) any fix run of each table has used."""
+    if not readable(conn):
+        return {}
+    out: dict[int, set[str]] = {}
+    for oid, name in conn.execute(
+        "SELECT DISTINCT parent_oid, detail->'params'->>'quarantine' FROM partguard.fix_run "
+        "WHERE detail->'params'->>'quarantine' IS NOT NULL"
+    ):
+        out.setdefault(int(oid), set()).add(str(name))
+    return out
+
+
+def chunk_ranges(conn: Conn, run_id: int) -> list[tuple[int, int]]:
+    """(first_block, end_block) of every range a copy run has committed, in block order."""
+    return [(int(a), int(b)) for a, b in conn.execute(
+        "SELECT first_block, end_block FROM partguard.fix_chunk WHERE run_id = %s ORDER BY first_block",
+        (run_id,))]
+
+
 def start_run(conn: Conn, parent_oid: int, parent_name: str, strategy: str, detail: dict[str, Any]) -> FixRun:
+    params = detail.get("params") or {}
     row = conn.execute(
-        sql.SQL("INSERT INTO partguard.fix_run (parent_oid, parent_name, strategy, state, detail) "
-                "VALUES (%s, %s, %s, 'started', %s) RETURNING {}").format(_RUN_COLS),
-        (parent_oid, parent_name, strategy, Jsonb(detail)),
+        sql.SQL("INSERT INTO partguard.fix_run (parent_oid, parent_name, strategy, state, holding, quarantine, "
+                "detail) VALUES (%s, %s, %s, 'started', %s, %s, %s) RETURNING {}").format(_RUN_COLS),
+        (parent_oid, parent_name, strategy, params.get("holding"), params.get("quarantine"), Jsonb(detail)),
     ).fetchone()
     assert row is not None
     return FixRun(*row)

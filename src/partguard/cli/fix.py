@@ -9,11 +9,11 @@ from typing import Any
 
 import click
 
-from ..commands.fix import FixOutcome, FixRequest, fix
+from ..commands.fix import FixOutcome, FixRequest, abort, fix
+from ..commands.unfinished import runs_status
 from ..db import connect, parse_duration
 from ..errors import Aborted, UsageError
 from ..execute import Progress
-from ..journal import list_runs
 from ..plan.fix import FixOptions
 from .common import conn_params, connection_options, emit_json, format_option, jsonable
 
@@ -45,17 +45,24 @@ log = logging.getLogger(__name__)
               help="Zone to use only when neither partman nor the children tell it (a hint: one that "
                    "cannot be used is a warning).")
 @click.option("--status", is_flag=True, help="List fix runs from the journal (finished and interrupted).")
+@click.option("--abort", "abort_run", is_flag=True,
+              help="Undo TABLE's interrupted instant run (before its swap): drop its trigger and CHECK, "
+                   "put the rows it set aside back.")
 @format_option
 def command(dbname: str | None, host: str | None, port: int | None, user: str | None, table: str | None,
             strategy: str, dry_run: bool, yes: bool, jobs: int, lock_timeout: str, retries: int,
-            interval: str | None, tz: str | None, force_tz: bool, outliers: str, premake: int | None, keep_source: bool,
-            chunk_pages: int, key: str | None, tz_hint: str | None, status: bool, fmt: str) -> int:
+            interval: str | None, tz: str | None, force_tz: bool, outliers: str, premake: int | None,
+            keep_source: bool, chunk_pages: int, key: str | None, tz_hint: str | None, status: bool,
+            abort_run: bool, fmt: str) -> int:
     """Repair TABLE's DEFAULT partition under live writes: short locks, resumable, verified."""
     params = conn_params(dbname, host, port, user)
     if status:
         return _status(params, fmt)
     if not table:
         raise UsageError("fix needs a TABLE (or --status)")
+    if abort_run:
+        return _abort(params, FixRequest(table=table, lock_timeout=parse_duration(lock_timeout), retries=retries),
+                      fmt)
     req = FixRequest(
         table=table,
         options=FixOptions(strategy=strategy, outliers=outliers, premake=premake, keep_source=keep_source,
@@ -99,17 +106,42 @@ def _still_wrong(o: FixOutcome) -> list[str]:
 def _status(params: Any, fmt: str) -> int:
     conn = connect(params)
     try:
-        runs = list_runs(conn)
+        runs = runs_status(conn)
     finally:
         conn.close()
     if fmt == "json":
-        emit_json({"runs": [{k: v for k, v in jsonable(r).items() if k != "detail"} for r in runs]})
+        emit_json({"runs": [{**{k: v for k, v in jsonable(s.run).items() if k != "detail"},
+                             "holding": s.holding, "rows_not_visible": s.rows_not_visible,
+                             "rows_exact": s.rows_exact, "left": s.left} for s in runs]})
         return 0
     if not runs:
         click.echo("no fix runs recorded")
-    for r in runs:
-        state = "finished" if r.finished_at else "INTERRUPTED (rerun the same fix to resume)"
-        click.echo(f"run {r.run_id}: {r.parent_name} {r.strategy} state={r.state} started={r.started_at:%Y-%m-%d %H:%M:%S} {state}")
+    for s in runs:
+        r = s.run
+        state = "finished" if r.finished_at else "INTERRUPTED"
+        hold = f" holding={s.holding}" if s.holding else ""
+        if s.rows_not_visible is not None:
+            hold += f" ({s.rows_not_visible}{'' if s.rows_exact else ' (estimate)'} rows not visible yet)"
+        click.echo(f"run {r.run_id}: {r.parent_name} {r.strategy} state={r.state} "
+                   f"started={r.started_at:%Y-%m-%d %H:%M:%S}{hold} {state}")
+        if s.left:
+            click.echo(f"  {s.left}")
+    return 0
+
+
+def _abort(params: Any, req: FixRequest, fmt: str) -> int:
+    conn = connect(params)
+    try:
+        outcome = abort(conn, req)
+    finally:
+        conn.close()
+    if fmt == "json":
+        emit_json(outcome)
+    elif outcome.status == "rolled_back":
+        click.echo(f"{outcome.table}: rolled back" + (f" run {outcome.run_id}" if outcome.run_id else "")
+                   + f": {'; '.join(outcome.notes)}")
+    else:
+        _print_outcome(outcome)
     return 0
 
 

@@ -1,46 +1,59 @@
 """``fix``: give every row of a DEFAULT partition a proper child, under live writes.
 
 Order of business: refuse what cannot work (before any change), take the per-table
-advisory lock, resume an interrupted run from its journal or plan a new one, then run the
-steps. Every step commits together with its journal state, so running the same command
-again after a crash continues where the last commit left off.
+advisory lock, resume an interrupted run from its journal or plan a new one, check every
+privilege, lock and connection the run will need, then run the steps. Every step commits
+together with its journal state, so running the same command again after a crash
+continues where the last commit left off. A step that fails is never left half-done
+silently: instant's helpers are undone before the swap, and after it the error says what
+is left and the command that finishes it (``unfinished.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from .. import journal
 from ..db import Conn, ConnParams, run_locked
-from ..errors import AlreadyRunning, PermissionDenied, VerificationFailed
-from ..execute import Progress, Runner, chunks, copy_chunks, fault
+from ..errors import (
+    AlreadyRunning,
+    PartguardError,
+    PermissionDenied,
+    UsageError,
+    VerificationFailed,
+)
+from ..execute import Progress, Runner, chunks, copy_chunks, fault, open_workers
 from ..guards import refuse_pooler, refuse_standby
-from ..inspect import catalog
+from ..inspect import catalog, privileges
 from ..inspect.data import count_rows, probe
 from ..inspect.locks import advisory_holders
 from ..inspect.partman import Partman, config_for, read_configs
 from ..inspect.snapshot import Options, TableState, read_server, resolve_zones, table_state
+from ..journal import advisory_key
 from ..plan import steps as S
 from ..plan.children import free_spans, naming, partman_warmup
 from ..plan.fix import ChildSpec, FixOptions, FixParams, check_fixable, plan_fix
+from . import unfinished
 from .partman_calls import SKIPPED_SET, one_line
 
 log = logging.getLogger(__name__)
 
-_LOCK_SPACE = 0x70617274  # 'part': our half of the advisory-lock key
+__all__ = ["FixOutcome", "FixRequest", "abort", "advisory_key", "fix", "plan_steps"]
 
 
 @dataclass(frozen=True)
 class FixOutcome:
     table: str
-    status: str  # planned | nothing_to_do | done | declined
+    status: str  # planned | nothing_to_do | done | declined | rolled_back (--abort)
     strategy: str | None = None
     run_id: int | None = None
     resumed: bool = False
@@ -75,10 +88,8 @@ class FixRequest:
     lock_timeout: float = 2.0
     retries: int = 5
     dry_run: bool = False
-
-
-def advisory_key(oid: int) -> int:
-    return (_LOCK_SPACE << 32) | (oid & 0xFFFFFFFF)
+    # copy: how long a refused worker connection is retried before copying on fewer
+    connect_retry_for: float = 5.0
 
 
 def fix(
@@ -96,14 +107,59 @@ def fix(
     req = replace(req, tz=zones.tz, tz_hint=zones.tz_hint)
     table = _read(conn, req.table)
     check_fixable(table, req.options.key)
-    _check_privileges(conn, table)
+    if not req.dry_run:
+        _check_owner(conn, table)
+    with _table_lock(conn, table):
+        return _fix_locked(conn, params, req, table, confirm, on_progress)
+
+
+def abort(conn: Conn, req: FixRequest) -> FixOutcome:
+    """``fix --abort``: undo an unfinished instant run that has not swapped yet (drop its
+    trigger and CHECK, put the rows it set aside back). A run past its swap cannot be
+    undone, only finished (UsageError, naming the command)."""
+    table = _read(conn, req.table)
+    _check_owner(conn, table)
+    with _table_lock(conn, table):
+        run = journal.open_run(conn, table.oid) if journal.readable(conn) else None
+        if run is not None and run.state == "started":
+            journal.set_state(conn, run.run_id, "abandoned", finished=True)
+            return FixOutcome(table.qualname, "nothing_to_do", run_id=run.run_id,
+                              notes=[f"run {run.run_id} had changed nothing; closed it"])
+        if run is None:
+            return _abort_helpers(conn, req, table)
+        p = FixParams.from_json(run.params, table.key_type)
+        if p.strategy != "instant" or run.state not in journal.INSTANT_BEFORE_SWAP:
+            raise UsageError(f"fix --abort undoes only an instant run before its swap; "
+                             f"{unfinished.left(conn, table, run.run_id)}")
+        done = unfinished.undo_instant(conn, table, p.source, p.quarantine, run, lock_timeout=req.lock_timeout,
+                                       retries=req.retries, reason="fix --abort")
+        return FixOutcome(table.qualname, "rolled_back", p.strategy, run.run_id, rows_moved=done.rows_put_back,
+                          notes=[unfinished.describe_undone(done, table, p.source)])
+
+
+def _abort_helpers(conn: Conn, req: FixRequest, table: catalog.Table) -> FixOutcome:
+    """No journal run, but instant's trigger or CHECK on the DEFAULT (a lost journal):
+    drop them; quarantined rows stay, since nothing tells which run set them aside."""
+    if table.default is not None:
+        done = unfinished.undo_instant(conn, table, table.default.name, S.short_name(table.name, "_quarantine"),
+                                       None, lock_timeout=req.lock_timeout, retries=req.retries,
+                                       reason="fix --abort")
+        if done.dropped:
+            return FixOutcome(table.qualname, "rolled_back", "instant",
+                              notes=[unfinished.describe_undone(done, table, table.default.name)])
+    return FixOutcome(table.qualname, "nothing_to_do", notes=["no unfinished fix run"])
+
+
+@contextmanager
+def _table_lock(conn: Conn, table: catalog.Table) -> Iterator[None]:
+    """The per-table advisory lock every fix (and --abort) holds for its whole run."""
     got = conn.execute("SELECT pg_try_advisory_lock(%s)", (advisory_key(table.oid),)).fetchone()
     if not (got and got[0]):
         raise AlreadyRunning(f"another partguard fix is running on {table.qualname} ({_holder(conn, table.oid)})")
     try:
-        return _fix_locked(conn, params, req, table, confirm, on_progress)
+        yield
     finally:
-        if not conn.closed:
+        if not (conn.closed or conn.broken):
             conn.execute("SELECT pg_advisory_unlock(%s)", (advisory_key(table.oid),))
 
 
@@ -117,22 +173,30 @@ def _fix_locked(
 ) -> FixOutcome:
     server = read_server(conn)
     partman = server.partman
-    run = journal.open_run(conn, table.oid) if journal.schema_exists(conn) else None
+    source, adopted = _source(conn, table)
+    # partman's part_config tells whether it manages the table: needed even for a native one.
+    lacking = privileges.missing(conn, privileges.Needs(table.schema, table.owner, source or "", partman))
+    if lacking and not req.dry_run:
+        raise PermissionDenied(f"fix needs privileges this role lacks (nothing changed): {'; '.join(lacking)}")
+    notes = [f"this role could not run the repair: it lacks {'; '.join(lacking)}"] if lacking else []
+    state = _state(conn, server, table, req)
+    readable = journal.readable(conn)
+    if not readable and journal.schema_exists(conn):  # a dry run by a role that may not read it
+        notes.append("this role may not read partguard.fix_run: an interrupted run would go unseen here")
+    run = journal.open_run(conn, table.oid) if readable else None
     if run is not None and run.state == "started":
         # Nothing had committed: plan afresh rather than trust a plan for an older picture.
         if not req.dry_run:
             journal.set_state(conn, run.run_id, "abandoned", finished=True)
         run = None
-    state = _state(conn, server, table, req)
     if run is not None:
         p = FixParams.from_json(run.detail["params"], table.key_type)
         log.warning("resuming fix run %d on %s (%s, after step %s)", run.run_id, table.qualname, p.strategy, run.state)
         outcome = _outcome(p, table, partman, status="planned", run_id=run.run_id, resumed=True)
         if req.dry_run:
-            return outcome
+            return replace(outcome, notes=outcome.notes + notes)
         return _execute(conn, params, req, table, state, partman, p, run.run_id, run.state, outcome, on_progress)
 
-    source, adopted = _source(conn, table)
     if source is None:
         return FixOutcome(table.qualname, "nothing_to_do", notes=["the table has no DEFAULT partition"])
     pr = state.default_probe if not adopted and state.default_probe is not None else probe(
@@ -145,9 +209,11 @@ def _fix_locked(
     outcome = _outcome(p, table, partman, status="planned",
                        estimate_s=_estimate(conn, table.schema, source, p, req.options.jobs))
     if req.dry_run:
-        return outcome
+        return replace(outcome, notes=outcome.notes + notes)
     if confirm is not None and not confirm(outcome):
         return replace(outcome, status="declined")
+    if p.strategy == "instant":
+        _lock_check(conn, req, table, p)  # before the first commit: the swap's locks can be had
     journal.ensure_schema(conn)
     run = journal.start_run(conn, table.oid, table.qualname, p.strategy,
                             {"params": p.as_json(), "chunk_pages": req.options.chunk_pages})
@@ -169,12 +235,27 @@ def _options(req: FixRequest, tables: tuple[str, ...] = ()) -> Options:
     return Options(tables=tables, interval=req.interval, tz=req.tz, tz_hint=req.tz_hint, force_tz=req.force_tz)
 
 
-def _check_privileges(conn: Conn, table: catalog.Table) -> None:
-    is_owner, can_create = catalog.privileges(conn, table)
+def _check_owner(conn: Conn, table: catalog.Table) -> None:
+    """The first refusal, before anything is read: the rest of the privileges are asked
+    together once the plan says what the run will touch (``privileges.missing``)."""
+    is_owner, _ = catalog.privileges(conn, table)
     if not is_owner:
         raise PermissionDenied(f"{table.qualname} is owned by {table.owner}; fix must run as its owner (or a member)")
-    if not can_create and not journal.schema_exists(conn):
-        raise PermissionDenied("fix needs CREATE on the database once, for its journal schema \"partguard\"")
+
+
+def _lock_check(conn: Conn, req: FixRequest, table: catalog.Table, p: FixParams) -> None:
+    """Take, and let go at once, every lock instant's swap will take (the parent, the
+    DEFAULT, children it renames), so a session that holds one of them (a long
+    transaction that read only recent children) fails the run before its first step,
+    not at the swap with the DEFAULT already diverting inserts. A lock taken later is
+    still undone by the failure path."""
+    rels = [table.ident, sql.Identifier(table.schema, p.source),
+            *(sql.Identifier(table.schema, old) for old, _ in p.renames)]
+    stmt = sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+        sql.SQL(", ").join(sql.SQL("ONLY {}").format(r) for r in rels))
+    relations = [table.oid] + catalog.relation_oids(conn, table.schema, [p.source, *(o for o, _ in p.renames)])
+    run_locked(conn, lambda c: c.execute(stmt), lock_timeout=req.lock_timeout, retries=req.retries,
+               relations=relations, what="lock check (the swap's locks)")
 
 
 def _holder(conn: Conn, oid: int) -> str:
@@ -232,13 +313,22 @@ def _execute(
     created: list[str] = []
     maintenance = None
     copied_now, copy_s = 0, 0.0
+    workers: list[Conn] = []
     try:
+        if p.strategy == "instant" and done in journal.INSTANT_BEFORE_SWAP:
+            _lock_check(conn, req, table, p)  # resuming: the swap is still ahead
+        if any(s.name == "copy" for s in todo) and req.options.jobs > 1:
+            # Before the swap: once it commits, rows are out of sight until copied.
+            workers, why = open_workers(params, req.options.jobs, retry_for=req.connect_retry_for)
+            if why:
+                outcome.notes.append(f"copy ran on {len(workers) + 1} of {req.options.jobs} connections "
+                                     f"(more were refused: {why})")
         for step in todo:
             log.info("fix %s: %s", table.qualname, step.name)
             if step.name == "swap":
                 created = _swap(conn, runner, step, p, table, state, partman)
             elif step.name == "copy":
-                copied_now, copy_s = _copy(conn, params, runner, step, p, table, req, on_progress)
+                copied_now, copy_s = _copy(conn, [conn, *workers], runner, step, p, table, req, on_progress)
             elif step.name == "verify":
                 _verify(conn, runner, p, table)
             elif step.name == "drop" and req.options.keep_source:
@@ -251,13 +341,12 @@ def _execute(
                 maintenance = _maintenance(runner, step)
             else:
                 runner.step(step, scan=step.kind == "scan")
-    except BaseException:
-        # Nothing committed yet (the first step takes the first lock): the table is as it
-        # was, so close the run instead of leaving it to be resumed.
-        if (done == "started" and not conn.closed and not conn.broken
-                and journal.run_state(conn, run_id) == "started"):
-            journal.set_state(conn, run_id, "failed", finished=True)
+    except (Exception, KeyboardInterrupt) as exc:
+        _failed(conn, params, req, table, p, run_id, done, exc)
         raise
+    finally:
+        for w in workers:
+            w.close()
     journal.set_state(conn, run_id, "done", finished=True)
     copied, quarantined, per_child = journal.chunk_totals(conn, run_id)
     # Judged in the zone the repair used: the hint's warnings were said once, when deciding.
@@ -273,6 +362,40 @@ def _execute(
         quarantine_rows=count_rows(conn, sql.Identifier(S.SCHEMA, p.quarantine)), maintenance=maintenance,
         findings_after=findings,
     )
+
+
+def _failed(
+    conn: Conn, params: ConnParams | str, req: FixRequest, table: catalog.Table, p: FixParams, run_id: int,
+    done: str, exc: BaseException,
+) -> None:
+    """A step failed: close a run that changed nothing, undo instant's helpers, or say what
+    is left. Raises the same kind of error (same exit code) with that said, in one line."""
+    if (done == "started" and not conn.closed and not conn.broken
+            and journal.run_state(conn, run_id) == "started"):
+        # Nothing committed yet (the first step takes the first lock): the table is as it
+        # was, so close the run instead of leaving it to be resumed.
+        journal.set_state(conn, run_id, "failed", finished=True)
+        return
+    try:
+        said = unfinished.after_failure(conn, params, table, p, run_id, exc, lock_timeout=req.lock_timeout,
+                                        retries=req.retries, lock_key=advisory_key(table.oid))
+    except (PartguardError, psycopg.Error) as later:
+        said = f"partguard could not tell what is left ({later}); see `partguard fix --status`"
+    if said is None:
+        return
+    if isinstance(exc, KeyboardInterrupt):
+        log.warning("fix %s interrupted: %s", table.qualname, said)
+        return
+    head = str(exc) if isinstance(exc, PartguardError) else _server_error(exc)
+    cls = type(exc) if isinstance(exc, PartguardError) else PartguardError
+    raise cls(f"{head}; {said}") from exc
+
+
+def _server_error(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, psycopg.Error):
+        return f"server error ({exc.sqlstate or 'no SQLSTATE'}): {first}"
+    return f"{type(exc).__name__}: {first}"
 
 
 def _recheck(conn: Conn, name: str, req: FixRequest, params: ConnParams | str) -> list[dict[str, Any]]:
@@ -363,7 +486,7 @@ def _late_children(
 
 
 def _copy(
-    conn: Conn, params: ConnParams | str, runner: Runner, step: S.Step, p: FixParams, table: catalog.Table,
+    conn: Conn, conns: list[Conn], runner: Runner, step: S.Step, p: FixParams, table: catalog.Table,
     req: FixRequest, on_progress: Callable[[Progress], None] | None,
 ) -> tuple[int, float]:
     """Copy the ranges not yet journalled; returns the rows moved now and the time it took."""
@@ -376,7 +499,7 @@ def _copy(
     todo = [c for c in all_chunks if c[0] not in done]
     done_pages = sum(min(e, total) - f for f, e in all_chunks if f in done)
     started = time.monotonic()
-    rows = copy_chunks(params, step.statements, runner.run_id, todo, total, jobs=req.options.jobs,
+    rows = copy_chunks(conns, step.statements, runner.run_id, todo, total,
                        lock_timeout=req.lock_timeout, retries=req.retries, relations=runner.relations,
                        on_progress=on_progress, done_pages=done_pages)
     took = time.monotonic() - started

@@ -61,8 +61,9 @@ log = logging.getLogger(__name__)
 STATUS_TEXT = {OK: "ok", WARNING: "warning", CRITICAL: "critical", UNKNOWN: "unknown"}
 # A known failure outranks "could not tell", which outranks a warning.
 _RANK = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
-# Findings that say whether maintenance did its job; the others are check's business.
-VERIFY_CODES = ("default_rows", "runway")
+# Findings that say whether maintenance did its job, or that its success would hide (an
+# unfinished fix keeps rows out of sight); the others are check's business.
+VERIFY_CODES = ("default_rows", "runway", "unfinished_fix")
 
 
 class MaintenanceFailed(PartguardError):

@@ -99,9 +99,11 @@ def families(s: Scrape) -> list[Metric]:
         "last_maintenance_success_timestamp_seconds":
             "Unix time of the last successful maintenance (pg_partman 5.1+ or partguard).",
         "check_status": "Worst check finding: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+        **_LEFTOVERS,
     }
     fams = {name: GaugeMetricFamily(f"partguard_{name}", doc, labels=_TABLE)
             for name, doc in per_table.items()}
+    left = _leftovers(s.report)
     for t in s.report.tables:
         labels = [t.schema, t.table]
         values: dict[str, float | None] = {
@@ -113,6 +115,7 @@ def families(s: Scrape) -> list[Metric]:
             "last_maintenance_success_timestamp_seconds":
                 t.last_maintenance.timestamp() if t.last_maintenance else None,
             "check_status": _STATUS[t.status],
+            **left.get(f"{t.schema}.{t.table}", dict.fromkeys(_LEFTOVERS, 0.0)),
         }
         for name, value in values.items():
             if value is not None:  # unknown is absent, never a made-up zero
@@ -137,6 +140,29 @@ def connection_families(clients: Clients) -> list[Metric]:
 
 
 _STATUS = {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}
+
+_LEFTOVERS = {
+    "unfinished_fixes": "Interrupted repairs (check's CRITICAL unfinished_fix): fix runs left unfinished "
+                        "with no fix running, instant's helpers on the DEFAULT, a detached DEFAULT holding rows.",
+    "unfinished_fix_rows": "Rows unfinished repairs keep out of sight of the table (holding table, "
+                           "detached DEFAULT, rows a run set aside), running ones included.",
+    "quarantine_rows": "Rows a fix set aside in partguard.<table>_quarantine (NULL keys, outliers).",
+}
+
+
+def _leftovers(report: CheckReport) -> dict[str, dict[str, float]]:
+    """The leftover metrics per table ('schema.table'), from check's findings."""
+    out: dict[str, dict[str, float]] = {}
+    for f in report.findings:
+        if f.table is None or f.code not in ("unfinished_fix", "quarantine_rows"):
+            continue
+        m = out.setdefault(f.table, dict.fromkeys(_LEFTOVERS, 0.0))
+        if f.code == "unfinished_fix":
+            m["unfinished_fixes"] += 1.0 if f.severity.value == "critical" else 0.0
+            m["unfinished_fix_rows"] += float(f.detail.get("rows_not_visible") or 0)
+        else:
+            m["quarantine_rows"] += float(f.detail.get("rows") or 0)
+    return out
 
 
 class CheckCollector(Collector):

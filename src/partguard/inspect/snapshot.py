@@ -23,6 +23,8 @@ from .catalog import Child, Key, Table, read_tables
 from .connections import CLIENT_BACKEND, Clients, read_clients
 from .data import Probe, probe
 from .grid import Grid, Interval, IntGrid, on_grid, parse_interval, time_grid
+from .leftovers import Leftovers
+from .leftovers import read as read_leftovers
 from .locks import LockHolder, stuck_partman_locks
 from .partman import Partman, PartmanConfig, config_for, find_partman, read_configs
 from .retention import PartmanDrop, early_drops, max_keys, now_key
@@ -72,6 +74,9 @@ class TableState:
     last_maintenance: datetime | None  # partguard's own record of success
     # Children partman's retention would retire too early, each with its largest key.
     partman_drops: tuple[tuple[PartmanDrop, Key | None], ...] = ()
+    # What unfinished repairs left: holding tables, instant's trigger + CHECK, a detached
+    # DEFAULT, quarantined rows (inspect/leftovers.py).
+    leftovers: Leftovers = field(default_factory=Leftovers)
 
 
 @dataclass(frozen=True)
@@ -155,10 +160,12 @@ def take(conn: Conn, options: Options = Options()) -> Snapshot:
     tables = read_tables(conn, list(options.tables) or None)
     configs = read_configs(conn, server.partman)
     last = journal.last_maintenance(conn)
+    left = read_leftovers(conn, tables, exact=options.exact)
     states = []
     for table in tables:
         config = config_for(configs, table.schema, table.name)
-        states.append(table_state(conn, server, table, config, options, last.get(table.qualname)))
+        states.append(table_state(conn, server, table, config, options, last.get(table.qualname),
+                                  left.get(table.oid, Leftovers())))
     return Snapshot(server, tuple(states), tuple(_orphans(conn, configs, options)),
                     tuple(stuck_partman_locks(conn, server.partman)))
 
@@ -170,11 +177,15 @@ def table_state(
     config: PartmanConfig | None,
     options: Options,
     last_maintenance: datetime | None = None,
+    leftovers: Leftovers | None = None,
 ) -> TableState:
+    """One table's state; ``leftovers`` as read for many tables at once (read here if None)."""
     if table.unsupported_reason():
         return TableState(table, config, GridInfo(None, "", table.unsupported_reason()), None, None, last_maintenance)
     grid = infer_grid(table, config, server.timezone, options.interval, options.tz, options.tz_hint,
                       options.force_tz)
+    if leftovers is None:
+        leftovers = read_leftovers(conn, [table], exact=options.exact).get(table.oid, Leftovers())
     default_probe = None
     if table.default is not None:
         default_probe = probe(
@@ -185,7 +196,7 @@ def table_state(
     drops = early_drops(table, config, grid.grid, now_key(table, server.now, server.timezone, max_key)) if config else []
     held = max_keys(conn, table, [d.child for d in drops])
     return TableState(table, config, grid, default_probe, max_key, last_maintenance,
-                      tuple((d, k) for d, (_, k) in zip(drops, held, strict=True)))
+                      tuple((d, k) for d, (_, k) in zip(drops, held, strict=True)), leftovers)
 
 
 def max_child_key(conn: Conn, table: Table) -> Key | None:
