@@ -18,7 +18,7 @@ from typing import Any
 from psycopg import sql
 
 from . import journal
-from .db import Conn, ConnParams, connect, run_locked
+from .db import LOCK_ATTEMPT, Conn, ConnParams, connect, error_line, run_locked
 from .errors import PartguardError
 from .plan.steps import Step
 
@@ -57,6 +57,7 @@ class Runner:
     retries: int
     relations: Sequence[int]
     timings: Timings = field(default_factory=Timings)
+    lock_attempt: float = LOCK_ATTEMPT
 
     def step(
         self,
@@ -96,7 +97,7 @@ class Runner:
             journal.set_state(conn, self.run_id, state or step.name, detail=detail or {})
 
         run_locked(self.conn, work, lock_timeout=self.lock_timeout, retries=self.retries,
-                   relations=self.relations, what=f"{step.name}")
+                   relations=self.relations, what=f"{step.name}", attempt_timeout=self.lock_attempt)
         if step.kind == "ddl":  # steps whose locks block the application (not private tables)
             self.timings.locked[step.name] = time.monotonic() - attempt_started[0]
         return result
@@ -146,6 +147,7 @@ def copy_chunks(
     relations: Sequence[int],
     on_progress: Callable[[Progress], None] | None = None,
     done_pages: int = 0,
+    lock_attempt: float = LOCK_ATTEMPT,
 ) -> int:
     """Copy block ranges on ``jobs`` connections; every range commits with its journal row.
 
@@ -179,6 +181,7 @@ def copy_chunks(
                     conn,
                     partial(_copy_one, statements, args),
                     lock_timeout=lock_timeout, retries=retries, relations=relations, what="copy",
+                    attempt_timeout=lock_attempt,
                 )
                 copied = _rows_of(conn, run_id, first)
                 with lock:
@@ -205,7 +208,7 @@ def copy_chunks(
         exc = errors[0]
         if isinstance(exc, PartguardError):
             raise exc
-        raise PartguardError(f"copy failed: {exc}") from exc
+        raise PartguardError(f"copy failed: {error_line(exc)}") from exc
     return state["rows"]
 
 

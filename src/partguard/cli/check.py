@@ -15,10 +15,10 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from ..commands.check import CheckReport, TableSummary, check
-from ..db import connect
+from ..db import ConnParams, connect
 from ..humanize import fmt_delta
 from ..inspect.snapshot import Options, zone_label
-from .common import conn_params, connection_options, emit_json, format_option, jsonable
+from .common import connection_options, emit_json, format_option, jsonable
 
 # A check waits at most this long behind a DDL lock instead of queueing forever.
 LOCK_TIMEOUT = "10s"
@@ -37,15 +37,14 @@ _STYLE = {"ok": "green", "info": "cyan", "warning": "yellow", "critical": "bold 
                                  "(e.g. '1 day', 'monthly', 100000).")
 @click.option("--tz", help="Time zone of the grid, overriding the session's (e.g. Europe/Berlin).")
 @format_option
-def command(dbname: str | None, host: str | None, port: int | None, user: str | None,
-            tables: tuple[str, ...], exact: bool, interval: str | None, tz: str | None,
+def command(params: ConnParams, tables: tuple[str, ...], exact: bool, interval: str | None, tz: str | None,
             fmt: str) -> int:
     """Find what is wrong with range-partitioned tables, read-only.
 
     Exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios).
     """
     options = Options(tables=tables, interval=interval, tz=tz, exact=exact)
-    with connect(conn_params(dbname, host, port, user)) as conn:
+    with connect(params) as conn:
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (LOCK_TIMEOUT,))
         result = check(conn, options)
     if fmt == "json":

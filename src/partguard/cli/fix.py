@@ -10,12 +10,19 @@ from typing import Any
 import click
 
 from ..commands.fix import FixOutcome, FixRequest, fix
-from ..db import connect, parse_duration
+from ..db import ConnParams, connect, parse_duration
 from ..errors import Aborted, UsageError
 from ..execute import Progress
 from ..journal import list_runs
 from ..plan.fix import FixOptions
-from .common import conn_params, connection_options, emit_json, format_option, jsonable
+from .common import (
+    DECLINED,
+    attempt_duration,
+    connection_options,
+    emit_json,
+    format_option,
+    jsonable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +35,12 @@ log = logging.getLogger(__name__)
 @click.option("--dry-run", is_flag=True, help="Print the plan as a SQL script (stdout) and change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when not on a TTY).")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True, help="Copy connections.")
-@click.option("--lock-timeout", default="2s", show_default=True, help="Longest wait for any lock.")
-@click.option("--retries", type=click.IntRange(0, 100), default=5, show_default=True, help="Tries after a lock timeout.")
+@click.option("--lock-timeout", default="2s", show_default=True,
+              help="How long one try asks for a step's locks, in --lock-attempt waits.")
+@click.option("--retries", type=click.IntRange(0, 100), default=5, show_default=True,
+              help="Tries after one that could not get its locks, each after a longer pause.")
+@click.option("--lock-attempt", default="50ms", show_default=True,
+              help="Longest single lock wait: what the application's queries can queue behind partguard.")
 @click.option("--interval", help="Partition interval when neither partman nor the children tell it.")
 @click.option("--tz", help="Time zone of the grid (default: partman's session zone / the children's).")
 @click.option("--outliers", type=click.Choice(["quarantine", "keep"]), default="quarantine", show_default=True,
@@ -42,12 +53,11 @@ log = logging.getLogger(__name__)
 @click.option("--default-tz", "tz_hint", help="Zone to use only when neither partman nor the children tell it.")
 @click.option("--status", is_flag=True, help="List fix runs from the journal (finished and interrupted).")
 @format_option
-def command(dbname: str | None, host: str | None, port: int | None, user: str | None, table: str | None,
-            strategy: str, dry_run: bool, yes: bool, jobs: int, lock_timeout: str, retries: int,
+def command(params: ConnParams, table: str | None,
+            strategy: str, dry_run: bool, yes: bool, jobs: int, lock_timeout: str, retries: int, lock_attempt: str,
             interval: str | None, tz: str | None, outliers: str, premake: int | None, keep_source: bool,
             chunk_pages: int, key: str | None, tz_hint: str | None, status: bool, fmt: str) -> int:
     """Repair TABLE's DEFAULT partition under live writes: short locks, resumable, verified."""
-    params = conn_params(dbname, host, port, user)
     if status:
         return _status(params, fmt)
     if not table:
@@ -57,6 +67,7 @@ def command(dbname: str | None, host: str | None, port: int | None, user: str | 
         options=FixOptions(strategy=strategy, outliers=outliers, premake=premake, keep_source=keep_source,
                            jobs=jobs, chunk_pages=chunk_pages, key=key),
         interval=interval, tz=tz, tz_hint=tz_hint, lock_timeout=parse_duration(lock_timeout), retries=retries, dry_run=dry_run,
+        lock_attempt=attempt_duration(lock_attempt),
     )
     if not dry_run and not yes and not sys.stdin.isatty():
         raise Aborted("fix changes the database: pass --yes when not running on a terminal (or --dry-run)")
@@ -73,7 +84,8 @@ def command(dbname: str | None, host: str | None, port: int | None, user: str | 
         _print_plan(outcome)
     else:
         _print_outcome(outcome)
-    return 0 if outcome.status in ("done", "nothing_to_do", "planned") else 1
+    return 0 if outcome.status in ("done", "nothing_to_do", "planned") else DECLINED
+
 
 
 def _status(params: Any, fmt: str) -> int:

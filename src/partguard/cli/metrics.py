@@ -9,9 +9,10 @@ import threading
 import click
 
 from ..commands.metrics import exposition, serve, write_textfile
+from ..db import ConnParams
 from ..errors import UsageError
 from ..inspect.snapshot import Options
-from .common import conn_params, connection_options
+from .common import connection_options
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -34,7 +35,7 @@ def parse_listen(text: str) -> tuple[str, int]:
               help="Only this table (repeatable). Default: every range-partitioned table.")
 @click.option("--interval", help="Partition interval, overriding partman and the children.")
 @click.option("--tz", help="Time zone of the grid, overriding the session's.")
-def command(dbname: str | None, host: str | None, port: int | None, user: str | None,
+def command(params: ConnParams,
             listen: str | None, textfile: str | None, tables: tuple[str, ...],
             interval: str | None, tz: str | None) -> int:
     """Export check results as Prometheus metrics.
@@ -44,7 +45,6 @@ def command(dbname: str | None, host: str | None, port: int | None, user: str | 
     """
     if listen and textfile:
         raise UsageError("use either --listen or --textfile, not both")
-    params = conn_params(dbname, host, port, user)
     options = Options(tables=tables, interval=interval, tz=tz)
     if listen:
         addr, port_no = parse_listen(listen)

@@ -18,7 +18,7 @@ from typing import Any
 from psycopg import sql
 
 from .. import journal
-from ..db import Conn, ConnParams, run_locked
+from ..db import LOCK_ATTEMPT, Conn, ConnParams, error_line, run_locked
 from ..errors import AlreadyRunning, PermissionDenied, VerificationFailed
 from ..execute import Progress, Runner, chunks, copy_chunks, fault
 from ..inspect import catalog
@@ -67,9 +67,10 @@ class FixRequest:
     interval: str | None = None
     tz: str | None = None
     tz_hint: str | None = None  # fix-partitioned-table's <timezone>: used where nothing else tells
-    lock_timeout: float = 2.0
+    lock_timeout: float = 2.0  # one try of a step's lock, in attempts of lock_attempt
     retries: int = 5
     dry_run: bool = False
+    lock_attempt: float = LOCK_ATTEMPT
 
 
 def advisory_key(oid: int) -> int:
@@ -213,7 +214,7 @@ def _execute(
 ) -> FixOutcome:
     started = time.monotonic()
     relations = [table.oid] + catalog.relation_oids(conn, table.schema, [p.source, p.holding or ""])
-    runner = Runner(conn, run_id, req.lock_timeout, req.retries, relations)
+    runner = Runner(conn, run_id, req.lock_timeout, req.retries, relations, lock_attempt=req.lock_attempt)
     plan = plan_steps(p, table, partman)
     names = [s.name for s in plan]
     todo = plan[names.index(done) + 1:] if done in names else plan
@@ -295,7 +296,8 @@ def _swap(
     if partman is not None and any(c.via_partman for c in p.children):
         warmup = [*S.set_zone(p), partman_warmup(partman, table)]
         run_locked(conn, lambda c: [c.execute(s) for s in warmup], lock_timeout=runner.lock_timeout,
-                   retries=runner.retries, relations=runner.relations, what="partman warm-up")
+                   retries=runner.retries, relations=runner.relations, what="partman warm-up",
+                   attempt_timeout=runner.lock_attempt)
     create_default = stmts.pop() if p.new_default else None
 
     # Every renamed table's indexes follow its new name: the former DEFAULT's (as the span
@@ -360,6 +362,7 @@ def _copy(
     done_pages = sum(min(e, total) - f for f, e in all_chunks if f in done)
     copy_chunks(params, step.statements, runner.run_id, todo, total, jobs=req.options.jobs,
                 lock_timeout=req.lock_timeout, retries=req.retries, relations=runner.relations,
+                lock_attempt=req.lock_attempt,
                 on_progress=on_progress, done_pages=done_pages)
     journal.set_state(conn, runner.run_id, "copy")
 
@@ -385,6 +388,6 @@ def _maintenance(runner: Runner, step: S.Step) -> str:
         runner.step(step)
         return "ok"
     except Exception as exc:  # noqa: BLE001 - surfaced in the outcome
-        log.warning("partman maintenance after fix failed: %s", exc)
+        log.warning("partman maintenance after fix failed: %s", error_line(exc))
         journal.set_state(runner.conn, runner.run_id, "maintenance")
-        return f"failed: {exc}"
+        return f"failed: {error_line(exc)}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from ..db import Conn
+from ..db import Conn, server_message
 from ..inspect.locks import LockHolder, advisory_holders
 from ..inspect.partman import Partman
 
@@ -36,33 +36,3 @@ def is_lock_timeout(exc: psycopg.Error) -> bool:
     if exc.sqlstate == "55P03":
         return True
     return exc.sqlstate == "P0001" and (exc.diag.message_primary or "").startswith(LOCK_TIMEOUT_TEXT)
-
-
-def server_message(exc: psycopg.Error) -> tuple[str, str]:
-    """(one line for a log, the full text) of a server error.
-
-    The line keeps what a DBA needs: the message, partman's non-empty DETAIL/HINT lines
-    and the statement it was running when it failed (its first ``SQL statement`` context).
-    """
-    d = exc.diag
-    primary = (d.message_primary or str(exc)).strip()
-    parts = [primary]
-    for label, value in (("DETAIL", d.message_detail), ("HINT", d.message_hint), ("CONTEXT", d.context)):
-        if value:
-            parts.append(f"{label}: {value.strip()}")
-    full = "\n".join(parts)
-    lines = [ln.strip() for ln in primary.splitlines()]
-    line = lines[0] if lines else type(exc).__name__
-    extras: list[str] = []
-    for label in ("DETAIL:", "HINT:"):
-        for ln in lines[1:] + [f"DETAIL: {d.message_detail or ''}", f"HINT: {d.message_hint or ''}"]:
-            text = ln[len(label):].strip() if ln.startswith(label) else ""
-            if text and text not in extras:
-                extras.append(text)
-                break
-    stmt = next((ln for ln in lines[1:] if ln.startswith(("CONTEXT: SQL statement", "SQL statement"))), None)
-    if stmt:
-        extras.append("while running " + stmt.split("SQL statement", 1)[1].strip())
-    if extras:
-        line = f"{line} ({'; '.join(extras)})"
-    return " ".join(line.split()), full

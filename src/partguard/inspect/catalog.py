@@ -155,7 +155,7 @@ ORDER BY n.nspname, c.relname
 """
 
 _CHILDREN_SQL = """
-SELECT i.inhparent, c.oid, n.nspname, c.relname, pg_get_expr(c.relpartbound, c.oid),
+SELECT i.inhparent, c.oid, n.nspname, c.relname, pg_get_expr(c.relpartbound, 0),
        c.relkind = 'p', c.reltuples::bigint
 FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid

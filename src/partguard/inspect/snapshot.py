@@ -7,6 +7,7 @@ config, the children's bounds, the session time zone and the user's overrides to
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -14,10 +15,11 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from psycopg import errors as pgerrors
 from psycopg import sql
 
 from .. import journal
-from ..db import Conn, session_timezone
+from ..db import Blocker, Conn, blockers, lowered_lock_timeout, session_timezone
 from ..errors import UnknownGrid, UsageError
 from .catalog import Child, Key, Table, read_tables
 from .data import Probe, probe
@@ -56,6 +58,14 @@ class GridInfo:
 
 
 @dataclass(frozen=True)
+class Unreadable:
+    """Why a table's rows could not be read for this snapshot (a DDL held a lock)."""
+
+    reason: str
+    blockers: tuple[Blocker, ...] = ()
+
+
+@dataclass(frozen=True)
 class TableState:
     table: Table
     config: PartmanConfig | None
@@ -63,6 +73,7 @@ class TableState:
     default_probe: Probe | None
     max_key: Key | None  # largest key in the regular children (for id runway)
     last_maintenance: datetime | None  # partguard's own record of success
+    unreadable: Unreadable | None = None  # set: only the catalog was read, nothing judged
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,9 @@ class Options:
     tz: str | None = None
     exact: bool = False
     tz_hint: str | None = None  # a zone to prefer only when partman and the children are silent
+    # Longest wait for a lock on one table's partitions: a table a DDL holds longer is
+    # reported as unreadable (UNKNOWN) and the others are still read.
+    lock_timeout: float = 1.0
 
 
 def read_server(conn: Conn) -> Server:
@@ -112,9 +126,10 @@ def take(conn: Conn, options: Options = Options()) -> Snapshot:
     configs = read_configs(conn, server.partman)
     last = journal.last_maintenance(conn)
     states = []
-    for table in tables:
-        config = config_for(configs, table.schema, table.name)
-        states.append(table_state(conn, server, table, config, options, last.get(table.qualname)))
+    with lowered_lock_timeout(conn, options.lock_timeout):
+        for table in tables:
+            config = config_for(configs, table.schema, table.name)
+            states.append(readable_state(conn, server, table, config, options, last.get(table.qualname)))
     return Snapshot(server, tuple(states), tuple(_orphans(conn, configs, options)))
 
 
@@ -136,6 +151,30 @@ def table_state(
             has_index=table.default_key_index is not None, exact=options.exact,
         )
     return TableState(table, config, grid, default_probe, max_child_key(conn, table), last_maintenance)
+
+
+def readable_state(
+    conn: Conn,
+    server: Server,
+    table: Table,
+    config: PartmanConfig | None,
+    options: Options,
+    last_maintenance: datetime | None = None,
+) -> TableState:
+    """``table_state``, or a state that says the table could not be read when a lock on
+    one of its partitions was not granted (one locked table must not blind the check)."""
+    # Outside autocommit a failed read would abort the caller's transaction: a savepoint.
+    guard = contextlib.nullcontext() if conn.autocommit else conn.transaction()
+    try:
+        with guard:
+            return table_state(conn, server, table, config, options, last_maintenance)
+    except pgerrors.LockNotAvailable as exc:
+        rels = [table.oid, *(c.oid for c in table.children), *([table.default.oid] if table.default else [])]
+        held = tuple(blockers(conn, rels))
+        log.info("%s: not read: %s", table.qualname, (exc.diag.message_primary or str(exc)).strip())
+        why = f"a lock on its partitions was not granted within {options.lock_timeout:g}s"
+        return TableState(table, config, GridInfo(None, "", why), None, None, last_maintenance,
+                          Unreadable(why, held))
 
 
 def max_child_key(conn: Conn, table: Table) -> Key | None:
@@ -346,8 +385,10 @@ __all__ = [
     "Server",
     "Snapshot",
     "TableState",
+    "Unreadable",
     "infer_grid",
     "read_server",
+    "readable_state",
     "table_state",
     "take",
     "with_grid",
