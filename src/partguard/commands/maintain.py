@@ -54,11 +54,13 @@ from ..inspect.snapshot import Options, Server, TableState, read_server, table_s
 from ..plan.premake import Refusal, plan_premake
 from .partman_calls import (
     ALREADY_RUNNING,
+    LOCK_TIMEOUT_TEXT,
     LockHolder,
     is_lock_timeout,
     maintenance_lock_holder,
     run_maintenance_sql,
     server_message,
+    skipped_for_a_lock,
 )
 
 log = logging.getLogger(__name__)
@@ -365,6 +367,8 @@ class _Run:
                 raise
             if any(ALREADY_RUNNING in n for n in self.notices):
                 raise _PartmanLocked()
+            if skipped_for_a_lock(self.notices):
+                raise pgerrors.LockNotAvailable(LOCK_TIMEOUT_TEXT)
 
         relations = [target.oid] + ([table.default.oid] if table.default else [])
         try:

@@ -16,10 +16,20 @@ from ..db import Conn, server_message
 from ..inspect.locks import LockHolder, advisory_holders
 from ..inspect.partman import Partman
 
-__all__ = ["LockHolder", "is_lock_timeout", "maintenance_lock_holder", "run_maintenance_sql", "server_message"]
+__all__ = ["LockHolder", "is_lock_timeout", "maintenance_lock_holder", "run_maintenance_sql", "server_message",
+           "skipped_for_a_lock"]
 
 ALREADY_RUNNING = "maintenance already running"
 LOCK_TIMEOUT_TEXT = "canceling statement due to lock timeout"
+# 5.5 catches each partition set's error and only WARNs: "... skipped partition set for
+# parent table <t>: <error>" (the transaction goes on; its children were not made).
+SKIPPED_SET = "maintenance skipped partition set"
+
+
+def skipped_for_a_lock(notices: list[str]) -> bool:
+    """partman 5.5 swallowed a lock timeout into a WARNING: to be retried like one."""
+    return any(SKIPPED_SET in n and LOCK_TIMEOUT_TEXT in n for n in notices)
+
 
 def maintenance_lock_holder(conn: Conn) -> LockHolder | None:
     """Another session holding ``hashtext('pg_partman run_maintenance')``, if any."""
