@@ -20,7 +20,8 @@ from ..humanize import fmt_delta
 from ..inspect.snapshot import Options, zone_label
 from .common import connection_options, emit_json, format_option, jsonable
 
-# A check waits at most this long behind a DDL lock instead of queueing forever.
+# A check waits at most this long behind a DDL lock instead of queueing forever (each
+# table's own rows: 1 s, then that table is reported `locked`, see inspect.snapshot).
 LOCK_TIMEOUT = "10s"
 
 _STYLE = {"ok": "green", "info": "cyan", "warning": "yellow", "critical": "bold red",
