@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -47,7 +47,7 @@ def connection_options(f: F) -> F:
         ]
     ):
         wrapper = opt(wrapper)
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 def _seconds(text: str | None) -> int | None:

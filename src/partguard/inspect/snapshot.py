@@ -129,7 +129,13 @@ def take(conn: Conn, options: Options = Options()) -> Snapshot:
     with lowered_lock_timeout(conn, options.lock_timeout):
         for table in tables:
             config = config_for(configs, table.schema, table.name)
-            states.append(readable_state(conn, server, table, config, options, last.get(table.qualname)))
+            done = last.get(table.qualname)
+            try:  # one table a DDL holds must not blind the check of the others
+                with _savepoint(conn):
+                    state = table_state(conn, server, table, config, options, done)
+            except pgerrors.LockNotAvailable as exc:
+                state = locked_state(conn, table, config, done, options.lock_timeout, exc)
+            states.append(state)
     return Snapshot(server, tuple(states), tuple(_orphans(conn, configs, options)))
 
 
@@ -153,28 +159,22 @@ def table_state(
     return TableState(table, config, grid, default_probe, max_child_key(conn, table), last_maintenance)
 
 
-def readable_state(
-    conn: Conn,
-    server: Server,
-    table: Table,
-    config: PartmanConfig | None,
-    options: Options,
-    last_maintenance: datetime | None = None,
+def _savepoint(conn: Conn) -> contextlib.AbstractContextManager[Any]:
+    """Outside autocommit a failed read would abort the caller's transaction."""
+    return contextlib.nullcontext() if conn.autocommit else conn.transaction()
+
+
+def locked_state(
+    conn: Conn, table: Table, config: PartmanConfig | None, last_maintenance: datetime | None,
+    waited: float, exc: Exception,
 ) -> TableState:
-    """``table_state``, or a state that says the table could not be read when a lock on
-    one of its partitions was not granted (one locked table must not blind the check)."""
-    # Outside autocommit a failed read would abort the caller's transaction: a savepoint.
-    guard = contextlib.nullcontext() if conn.autocommit else conn.transaction()
-    try:
-        with guard:
-            return table_state(conn, server, table, config, options, last_maintenance)
-    except pgerrors.LockNotAvailable as exc:
-        rels = [table.oid, *(c.oid for c in table.children), *([table.default.oid] if table.default else [])]
-        held = tuple(blockers(conn, rels))
-        log.info("%s: not read: %s", table.qualname, (exc.diag.message_primary or str(exc)).strip())
-        why = f"a lock on its partitions was not granted within {options.lock_timeout:g}s"
-        return TableState(table, config, GridInfo(None, "", why), None, None, last_maintenance,
-                          Unreadable(why, held))
+    """A table whose partitions could not be read: only its catalog, and who holds it."""
+    rels = [table.oid, *(c.oid for c in table.children), *([table.default.oid] if table.default else [])]
+    held = tuple(blockers(conn, rels))
+    log.info("%s: not read: %s", table.qualname, " ".join(str(exc).split()))
+    why = f"a lock on its partitions was not granted within {waited:g}s"
+    return TableState(table, config, GridInfo(None, "", why), None, None, last_maintenance,
+                      Unreadable(why, held))
 
 
 def max_child_key(conn: Conn, table: Table) -> Key | None:
@@ -387,8 +387,8 @@ __all__ = [
     "TableState",
     "Unreadable",
     "infer_grid",
+    "locked_state",
     "read_server",
-    "readable_state",
     "table_state",
     "take",
     "with_grid",
