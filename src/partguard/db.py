@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo, timeout_from_conninfo
 
 from .errors import ConnectionFailed, LockNotAvailable, PermissionDenied, UsageError
 
@@ -119,7 +119,7 @@ def with_connect_timeout(conninfo: str, within: float | None = None) -> tuple[st
         cap = max(1, math.ceil(within))
         timeout = cap if timeout <= 0 else min(timeout, cap)  # 0 is libpq's "wait forever"
     params["connect_timeout"] = timeout
-    return make_conninfo("", **params), timeout
+    return make_conninfo("", **params), timeout_from_conninfo(params)  # as psycopg waits
 
 
 def _where(conninfo: str) -> str:
