@@ -32,9 +32,12 @@ class Writer:
     dsn: str
     table: str = "public.fixes"
     next_id: int = 10_000_000
+    # The keys, in turn: a moment of the outage days, now (SQL expressions).
+    when: tuple[str, str] = ("now() - interval '2 days' - (random() * interval '1 day')", "now()")
     committed: set[int] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
     max_latency: float = 0.0
+    samples: list[tuple[float, float]] = field(default_factory=list)  # (monotonic start, latency)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -50,7 +53,7 @@ class Writer:
             while not self._stop.is_set():
                 i += 1
                 rid = self.next_id = self.next_id + 1
-                when = "now()" if i % 2 else "now() - interval '2 days' - (random() * interval '1 day')"
+                when = self.when[i % 2]
                 t0 = time.monotonic()
                 try:
                     c.execute(f"INSERT INTO {self.table} (id, received_at, device_id, v) "  # test-only SQL
@@ -58,7 +61,8 @@ class Writer:
                     self.committed.add(rid)
                 except psycopg.Error as exc:
                     self.errors.append(str(exc).splitlines()[0])
-                self.max_latency = max(self.max_latency, time.monotonic() - t0)
+                self.samples.append((t0, time.monotonic() - t0))
+                self.max_latency = max(self.max_latency, self.samples[-1][1])
                 time.sleep(0.002)
 
     def stop(self) -> Writer:

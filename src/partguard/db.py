@@ -7,7 +7,10 @@ and never echo a password.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import os
 import random
 import shlex
 import time
@@ -19,9 +22,9 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo, timeout_from_conninfo
 
-from .errors import ConnectionFailed, LockNotAvailable, PermissionDenied
+from .errors import ConnectionFailed, LockNotAvailable, PermissionDenied, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,15 @@ T = TypeVar("T")
 
 # SQLSTATEs that mean "try again later" for a connection attempt.
 _TRANSIENT_CONNECT = ("53300", "57P03", "08006", "08001", "08004", "57P01")
+
+# Seconds a connection attempt may take when neither --connect-timeout, the conninfo's
+# connect_timeout nor PGCONNECT_TIMEOUT says: a server that accepts TCP and never answers
+# must not hang a timer's run (libpq alone waits forever).
+DEFAULT_CONNECT_TIMEOUT = 5
+
+# Seconds one lock attempt may wait (``SET LOCAL lock_timeout``). A DDL waiting in the lock
+# queue stalls every later query on the table, so this is what the application can feel.
+LOCK_ATTEMPT = 0.05
 
 
 @dataclass(frozen=True)
@@ -40,15 +52,20 @@ class ConnParams:
     host: str | None = None
     port: int | None = None
     user: str | None = None
+    connect_timeout: int | None = None  # --connect-timeout: overrides the conninfo's
 
     def conninfo(self, application_name: str = "partguard") -> str:
         base = self.dbname or ""
         extra: dict[str, Any] = {
-            k: v for k, v in (("host", self.host), ("port", self.port), ("user", self.user)) if v
+            k: v for k, v in (("host", self.host), ("port", self.port), ("user", self.user),
+                              ("connect_timeout", self.connect_timeout)) if v
         }
         if _is_conninfo(base):
             # A conninfo or URI: parse it so our explicit -h/-p/-U can override its parts.
-            params: dict[str, Any] = dict(conninfo_to_dict(base))
+            try:
+                params: dict[str, Any] = dict(conninfo_to_dict(base))
+            except psycopg.ProgrammingError as exc:
+                raise UsageError(f"-d is not a valid connection string: {_first_line(exc)}") from None
         else:
             params = {"dbname": base} if base else {}
         params.update(extra)
@@ -74,15 +91,56 @@ def _is_conninfo(dbname: str) -> bool:
     return "=" in dbname or dbname.startswith(("postgresql://", "postgres://"))
 
 
-def connect(params: ConnParams | str, *, autocommit: bool = True, **kwargs: Any) -> Conn:
-    """Open a session with settings that make catalog text unambiguous (ISO dates, UTC)."""
+def connect(
+    params: ConnParams | str, *, autocommit: bool = True, within: float | None = None, **kwargs: Any
+) -> Conn:
+    """Open a session with settings that make catalog text unambiguous (ISO dates, UTC).
+
+    Every attempt is bounded (``connect_timeout``, see ``with_connect_timeout``), and by
+    ``within`` seconds when given: the time a caller has left.
+    """
     conninfo = params.conninfo() if isinstance(params, ConnParams) else params
+    conninfo, timeout = with_connect_timeout(conninfo, within)
     try:
         conn = psycopg.connect(conninfo, autocommit=autocommit, **kwargs)
+    except psycopg.errors.ConnectionTimeout as exc:
+        raise ConnectionFailed(
+            f"cannot connect to {_where(conninfo)}: no answer within {timeout}s (connect_timeout)"
+        ) from exc
     except psycopg.OperationalError as exc:
         raise ConnectionFailed(f"cannot connect: {_first_line(exc)}") from exc
     conn.execute("SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'")
     return conn
+
+
+def with_connect_timeout(conninfo: str, within: float | None = None) -> tuple[str, int]:
+    """``conninfo`` with a ``connect_timeout``, and that timeout in seconds.
+
+    Precedence: the conninfo's own (``--connect-timeout`` is put there by ConnParams, over
+    a DSN's), then ``PGCONNECT_TIMEOUT``, then DEFAULT_CONNECT_TIMEOUT. ``within`` caps it;
+    libpq counts whole seconds and psycopg waits at least 2 per host address.
+    """
+    try:
+        params: dict[str, Any] = dict(conninfo_to_dict(conninfo))
+    except psycopg.ProgrammingError as exc:
+        raise UsageError(f"not a valid connection string: {_first_line(exc)}") from None
+    given = params.get("connect_timeout") or os.environ.get("PGCONNECT_TIMEOUT")
+    try:
+        timeout = int(float(given)) if given is not None else DEFAULT_CONNECT_TIMEOUT
+    except ValueError:
+        raise UsageError(f"connect_timeout must be a number of seconds, not {given!r}") from None
+    if within is not None:
+        cap = max(1, math.ceil(within))
+        timeout = cap if timeout <= 0 else min(timeout, cap)  # 0 is libpq's "wait forever"
+    params["connect_timeout"] = timeout
+    return make_conninfo("", **params), timeout_from_conninfo(params)  # as psycopg waits
+
+
+def _where(conninfo: str) -> str:
+    d = conninfo_to_dict(conninfo)
+    host = d.get("host") or os.environ.get("PGHOST") or "the local socket"
+    port = d.get("port") or os.environ.get("PGPORT")
+    return f"{host} port {port}" if port else str(host)
 
 
 def session_timezone(conn: Conn) -> str:
@@ -102,20 +160,26 @@ def connect_retrying(
     on_attempt: Callable[[int, str], None] | None = None,
     autocommit: bool = True,
 ) -> Conn:
-    """Connect, retrying transient refusals (too many clients, starting up, reset) with
-    jittered exponential backoff until ``retry_for`` seconds have passed."""
+    """Connect, retrying transient refusals (too many clients, starting up, reset, no
+    answer) with jittered exponential backoff until ``retry_for`` seconds have passed.
+
+    ``retry_for`` bounds the whole wait: an attempt to a server that never answers is cut
+    at what is left of it (give or take libpq's whole seconds).
+    """
     deadline = time.monotonic() + retry_for
     attempt = 0
     delay = 0.5
     while True:
         attempt += 1
         try:
-            return connect(params, autocommit=autocommit)
+            return connect(params, autocommit=autocommit, within=max(0.0, deadline - time.monotonic()))
         except ConnectionFailed as exc:
             cause = exc.__cause__
             sqlstate = getattr(cause, "sqlstate", None)
             text = str(exc)
-            transient = sqlstate in _TRANSIENT_CONNECT or any(
+            transient = sqlstate in _TRANSIENT_CONNECT or isinstance(
+                cause, psycopg.errors.ConnectionTimeout
+            ) or any(
                 s in text
                 for s in ("too many clients", "starting up", "shutting down", "Connection refused",
                           "reserved for", "recovery", "terminating connection")
@@ -124,7 +188,8 @@ def connect_retrying(
                 on_attempt(attempt, text)
             remaining = deadline - time.monotonic()
             if not transient or remaining <= 0:
-                raise ConnectionFailed(f"{text} (after {attempt} attempts)") from exc
+                plural = "" if attempt == 1 else "s"
+                raise ConnectionFailed(f"{text} (after {attempt} attempt{plural})") from exc
             time.sleep(min(remaining, delay * (0.5 + random.random())))
             delay = min(delay * 2, 30.0)
 
@@ -133,10 +198,47 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def server_message(exc: psycopg.Error) -> tuple[str, str]:
+    """(one line for a log, the full text) of a server error.
+
+    The line keeps what a DBA needs: the message, partman's non-empty DETAIL/HINT lines
+    and the statement it was running when it failed (its first ``SQL statement`` context);
+    pg_partman re-raises every error as P0001 with all of them packed into the message.
+    """
+    d = exc.diag
+    primary = (d.message_primary or str(exc)).strip()
+    parts = [primary]
+    for label, value in (("DETAIL", d.message_detail), ("HINT", d.message_hint), ("CONTEXT", d.context)):
+        if value:
+            parts.append(f"{label}: {value.strip()}")
+    full = "\n".join(parts)
+    lines = [ln.strip() for ln in primary.splitlines()]
+    line = lines[0] if lines else type(exc).__name__
+    extras: list[str] = []
+    for label in ("DETAIL:", "HINT:"):
+        for ln in lines[1:] + [f"DETAIL: {d.message_detail or ''}", f"HINT: {d.message_hint or ''}"]:
+            text = ln[len(label):].strip() if ln.startswith(label) else ""
+            if text and text not in extras:
+                extras.append(text)
+                break
+    stmt = next((ln for ln in lines[1:] if ln.startswith(("CONTEXT: SQL statement", "SQL statement"))), None)
+    if stmt:
+        extras.append("while running " + stmt.split("SQL statement", 1)[1].strip())
+    if extras:
+        line = f"{line} ({'; '.join(extras)})"
+    return " ".join(line.split()), full
+
+
+def error_line(exc: BaseException) -> str:
+    """Any error as one line: a server error through ``server_message``, else its text
+    with line breaks folded (messages end up in journald lines and one-line findings)."""
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        return server_message(exc)[0]
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def parse_duration(text: str) -> float:
     """``2s``, ``500ms``, ``10m``, ``1h`` or plain seconds -> seconds."""
-    from .errors import UsageError
-
     t = text.strip().lower()
     for suffix, factor in (("ms", 0.001), ("s", 1.0), ("min", 60.0), ("m", 60.0), ("h", 3600.0)):
         if t.endswith(suffix):
@@ -190,35 +292,71 @@ def run_locked(
     retries: int,
     relations: Sequence[int] = (),
     what: str = "DDL",
+    attempt_timeout: float = LOCK_ATTEMPT,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Run ``work`` in one transaction under ``lock_timeout``, retrying with backoff.
+    """Run ``work`` in one transaction, in short lock attempts, retrying with backoff.
 
-    A DDL that waits for a lock queues every later query on the table behind it, so we
-    wait at most ``lock_timeout`` and give the application the table back between tries.
-    When every try fails, the error names who held the lock.
+    A DDL waiting for a lock queues every later query on the table behind it. So each
+    attempt waits at most ``attempt_timeout`` (``SET LOCAL lock_timeout``), and between
+    attempts the application has the table back for a jittered pause that grows from one
+    attempt to half a second. One *try* keeps attempting for ``lock_timeout`` seconds;
+    after a failed try a longer pause (0.2 s doubling, at most 10 s) lets a long
+    transaction finish, and ``retries`` more tries follow. When every try fails, the
+    error names who held the lock.
     """
-    ms = max(1, int(lock_timeout * 1000))
-    for attempt in range(1, retries + 2):
-        try:
-            with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{ms}ms")))
-                return work(conn)
-        except pgerrors.LockNotAvailable:
-            held = blockers(conn, relations) if relations else []
-            if attempt > retries:
-                who = "; ".join(b.describe() for b in held) or "a session that has since let go"
-                raise LockNotAvailable(
-                    f"{what}: lock not granted within {lock_timeout:g}s after {attempt} tries; "
-                    f"blocked by {who}"
-                ) from None
-            pause = min(10.0, 0.2 * 2 ** (attempt - 1)) * (0.5 + random.random())
-            log.warning("%s: lock_timeout (try %d/%d), retrying in %.1fs", what, attempt,
-                        retries + 1, pause)
-            sleep(pause)
-        except pgerrors.InsufficientPrivilege as exc:
-            raise PermissionDenied(f"{what}: {_first_line(exc)}") from None
+    per_attempt = min(attempt_timeout, lock_timeout) if lock_timeout > 0 else attempt_timeout
+    ms = sql.Literal(f"{max(1, int(per_attempt * 1000))}ms")
+    attempts = 0
+    for trial in range(1, retries + 2):
+        deadline = time.monotonic() + lock_timeout
+        pause = per_attempt
+        while True:
+            attempts += 1
+            try:
+                with conn.transaction():
+                    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(ms))
+                    return work(conn)
+            except pgerrors.LockNotAvailable:
+                pass
+            except pgerrors.InsufficientPrivilege as exc:
+                raise PermissionDenied(f"{what}: {_first_line(exc)}") from None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sleep(min(left, pause * (0.5 + random.random())))
+            pause = min(pause * 2, 0.5)
+        held = blockers(conn, relations) if relations else []
+        if trial > retries:
+            who = "; ".join(b.describe() for b in held) or "a session that has since let go"
+            raise LockNotAvailable(
+                f"{what}: lock not granted within {lock_timeout:g}s after {trial} "
+                f"tr{'y' if trial == 1 else 'ies'} ({attempts} attempts of {per_attempt * 1000:g} ms); "
+                f"blocked by {who}"
+            )
+        backoff = min(10.0, 0.2 * 2 ** (trial - 1)) * (0.5 + random.random())
+        log.warning("%s: lock not granted within %gs (try %d/%d, %d attempts), retrying in %.1fs",
+                    what, lock_timeout, trial, retries + 1, attempts, backoff)
+        sleep(backoff)
     raise AssertionError("unreachable")
+
+
+@contextmanager
+def lowered_lock_timeout(conn: Conn, seconds: float) -> Iterator[None]:
+    """The session's lock_timeout at most ``seconds`` for a block, then as it was."""
+    row = conn.execute("SELECT setting FROM pg_settings WHERE name = 'lock_timeout'").fetchone()
+    before = int(row[0]) if row else 0  # milliseconds; 0 waits forever
+    ms = max(1, int(seconds * 1000))
+    if 0 < before <= ms:
+        yield
+        return
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{ms}ms",))
+    try:
+        yield
+    finally:
+        if not (conn.closed or conn.broken):
+            with contextlib.suppress(psycopg.Error):  # an aborted transaction restores it anyway
+                conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{before}ms",))
 
 
 @contextmanager

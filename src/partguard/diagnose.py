@@ -127,6 +127,8 @@ def stuck_lock_message(key: str, holder: LockHolder) -> str:
 
 def diagnose_table(state: TableState, server: Server) -> list[Finding]:
     table = state.table
+    if state.unreadable is not None:
+        return [locked_finding(state)]
     reason = table.unsupported_reason()
     if reason:
         # List/hash tables are simply not ours; a range table we cannot read is a blind spot.
@@ -156,6 +158,18 @@ def diagnose_table(state: TableState, server: Server) -> list[Finding]:
     except UsageError as exc:  # a grid that cannot hold this key type (e.g. hours on dates)
         out.append(Finding("grid_unknown", Severity.UNKNOWN, table.qualname, str(exc), {}))
     return out
+
+
+def locked_finding(state: TableState) -> Finding:
+    """A table a DDL held while we read: a blind spot, named with who holds it."""
+    u = state.unreadable
+    assert u is not None
+    who = "; ".join(b.describe() for b in u.blockers) or "a session that has since let go"
+    return Finding(
+        "locked", Severity.UNKNOWN, state.table.qualname,
+        f"not checked: {u.reason}; held by {who}",
+        {"reason": u.reason, "blocking_pids": [b.pid for b in u.blockers]},
+    )
 
 
 # --- connections ---

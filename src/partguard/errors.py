@@ -6,6 +6,8 @@ script can tell "the table is unhealthy" from "you asked for something impossibl
 
 from __future__ import annotations
 
+import errno
+
 # Nagios statuses (check / maintain results).
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 
@@ -73,6 +75,21 @@ class PermissionDenied(PartguardError):
     exit_code = 77  # EX_NOPERM
 
 
+class OutputFailed(PartguardError):
+    """A file partguard was told to write (``--textfile``, ``systemd --install``) or a port
+    it was told to listen on (``metrics --listen``) cannot be had."""
+
+    exit_code = 74  # EX_IOERR
+
+
+def os_failure(exc: OSError, what: str) -> PartguardError:
+    """An OSError as one line: a refusal by permissions is 77 like the server's, the rest 74."""
+    why = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return PermissionDenied(f"{what}: {why}")
+    return OutputFailed(f"{what}: {why}")
+
+
 class VerificationFailed(PartguardError):
     """Row counts or hashes disagree: partguard stops and keeps every source table."""
 
@@ -80,6 +97,7 @@ class VerificationFailed(PartguardError):
 
 
 class Aborted(PartguardError):
-    """The user declined the confirmation prompt, or no --yes without a TTY."""
+    """``fix`` without --yes and without a TTY to ask on: nothing was asked, nothing changed.
+    (Declining at the prompt is not an error: ``fix`` then exits 1, see the CLI.)"""
 
     exit_code = 64

@@ -21,7 +21,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from . import journal
-from .db import Conn, ConnParams, connect_retrying, run_locked
+from .db import LOCK_ATTEMPT, Conn, ConnParams, connect_retrying, error_line, run_locked
 from .errors import ConnectionFailed, PartguardError
 from .plan.steps import Step
 
@@ -77,6 +77,7 @@ class Runner:
     retries: int
     relations: Sequence[int]
     timings: Timings = field(default_factory=Timings)
+    lock_attempt: float = LOCK_ATTEMPT
 
     def step(
         self,
@@ -116,7 +117,7 @@ class Runner:
             journal.set_state(conn, self.run_id, state or step.name, detail=detail or {})
 
         run_locked(self.conn, work, lock_timeout=self.lock_timeout, retries=self.retries,
-                   relations=self.relations, what=f"{step.name}")
+                   relations=self.relations, what=f"{step.name}", attempt_timeout=self.lock_attempt)
         if step.kind == "ddl":  # steps whose locks block the application (not private tables)
             self.timings.locked[step.name] = time.monotonic() - attempt_started[0]
         return result
@@ -190,6 +191,7 @@ def copy_chunks(
     relations: Sequence[int],
     on_progress: Callable[[Progress], None] | None = None,
     done_pages: int = 0,
+    lock_attempt: float = LOCK_ATTEMPT,
 ) -> int:
     """Copy block ranges on ``conns`` (one worker each); every range commits with its
     journal row.
@@ -222,6 +224,7 @@ def copy_chunks(
                         conn,
                         partial(_copy_one, statements, args),
                         lock_timeout=lock_timeout, retries=retries, relations=relations, what="copy",
+                        attempt_timeout=lock_attempt,
                     )
                 except psycopg.OperationalError as exc:
                     if not conn.broken:
@@ -260,7 +263,7 @@ def copy_chunks(
         exc = errors[0]
         if isinstance(exc, PartguardError):
             raise exc
-        raise PartguardError(f"copy failed: {exc}") from exc
+        raise PartguardError(f"copy failed: {error_line(exc)}") from exc
     if not work.empty():
         raise PartguardError(f"copy: every connection was lost ({lost[-1] if lost else 'no reason given'})")
     return state["rows"]

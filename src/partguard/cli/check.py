@@ -15,13 +15,14 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from ..commands.check import CheckReport, TableSummary, check
-from ..db import connect
+from ..db import ConnParams, connect
 from ..guards import warn_if_pooled
 from ..humanize import fmt_delta
 from ..inspect.snapshot import Options, zone_label
-from .common import conn_params, connection_options, emit_json, format_option, jsonable
+from .common import connection_options, emit_json, format_option, jsonable
 
-# A check waits at most this long behind a DDL lock instead of queueing forever.
+# A check waits at most this long behind a DDL lock instead of queueing forever (each
+# table's own rows: 1 s, then that table is reported `locked`, see inspect.snapshot).
 LOCK_TIMEOUT = "10s"
 
 _STYLE = {"ok": "green", "info": "cyan", "warning": "yellow", "critical": "bold red",
@@ -40,14 +41,12 @@ _STYLE = {"ok": "green", "info": "cyan", "warning": "yellow", "critical": "bold 
                            "on a partman table one that contradicts partman's is refused.")
 @click.option("--force-tz", is_flag=True, help="Judge a partman table in --tz even where partman's differs.")
 @format_option
-def command(dbname: str | None, host: str | None, port: int | None, user: str | None,
-            tables: tuple[str, ...], exact: bool, interval: str | None, tz: str | None,
+def command(params: ConnParams, tables: tuple[str, ...], exact: bool, interval: str | None, tz: str | None,
             force_tz: bool, fmt: str) -> int:
     """Find what is wrong with range-partitioned tables, read-only.
 
     Exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios).
     """
-    params = conn_params(dbname, host, port, user)
     options = Options(tables=tables, interval=interval, tz=tz, exact=exact, force_tz=force_tz,
                       connection=params)
     with connect(params) as conn:

@@ -3,33 +3,68 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
-from ..db import ConnParams
+from ..db import DEFAULT_CONNECT_TIMEOUT, ConnParams, parse_duration
+from ..errors import UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+DECLINED = 1  # the user said no (or Ctrl-C / end of input) at a prompt: nothing changed
+
 
 def connection_options(f: F) -> F:
-    """``-d -h -p -U`` as psql has them; libpq reads PG* variables and .pgpass for the rest."""
+    """``-d -h -p -U`` as psql has them, plus ``--connect-timeout``; libpq reads PG*
+    variables and .pgpass for the rest. The command receives them as one ``params``."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, dbname: str | None, host: str | None, port: int | None,
+                user: str | None, connect_timeout: str | None, **kwargs: Any) -> Any:
+        params = ConnParams(dbname=dbname, host=host, port=port, user=user,
+                            connect_timeout=_seconds(connect_timeout))
+        return f(*args, params=params, **kwargs)
+
     for opt in reversed(
         [
             click.option("-d", "--dbname", help="Database name, conninfo string or URI."),
             click.option("-h", "--host", help="Server host or socket directory."),
             click.option("-p", "--port", type=int, help="Server port."),
             click.option("-U", "--username", "user", help="Role to connect as."),
+            click.option("--connect-timeout", metavar="DURATION",
+                         help=f"Give up a connection attempt after this long (whole seconds; "
+                              f"default: connect_timeout in -d, else PGCONNECT_TIMEOUT, else "
+                              f"{DEFAULT_CONNECT_TIMEOUT}s)."),
         ]
     ):
-        f = opt(f)
-    return f
+        wrapper = opt(wrapper)
+    return cast(F, wrapper)
+
+
+def _seconds(text: str | None) -> int | None:
+    if text is None:
+        return None
+    value = parse_duration(text)
+    if value <= 0:
+        raise UsageError(f"--connect-timeout must be positive: {text!r}")
+    return max(1, math.ceil(value))
+
+
+def attempt_duration(text: str) -> float:
+    """``--lock-attempt``: one lock wait, what the application can feel."""
+    value = parse_duration(text)
+    if not 0.001 <= value <= 60:
+        raise UsageError(f"--lock-attempt must be between 1ms and 60s: {text!r}")
+    return value
 
 
 def format_option(f: F) -> F:
@@ -37,10 +72,6 @@ def format_option(f: F) -> F:
         "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
         help="Human-readable text, or JSON for machines.",
     )(f)
-
-
-def conn_params(dbname: str | None, host: str | None, port: int | None, user: str | None) -> ConnParams:
-    return ConnParams(dbname=dbname, host=host, port=port, user=user)
 
 
 def jsonable(obj: Any) -> Any:

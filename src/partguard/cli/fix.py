@@ -11,11 +11,18 @@ import click
 
 from ..commands.fix import FixOutcome, FixRequest, abort, fix
 from ..commands.unfinished import runs_status
-from ..db import connect, parse_duration
+from ..db import ConnParams, connect, parse_duration
 from ..errors import Aborted, UsageError
 from ..execute import Progress
 from ..plan.fix import FixOptions
-from .common import conn_params, connection_options, emit_json, format_option, jsonable
+from .common import (
+    DECLINED,
+    attempt_duration,
+    connection_options,
+    emit_json,
+    format_option,
+    jsonable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +35,12 @@ log = logging.getLogger(__name__)
 @click.option("--dry-run", is_flag=True, help="Print the plan as a SQL script (stdout) and change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when not on a TTY).")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True, help="Copy connections.")
-@click.option("--lock-timeout", default="2s", show_default=True, help="Longest wait for any lock.")
-@click.option("--retries", type=click.IntRange(0, 100), default=5, show_default=True, help="Tries after a lock timeout.")
+@click.option("--lock-timeout", default="2s", show_default=True,
+              help="How long one try asks for a step's locks, in --lock-attempt waits.")
+@click.option("--retries", type=click.IntRange(0, 100), default=5, show_default=True,
+              help="Tries after one that could not get its locks, each after a longer pause.")
+@click.option("--lock-attempt", default="50ms", show_default=True,
+              help="Longest single lock wait: what the application's queries can queue behind partguard.")
 @click.option("--interval", help="Partition interval when neither partman nor the children tell it.")
 @click.option("--tz", help="Time zone of the grid, any PostgreSQL accepts (default: partman's zone / the "
                            "children's); on a partman table one that contradicts partman's is refused.")
@@ -49,13 +60,12 @@ log = logging.getLogger(__name__)
               help="Undo TABLE's interrupted instant run (before its swap): drop its trigger and CHECK, "
                    "put the rows it set aside back.")
 @format_option
-def command(dbname: str | None, host: str | None, port: int | None, user: str | None, table: str | None,
-            strategy: str, dry_run: bool, yes: bool, jobs: int, lock_timeout: str, retries: int,
+def command(params: ConnParams, table: str | None,
+            strategy: str, dry_run: bool, yes: bool, jobs: int, lock_timeout: str, retries: int, lock_attempt: str,
             interval: str | None, tz: str | None, force_tz: bool, outliers: str, premake: int | None,
             keep_source: bool, chunk_pages: int, key: str | None, tz_hint: str | None, status: bool,
             abort_run: bool, fmt: str) -> int:
     """Repair TABLE's DEFAULT partition under live writes: short locks, resumable, verified."""
-    params = conn_params(dbname, host, port, user)
     if status:
         return _status(params, fmt)
     if not table:
@@ -67,7 +77,8 @@ def command(dbname: str | None, host: str | None, port: int | None, user: str | 
         table=table,
         options=FixOptions(strategy=strategy, outliers=outliers, premake=premake, keep_source=keep_source,
                            jobs=jobs, chunk_pages=chunk_pages, key=key),
-        interval=interval, tz=tz, tz_hint=tz_hint, force_tz=force_tz, lock_timeout=parse_duration(lock_timeout), retries=retries, dry_run=dry_run,
+        interval=interval, tz=tz, tz_hint=tz_hint, force_tz=force_tz, lock_timeout=parse_duration(lock_timeout),
+        retries=retries, dry_run=dry_run, lock_attempt=attempt_duration(lock_attempt),
     )
     if not dry_run and not yes and not sys.stdin.isatty():
         raise Aborted("fix changes the database: pass --yes when not running on a terminal (or --dry-run)")
@@ -80,7 +91,7 @@ def command(dbname: str | None, host: str | None, port: int | None, user: str | 
         conn.close()
     left = _still_wrong(outcome)
     rc = (2 if left else 0) if outcome.status == "done" else (
-        0 if outcome.status in ("nothing_to_do", "planned") else 1)
+        0 if outcome.status in ("nothing_to_do", "planned") else DECLINED)
     if fmt == "json":
         emit_json({**jsonable(outcome), "exit_code": rc, "still_wrong": left})
     elif outcome.status == "planned":

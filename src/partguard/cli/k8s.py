@@ -8,8 +8,9 @@ import click
 
 from ..commands.k8s import K8sOptions, Resources, SecretRef, render
 from ..config import load
+from ..db import ConnParams
 from ..errors import UsageError
-from .common import conn_params, connection_options
+from .common import connection_options
 
 
 @click.command("k8s")
@@ -37,7 +38,7 @@ from .common import conn_params, connection_options
 @click.option("--memory", default="128Mi:256Mi", show_default=True, help="Memory request[:limit].")
 @click.option("--run-as-user", type=click.IntRange(1, 2**31 - 1), default=10001, show_default=True,
               help="Non-root UID (and GID) of the pod.")
-def command(dbname: str | None, host: str | None, port: int | None, user: str | None, image: str,
+def command(params: ConnParams, image: str,
             name: str | None, namespace: str | None, schedule: str | None, time_zone: str,
             retry_for: str, deadline: str, starting_deadline: str, backoff_limit: int,
             config_path: str | None, password_secret: str | None, pgpass_secret: str | None,
@@ -54,7 +55,7 @@ def command(dbname: str | None, host: str | None, port: int | None, user: str | 
         except UnicodeDecodeError:
             raise UsageError(f"{config_path} is not UTF-8") from None
     manifest = render(K8sOptions(
-        params=conn_params(dbname, host, port, user), image=image, name=name, namespace=namespace,
+        params=params, image=image, name=name, namespace=namespace,
         schedule=schedule, time_zone=time_zone, retry_for=retry_for, deadline=deadline,
         starting_deadline=starting_deadline, backoff_limit=backoff_limit, config_text=config_text,
         password=SecretRef.parse(password_secret, "password") if password_secret else None,

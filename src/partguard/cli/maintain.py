@@ -7,8 +7,8 @@ import click
 from ..commands import retention
 from ..commands.maintain import MaintainOptions, MaintainReport, maintain
 from ..config import load
-from ..db import connect, parse_duration
-from .common import conn_params, connection_options, emit_json, format_option
+from ..db import ConnParams, connect, parse_duration
+from .common import attempt_duration, connection_options, emit_json, format_option
 
 
 @click.command("maintain")
@@ -19,9 +19,12 @@ from .common import conn_params, connection_options, emit_json, format_option
 @click.option("--retry-for", default="10m", show_default=True,
               help="Keep retrying refused connections (too many clients, starting up) this long.")
 @click.option("--lock-timeout", default="5s", show_default=True,
-              help="Longest wait for a table's locks per try; the table is then retried, then skipped.")
+              help="How long one try asks for a table's locks, in --lock-attempt waits; the table "
+                   "is then retried, then skipped.")
 @click.option("--lock-retries", type=click.IntRange(0, 100), default=2, show_default=True,
-              help="Tries after a lock timeout, with backoff.")
+              help="Tries after one that could not get its locks, each after a longer pause.")
+@click.option("--lock-attempt", default="50ms", show_default=True,
+              help="Longest single lock wait: what the application's queries can queue behind partguard.")
 @click.option("--statement-timeout", default="10m", show_default=True,
               help="Longest a table's maintenance may run.")
 @click.option("--fix-default", is_flag=True,
@@ -31,10 +34,9 @@ from .common import conn_params, connection_options, emit_json, format_option
 @click.option("--dry-run", is_flag=True,
               help="Print the SQL maintain would run (premaking, retention, partman calls); change nothing.")
 @format_option
-def command(dbname: str | None, host: str | None, port: int | None, user: str | None,
-            tables: tuple[str, ...], retry_for: str, lock_timeout: str, lock_retries: int,
-            statement_timeout: str, fix_default: bool, config_path: str | None, dry_run: bool,
-            fmt: str) -> int:
+def command(params: ConnParams,
+            tables: tuple[str, ...], retry_for: str, lock_timeout: str, lock_retries: int, lock_attempt: str,
+            statement_timeout: str, fix_default: bool, config_path: str | None, dry_run: bool, fmt: str) -> int:
     """Run partition maintenance table by table, verify it, and record the run.
 
     Exit status (Nagios): 0 all tables maintained and healthy (or a hot standby: nothing to
@@ -43,14 +45,15 @@ def command(dbname: str | None, host: str | None, port: int | None, user: str | 
     """
     options = MaintainOptions(
         tables=tables, retry_for=parse_duration(retry_for), lock_timeout=parse_duration(lock_timeout),
-        lock_retries=lock_retries, statement_timeout=parse_duration(statement_timeout),
+        lock_retries=lock_retries, lock_attempt=attempt_duration(lock_attempt),
+        statement_timeout=parse_duration(statement_timeout),
         fix_default=fix_default, config=load(config_path),
     )
     if dry_run:
-        with connect(conn_params(dbname, host, port, user)) as conn:
+        with connect(params) as conn:
             click.echo(retention.dry_run(conn, options.config, tables), nl=False)
         return 0
-    report = maintain(conn_params(dbname, host, port, user), options)
+    report = maintain(params, options)
     if fmt == "json":
         emit_json(report)
     else:

@@ -9,9 +9,10 @@ import threading
 import click
 
 from ..commands.metrics import exposition, serve, write_textfile
+from ..db import ConnParams
 from ..errors import UsageError
 from ..inspect.snapshot import Options
-from .common import conn_params, connection_options
+from .common import connection_options
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -35,7 +36,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 @click.option("--interval", help="Partition interval, overriding partman and the children.")
 @click.option("--tz", help="Time zone of the grid, overriding the session's.")
 @click.option("--force-tz", is_flag=True, help="Use --tz on partman tables even where partman's differs.")
-def command(dbname: str | None, host: str | None, port: int | None, user: str | None,
+def command(params: ConnParams,
             listen: str | None, textfile: str | None, tables: tuple[str, ...],
             interval: str | None, tz: str | None, force_tz: bool) -> int:
     """Export check results as Prometheus metrics.
@@ -45,7 +46,6 @@ def command(dbname: str | None, host: str | None, port: int | None, user: str | 
     """
     if listen and textfile:
         raise UsageError("use either --listen or --textfile, not both")
-    params = conn_params(dbname, host, port, user)
     options = Options(tables=tables, interval=interval, tz=tz, force_tz=force_tz)
     if listen:
         addr, port_no = parse_listen(listen)

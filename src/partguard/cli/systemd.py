@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from ..commands.systemd import DEFAULT_DIR, SystemdOptions, install, render
-from .common import conn_params, connection_options
+from ..db import ConnParams
+from .common import connection_options
 
 
 @click.command("systemd")
@@ -22,7 +23,7 @@ from .common import conn_params, connection_options
 @click.option("--config", "config_path", help="maintain --config (partguard.toml, absolute path).")
 @click.option("--install", "install_dir", is_flag=False, flag_value=DEFAULT_DIR, default=None,
               metavar="[DIR]", help=f"Write the units into DIR (default {DEFAULT_DIR}) instead of printing.")
-def command(dbname: str | None, host: str | None, port: int | None, user: str | None, every: str,
+def command(params: ConnParams, every: str,
             randomized_delay: str, name: str | None, os_user: str, executable: str | None,
             retry_for: str, config_path: str | None, install_dir: str | None) -> int:
     """Print a systemd service + timer running `partguard maintain` for one database.
@@ -30,7 +31,7 @@ def command(dbname: str | None, host: str | None, port: int | None, user: str | 
     Enable with: systemctl daemon-reload && systemctl enable --now <name>.timer
     """
     units = render(SystemdOptions(
-        params=conn_params(dbname, host, port, user), every=every, randomized_delay=randomized_delay,
+        params=params, every=every, randomized_delay=randomized_delay,
         name=name, user=os_user, executable=executable, retry_for=retry_for, config=config_path,
     ))
     if install_dir is None:

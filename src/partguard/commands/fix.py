@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from .. import journal
-from ..db import Conn, ConnParams, run_locked
+from ..db import LOCK_ATTEMPT, Conn, ConnParams, error_line, run_locked
 from ..errors import (
     AlreadyRunning,
     PartguardError,
@@ -85,9 +85,10 @@ class FixRequest:
     tz: str | None = None
     tz_hint: str | None = None  # fix-partitioned-table's <timezone>: used where nothing else tells
     force_tz: bool = False  # use tz even where it contradicts a partman table's zone
-    lock_timeout: float = 2.0
+    lock_timeout: float = 2.0  # one try of a step's lock, in attempts of lock_attempt
     retries: int = 5
     dry_run: bool = False
+    lock_attempt: float = LOCK_ATTEMPT
     # copy: how long a refused worker connection is retried before copying on fewer
     connect_retry_for: float = 5.0
 
@@ -306,7 +307,7 @@ def _execute(
 ) -> FixOutcome:
     started = time.monotonic()
     relations = [table.oid] + catalog.relation_oids(conn, table.schema, [p.source, p.holding or ""])
-    runner = Runner(conn, run_id, req.lock_timeout, req.retries, relations)
+    runner = Runner(conn, run_id, req.lock_timeout, req.retries, relations, lock_attempt=req.lock_attempt)
     plan = plan_steps(p, table, partman)
     names = [s.name for s in plan]
     todo = plan[names.index(done) + 1:] if done in names else plan
@@ -434,7 +435,8 @@ def _swap(
     if partman is not None and any(c.via_partman for c in p.children):
         warmup = [*S.set_zone(p), partman_warmup(partman, table)]
         run_locked(conn, lambda c: [c.execute(s) for s in warmup], lock_timeout=runner.lock_timeout,
-                   retries=runner.retries, relations=runner.relations, what="partman warm-up")
+                   retries=runner.retries, relations=runner.relations, what="partman warm-up",
+                   attempt_timeout=runner.lock_attempt)
     create_default = stmts.pop() if p.new_default else None
 
     # Every renamed table's indexes follow its new name: the former DEFAULT's (as the span
@@ -501,7 +503,7 @@ def _copy(
     started = time.monotonic()
     rows = copy_chunks(conns, step.statements, runner.run_id, todo, total,
                        lock_timeout=req.lock_timeout, retries=req.retries, relations=runner.relations,
-                       on_progress=on_progress, done_pages=done_pages)
+                       lock_attempt=req.lock_attempt, on_progress=on_progress, done_pages=done_pages)
     took = time.monotonic() - started
     journal.set_state(conn, runner.run_id, "copy")
     return rows, took
@@ -534,9 +536,9 @@ def _maintenance(runner: Runner, step: S.Step) -> str:
     try:
         runner.step(step)
     except Exception as exc:  # noqa: BLE001 - surfaced in the outcome
-        log.warning("partman maintenance after fix failed: %s", exc)
+        log.warning("partman maintenance after fix failed: %s", error_line(exc))
         journal.set_state(runner.conn, runner.run_id, "maintenance")
-        return f"failed: {one_line(str(exc))}"
+        return f"failed: {error_line(exc)}"
     finally:
         runner.conn.remove_notice_handler(watch)
     if skipped:

@@ -25,7 +25,15 @@ from psycopg import sql
 from .. import journal
 from ..config import Config, TableSpec
 from ..coverage import runway as runway_of
-from ..db import Conn, ConnParams, connect_retrying, run_locked, session_timezone
+from ..db import (
+    LOCK_ATTEMPT,
+    Conn,
+    ConnParams,
+    connect_retrying,
+    error_line,
+    run_locked,
+    session_timezone,
+)
 from ..diagnose import (
     Finding,
     diagnose_table,
@@ -34,7 +42,16 @@ from ..diagnose import (
     split_command,
     stuck_lock_message,
 )
-from ..errors import CRITICAL, OK, UNKNOWN, WARNING, ConnectionFailed, PartguardError, UsageError
+from ..errors import (
+    CRITICAL,
+    OK,
+    UNKNOWN,
+    WARNING,
+    ConnectionFailed,
+    PartguardError,
+    PermissionDenied,
+    UsageError,
+)
 from ..guards import STANDBY_NOTE, in_recovery, refuse_pooler
 from ..humanize import fmt_key, quote_name
 from ..inspect.catalog import Table, read_tables, relation_name, resolve
@@ -45,6 +62,7 @@ from ..inspect.snapshot import Options, Server, TableState, read_server, table_s
 from ..plan.premake import Refusal, plan_premake
 from .partman_calls import (
     ALREADY_RUNNING,
+    LOCK_TIMEOUT_TEXT,
     SKIPPED_SET,
     LockHolder,
     is_lock_timeout,
@@ -52,6 +70,7 @@ from .partman_calls import (
     one_line,
     run_maintenance_sql,
     server_message,
+    skipped_for_a_lock,
     stuck_partman_locks,
 )
 from .retention import apply_retention
@@ -76,8 +95,9 @@ class MaintenanceFailed(PartguardError):
 class MaintainOptions:
     tables: tuple[str, ...] = ()  # empty: every partman table with automatic_maintenance + the config's
     retry_for: float = 600.0  # seconds to keep retrying refused connections
-    lock_timeout: float = 5.0
+    lock_timeout: float = 5.0  # one try of a table's locks, in attempts of lock_attempt
     lock_retries: int = 2
+    lock_attempt: float = LOCK_ATTEMPT
     statement_timeout: float = 600.0
     fix_default: bool = False
     config: Config = field(default_factory=Config)
@@ -200,7 +220,8 @@ class _Run:
             return work(conn)
 
         return run_locked(self.c, wrapped, lock_timeout=self.opt.lock_timeout,
-                          retries=self.opt.lock_retries, relations=relations, what=what)
+                          retries=self.opt.lock_retries, relations=relations, what=what,
+                          attempt_timeout=self.opt.lock_attempt)
 
     # --- the run ---------------------------------------------------------------
 
@@ -220,7 +241,13 @@ class _Run:
                                       self.attempts, (), skipped=why)
             refuse_pooler(self.c, self.params.conninfo("partguard maintain"), "maintain")
             self.session_tz = session_timezone(self.c)
-            targets = self.targets()  # usage errors first, before a run is recorded
+            try:
+                targets = self.targets()  # usage errors first, before a run is recorded
+            except pgerrors.InsufficientPrivilege as exc:
+                raise PermissionDenied(
+                    f"maintenance not run: {error_line(exc)} (the role needs what pg_partman's "
+                    "maintenance role has: USAGE on its schema, ALL on its tables and functions)"
+                ) from None
             try:
                 journal.ensure_schema(self.c)
                 run_id = journal.start_maintenance(self.c, {"tables": [t.qualname for t in targets]})
@@ -306,7 +333,7 @@ class _Run:
                 except ConnectionFailed as cf:
                     self.lost = f"connection lost and not re-established: {cf}"
                 if attempt == 2:
-                    return _outcome(target, "failed", CRITICAL, f"connection lost twice: {exc}")
+                    return _outcome(target, "failed", CRITICAL, f"connection lost twice: {error_line(exc)}")
             except PartguardError as exc:
                 return _outcome(target, "failed", CRITICAL, str(exc).removeprefix(f"{target.qualname}: "))
         raise AssertionError("unreachable")
@@ -394,6 +421,8 @@ class _Run:
                                      "WHERE parent_table = {}").format(cfg_table, sql.Literal(parent)))
             if any(ALREADY_RUNNING in text for _, text in self.notices):
                 raise _PartmanLocked()
+            if skipped_for_a_lock(self.notices):
+                raise pgerrors.LockNotAvailable(LOCK_TIMEOUT_TEXT)
             said = list(self.notices)
             if confirms:
                 after = _scalar(conn, partman.last_run_sql(parent))
@@ -486,7 +515,7 @@ class _Run:
             try:
                 st = self.read_state(t, server)
             except (PartguardError, psycopg.Error) as exc:
-                result.append(replace(o, message=_join(o.message, f"cannot verify: {exc}")))
+                result.append(replace(o, message=_join(o.message, f"cannot verify: {error_line(exc)}")))
                 continue
             o = self.judge(t, o, st, server)
             if self.opt.fix_default and any(f["code"] == "default_rows" for f in o.findings):
@@ -533,12 +562,13 @@ class _Run:
         spec = t.spec if t.config is None else None
         req = fix_mod.FixRequest(
             table=sql.Identifier(*t.ident).as_string(self.c), lock_timeout=self.opt.lock_timeout,
+            lock_attempt=self.opt.lock_attempt,
             interval=spec.interval if spec else None, tz=spec.tz if spec else None,
         )
         try:
             done = fix_mod.fix(self.c, self.params.conninfo("partguard maintain"), req)
         except (PartguardError, psycopg.Error) as exc:
-            return replace(o, message=_join(o.message, f"--fix-default failed: {exc}"))
+            return replace(o, message=_join(o.message, f"--fix-default failed: {error_line(exc)}"))
         again = self.guarded(t, database)
         server = read_server(self.c)
         note = f"DEFAULT repaired by partguard fix ({getattr(done, 'status', 'done')}"

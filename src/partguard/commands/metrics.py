@@ -24,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..db import ConnParams, connect
+from ..errors import os_failure
 from ..guards import warn_if_pooled
 from ..inspect.connections import TOP_HOLDERS, Clients
 from ..inspect.snapshot import Options
@@ -32,8 +33,8 @@ from .check import CheckReport, check
 log = logging.getLogger(__name__)
 
 # A scrape must finish well inside Prometheus' scrape timeout, and must never queue behind
-# DDL for long: these bound every statement of the snapshot.
-CONNECT_TIMEOUT = 5
+# DDL for long: these bound every statement of the snapshot (connecting is bounded by
+# db.connect's connect_timeout).
 STATEMENT_TIMEOUT = "20s"
 LOCK_TIMEOUT = "2s"
 
@@ -51,7 +52,7 @@ def scrape(params: ConnParams | str, options: Options) -> Scrape:
     """One snapshot on a fresh connection; any failure becomes ``Scrape(None, …, error)``."""
     start = time.monotonic()
     try:
-        with connect(params, connect_timeout=CONNECT_TIMEOUT) as conn:
+        with connect(params) as conn:
             conn.execute("SELECT set_config('statement_timeout', %s, false), "
                          "set_config('lock_timeout', %s, false)", (STATEMENT_TIMEOUT, LOCK_TIMEOUT))
             warn_if_pooled(conn, params, "metrics")
@@ -107,7 +108,8 @@ def families(s: Scrape) -> list[Metric]:
     for t in s.report.tables:
         labels = [t.schema, t.table]
         values: dict[str, float | None] = {
-            "default_rows": t.default_rows or 0,
+            # No DEFAULT holds no rows; a DEFAULT that was not read (locked) is unknown.
+            "default_rows": t.default_rows if t.has_default else 0,
             "runway_seconds": t.runway_seconds,
             "gaps": t.gaps,
             "misaligned_children": t.misaligned_children,
@@ -207,7 +209,10 @@ def write_textfile(path: str | os.PathLike[str], data: bytes) -> None:
     a file system) and is named without ``.prom``, so the textfile collector ignores it.
     """
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise os_failure(exc, f"cannot write {target} (in {target.parent})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -215,8 +220,10 @@ def write_textfile(path: str | os.PathLike[str], data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; node_exporter may run as another user
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise os_failure(exc, f"cannot write {target}") from None
         raise
 
 
@@ -224,6 +231,9 @@ def serve(
     params: ConnParams | str, options: Options, host: str, port: int
 ) -> tuple[WSGIServer, threading.Thread]:
     """Serve ``/metrics`` on host:port from a daemon thread (port 0: any free port)."""
-    server, thread = start_http_server(port, addr=host, registry=registry_for(params, options))
+    try:
+        server, thread = start_http_server(port, addr=host, registry=registry_for(params, options))
+    except OSError as exc:
+        raise os_failure(exc, f"cannot listen on {host}:{port}") from None
     log.info("metrics: serving on %s:%d", host, server.server_port)
     return server, thread

@@ -12,17 +12,26 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from ..db import Conn
+from ..db import Conn, server_message
 from ..inspect.locks import LockHolder, advisory_holders, partman_lock_holders, stuck_partman_locks
 from ..inspect.partman import Partman
 
 __all__ = [
     "SKIPPED_SET", "LockHolder", "is_lock_timeout", "maintenance_lock_holder", "maintenance_lock_holders",
-    "one_line", "run_maintenance_sql", "server_message", "stuck_partman_locks",
+    "one_line", "run_maintenance_sql", "server_message", "skipped_for_a_lock", "stuck_partman_locks",
 ]
 
 ALREADY_RUNNING = "maintenance already running"
 LOCK_TIMEOUT_TEXT = "canceling statement due to lock timeout"
+# 5.5 catches each partition set's error and only WARNs: "... skipped partition set for
+# parent table <t>: <error>" (the transaction goes on; its children were not made).
+SKIPPED_SET = "maintenance skipped partition set"
+
+
+def skipped_for_a_lock(notices: list[tuple[str, str]]) -> bool:
+    """partman 5.5 swallowed a lock timeout into a WARNING: to be retried like one."""
+    return any(SKIPPED_SET in text and LOCK_TIMEOUT_TEXT in text for _, text in notices)
+
 
 SKIPPED_SET = "pg_partman maintenance skipped partition set"
 
@@ -70,19 +79,3 @@ def is_lock_timeout(exc: psycopg.Error) -> bool:
     if exc.sqlstate == "55P03":
         return True
     return exc.sqlstate == "P0001" and (exc.diag.message_primary or "").startswith(LOCK_TIMEOUT_TEXT)
-
-
-def server_message(exc: psycopg.Error) -> tuple[str, str]:
-    """(one line for a log, the full text) of a server error.
-
-    The line keeps what a DBA needs: the message, partman's non-empty DETAIL/HINT lines
-    and the statement it was running when it failed (its first ``SQL statement`` context).
-    """
-    d = exc.diag
-    primary = (d.message_primary or str(exc)).strip()
-    parts = [primary]
-    for label, value in (("DETAIL", d.message_detail), ("HINT", d.message_hint), ("CONTEXT", d.context)):
-        if value:
-            parts.append(f"{label}: {value.strip()}")
-    full = "\n".join(parts)
-    return one_line(primary, d.message_detail, d.message_hint), full

@@ -12,6 +12,7 @@ taken from the user is escaped for it, and unit names follow ``systemd-escape``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict
 
 from ..db import ConnParams
-from ..errors import UsageError
+from ..errors import UsageError, os_failure
 
 DEFAULT_DIR = "/etc/systemd/system"
 _PLAIN_ARG = re.compile(r"^[A-Za-z0-9_@+=:,./-]+$")
@@ -96,7 +97,8 @@ def _maintain_args(opt: SystemdOptions) -> list[str]:
         raise UsageError("the connection string has a password: unit files are world-readable; "
                          f"put it in ~{opt.user}/.pgpass instead")
     args = ["maintain"]
-    for flag, value in (("-d", p.dbname), ("-h", p.host), ("-p", p.port), ("-U", p.user)):
+    for flag, value in (("-d", p.dbname), ("-h", p.host), ("-p", p.port), ("-U", p.user),
+                        ("--connect-timeout", p.connect_timeout)):
         if value:
             args += [flag, str(value)]
     args += ["--retry-for", opt.retry_for]
@@ -184,8 +186,13 @@ def install(units: Units, directory: str | Path = DEFAULT_DIR) -> list[Path]:
     for fname, text in units.files.items():
         path = d / fname
         tmp = d / f".{fname}.partguard-tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.chmod(0o644)
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            tmp.chmod(0o644)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise os_failure(exc, f"cannot write {path}") from None
         written.append(path)
     return written

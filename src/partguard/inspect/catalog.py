@@ -59,7 +59,7 @@ class Index:
     name: str
     parent_index: str | None  # the partitioned index it is attached to
     first_column: str | None
-    definition: str
+    definition: str  # '' when read with the tables (read_tables), see there
 
 
 @dataclass(frozen=True)
@@ -154,8 +154,10 @@ WHERE NOT c.relispartition
 ORDER BY n.nspname, c.relname
 """
 
+# pg_get_expr(relpartbound, 0): a bound holds only constants, and given the child's oid
+# pg_get_expr would lock it (one locked child would stall the whole read).
 _CHILDREN_SQL = """
-SELECT i.inhparent, c.oid, n.nspname, c.relname, pg_get_expr(c.relpartbound, c.oid),
+SELECT i.inhparent, c.oid, n.nspname, c.relname, pg_get_expr(c.relpartbound, 0),
        c.relkind = 'p', c.reltuples::bigint
 FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid
@@ -179,12 +181,12 @@ FROM pg_constraint WHERE contype = 'f' AND confrelid = ANY(%s::oid[])
 _INDEXES_SQL = """
 SELECT i.indrelid, ic.relname, pi.relname,
        (SELECT a.attname FROM pg_attribute a WHERE a.attrelid = i.indrelid AND a.attnum = i.indkey[0]),
-       pg_get_indexdef(i.indexrelid)
+       CASE WHEN %(definitions)s THEN pg_get_indexdef(i.indexrelid) ELSE '' END
 FROM pg_index i
 JOIN pg_class ic ON ic.oid = i.indexrelid
 LEFT JOIN pg_inherits h ON h.inhrelid = i.indexrelid
 LEFT JOIN pg_class pi ON pi.oid = h.inhparent
-WHERE i.indrelid = ANY(%s::oid[])
+WHERE i.indrelid = ANY(%(oids)s::oid[])
 ORDER BY ic.relname
 """
 
@@ -247,7 +249,11 @@ def read_tables(conn: Conn, names: list[str] | None = None, *, strict: bool = Tr
     for relid, desc in conn.execute(_REFERENCED_SQL, (table_oids,)):
         referenced[relid].append(desc)
     indexes: dict[int, list[Index]] = {o: [] for o in rel_oids}
-    for relid, iname, parent_index, first_col, idef in conn.execute(_INDEXES_SQL, (rel_oids,)):
+    # No definitions here: pg_get_indexdef locks the table, and one table a DDL holds
+    # would stall the read of every other.
+    for relid, iname, parent_index, first_col, idef in conn.execute(
+        _INDEXES_SQL, {"oids": rel_oids, "definitions": False}
+    ):
         indexes[relid].append(Index(iname, parent_index, first_col, idef))
 
     names_in: dict[str, set[str]] = {}
@@ -356,7 +362,7 @@ def is_detached_copy(conn: Conn, table: Table, name: str) -> bool:
 
 
 def child_indexes(conn: Conn, oid: int) -> list[Index]:
-    return [Index(*r[1:]) for r in conn.execute(_INDEXES_SQL, ([oid],))]
+    return [Index(*r[1:]) for r in conn.execute(_INDEXES_SQL, {"oids": [oid], "definitions": True})]
 
 
 def _sort_key(c: Child) -> tuple[int, Any]:

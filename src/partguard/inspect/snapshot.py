@@ -7,6 +7,7 @@ config, the children's bounds, the session time zone and the user's overrides to
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -14,10 +15,11 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from psycopg import errors as pgerrors
 from psycopg import sql
 
 from .. import journal
-from ..db import Conn, ConnParams, session_timezone
+from ..db import Blocker, Conn, ConnParams, blockers, lowered_lock_timeout, session_timezone
 from ..errors import UnknownGrid, UsageError
 from .catalog import Child, Key, Table, read_tables
 from .connections import CLIENT_BACKEND, Clients, read_clients
@@ -65,6 +67,14 @@ class GridInfo:
 
 
 @dataclass(frozen=True)
+class Unreadable:
+    """Why a table's rows could not be read for this snapshot (a DDL held a lock)."""
+
+    reason: str
+    blockers: tuple[Blocker, ...] = ()
+
+
+@dataclass(frozen=True)
 class TableState:
     table: Table
     config: PartmanConfig | None
@@ -77,6 +87,7 @@ class TableState:
     # What unfinished repairs left: holding tables, instant's trigger + CHECK, a detached
     # DEFAULT, quarantined rows (inspect/leftovers.py).
     leftovers: Leftovers = field(default_factory=Leftovers)
+    unreadable: Unreadable | None = None  # set: only the catalog was read, nothing judged
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,9 @@ class Options:
     tz_hint: str | None = None  # a zone to prefer only when partman and the children are silent
     force_tz: bool = False  # use ``tz`` on a partman table even where it contradicts partman's zone
     connection: ConnParams | None = None  # as given: repair commands in messages repeat it
+    # Longest wait for a lock on one table's partitions: a table a DDL holds longer is
+    # reported as unreadable (UNKNOWN) and the others are still read.
+    lock_timeout: float = 1.0
 
 
 def read_server(conn: Conn) -> Server:
@@ -162,10 +176,17 @@ def take(conn: Conn, options: Options = Options()) -> Snapshot:
     last = journal.last_maintenance(conn)
     left = read_leftovers(conn, tables, exact=options.exact)
     states = []
-    for table in tables:
-        config = config_for(configs, table.schema, table.name)
-        states.append(table_state(conn, server, table, config, options, last.get(table.qualname),
-                                  left.get(table.oid, Leftovers())))
+    with lowered_lock_timeout(conn, options.lock_timeout):
+        for table in tables:
+            config = config_for(configs, table.schema, table.name)
+            done = last.get(table.qualname)
+            try:  # one table a DDL holds must not blind the check of the others
+                with _savepoint(conn):
+                    state = table_state(conn, server, table, config, options, done,
+                                        left.get(table.oid, Leftovers()))
+            except pgerrors.LockNotAvailable as exc:
+                state = locked_state(conn, table, config, done, options.lock_timeout, exc)
+            states.append(state)
     return Snapshot(server, tuple(states), tuple(_orphans(conn, configs, options)),
                     tuple(stuck_partman_locks(conn, server.partman)))
 
@@ -197,6 +218,24 @@ def table_state(
     held = max_keys(conn, table, [d.child for d in drops])
     return TableState(table, config, grid, default_probe, max_key, last_maintenance,
                       tuple((d, k) for d, (_, k) in zip(drops, held, strict=True)), leftovers)
+
+
+def _savepoint(conn: Conn) -> contextlib.AbstractContextManager[Any]:
+    """Outside autocommit a failed read would abort the caller's transaction."""
+    return contextlib.nullcontext() if conn.autocommit else conn.transaction()
+
+
+def locked_state(
+    conn: Conn, table: Table, config: PartmanConfig | None, last_maintenance: datetime | None,
+    waited: float, exc: Exception,
+) -> TableState:
+    """A table whose partitions could not be read: only its catalog, and who holds it."""
+    rels = [table.oid, *(c.oid for c in table.children), *([table.default.oid] if table.default else [])]
+    held = tuple(blockers(conn, rels))
+    log.info("%s: not read: %s", table.qualname, " ".join(str(exc).split()))
+    why = f"a lock on its partitions was not granted within {waited:g}s"
+    return TableState(table, config, GridInfo(None, "", why), None, None, last_maintenance,
+                      unreadable=Unreadable(why, held))
 
 
 def max_child_key(conn: Conn, table: Table) -> Key | None:
@@ -433,7 +472,9 @@ __all__ = [
     "Server",
     "Snapshot",
     "TableState",
+    "Unreadable",
     "infer_grid",
+    "locked_state",
     "read_server",
     "resolve_zones",
     "table_state",
