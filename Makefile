@@ -13,7 +13,9 @@ deps:
 test: deps
 	PARTGUARD_PG_BIN="$$(cat .pg_bin)" $(VENV)/pytest -q
 
-demo: deps
+# The demo installs only what it needs (no test tools, no promtool/pgbouncer, one partman).
+demo:
+	bash scripts/install-deps.sh --for=demo
 	PARTGUARD_PG_BIN="$$(cat .pg_bin)" $(VENV)/partguard demo
 
 lint:

@@ -14,11 +14,29 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FORCE_APT=0
-if [ "${1:-}" = "--apt" ]; then FORCE_APT=1; fi
+FOR=test  # what for: "test" (everything) or "demo" (only what `partguard demo` needs)
+for arg in "$@"; do
+  case "$arg" in
+    --apt) FORCE_APT=1 ;;
+    --for=demo | --demo) FOR=demo ;;
+    --for=test) FOR=test ;;
+    *) echo "install-deps: unknown argument $arg (use --apt, --for=demo)" >&2; exit 64 ;;
+  esac
+done
 MAJORS="18 17 16 15 14"
 
+# Quiet by default: one line per step; a step's full output only when it fails (or with V=1).
+mkdir -p .cache
+STEP_LOG=.cache/install-deps.log
 log() { echo "install-deps: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+quietly() {
+  if [ "${V:-0}" = 1 ]; then "$@" >&2; return; fi
+  if ! "$@" >"$STEP_LOG" 2>&1; then
+    cat "$STEP_LOG" >&2
+    return 1
+  fi
+}
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then SUDO=(sudo); fi
@@ -40,11 +58,11 @@ have_promtool() { command -v promtool >/dev/null 2>&1; }
 APT_UPDATED=0
 apt_update() {
   command -v apt-get >/dev/null || die "no apt-get: install PostgreSQL + pg_partman yourself and set PARTGUARD_PG_BIN"
-  [ "$APT_UPDATED" = 1 ] || { log "apt-get update"; apt_get update -qq; APT_UPDATED=1; }
+  [ "$APT_UPDATED" = 1 ] || { log "apt-get update"; quietly apt_get update -qq; APT_UPDATED=1; }
 }
 apt_install() {
   log "apt-get install $*"
-  apt_get install -y -qq --no-install-recommends "$@" >&2
+  quietly apt_get install -y -qq --no-install-recommends "$@"
 }
 
 # --- PostgreSQL + pg_partman -------------------------------------------------------------
@@ -83,7 +101,7 @@ PARTMAN_SUITES="bookworm:15 trixie:17 sid:18"  # suite:the PostgreSQL major its 
 EXT_DIR="$("$PG_BIN/pg_config" --sharedir 2>/dev/null || echo "/usr/share/postgresql/$N")/extension"
 partman_versions() {  # the full install scripts present: 4.7.2 5.2.4 ...
   find "$EXT_DIR" -maxdepth 1 -name 'pg_partman--*.sql' -printf '%f\n' 2>/dev/null \
-    | sed -n 's/^pg_partman--\([0-9][0-9.]*[0-9]\)\.sql$/\1/p' | sort -V | tr '\n' ' '
+    | sed -n 's/^pg_partman--\([0-9][0-9.]*[0-9]\)\.sql$/\1/p' | sort -V | paste -sd' '
 }
 mirror() {  # the Debian mirror this machine already uses (deb.debian.org if none is configured)
   local u
@@ -123,35 +141,44 @@ missing=""
 for v in $WANT_PARTMAN; do
   [ -f "$EXT_DIR/pg_partman--$v.sql" ] || missing="$missing $v"
 done
-if [ -n "$missing" ] && [ -d "$EXT_DIR" ]; then
+if [ "$FOR" = test ] && [ -n "$missing" ] && [ -d "$EXT_DIR" ]; then
   command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
     || die "pg_partman$missing missing and no apt-get/dpkg-deb to fetch them"
   fetch_partman
 fi
-log "pg_partman versions for PostgreSQL $N: $(partman_versions)"
+PM_VERSIONS=$(partman_versions)
 
 # --- make, python venv -------------------------------------------------------------------
 command -v make >/dev/null || { apt_update; apt_install make; }
 command -v python3 >/dev/null || { apt_update; apt_install python3; }
 if [ ! -x .venv/bin/python ]; then
-  if ! python3 -m venv .venv >&2; then
+  log "python3 -m venv .venv"
+  if ! quietly python3 -m venv .venv; then
     rm -rf .venv
     apt_update
     apt_install python3-venv
-    python3 -m venv .venv >&2
+    quietly python3 -m venv .venv
   fi
 fi
 STAMP=.venv/.partguard-deps
-WANT=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+WANT="$(sha256sum pyproject.toml | cut -d' ' -f1) test"
+HAVE=$(cat "$STAMP" 2>/dev/null || true)
+if [ "$FOR" = demo ]; then
+  # the package alone is enough for the demo; a venv with the test extras serves it too
+  if [ "$HAVE" != "$WANT" ] && [ "$HAVE" != "${WANT% test} demo" ]; then
+    log "pip install -e . (the package; make test adds the test tools)"
+    quietly .venv/bin/python -m pip install -q --disable-pip-version-check -e .
+    echo "${WANT% test} demo" >"$STAMP"
+  fi
+elif [ "$HAVE" != "$WANT" ]; then
   log "pip install -e '.[test]'"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >&2
+  quietly .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
   echo "$WANT" >"$STAMP"
 fi
 
 # --- promtool (optional; tried once per venv unless --apt) ------------------------------
 TRIED=.venv/.partguard-promtool-tried
-if ! have_promtool && { [ "$FORCE_APT" = 1 ] || [ ! -e "$TRIED" ]; }; then
+if [ "$FOR" = test ] && ! have_promtool && { [ "$FORCE_APT" = 1 ] || [ ! -e "$TRIED" ]; }; then
   apt_update
   if candidate prometheus && apt_install prometheus && have_promtool; then :; else
     log "warning: promtool not available (Debian package prometheus); continuing without it"
@@ -164,7 +191,7 @@ fi
 # transaction-mode pooler. Tried once per venv unless --apt.
 TRIED_BOUNCER=.venv/.partguard-pgbouncer-tried
 have_pgbouncer() { command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; }
-if ! have_pgbouncer && { [ "$FORCE_APT" = 1 ] || [ ! -e "$TRIED_BOUNCER" ]; }; then
+if [ "$FOR" = test ] && ! have_pgbouncer && { [ "$FORCE_APT" = 1 ] || [ ! -e "$TRIED_BOUNCER" ]; }; then
   if command -v apt-get >/dev/null && { apt_update || true; } && candidate pgbouncer \
       && apt_install pgbouncer && have_pgbouncer; then :; else
     log "warning: pgbouncer not available (Debian package pgbouncer); continuing without it"
@@ -173,4 +200,7 @@ if ! have_pgbouncer && { [ "$FORCE_APT" = 1 ] || [ ! -e "$TRIED_BOUNCER" ]; }; t
 fi
 
 echo "$PG_BIN" >.pg_bin
+extras=""
+[ "$FOR" = demo ] || extras=", promtool: $(have_promtool && echo yes || echo no), pgbouncer: $(have_pgbouncer && echo yes || echo no)"
+log "ready: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') ($PG_BIN), pg_partman ${PM_VERSIONS:-none}, .venv${extras}"
 echo "PARTGUARD_PG_BIN=$PG_BIN"
