@@ -68,3 +68,8 @@ def _quote_if_needed(part: str) -> str:
     if part and not part[0].isdigit() and part[0] != "$" and set(part) <= _PLAIN:
         return part
     return '"' + part.replace('"', '""') + '"'
+
+
+def display_ident(part: str) -> str:
+    """One identifier (a child's name) as ``display_name`` shows each part."""
+    return _quote_if_needed(part)

@@ -18,7 +18,7 @@ import psycopg
 from .. import __version__
 from ..errors import PartguardError
 
-SUBCOMMANDS = ("check", "fix", "maintain", "metrics", "systemd", "demo")
+SUBCOMMANDS = ("check", "fix", "split", "maintain", "metrics", "systemd", "demo")
 
 
 @click.group(context_settings={"help_option_names": ["--help"], "max_content_width": 100})
