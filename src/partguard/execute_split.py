@@ -83,10 +83,14 @@ class Executor:
             out.clear()
             if scan:
                 cx.execute("SET LOCAL statement_timeout = 0")
-            for stmt in stmts:
-                cur = cx.execute(stmt)
+            if len(stmts) == 1:
+                cur = cx.execute(stmts[0])
                 if cur.description:
                     out.extend(cur.fetchall())
+            elif stmts:
+                # The step's statements in one round trip: the locks are held for the
+                # server's work, not for the client's latency between statements.
+                cx.execute(sql.SQL(";\n").join(stmts))
             if inside:
                 fault(inside)
 

@@ -29,7 +29,7 @@ from .fix import _ProgressPrinter
 @click.option("--lock-timeout", default="2s", show_default=True, help="Longest wait for any lock.")
 @click.option("--retries", type=click.IntRange(0, 100), default=5, show_default=True, help="Tries after a lock timeout.")
 @click.option("--keep-source", is_flag=True, help="Keep the replaced children in schema partguard instead of dropping them.")
-@click.option("--chunk-pages", type=click.IntRange(16, 1_000_000), default=2048, show_default=True,
+@click.option("--chunk-pages", type=click.IntRange(1, 1_000_000), default=2048, show_default=True,
               help="Heap pages per copy statement.")
 @click.option("--interval", help="Partition interval when neither partman nor the children tell it.")
 @click.option("--tz", help="Time zone of the grid (default: partman's session zone / the children's).")

@@ -32,11 +32,16 @@ HELPER_COLUMNS = ("partguard_seq", "partguard_xid", "partguard_op")
 
 @dataclass(frozen=True)
 class Target:
-    temp: str  # while built: partguard.<temp>
-    name: str  # after the swap: <schema>.<name>
+    """A new child. It is built in the children's schema under its final name, unless a
+    child being replaced still has that name (or one of its indexes'): then under ``temp``,
+    renamed in the swap once the old one is gone."""
+
+    temp: str  # its name while built (= name when free)
+    name: str
     lower: Key
     upper: Key
     index_names: tuple[str, ...]  # final names, one per SplitPlan.indexes
+    built_indexes: tuple[str, ...]  # their names while built
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ class SplitPlan:
             "sources": tuple(Source(s["schema"], s["name"], dec(s["lower"]), dec(s["upper"]), s["holding"])
                              for s in d["sources"]),
             "targets": tuple(Target(t["temp"], t["name"], dec(t["lower"]), dec(t["upper"]),
-                                    tuple(t["index_names"])) for t in d["targets"]),
+                                    tuple(t["index_names"]), tuple(t["built_indexes"])) for t in d["targets"]),
             "indexes": tuple(IndexSpec(**i) for i in d["indexes"]),
             "grants": tuple((str(g), str(p), bool(o)) for g, p, o in d["grants"]),
             "checks": tuple((str(n), str(c)) for n, c in d["checks"]),
@@ -254,12 +259,14 @@ def plan_split(
     for n, (t_lo, t_hi) in enumerate(cuts, 1):
         name = nm.unique(t_lo, taken)
         taken.add(name)
+        temp = short_name(prefix, f"_t{n}")
         idx = []
         for _, suffix in names:
             iname = _unique(short_name(name, suffix), taken)
             taken.add(iname)
             idx.append(iname)
-        targets.append(Target(short_name(prefix, f"_t{n}"), name, t_lo, t_hi, tuple(idx)))
+        built = tuple(i if i not in freed else short_name(temp, f"_i{k}") for k, i in enumerate(idx, 1))
+        targets.append(Target(name if name not in freed else temp, name, t_lo, t_hi, tuple(idx), built))
     if len(group) > 1 and any(f.indexes != first.indexes or f.local_checks for f in facts[1:]):
         notes.append("indexes and CHECKs of the children other than the first that are not the parent's are not "
                      "carried over")

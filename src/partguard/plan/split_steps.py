@@ -117,12 +117,13 @@ def _guard(p: SplitPlan) -> sql.Identifier:
     return sql.Identifier(f"partguard_{p.prefix}")
 
 
-def temp_index(t: Target, k: int) -> str:
-    return short_name(t.temp, f"_i{k}")
+def target(p: SplitPlan, t: Target) -> sql.Identifier:
+    """A target as it is named while built."""
+    return sql.Identifier(p.schema, t.temp)
 
 
-def _replay_index(t: Target) -> str:
-    return short_name(t.temp, "_r")
+def _replay_index(p: SplitPlan, n: int) -> str:
+    return short_name(p.prefix, f"_t{n}_r")
 
 
 def _sources(p: SplitPlan) -> list[sql.Identifier]:
@@ -231,8 +232,9 @@ def guard(p: SplitPlan) -> Step:
 
 
 def prepare(p: SplitPlan) -> Step:
-    """Unindexed tables for the targets, under a private partitioned table that routes the
-    copy and the replay to the right one (a key-moving UPDATE lands where it belongs)."""
+    """Unindexed tables for the targets, each already its owner's and with its privileges,
+    under a private partitioned table that routes the copy and the replay to the right one
+    (a key-moving UPDATE lands where it belongs)."""
     key = sql.Identifier(p.key)
     stmts: list[sql.Composed] = [
         _s("CREATE TABLE {r} (LIKE {parent} {like}) PARTITION BY RANGE ({k})", r=router(p), parent=parent(p),
@@ -246,7 +248,7 @@ def prepare(p: SplitPlan) -> Step:
             for n, v in pairs))
     space: sql.Composable = _s(" TABLESPACE {sp}", sp=sql.Identifier(p.tablespace)) if p.tablespace else sql.SQL("")
     for t in p.targets:
-        tt = pg(t.temp)
+        tt = target(p, t)
         stmts += [
             _s("CREATE {u}TABLE {t} (LIKE {parent} {like}, CONSTRAINT {b} CHECK ({rng})){opts}{space}",
                u=sql.SQL("UNLOGGED " if p.unlogged else ""), t=tt, parent=parent(p), like=LIKE,
@@ -258,8 +260,9 @@ def prepare(p: SplitPlan) -> Step:
                      who=sql.SQL("PUBLIC") if who == "PUBLIC" else sql.Identifier(who),
                      opt=sql.SQL(" WITH GRANT OPTION" if grantable else ""))
                   for who, priv, grantable in p.grants if priv.isalpha()]
+        stmts.append(_s("ALTER TABLE {t} OWNER TO {o}", t=tt, o=sql.Identifier(p.owner)))
     stmts += [_apply_function(p), journal.split_state(p.tag, "prepared")]
-    return Step("catalog_tx", "prepared", tuple(stmts), locks="none on the table (private tables only)")
+    return Step("catalog_tx", "prepared", tuple(stmts), locks="none on the table (new tables only)")
 
 
 def _apply_function(p: SplitPlan) -> sql.Composed:
@@ -324,11 +327,11 @@ def build(p: SplitPlan) -> Step:
     """The indexes ATTACH will adopt instead of building under the swap's lock, then
     statistics, which travel with the tables."""
     groups: list[tuple[sql.Composed, ...]] = []
-    for t in p.targets:
-        tt = pg(t.temp)
+    for n, t in enumerate(p.targets, 1):
+        tt = target(p, t)
         g: list[sql.Composed] = []
-        for k, ix in enumerate(p.indexes, 1):
-            name = sql.Identifier(temp_index(t, k))
+        for ix, built in zip(p.indexes, t.built_indexes, strict=True):
+            name = sql.Identifier(built)
             g.append(_s("CREATE {u}INDEX IF NOT EXISTS {n} ON {t} USING ", u=sql.SQL("UNIQUE " if ix.unique else ""),
                         n=name, t=tt) + sql.SQL(ix.tail))
             if ix.constraint:
@@ -337,11 +340,11 @@ def build(p: SplitPlan) -> Step:
                 add = _s("ALTER TABLE {t} ADD CONSTRAINT {n} {kind} USING INDEX {n}{when}", t=tt, n=name, kind=kind,
                          when=when)
                 test = _s("SELECT FROM pg_constraint WHERE conrelid = {t}::regclass AND conname = {c}",
-                          t=sql.Literal(tt.as_string(None)), c=sql.Literal(temp_index(t, k)))
+                          t=sql.Literal(tt.as_string(None)), c=sql.Literal(built))
                 g.append(_s("DO {b}", b=_body(_s("BEGIN IF NOT EXISTS ({test}) THEN {add}; END IF; END",
                                                    test=test, add=add))))
         if p.replay_index:
-            g.append(_s("CREATE INDEX IF NOT EXISTS {n} ON {t} ({k})", n=sql.Identifier(_replay_index(t)), t=tt,
+            g.append(_s("CREATE INDEX IF NOT EXISTS {n} ON {t} ({k})", n=sql.Identifier(_replay_index(p, n)), t=tt,
                         k=sql.Identifier(p.key)))
         g.append(_s("ANALYZE {t}", t=tt))
         groups.append(tuple(g))
@@ -359,10 +362,10 @@ def replay(p: SplitPlan) -> Step:
 
 def swap(p: SplitPlan) -> Step:
     stmts: list[sql.Composed] = [_lock(p, default=True), _s("SELECT {f}(NULL)", f=apply_fn(p))]
-    for t in p.targets:
-        stmts.append(_s("ALTER TABLE {r} DETACH PARTITION {t}", r=router(p), t=pg(t.temp)))
+    for n, t in enumerate(p.targets, 1):
+        stmts.append(_s("ALTER TABLE {r} DETACH PARTITION {t}", r=router(p), t=target(p, t)))
         if p.replay_index:
-            stmts.append(_s("DROP INDEX {i}", i=pg(_replay_index(t))))
+            stmts.append(_s("DROP INDEX {i}", i=sql.Identifier(p.schema, _replay_index(p, n))))
     for s, src in zip(p.sources, _sources(p), strict=True):
         stmts.append(_s("ALTER TABLE {parent} DETACH PARTITION {src}", parent=parent(p), src=src))
         if p.keep_source:
@@ -377,12 +380,11 @@ def swap(p: SplitPlan) -> Step:
             stmts.append(_s("DROP TABLE {src}", src=src))
     for t in p.targets:
         final = sql.Identifier(p.schema, t.name)
+        if t.temp != t.name:
+            stmts.append(_s("ALTER TABLE {t} RENAME TO {n}", t=target(p, t), n=sql.Identifier(t.name)))
+        stmts += [_s("ALTER INDEX {i} RENAME TO {n}", i=sql.Identifier(p.schema, b), n=sql.Identifier(n))
+                  for b, n in zip(t.built_indexes, t.index_names, strict=True) if b != n]
         stmts += [
-            _s("ALTER TABLE {t} SET SCHEMA {s}", t=pg(t.temp), s=sql.Identifier(p.schema)),
-            _s("ALTER TABLE {t} RENAME TO {n}", t=sql.Identifier(p.schema, t.temp), n=sql.Identifier(t.name)),
-            *(_s("ALTER INDEX {i} RENAME TO {n}", i=sql.Identifier(p.schema, temp_index(t, k)), n=sql.Identifier(n))
-              for k, n in enumerate(t.index_names, 1)),
-            _s("ALTER TABLE {t} OWNER TO {o}", t=final, o=sql.Identifier(p.owner)),
             _s("ALTER TABLE {parent} ATTACH PARTITION {t} {b}", parent=parent(p), t=final, b=_bounds(p, t)),
             _s("ALTER TABLE {t} DROP CONSTRAINT {b}", t=final, b=sql.Identifier(BOUND)),
         ]
@@ -396,7 +398,7 @@ def swap(p: SplitPlan) -> Step:
 
 def _drop_private(p: SplitPlan, *, if_exists: bool) -> list[sql.Composed]:
     ie = sql.SQL("IF EXISTS " if if_exists else "")
-    tables = [router(p), log_table(p)] + ([pg(t.temp) for t in p.targets] if if_exists else [])
+    tables = [router(p), log_table(p)] + ([target(p, t) for t in p.targets] if if_exists else [])
     return [
         _s("DROP TABLE {ie}{t}", ie=ie, t=sql.SQL(", ").join(tables)),
         _s("DROP FUNCTION {ie}{f}", ie=ie, f=sql.SQL(", ").join([

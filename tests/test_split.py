@@ -1,0 +1,529 @@
+"""split, the re-cut engine, under fire: a writer and a reader throughout, SIGKILL at every
+phase, --abort, a blocker, the dry-run script in psql, and partman afterwards.
+
+The incident after ``fix --strategy instant``: one wide child covers the outage days and
+today. Every test re-cuts it while a writer INSERTs (now and into the wide days),
+UPDATEs (some moving a row's key to another day, i.e. to another new child) and DELETEs.
+The oracle is the full multiset of rows, values included: what the table held plus what
+the writer committed, row for row. Tables with and without a primary key; the one without
+also holds rows identical in every column, of which the writer deletes one copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from builders import create_parent
+from psycopg import sql
+
+from partguard.commands.split import SplitRequest, split
+from partguard.db import connect
+from partguard.inspect.grid import Interval, time_grid
+from partguard.plan import split_steps
+from partguard.plan.split import IndexSpec, SplitPlan, Source, Target, spans
+
+Conn = psycopg.Connection[Any]
+COLS = "id, received_at, device_id, v, note, speed"
+ROWS = 12_000  # in the wide child; as many again in the other children
+WIDE_DAYS = 4  # the wide child: 3 outage days and today
+STABLE = 7  # ids divisible by this are never touched by the writer: the reader counts them
+DUPLICATES = range(900_000, 900_040)  # no-PK table: each of these ids is there twice, identical
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+@dataclass
+class Wide:
+    """What a test needs to know about the table it built."""
+
+    today: date
+    lo: datetime  # the wide child's bounds
+    hi: datetime
+    wide: str  # its name
+    names: list[str]  # the names the per-day children had (partman's own, or the native pattern)
+    pk: bool
+
+
+def midnight(d: date) -> datetime:
+    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+
+
+def build(conn: Conn, partman_version: str | None, *, pk: bool) -> Wide:
+    """``public.fixes``: daily children from 10 days ago to 4 ahead (partman's, when it is
+    installed), a DEFAULT, then the children of the last 3 days and today replaced by one
+    wide child named like the first of them, as ``fix --strategy instant`` leaves it."""
+    conn.execute(f"""
+        CREATE TABLE public.fixes (
+            id bigint NOT NULL, received_at timestamptz NOT NULL, device_id int NOT NULL, v int, note text,
+            speed real GENERATED ALWAYS AS (v * 3.6) STORED
+            {", PRIMARY KEY (id, received_at)" if pk else ""}
+        ) PARTITION BY RANGE (received_at);
+        CREATE INDEX ON public.fixes (received_at);
+        CREATE INDEX ON public.fixes (device_id, received_at);""")
+    today = conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]
+    start = midnight(today - timedelta(days=10))
+    if partman_version:
+        create_parent(conn, "public.fixes", "received_at", "1 day", premake=4, start=start.isoformat())
+    else:
+        for n in range(15):
+            d = today - timedelta(days=10 - n)
+            conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF public.fixes FOR VALUES FROM ({}) TO ({})").format(
+                sql.Identifier("public", f"fixes_p{d:%Y%m%d}"), sql.Literal(midnight(d)),
+                sql.Literal(midnight(d + timedelta(days=1)))))
+        conn.execute("CREATE TABLE public.fixes_default PARTITION OF public.fixes DEFAULT")
+    lo, hi = midnight(today - timedelta(days=WIDE_DAYS - 1)), midnight(today + timedelta(days=1))
+    names = []
+    for day in range(WIDE_DAYS):
+        lower = lo + timedelta(days=day)
+        (name,) = conn.execute(
+            """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+               WHERE i.inhparent = 'public.fixes'::regclass
+                 AND pg_get_expr(c.relpartbound, c.oid) LIKE 'FOR VALUES FROM (''' || %s || '''%%'""",
+            (lower.strftime("%Y-%m-%d %H:%M:%S+00"),)).fetchone()
+        names.append(name)
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("public", name)))
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF public.fixes FOR VALUES FROM ({}) TO ({})").format(
+        sql.Identifier("public", names[0]), sql.Literal(lo), sql.Literal(hi)))
+    conn.execute(
+        "INSERT INTO public.fixes (id, received_at, device_id, v, note) "
+        "SELECT i, %s::timestamptz + (i * (%s::timestamptz - %s::timestamptz) / %s), i %% 50, i, "
+        "       CASE WHEN i %% 5 = 0 THEN NULL ELSE 'n' || i END FROM generate_series(1, %s) i",
+        (start, hi - timedelta(hours=1), start, 2 * ROWS, 2 * ROWS))
+    if not pk:
+        conn.execute(
+            "INSERT INTO public.fixes (id, received_at, device_id, v, note) "
+            "SELECT i, %s::timestamptz + (i - %s) * interval '1 minute', 7, 1, 'twin' "
+            "FROM generate_series(%s, %s) i, generate_series(1, 2)",
+            (lo + timedelta(hours=5), DUPLICATES.start, DUPLICATES.start, DUPLICATES.stop - 1))
+    conn.execute("ANALYZE public.fixes")
+    return Wide(today, lo, hi, names[0], names, pk)
+
+
+def rows(conn: Conn) -> Counter[tuple[Any, ...]]:
+    return Counter(conn.execute(f"SELECT {COLS} FROM public.fixes").fetchall())
+
+
+def children(conn: Conn) -> list[tuple[str, str]]:
+    return conn.execute(
+        """SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+           WHERE i.inhparent = 'public.fixes'::regclass ORDER BY 2""").fetchall()
+
+
+def fingerprint(conn: Conn) -> list[Any]:
+    """The catalog of the table and partguard's schema (but its journal): relations with
+    their oids and bounds, constraints, indexes, triggers, functions."""
+    rels = conn.execute("""
+        SELECT n.nspname, c.relname, c.oid::bigint, c.relkind::text, coalesce(pg_get_expr(c.relpartbound, c.oid), '')
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname IN ('public', 'partguard') AND c.relname NOT LIKE 'split\\_run%' ORDER BY 1, 2""").fetchall()
+    cons = conn.execute("""
+        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(x.oid), convalidated FROM pg_constraint x
+        WHERE connamespace IN ('public'::regnamespace) ORDER BY 1, 2""").fetchall()
+    trig = conn.execute("SELECT tgrelid::regclass::text, tgname, tgenabled::text FROM pg_trigger "
+                        "WHERE NOT tgisinternal ORDER BY 1, 2").fetchall()
+    funcs = conn.execute("SELECT proname FROM pg_proc WHERE pronamespace::regnamespace::text = 'partguard' "
+                         "ORDER BY 1").fetchall()
+    return [rels, cons, trig, funcs]
+
+
+# --- the writer and the reader ------------------------------------------------------------------
+
+
+@dataclass
+class Writer:
+    """INSERTs, UPDATEs (a third of them moving the key a day) and DELETEs, one every ~3 ms,
+    each in its own transaction; keeps the multiset the table must end with."""
+
+    dsn: str
+    expected: Counter[tuple[Any, ...]]
+    wide: Wide
+    pool: list[int] = field(default_factory=list)  # ids it may update or delete
+    errors: list[str] = field(default_factory=list)
+    ops: Counter[str] = field(default_factory=Counter)
+    next_id: int = 10_000_000
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Writer:
+        self.pool = sorted({r[0] for r in self.expected if r[0] % STABLE and r[0] not in DUPLICATES})
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        time.sleep(0.2)
+        return self
+
+    def _run(self) -> None:
+        rnd = random.Random(7)
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            i = 0
+            while not self._stop.is_set():
+                i += 1
+                try:
+                    self._one(c, rnd, i)
+                except psycopg.Error as exc:
+                    self.errors.append(str(exc).splitlines()[0])
+                time.sleep(0.003)
+
+    def _one(self, c: Conn, rnd: random.Random, i: int) -> None:
+        op = ("insert", "insert", "update", "move", "delete", "insert", "twin")[i % 7]
+        if op == "insert":
+            self.next_id += 1
+            when = "now()" if i % 2 else f"{self._sql_ts(rnd)}"
+            (row,) = c.execute(f"INSERT INTO public.fixes (id, received_at, device_id, v, note) "  # test-only SQL
+                               f"VALUES (%s, {when}, %s, %s, %s) RETURNING {COLS}",
+                               (self.next_id, self.next_id % 50, i, None if i % 3 else f"w{i}")).fetchall()
+            self.expected[row] += 1
+            self.pool.append(self.next_id)
+        elif op == "twin" and self.wide.pk is False:
+            twin = DUPLICATES.start + (i // 7) % len(DUPLICATES)
+            for row in c.execute(
+                    f"DELETE FROM public.fixes WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM public.fixes "
+                    f"WHERE id = %s LIMIT 1) RETURNING {COLS}", (twin,)).fetchall():
+                self.expected[row] -= 1
+        elif op in ("update", "move", "delete") and self.pool:
+            rid = self.pool[rnd.randrange(len(self.pool))]
+            with c.transaction():
+                old = c.execute(f"SELECT tableoid, ctid, {COLS} FROM public.fixes WHERE id = %s FOR UPDATE",
+                                (rid,)).fetchone()
+                if old is None:
+                    return
+                where = "WHERE tableoid = %s AND ctid = %s::tid"
+                if op == "delete":
+                    c.execute(f"DELETE FROM public.fixes {where}", (old[0], old[1]))
+                    self.pool.remove(rid)
+                    new = None
+                else:
+                    key: datetime = old[3]
+                    shift = timedelta(days=1 if key + timedelta(days=1) < self.wide.hi else -1)
+                    step = f"received_at + interval '{shift.days} day'" if op == "move" else "received_at"
+                    new = c.execute(f"UPDATE public.fixes SET received_at = {step}, v = coalesce(v, 0) + 1 "
+                                    f"{where} RETURNING {COLS}", (old[0], old[1])).fetchone()
+            self.expected[tuple(old[2:])] -= 1
+            if new is not None:
+                self.expected[tuple(new)] += 1
+        self.ops[op] += 1
+
+    def _sql_ts(self, rnd: random.Random) -> str:
+        """A moment of the wide child's days, up to now."""
+        span = min(self.wide.hi, datetime.now(UTC)) - self.wide.lo
+        return f"'{(self.wide.lo + span * rnd.random()).isoformat()}'::timestamptz"
+
+    def stop(self) -> Writer:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(30)
+        return self
+
+
+@dataclass
+class Reader:
+    """Counts the rows the writer never touches, as fast as it can: never fewer, never more."""
+
+    dsn: str
+    expected: int
+    wrong: list[int] = field(default_factory=list)
+    reads: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Reader:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            while not self._stop.is_set():
+                n = c.execute("SELECT count(*) FROM public.fixes WHERE id %% %s = 0 AND id < %s",
+                              (STABLE, 2 * ROWS + 1)).fetchone()[0]
+                self.reads += 1
+                if n != self.expected:
+                    self.wrong.append(n)
+                time.sleep(0.001)
+
+    def stop(self) -> Reader:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(30)
+        return self
+
+
+def stable_count(conn: Conn) -> int:
+    return conn.execute("SELECT count(*) FROM public.fixes WHERE id %% %s = 0 AND id < %s",
+                        (STABLE, 2 * ROWS + 1)).fetchone()[0]
+
+
+# --- the end state -------------------------------------------------------------------------
+
+
+def assert_recut(conn: Conn, w: Wide) -> None:
+    """The wide child is gone; one child per day in its place, named as the days' children
+    were; nothing of partguard's is left on the table."""
+    kids = dict(children(conn))
+    assert w.names == [n for n in w.names if n in kids], kids
+    for day, name in enumerate(w.names):
+        lower = w.lo + timedelta(days=day)
+        assert kids[name] == (f"FOR VALUES FROM ('{lower:%Y-%m-%d %H:%M:%S}+00') "
+                              f"TO ('{lower + timedelta(days=1):%Y-%m-%d %H:%M:%S}+00')"), (name, kids[name])
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'partguard%'").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conname LIKE 'partguard%'").fetchone()[0] == 0
+    left = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'split\\_%' AND relname NOT LIKE 'split\\_run%'"
+                        ).fetchall()
+    assert left == []
+    # every child's indexes are attached to the parent's (ATTACH adopted the ones built)
+    unattached = conn.execute("""
+        SELECT ic.relname FROM pg_inherits i JOIN pg_index x ON x.indrelid = i.inhrelid
+        JOIN pg_class ic ON ic.oid = x.indexrelid
+        WHERE i.inhparent = 'public.fixes'::regclass
+          AND NOT EXISTS (SELECT FROM pg_inherits h WHERE h.inhrelid = x.indexrelid)""").fetchall()
+    assert unattached == []
+
+
+def assert_partman_healthy(conn: Conn) -> None:
+    """partman's maintenance, with premake raised, several times: no error, and the
+    children tile the time line, one interval each."""
+    conn.execute("UPDATE partman.part_config SET premake = 8 WHERE parent_table = 'public.fixes'")
+    for _ in range(3):
+        conn.execute("SELECT partman.run_maintenance('public.fixes')")
+    conn.execute("SELECT * FROM partman.show_partitions('public.fixes')").fetchall()
+    bounds = conn.execute("""
+        SELECT (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''(.*?)''\\) TO \\(''(.*?)''\\)'))
+        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'public.fixes'::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'""").fetchall()
+    spans_ = sorted((datetime.fromisoformat(a + ":00"), datetime.fromisoformat(b + ":00")) for (a, b), in bounds)
+    for (lo1, hi1), (lo2, _) in zip(spans_, spans_[1:], strict=False):
+        assert hi1 == lo2, f"gap or overlap between {hi1} and {lo2}"
+    assert all(hi - lo == timedelta(days=1) for lo, hi in spans_), spans_
+
+
+def run_cli(dsn: str, *args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The real CLI in its own process, so it can be SIGKILLed like an OOM-killed job."""
+    env = dict(os.environ)
+    env.pop("PARTGUARD_FAULT", None)
+    if fault:
+        env["PARTGUARD_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "partguard", "split", "-d", dsn, "public.fixes", *args],
+                          env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                          check=False)
+
+
+@pytest.fixture(params=[True, False], ids=["pk", "no-pk"])
+def pk(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+# --- the tests ----------------------------------------------------------------------------------
+
+
+def test_recut_under_writer_and_reader_keeps_every_row_and_every_write(
+        conn: Conn, dsn: str, partman_version: str | None, pk: bool, run: Any) -> None:
+    w = build(conn, partman_version, pk=pk)
+    writer = Writer(dsn, rows(conn), w).start()
+    reader = Reader(dsn, stable_count(conn)).start()
+    try:
+        rc, out, err = run("split", "-d", dsn, "public.fixes", "--yes", "--jobs", "2", "--chunk-pages", "8",
+                           "--format", "json")
+    finally:
+        time.sleep(0.1)
+        writer.stop()
+        reader.stop()
+    assert rc == 0, err
+    assert writer.errors == []
+    assert min(writer.ops[k] for k in ("insert", "update", "move", "delete")) > 3, writer.ops
+    assert reader.reads > 20 and reader.wrong == []
+    assert rows(conn) == +writer.expected
+    assert_recut(conn, w)
+    outcome = json.loads(out)
+    (recut,) = outcome["recuts"]
+    assert recut["sources"] == [w.wide] and len(recut["targets"]) == WIDE_DAYS
+    assert recut["changes_replayed"] > 0  # the writer's changes during the copy came through the log
+    codes = {f["code"] for f in outcome["findings_after"]}
+    assert not codes & {"wide_child", "misaligned", "gap", "default_rows"}, outcome["findings_after"]
+    if partman_version:
+        assert_partman_healthy(conn)
+
+
+@pytest.mark.parametrize("fault", ["split:captured", "split:in-prepared", "split:copy", "split:index",
+                                   "split:replay", "split:in-done"])
+def test_sigkill_at_each_phase_then_rerun_finishes(conn: Conn, dsn: str, fault: str) -> None:
+    w = build(conn, None, pk=False)
+    writer = Writer(dsn, rows(conn), w).start()
+    try:
+        crashed = run_cli(dsn, "--yes", "--chunk-pages", "8", fault=fault)
+        assert crashed.returncode == -9, crashed.stderr
+        status = run_cli(dsn, "--status")
+        assert "INTERRUPTED" in status.stdout, status.stdout  # a kill inside a transaction rolls it back
+        resumed = run_cli(dsn, "--yes", "--chunk-pages", "8", "--jobs", "2")
+        assert resumed.returncode == 0, resumed.stderr
+    finally:
+        writer.stop()
+    assert writer.errors == []
+    assert rows(conn) == +writer.expected
+    assert_recut(conn, w)
+
+
+@pytest.mark.parametrize("fault", ["split:captured", "split:guarded", "split:copy", "split:index", "split:replay"])
+def test_abort_after_a_kill_restores_the_exact_original(
+        conn: Conn, dsn: str, partman_version: str | None, fault: str) -> None:
+    w = build(conn, partman_version, pk=True)
+    before = fingerprint(conn)
+    writer = Writer(dsn, rows(conn), w).start()
+    try:
+        crashed = run_cli(dsn, "--yes", "--chunk-pages", "8", fault=fault)
+        assert crashed.returncode == -9, crashed.stderr
+        assert fingerprint(conn) != before  # the trigger at least
+        aborted = run_cli(dsn, "--abort", "--yes")
+        assert aborted.returncode == 0, aborted.stderr
+    finally:
+        writer.stop()
+    assert writer.errors == []
+    assert fingerprint(conn) == before
+    assert rows(conn) == +writer.expected
+    assert conn.execute("SELECT state FROM partguard.split_run").fetchall() == [("aborted",)]
+
+
+def test_a_blocker_is_named_and_nothing_changes(conn: Conn, dsn: str, run: Any) -> None:
+    w = build(conn, None, pk=True)
+    before, data = fingerprint(conn), rows(conn)
+    with psycopg.connect(dsn) as blocker:  # a long transaction that read the table
+        blocker.execute("SELECT count(*) FROM public.fixes")
+        pid = blocker.info.backend_pid
+        rc, _, err = run("split", "-d", dsn, "public.fixes", "--yes", "--lock-timeout", "100ms", "--retries", "1")
+        blocker.rollback()
+    assert rc == 75, err
+    assert f"pid {pid}" in err and "SELECT count(*) FROM public.fixes" in err and "nothing changed" in err
+    assert len(err.strip().splitlines()) == 1
+    assert fingerprint(conn) == before and rows(conn) == data
+    assert w.wide in dict(children(conn))
+
+
+def test_dry_run_is_a_psql_script_that_performs_the_recut(
+        conn: Conn, dsn: str, partman_version: str | None, cluster: Any, run: Any, tmp_path: Path) -> None:
+    w = build(conn, partman_version, pk=False)
+    before = fingerprint(conn)
+    rc, script, err = run("split", "-d", dsn, "public.fixes", "--dry-run")
+    assert rc == 0, err
+    assert fingerprint(conn) == before  # the dry run changed nothing
+    plan = tmp_path / "plan.sql"
+    plan.write_text(script)
+    writer = Writer(dsn, rows(conn), w).start()
+    try:
+        psql = subprocess.run([str(cluster.pg_bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f",
+                               str(plan)], capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        writer.stop()
+    assert psql.returncode == 0, psql.stderr
+    assert writer.errors == []
+    assert rows(conn) == +writer.expected
+    assert_recut(conn, w)
+    assert conn.execute("SELECT state, finished_at IS NOT NULL FROM partguard.split_run").fetchall() == [("done", True)]
+    if partman_version:
+        assert_partman_healthy(conn)
+
+
+def test_hostile_names_stay_inside_their_quotes(conn: Conn, dsn: str, cluster: Any, run: Any,
+                                                tmp_path: Path) -> None:
+    """A child named to break out of a comment or a quote: the script still only re-cuts."""
+    wide = build(conn, None, pk=True).wide
+    evil = "ev'\n*/ DROP TABLE victim; --\r$$"
+    conn.execute("CREATE TABLE public.victim (x int)")
+    conn.execute(sql.SQL("ALTER TABLE public.{} RENAME TO {}").format(sql.Identifier(wide), sql.Identifier(evil)))
+    rc, script, err = run("split", "-d", dsn, "public.fixes", "--dry-run", "--child", evil)
+    assert rc == 0, err
+    plan = tmp_path / "plan.sql"
+    plan.write_text(script)
+    psql = subprocess.run([str(cluster.pg_bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f",
+                           str(plan)], capture_output=True, text=True, timeout=300, check=False)
+    assert psql.returncode == 0, psql.stderr
+    assert conn.execute("SELECT to_regclass('public.victim') IS NOT NULL").fetchone()[0]
+    assert evil not in dict(children(conn))
+    assert len(children(conn)) == 15 + 1  # a child per day again, and the DEFAULT
+
+
+def test_library_call_for_fix(conn: Conn, dsn: str) -> None:
+    """What ``fix`` will call on the wide child its instant swap leaves."""
+    w = build(conn, None, pk=True)
+    data = rows(conn)
+    c = connect(dsn)
+    try:
+        outcome = split(c, dsn, SplitRequest("public.fixes", children=(w.wide,), lock_timeout=2.0))
+    finally:
+        c.close()
+    assert outcome.status == "done"
+    (recut,) = outcome.recuts
+    assert recut.rows_copied == sum(n for r, n in data.items() if w.lo <= r[1] < w.hi)
+    assert 0 < recut.swap_lock_s < 5
+    assert rows(conn) == data
+    assert_recut(conn, w)
+    again = connect(dsn)
+    try:
+        assert split(again, dsn, SplitRequest("public.fixes")).status == "nothing_to_do"
+    finally:
+        again.close()
+
+
+# --- the planner, offline ----------------------------------------------------------------------
+
+
+def test_spans_clip_the_grid_to_the_group() -> None:
+    grid = time_grid(Interval(days=1), "Europe/Berlin")
+    lo = datetime(2026, 11, 28, 23, tzinfo=UTC)  # Berlin midnight
+    hi = datetime(2026, 11, 30, 0, tzinfo=UTC)  # a UTC-bounded child's end
+    got = [(a.astimezone(UTC), b.astimezone(UTC)) for a, b in spans(grid, lo, hi)]
+    assert got == [(lo, datetime(2026, 11, 29, 23, tzinfo=UTC)), (datetime(2026, 11, 29, 23, tzinfo=UTC), hi)]
+
+
+def _plan() -> SplitPlan:
+    lo = datetime(2026, 11, 28, tzinfo=UTC)
+    day = timedelta(days=1)
+    return SplitPlan(
+        tag="t", table="public.ev", schema="public", parent_schema="public", parent="ev", key="ts",
+        key_type="timestamp with time zone", sources=(Source("public", "ev_p20261128", lo, lo + 2 * day, "h"),),
+        targets=(Target("split_t_t1", "ev_p20261128", lo, lo + day, ("ev_p20261128_ts_idx",), ("split_t_t1_i1",)),
+                 Target("ev_p20261129", "ev_p20261129", lo + day, lo + 2 * day, ("ev_p20261129_ts_idx",),
+                        ("ev_p20261129_ts_idx",))),
+        columns=("id", "ts"), generated=(), identity=(), indexes=(IndexSpec("btree (ts)", False, "", False,
+                                                                                        False),),
+        replay_index=False, default=None, owner="o", grants=(("app", "SELECT", False),), reloptions=("fillfactor=90",),
+        tablespace=None, unlogged=False, checks=(), keep_source=False)
+
+
+def test_plan_round_trips_through_the_journal() -> None:
+    p = _plan()
+    assert SplitPlan.from_json(p.as_json()) == p
+    assert split_steps.steps(SplitPlan.from_json(p.as_json())) == split_steps.steps(p)
+
+
+def test_steps_golden() -> None:
+    p = _plan()
+    kinds = [(s.kind, s.name) for s in split_steps.steps(p)]
+    assert kinds == [("catalog_tx", "captured"), ("catalog_tx", "prepared"), ("copy_ranges", "copied"),
+                     ("build_index", "indexed"), ("replay", ""), ("swap", "done")]
+    swap = [s.as_string(None) for s in split_steps.swap(p).statements]
+    assert swap[0] == 'LOCK TABLE ONLY "public"."ev", ONLY "public"."ev_p20261128" IN ACCESS EXCLUSIVE MODE'
+    assert 'ALTER TABLE "public"."split_t_t1" RENAME TO "ev_p20261128"' in swap
+    assert 'ALTER INDEX "public"."split_t_t1_i1" RENAME TO "ev_p20261128_ts_idx"' in swap
+    assert not any("ev_p20261129_ts_idx" in s and "RENAME" in s for s in swap)  # built under its own name
+    copy = split_steps.copy(p)
+    (stmt,), = copy.groups
+    filled = split_steps.fill(stmt, {"lo": sql.SQL("'(0,0)'::tid"), "hi": sql.SQL("'(8,0)'::tid")})
+    assert filled.as_string(None).endswith("WHERE ctid >= '(0,0)'::tid AND ctid < '(8,0)'::tid")
+    with pytest.raises(TypeError):
+        stmt.as_string(None)  # a hole must be filled before it runs
+    script = split_steps.script([p], 2.0)
+    assert "pg_relation_size" in script and "%(" not in script
+    comments = [line for line in script.splitlines() if line.startswith("--")]
+    assert not any("ev_p" in line for line in comments)  # names never go into comments
