@@ -11,6 +11,7 @@ also holds rows identical in every column, of which the writer deletes one copy.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -33,7 +35,7 @@ from partguard.commands.split import SplitRequest, split
 from partguard.db import connect
 from partguard.inspect.grid import Interval, time_grid
 from partguard.plan import split_steps
-from partguard.plan.split import IndexSpec, SplitPlan, Source, Target, spans
+from partguard.plan.split import IndexSpec, Source, SplitPlan, Target, spans
 
 Conn = psycopg.Connection[Any]
 COLS = "id, received_at, device_id, v, note, speed"
@@ -292,23 +294,6 @@ def assert_recut(conn: Conn, w: Wide) -> None:
     assert unattached == []
 
 
-def assert_partman_healthy(conn: Conn) -> None:
-    """partman's maintenance, with premake raised, several times: no error, and the
-    children tile the time line, one interval each."""
-    conn.execute("UPDATE partman.part_config SET premake = 8 WHERE parent_table = 'public.fixes'")
-    for _ in range(3):
-        conn.execute("SELECT partman.run_maintenance('public.fixes')")
-    conn.execute("SELECT * FROM partman.show_partitions('public.fixes')").fetchall()
-    bounds = conn.execute("""
-        SELECT (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''(.*?)''\\) TO \\(''(.*?)''\\)'))
-        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-        WHERE i.inhparent = 'public.fixes'::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'""").fetchall()
-    spans_ = sorted((datetime.fromisoformat(a + ":00"), datetime.fromisoformat(b + ":00")) for (a, b), in bounds)
-    for (lo1, hi1), (lo2, _) in zip(spans_, spans_[1:], strict=False):
-        assert hi1 == lo2, f"gap or overlap between {hi1} and {lo2}"
-    assert all(hi - lo == timedelta(days=1) for lo, hi in spans_), spans_
-
-
 def run_cli(dsn: str, *args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
     """The real CLI in its own process, so it can be SIGKILLed like an OOM-killed job."""
     env = dict(os.environ)
@@ -353,11 +338,11 @@ def test_recut_under_writer_and_reader_keeps_every_row_and_every_write(
     codes = {f["code"] for f in outcome["findings_after"]}
     assert not codes & {"wide_child", "misaligned", "gap", "default_rows"}, outcome["findings_after"]
     if partman_version:
-        assert_partman_healthy(conn)
+        assert_partman_healthy(conn, ZoneInfo("UTC"))
 
 
 @pytest.mark.parametrize("fault", ["split:captured", "split:in-prepared", "split:copy", "split:index",
-                                   "split:replay", "split:in-done"])
+                                   "split:replay", "split:in-swapped", "split:swapped"])
 def test_sigkill_at_each_phase_then_rerun_finishes(conn: Conn, dsn: str, fault: str) -> None:
     w = build(conn, None, pk=False)
     writer = Writer(dsn, rows(conn), w).start()
@@ -431,7 +416,7 @@ def test_dry_run_is_a_psql_script_that_performs_the_recut(
     assert_recut(conn, w)
     assert conn.execute("SELECT state, finished_at IS NOT NULL FROM partguard.split_run").fetchall() == [("done", True)]
     if partman_version:
-        assert_partman_healthy(conn)
+        assert_partman_healthy(conn, ZoneInfo("UTC"))
 
 
 def test_hostile_names_stay_inside_their_quotes(conn: Conn, dsn: str, cluster: Any, run: Any,
@@ -511,8 +496,9 @@ def test_steps_golden() -> None:
     p = _plan()
     kinds = [(s.kind, s.name) for s in split_steps.steps(p)]
     assert kinds == [("catalog_tx", "captured"), ("catalog_tx", "prepared"), ("copy_ranges", "copied"),
-                     ("build_index", "indexed"), ("replay", ""), ("swap", "done")]
+                     ("build_index", "indexed"), ("replay", ""), ("swap", "swapped"), ("cleanup", "done")]
     swap = [s.as_string(None) for s in split_steps.swap(p).statements]
+    assert not any(s.startswith("DROP") for s in swap)  # a DROP unlinks files at commit, under the lock
     assert swap[0] == 'LOCK TABLE ONLY "public"."ev", ONLY "public"."ev_p20261128" IN ACCESS EXCLUSIVE MODE'
     assert 'ALTER TABLE "public"."split_t_t1" RENAME TO "ev_p20261128"' in swap
     assert 'ALTER INDEX "public"."split_t_t1_i1" RENAME TO "ev_p20261128_ts_idx"' in swap
@@ -527,3 +513,75 @@ def test_steps_golden() -> None:
     assert "pg_relation_size" in script and "%(" not in script
     comments = [line for line in script.splitlines() if line.startswith("--")]
     assert not any("ev_p" in line for line in comments)  # names never go into comments
+
+
+def test_incident_berlin_grid_and_the_old_scripts_utc_child_end_on_partmans_grid(
+        conn: Conn, dsn: str, partman: str, run: Any) -> None:
+    """The incident's likely real state: partman on a Europe/Berlin grid, a UTC-bounded day
+    the old script made in the gap (named by its UTC date), and the two off-grid slivers
+    ``fix`` then filled the gaps with. split lays them on partman's grid, named its way,
+    and partman's maintenance works again."""
+    zone = ZoneInfo("Europe/Berlin")
+    conn.execute(sql.SQL("ALTER DATABASE {} SET TimeZone = 'Europe/Berlin'").format(sql.Identifier(conn.info.dbname)))
+    with psycopg.connect(dsn, autocommit=True) as c:  # a session in the database's zone, as cron's psql
+        c.execute("""
+            CREATE TABLE public.fixes (id bigint NOT NULL, received_at timestamptz NOT NULL, device_id int NOT NULL,
+                v int, note text, speed real GENERATED ALWAYS AS (v * 3.6) STORED, PRIMARY KEY (id, received_at))
+            PARTITION BY RANGE (received_at);
+            CREATE INDEX ON public.fixes (received_at);""")
+        today: date = c.execute("SELECT (now() AT TIME ZONE 'Europe/Berlin')::date").fetchone()[0]
+        start = datetime(today.year, today.month, today.day, tzinfo=zone) - timedelta(days=10)
+        create_parent(c, "public.fixes", "received_at", "1 day", premake=4, start=start.isoformat(),
+                      tz="Europe/Berlin")
+        stopped = datetime.combine(today - timedelta(days=3), datetime.min.time(), zone)
+        for name, bound in children(c):
+            if bound != "DEFAULT" and datetime.fromisoformat(bound.split("'")[1]) >= stopped:
+                c.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("public", name)))
+        utc_day = today - timedelta(days=2)
+        c.execute(sql.SQL("CREATE TABLE {} PARTITION OF public.fixes FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier("public", f"fixes_p{utc_day:%Y%m%d}"), sql.Literal(midnight(utc_day)),
+            sql.Literal(midnight(utc_day + timedelta(days=1)))))
+        c.execute("INSERT INTO public.fixes (id, received_at, device_id, v) "
+                  "SELECT i, %s::timestamptz + (now() - %s::timestamptz) * i / 6000, i %% 50, i "
+                  "FROM generate_series(1, 6000) i", (start, start))
+    data = rows(conn)
+    rc, _, err = run("fix", "-d", dsn, "public.fixes", "--yes")
+    assert rc == 0, err
+    off = [n for n, b in children(conn) if b != "DEFAULT" and "23:00:00+00" not in b.split("TO")[0]
+           and "22:00:00+00" not in b.split("TO")[0]]
+    assert off, "the setup must leave children off the Berlin grid"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        try:
+            c.execute("SELECT partman.run_maintenance('public.fixes')")
+            before = "ok"
+        except psycopg.Error as exc:
+            before = str(exc).splitlines()[0]
+    if partman.startswith("4."):  # 4.7 parses child names: the old script's fixes_p20261129 breaks it
+        assert "timestamp out of range" in before, before
+
+    rc, _, err = run("split", "-d", dsn, "public.fixes", "--yes")
+    assert rc == 0, err
+    assert rows(conn) == data
+    fmt = "%Y_%m_%d" if partman.startswith("4.") else "%Y%m%d"
+    kids = [(n, b) for n, b in children(conn) if b != "DEFAULT"]
+    for name, bound in kids:
+        lo, hi = (datetime.fromisoformat(x.split("'")[1]).astimezone(zone) for x in bound.split(" TO "))
+        assert (lo.hour, lo.minute, hi.hour, hi.minute) == (0, 0, 0, 0), (name, bound)
+        assert (hi.date() - lo.date()).days == 1, (name, bound)
+        assert name == f"fixes_p{lo:{fmt}}", (name, bound)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert_partman_healthy(c, zone)
+
+
+def assert_partman_healthy(c: Conn, zone: ZoneInfo) -> None:
+    """partman's maintenance works (several runs, premake raised) and the children tile the
+    time line, one local day each."""
+    c.execute("UPDATE partman.part_config SET premake = 8 WHERE parent_table = 'public.fixes'")
+    for _ in range(3):
+        c.execute("SELECT partman.run_maintenance('public.fixes')")
+    c.execute("SELECT * FROM partman.show_partitions('public.fixes')").fetchall()
+    kids = [b for _, b in children(c) if b != "DEFAULT"]
+    spans_ = [tuple(datetime.fromisoformat(x.split("'")[1]).astimezone(zone) for x in b.split(" TO ")) for b in kids]
+    for (_, hi1), (lo2, _) in itertools.pairwise(spans_):
+        assert hi1 == lo2, f"gap or overlap between {hi1} and {lo2}"
+    assert all((hi.date() - lo.date()).days == 1 and lo.hour == 0 for lo, hi in spans_), spans_

@@ -63,6 +63,9 @@ class Executor:
             self._tx(step.finish, label)
         elif step.kind == "replay":
             self._replay(step)
+        elif step.kind == "cleanup":
+            self._autocommit(step.statements)
+            self._tx(step.finish, label)
         else:  # pragma: no cover - Kind is a closed Literal
             raise PartguardError(f"unknown step kind {step.kind!r}")
         self.tally.seconds[label] = round(time.monotonic() - started, 3)
@@ -107,6 +110,23 @@ class Executor:
         if timed:
             self.tally.locks[what] = round(time.monotonic() - began[0], 4)
         return out
+
+    def _autocommit(self, stmts: Sequence[sql.Composed]) -> None:
+        """Statements that may not run inside a transaction block, each on its own."""
+        c = self.conn
+        c.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(self.lock_timeout * 1000)}ms")))
+        try:
+            for stmt in stmts:
+                for attempt in range(self.retries + 1):
+                    try:
+                        c.execute(stmt)
+                        break
+                    except pgerrors.LockNotAvailable:
+                        if attempt == self.retries:
+                            raise
+                        time.sleep(0.2 * 2**attempt)
+        finally:
+            c.execute("RESET lock_timeout")
 
     # --- copy: one snapshot, several connections --------------------------------------
 

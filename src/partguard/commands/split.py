@@ -69,7 +69,7 @@ class Recut:
 
     @property
     def swap_lock_s(self) -> float:
-        return self.locks_s.get("done", 0.0)
+        return self.locks_s.get("swapped", 0.0)
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,9 @@ def _locked(conn: Conn, params: ConnParams | str, req: SplitRequest, table: cata
         if run is None:
             return SplitOutcome(table.qualname, "nothing_to_do", notes=["no unfinished split of this table"])
         plan = SplitPlan.from_json(run.detail["plan"])
+        if run.state == "swapped":
+            raise UsageError(f"split run {run.run_id} already put its new children in place; run partguard split "
+                             "again to finish its clean-up")
         _executor(conn, params, req, plan, table).run(steps.abort(plan))
         return SplitOutcome(table.qualname, "aborted", notes=[f"run {run.run_id} aborted: the table is as it was"])
     done: list[Recut] = []
@@ -203,7 +206,7 @@ def _execute(conn: Conn, params: ConnParams | str, req: SplitRequest, table: cat
              after: str, on_progress: Callable[[Progress], None] | None) -> Recut:
     """Run the plan's steps after the journal state ``after`` ('' for a new run)."""
     started = time.monotonic()
-    if after:
+    if after and after != "swapped":
         _check_unchanged(table, plan)
     todo = steps.steps(plan)
     names = [s.name for s in todo]
@@ -219,7 +222,7 @@ def _execute(conn: Conn, params: ConnParams | str, req: SplitRequest, table: cat
             raise LockNotAvailable(
                 f"{exc}; the table is as it was but for partguard's change-log trigger: run the same command "
                 "again to finish, or partguard split --abort") from None
-        if step.name in ("copied", "indexed", "done"):
+        if step.name in ("copied", "indexed", "swapped"):
             journal.split_detail(conn, plan.tag, {"rows_copied": ex.tally.rows_copied,
                                                   "changes_replayed": ex.tally.changes_replayed,
                                                   "locks_s": ex.tally.locks, "seconds": ex.tally.seconds})
