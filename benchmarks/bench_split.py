@@ -62,7 +62,6 @@ class Writer:
     of what committed, from each statement's RETURNING."""
 
     dsn: str
-    ids: int  # the base rows' ids are 1..ids
     lo: Any  # the wide child's span, as the server's timestamptz
     hi: Any
     errors: list[str] = field(default_factory=list)
@@ -80,7 +79,6 @@ class Writer:
 
     def _run(self) -> None:
         rnd = random.Random(11)
-        mine: list[int] = []
         next_id = WRITER_FIRST_ID
         with psycopg.connect(self.dsn, autocommit=True, application_name="bench-writer") as c:
             i = 0
@@ -89,7 +87,7 @@ class Writer:
                 op = ("insert", "update", "insert", "move", "insert", "delete")[i % 6]
                 t0 = time.perf_counter()
                 try:
-                    self._one(c, op, i, rnd, mine, next_id + 1)
+                    self._one(c, op, i, rnd, next_id + 1)
                     next_id += op == "insert"
                     self.ops[op] = self.ops.get(op, 0) + 1
                 except psycopg.Error as exc:
@@ -97,30 +95,32 @@ class Writer:
                 self.max_latency = max(self.max_latency, time.perf_counter() - t0)
                 time.sleep(WRITER_PERIOD)
 
-    def _one(self, c: psycopg.Connection[Any], op: str, i: int, rnd: random.Random, mine: list[int],
-             new_id: int) -> None:
+    def _one(self, c: psycopg.Connection[Any], op: str, i: int, rnd: random.Random, new_id: int) -> None:
         if op == "insert":
             when = "now()" if i % 2 else "%(lo)s::timestamptz + random() * (now() - %(lo)s::timestamptz)"
             row = c.execute(
                 "INSERT INTO public.fixes (id, received_at, fix_uuid, device_id, device_serial, source, latitude, "
                 f"longitude, v) VALUES (%(id)s, {when}, gen_random_uuid(), 7, 'SN-W', 'gps', 52.5, 13.4, 1) "
                 "RETURNING 1, 1, v, extract(epoch FROM received_at)", {"id": new_id, "lo": self.lo}).fetchone()
-            mine.append(new_id)
         else:
-            rid = rnd.choice(mine) if mine and rnd.random() < 0.3 else rnd.randint(1, self.ids)
+            # A row found through the key's index (an id alone has no index without the PK).
+            at = {"lo": self.lo, "r": rnd.random(), "hi": self.hi}
+            pick = ("(SELECT id, received_at FROM public.fixes WHERE received_at >= %(lo)s::timestamptz + %(r)s * "
+                    "(least(now(), %(hi)s) - %(lo)s::timestamptz) ORDER BY received_at LIMIT 1 FOR UPDATE)")
             if op == "delete":
-                row = c.execute("DELETE FROM public.fixes WHERE id = %s "
-                                "RETURNING -1, -1, -coalesce(v, 0), -extract(epoch FROM received_at)",
-                                (rid,)).fetchone()
+                row = c.execute(f"WITH old AS {pick} DELETE FROM public.fixes f USING old WHERE f.id = old.id "
+                                "AND f.received_at = old.received_at "
+                                "RETURNING -1, -1, -coalesce(f.v, 0), -extract(epoch FROM f.received_at)",
+                                at).fetchone()
             else:
                 shift = "interval '1 day'" if op == "move" else "interval '0'"
                 row = c.execute(
-                    "WITH old AS (SELECT id, received_at FROM public.fixes WHERE id = %(id)s FOR UPDATE) "
+                    f"WITH old AS {pick} "
                     f"UPDATE public.fixes f SET v = coalesce(f.v, 0) + 1, received_at = CASE WHEN f.received_at + "
                     f"{shift} < %(hi)s THEN f.received_at + {shift} ELSE f.received_at - {shift} END "
                     "FROM old WHERE f.id = old.id AND f.received_at = old.received_at "
                     "RETURNING 0, 0, 1, extract(epoch FROM f.received_at) - extract(epoch FROM old.received_at)",
-                    {"id": rid, "hi": self.hi}).fetchone()
+                    at).fetchone()
         if row is not None:
             for k in range(4):
                 self.delta[k] += row[k]
@@ -259,7 +259,7 @@ def measure(sb: Sandbox, base: Base, label: str, method: Any, writer: bool) -> R
     db = fresh_copy(sb, base)
     dsn = sb.dsn(db)
     res = Run(label)
-    w = Writer(dsn, base.rows, base.lo, base.hi).start() if writer else None
+    w = Writer(dsn, base.lo, base.hi).start() if writer else None
     cpu0 = bf.server_cpu_s(sb.datadir)
     try:
         method(dsn, base, res)

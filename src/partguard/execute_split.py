@@ -55,7 +55,7 @@ class Executor:
         label = step.name or step.kind
         log.info("split %s: %s", self.plan.table, label)
         if step.kind in ("catalog_tx", "swap"):
-            self._tx(step.statements, label, timed=True, inside=f"split:in-{label}")
+            self._tx(step.statements, label, lock_from=step.lock_from, inside=f"split:in-{label}")
         elif step.kind == "copy_ranges":
             self._copy(step)
         elif step.kind == "build_index":
@@ -73,27 +73,32 @@ class Executor:
 
     # --- transactions under lock_timeout --------------------------------------------
 
-    def _tx(self, stmts: Sequence[sql.Composed], what: str, *, conn: Conn | None = None, timed: bool = False,
-            inside: str | None = None, scan: bool = False) -> list[Any]:
+    def _tx(self, stmts: Sequence[sql.Composed], what: str, *, conn: Conn | None = None,
+            lock_from: int | None = None, inside: str | None = None, scan: bool = False) -> list[Any]:
         """One transaction of ``stmts``; a deadlock (a writer taking the same locks in the
-        other order) is retried like a lock timeout: it is the same "not now"."""
+        other order) is retried like a lock timeout: it is the same "not now". With
+        ``lock_from``, the time from that statement to the commit is the lock time reported."""
         c = conn or self.conn
         out: list[Any] = []
         began = [0.0]
+        split_at = lock_from or 0
 
         def work(cx: Conn) -> None:
-            began[0] = time.monotonic()
             out.clear()
             if scan:
                 cx.execute("SET LOCAL statement_timeout = 0")
-            if len(stmts) == 1:
-                cur = cx.execute(stmts[0])
+            before, after = stmts[:split_at], stmts[split_at:]
+            if before:
+                cx.execute(sql.SQL(";\n").join(before))
+            began[0] = time.monotonic()
+            if len(after) == 1:
+                cur = cx.execute(after[0])
                 if cur.description:
                     out.extend(cur.fetchall())
-            elif stmts:
-                # The step's statements in one round trip: the locks are held for the
-                # server's work, not for the client's latency between statements.
-                cx.execute(sql.SQL(";\n").join(stmts))
+            elif after:
+                # In one round trip: the locks are held for the server's work, not for the
+                # client's latency between statements.
+                cx.execute(sql.SQL(";\n").join(after))
             if inside:
                 fault(inside)
 
@@ -107,7 +112,7 @@ class Executor:
                     raise
                 log.warning("split %s: deadlock with another session, retrying", what)
                 time.sleep(0.2 * (attempt + 1))
-        if timed:
+        if lock_from is not None:
             self.tally.locks[what] = round(time.monotonic() - began[0], 4)
         return out
 

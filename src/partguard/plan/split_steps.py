@@ -78,6 +78,9 @@ class Step:
     finish: tuple[sql.Composed, ...] = ()
     locks: str = ""  # for humans: which locks, for how long (never names: they go into comments)
     note: str = ""
+    # From which statement on the step holds locks that block the application (None: never):
+    # where the executor starts the clock of the lock times it reports.
+    lock_from: int | None = None
 
 
 # --- names -------------------------------------------------------------------------
@@ -204,6 +207,7 @@ def capture(p: SplitPlan) -> Step:
         _s("CREATE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS {body}", f=_truncate_fn(p), body=_body(refuse)),
         _lock(p),  # taken last: the table is blocked only for the triggers and the journal row
     ]
+    locked = len(stmts) - 1
     for src in _sources(p):
         stmts += [
             _s("CREATE TRIGGER {t} AFTER INSERT OR UPDATE OR DELETE ON {src} FOR EACH ROW EXECUTE FUNCTION {f}()",
@@ -216,7 +220,7 @@ def capture(p: SplitPlan) -> Step:
     stmts.append(journal.split_start(p.tag, parent(p), p.table, [s.name for s in p.sources], {"plan": p.as_json()}))
     return Step("catalog_tx", "captured", tuple(stmts),
                 locks="ACCESS EXCLUSIVE on the table and the children being re-cut (milliseconds)",
-                note="from here on every change to those children is logged")
+                note="from here on every change to those children is logged", lock_from=locked)
 
 
 def guard(p: SplitPlan) -> Step:
@@ -230,7 +234,7 @@ def guard(p: SplitPlan) -> Step:
         _s("ALTER TABLE {d} ADD CONSTRAINT {c} CHECK ({cond}) NOT VALID", d=sql.Identifier(*p.default), c=_guard(p),
            cond=cond),
         journal.split_state(p.tag, "guarded"),
-    ), locks="ACCESS EXCLUSIVE on the DEFAULT partition (milliseconds: NOT VALID skips the scan)")
+    ), locks="ACCESS EXCLUSIVE on the DEFAULT partition (milliseconds: NOT VALID skips the scan)", lock_from=0)
 
 
 def prepare(p: SplitPlan) -> Step:
@@ -388,7 +392,8 @@ def swap(p: SplitPlan) -> Step:
     stmts.append(journal.split_state(p.tag, "swapped"))
     return Step("swap", "swapped", tuple(stmts),
                 locks="ACCESS EXCLUSIVE on the table, the children being re-cut and the DEFAULT (milliseconds)",
-                note="the rest of the log, then detach, attach: ATTACH adopts the indexes and skips its scan")
+                note="the rest of the log, then detach, attach: ATTACH adopts the indexes and skips its scan",
+                lock_from=0)
 
 
 def cleanup(p: SplitPlan) -> Step:
@@ -431,7 +436,7 @@ def abort(p: SplitPlan) -> Step:
         stmts.append(_s("ALTER TABLE {d} DROP CONSTRAINT IF EXISTS {c}", d=sql.Identifier(*p.default), c=_guard(p)))
     stmts += [*_drop_private(p, if_exists=True, targets=True), journal.split_state(p.tag, "aborted", finished=True)]
     return Step("catalog_tx", "aborted", tuple(stmts),
-                locks="ACCESS EXCLUSIVE on the table and the children being re-cut (milliseconds)")
+                locks="ACCESS EXCLUSIVE on the table and the children being re-cut (milliseconds)", lock_from=0)
 
 
 # --- the script ------------------------------------------------------------------------------
