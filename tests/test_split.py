@@ -17,10 +17,9 @@ import os
 import random
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from builders import create_parent
+from builders import Background, create_parent
 from psycopg import sql
 
 from partguard.commands.split import SplitRequest, split
@@ -145,41 +144,20 @@ def fingerprint(conn: Conn) -> list[Any]:
 # --- the writer and the reader ------------------------------------------------------------------
 
 
-@dataclass
-class Writer:
+class Writer(Background):
     """INSERTs, UPDATEs (a third of them moving the key a day) and DELETEs, one every ~3 ms,
     each in its own transaction; keeps the multiset the table must end with."""
 
-    dsn: str
-    expected: Counter[tuple[Any, ...]]
-    wide: Wide
-    pool: list[int] = field(default_factory=list)  # ids it may update or delete
-    errors: list[str] = field(default_factory=list)
-    ops: Counter[str] = field(default_factory=Counter)
-    next_id: int = 10_000_000
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    def __init__(self, dsn: str, expected: Counter[tuple[Any, ...]], wide: Wide) -> None:
+        super().__init__(dsn, pause=0.003)
+        self.expected, self.wide = expected, wide
+        self.pool = sorted({r[0] for r in expected if r[0] % STABLE and r[0] not in DUPLICATES})  # ids it may change
+        self.ops: Counter[str] = Counter()
+        self.next_id, self.i, self.rnd = 10_000_000, 0, random.Random(7)
 
-    def start(self) -> Writer:
-        self.pool = sorted({r[0] for r in self.expected if r[0] % STABLE and r[0] not in DUPLICATES})
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        time.sleep(0.2)
-        return self
-
-    def _run(self) -> None:
-        rnd = random.Random(7)
-        with psycopg.connect(self.dsn, autocommit=True) as c:
-            i = 0
-            while not self._stop.is_set():
-                i += 1
-                try:
-                    self._one(c, rnd, i)
-                except psycopg.Error as exc:
-                    self.errors.append(str(exc).splitlines()[0])
-                time.sleep(0.003)
-
-    def _one(self, c: Conn, rnd: random.Random, i: int) -> None:
+    def step(self, c: Conn) -> None:
+        self.i += 1
+        i, rnd = self.i, self.rnd
         op = ("insert", "insert", "update", "move", "delete", "insert", "twin")[i % 7]
         if op == "insert":
             self.next_id += 1
@@ -196,71 +174,49 @@ class Writer:
                     f"WHERE id = %s LIMIT 1) RETURNING {COLS}", (twin,)).fetchall():
                 self.expected[row] -= 1
         elif op in ("update", "move", "delete") and self.pool:
-            rid = self.pool[rnd.randrange(len(self.pool))]
-            with c.transaction():
-                old = c.execute(f"SELECT tableoid, ctid, {COLS} FROM public.fixes WHERE id = %s FOR UPDATE",
-                                (rid,)).fetchone()
-                if old is None:
-                    return
-                where = "WHERE tableoid = %s AND ctid = %s::tid"
-                if op == "delete":
-                    c.execute(f"DELETE FROM public.fixes {where}", (old[0], old[1]))
-                    self.pool.remove(rid)
-                    new = None
-                else:
-                    key: datetime = old[3]
-                    shift = timedelta(days=1 if key + timedelta(days=1) < self.wide.hi else -1)
-                    step = f"received_at + interval '{shift.days} day'" if op == "move" else "received_at"
-                    new = c.execute(f"UPDATE public.fixes SET received_at = {step}, v = coalesce(v, 0) + 1 "
-                                    f"{where} RETURNING {COLS}", (old[0], old[1])).fetchone()
-            self.expected[tuple(old[2:])] -= 1
-            if new is not None:
-                self.expected[tuple(new)] += 1
+            self._change(c, op, self.pool[rnd.randrange(len(self.pool))])
         self.ops[op] += 1
+
+    def _change(self, c: Conn, op: str, rid: int) -> None:
+        with c.transaction():
+            old = c.execute(f"SELECT tableoid, ctid, {COLS} FROM public.fixes WHERE id = %s FOR UPDATE",
+                            (rid,)).fetchone()
+            if old is None:
+                return
+            where = "WHERE tableoid = %s AND ctid = %s::tid"
+            new = None
+            if op == "delete":
+                c.execute(f"DELETE FROM public.fixes {where}", (old[0], old[1]))
+                self.pool.remove(rid)
+            else:
+                key: datetime = old[3]
+                shift = timedelta(days=1 if key + timedelta(days=1) < self.wide.hi else -1)
+                step = f"received_at + interval '{shift.days} day'" if op == "move" else "received_at"
+                new = c.execute(f"UPDATE public.fixes SET received_at = {step}, v = coalesce(v, 0) + 1 "
+                                f"{where} RETURNING {COLS}", (old[0], old[1])).fetchone()
+        self.expected[tuple(old[2:])] -= 1
+        if new is not None:
+            self.expected[tuple(new)] += 1
 
     def _sql_ts(self, rnd: random.Random) -> str:
         """A moment of the wide child's days, up to now."""
         span = min(self.wide.hi, datetime.now(UTC)) - self.wide.lo
         return f"'{(self.wide.lo + span * rnd.random()).isoformat()}'::timestamptz"
 
-    def stop(self) -> Writer:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(30)
-        return self
 
-
-@dataclass
-class Reader:
+class Reader(Background):
     """Counts the rows the writer never touches, as fast as it can: never fewer, never more."""
 
-    dsn: str
-    expected: int
-    wrong: list[int] = field(default_factory=list)
-    reads: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    def __init__(self, dsn: str, expected: int) -> None:
+        super().__init__(dsn, pause=0.001)
+        self.expected, self.reads = expected, 0
+        self.wrong: list[int] = []
 
-    def start(self) -> Reader:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as c:
-            while not self._stop.is_set():
-                n = c.execute("SELECT count(*) FROM public.fixes WHERE id %% %s = 0 AND id < %s",
-                              (STABLE, 2 * ROWS + 1)).fetchone()[0]
-                self.reads += 1
-                if n != self.expected:
-                    self.wrong.append(n)
-                time.sleep(0.001)
-
-    def stop(self) -> Reader:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(30)
-        return self
+    def step(self, c: Conn) -> None:
+        n = stable_count(c)
+        self.reads += 1
+        if n != self.expected:
+            self.wrong.append(n)
 
 
 def stable_count(conn: Conn) -> int:
@@ -315,8 +271,16 @@ def pk(request: pytest.FixtureRequest) -> bool:
 
 def test_recut_under_writer_and_reader_keeps_every_row_and_every_write(
         conn: Conn, dsn: str, partman_version: str | None, pk: bool, run: Any) -> None:
+    recut_under_fire(conn, dsn, partman_version, pk, run)
+
+
+def test_recut_of_a_table_without_partman_under_writer_and_reader(conn: Conn, dsn: str, pk: bool, run: Any) -> None:
+    recut_under_fire(conn, dsn, None, pk, run)
+
+
+def recut_under_fire(conn: Conn, dsn: str, partman_version: str | None, pk: bool, run: Any) -> None:
     w = build(conn, partman_version, pk=pk)
-    writer = Writer(dsn, rows(conn), w).start()
+    writer = Writer(dsn, rows(conn), w).start(0.2)
     reader = Reader(dsn, stable_count(conn)).start()
     try:
         rc, out, err = run("split", "-d", dsn, "public.fixes", "--yes", "--jobs", "2", "--chunk-pages", "8",
@@ -345,7 +309,7 @@ def test_recut_under_writer_and_reader_keeps_every_row_and_every_write(
                                    "split:replay", "split:in-swapped", "split:swapped"])
 def test_sigkill_at_each_phase_then_rerun_finishes(conn: Conn, dsn: str, fault: str) -> None:
     w = build(conn, None, pk=False)
-    writer = Writer(dsn, rows(conn), w).start()
+    writer = Writer(dsn, rows(conn), w).start(0.2)
     try:
         crashed = run_cli(dsn, "--yes", "--chunk-pages", "8", fault=fault)
         assert crashed.returncode == -9, crashed.stderr
@@ -365,7 +329,7 @@ def test_abort_after_a_kill_restores_the_exact_original(
         conn: Conn, dsn: str, partman_version: str | None, fault: str) -> None:
     w = build(conn, partman_version, pk=True)
     before = fingerprint(conn)
-    writer = Writer(dsn, rows(conn), w).start()
+    writer = Writer(dsn, rows(conn), w).start(0.2)
     try:
         crashed = run_cli(dsn, "--yes", "--chunk-pages", "8", fault=fault)
         assert crashed.returncode == -9, crashed.stderr
@@ -404,7 +368,7 @@ def test_dry_run_is_a_psql_script_that_performs_the_recut(
     assert fingerprint(conn) == before  # the dry run changed nothing
     plan = tmp_path / "plan.sql"
     plan.write_text(script)
-    writer = Writer(dsn, rows(conn), w).start()
+    writer = Writer(dsn, rows(conn), w).start(0.2)
     try:
         psql = subprocess.run([str(cluster.pg_bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f",
                                str(plan)], capture_output=True, text=True, timeout=300, check=False)

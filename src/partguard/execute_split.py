@@ -169,66 +169,33 @@ class Executor:
         for w in work:
             items.put(w)
         lock = threading.Lock()
-        done = {"pages": 0, "rows": 0, "ranges": 0}
-        errors: list[BaseException] = []
-        stop = threading.Event()
+        done = {"pages": 0, "rows": 0}
         started = time.monotonic()
 
-        def drain(c: Conn) -> None:
+        def drain(c: Conn, stop: threading.Event) -> None:
             while not stop.is_set():
                 try:
                     tmpl, lo, hi, pages = items.get_nowait()
                 except queue.Empty:
                     return
-                stmt = fill(tmpl, {"lo": _tid(lo), "hi": _tid(hi)})
-                n = c.execute(stmt).rowcount
+                n = c.execute(fill(tmpl, {"lo": _tid(lo), "hi": _tid(hi)})).rowcount
                 with lock:
                     done["pages"] += max(pages, 0)
                     done["rows"] += n
-                    done["ranges"] += 1
                     pr = Progress(done["pages"], total, done["rows"], time.monotonic() - started)
                 if self.on_progress:
                     self.on_progress(pr)
                 fault("split:copy")
 
-        def worker() -> None:
-            try:
-                c = connect(self.params)
-            except BaseException as exc:  # noqa: BLE001 - re-raised below
-                errors.append(exc)
-                stop.set()
-                return
-            try:
-                c.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-                c.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-                c.execute("SET LOCAL statement_timeout = 0")
-                drain(c)
-                if errors:
-                    c.execute("ROLLBACK")
-                else:
-                    c.execute("COMMIT")  # before the snapshot's own transaction: it journals the copy done
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                errors.append(exc)
-                stop.set()
-            finally:
-                c.close()
+        def in_snapshot(c: Conn, stop: threading.Event) -> None:
+            c.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            c.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            c.execute("SET LOCAL statement_timeout = 0")
+            drain(c, stop)
+            # Before the snapshot's own transaction commits: that one journals the copy done.
+            c.execute("ROLLBACK" if stop.is_set() else "COMMIT")
 
-        threads = [threading.Thread(target=worker, name=f"partguard-split-{i}", daemon=True)
-                   for i in range(1, max(1, self.jobs))]
-        for t in threads:
-            t.start()
-        try:
-            drain(self.conn)
-        except BaseException as exc:  # noqa: BLE001 - the workers stop, then it is re-raised
-            errors.append(exc)
-            stop.set()
-        for t in threads:
-            t.join()
-        if errors:
-            first = errors[0]
-            if isinstance(first, (PartguardError, KeyboardInterrupt)):
-                raise first
-            raise PartguardError(f"split copy failed: {_first_line(first)}") from first
+        self._fan_out(self.jobs - 1, drain, in_snapshot, "copy")
         self.tally.rows_copied = done["rows"]
 
     # --- index builds on several connections -----------------------------------------
@@ -237,10 +204,9 @@ class Executor:
         items: queue.Queue[Sequence[sql.Composed]] = queue.Queue()
         for g in groups:
             items.put(g)
-        errors: list[BaseException] = []
 
-        def drain(c: Conn) -> None:
-            while not errors:
+        def drain(c: Conn, stop: threading.Event) -> None:
+            while not stop.is_set():
                 try:
                     group = items.get_nowait()
                 except queue.Empty:
@@ -250,24 +216,46 @@ class Executor:
                     if n == 0:
                         fault("split:index")
 
-        def worker() -> None:
+        self._fan_out(min(self.jobs, len(groups)) - 1, drain, drain, what)
+
+    def _fan_out(self, extra: int, on_main: Callable[[Conn, threading.Event], None],
+                 on_worker: Callable[[Conn, threading.Event], None], what: str) -> None:
+        """``on_main`` on our connection and ``on_worker`` on ``extra`` more, in threads; the
+        first error stops them all (after their current statement) and is raised here."""
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def guarded(fn: Callable[[Conn, threading.Event], None], c: Conn) -> None:
             try:
-                with connect(self.params) as c:
-                    drain(c)
+                fn(c, stop)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 errors.append(exc)
+                stop.set()
 
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(1, min(self.jobs, len(groups)))]
+        def worker() -> None:
+            try:
+                c = connect(self.params)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(exc)
+                stop.set()
+                return
+            try:
+                guarded(on_worker, c)
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=worker, name=f"partguard-split-{i}", daemon=True)
+                   for i in range(max(0, extra))]
         for t in threads:
             t.start()
-        try:
-            drain(self.conn)
-        except BaseException as exc:  # noqa: BLE001 - the workers stop, then it is re-raised
-            errors.append(exc)
+        guarded(on_main, self.conn)
         for t in threads:
             t.join()
         if errors:
-            raise errors[0]
+            first = errors[0]
+            if isinstance(first, (PartguardError, KeyboardInterrupt, pgerrors.Error)):
+                raise first
+            raise PartguardError(f"split {what} failed: {_first_line(first)}") from first
 
     # --- replay ---------------------------------------------------------------------------
 

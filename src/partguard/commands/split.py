@@ -24,7 +24,7 @@ from ..db import Conn, ConnParams, advisory_lock
 from ..errors import AlreadyRunning, LockNotAvailable, PermissionDenied, UsageError
 from ..execute import Progress
 from ..execute_split import Executor
-from ..humanize import display_name, iso
+from ..humanize import display_ident, display_name, iso
 from ..inspect import catalog
 from ..inspect.locks import advisory_holders
 from ..inspect.partman import config_for, read_configs
@@ -74,7 +74,7 @@ class Recut:
 
 @dataclass(frozen=True)
 class SplitOutcome:
-    table: str
+    table: str  # as display_name quotes it
     status: str  # planned | done | nothing_to_do | aborted | declined
     recuts: list[Recut] = field(default_factory=list)
     plans: list[dict[str, Any]] = field(default_factory=list)
@@ -111,13 +111,13 @@ def _locked(conn: Conn, params: ConnParams | str, req: SplitRequest, table: cata
     run = journal.open_split(conn, table.oid)
     if req.abort:
         if run is None:
-            return SplitOutcome(table.qualname, "nothing_to_do", notes=["no unfinished split of this table"])
+            return SplitOutcome(name, "nothing_to_do", notes=["no unfinished split of this table"])
         plan = SplitPlan.from_json(run.detail["plan"])
         if run.state == "swapped":
             raise UsageError(f"split run {run.run_id} already put its new children in place; run partguard split "
                              "again to finish its clean-up")
         _executor(conn, params, req, plan, table).run(steps.abort(plan))
-        return SplitOutcome(table.qualname, "aborted", notes=[f"run {run.run_id} aborted: the table is as it was"])
+        return SplitOutcome(name, "aborted", notes=[f"run {run.run_id} aborted: the table is as it was"])
     done: list[Recut] = []
     if run is not None:
         if req.dry_run:
@@ -138,9 +138,9 @@ def _locked(conn: Conn, params: ConnParams | str, req: SplitRequest, table: cata
     if not plans:
         if done:
             return _finish(conn, req, table, done, started)
-        return SplitOutcome(table.qualname, "nothing_to_do", notes=notes or [
+        return SplitOutcome(name, "nothing_to_do", notes=notes or [
             "every child spans exactly one interval of the grid"])
-    outcome = SplitOutcome(table.qualname, "planned", plans=[p.as_json() for p in plans],
+    outcome = SplitOutcome(name, "planned", plans=[p.as_json() for p in plans],
                            script=steps.script(plans, req.lock_timeout), notes=notes)
     if req.dry_run:
         return outcome
@@ -239,12 +239,12 @@ def _check_unchanged(table: catalog.Table, plan: SplitPlan) -> None:
     for s in plan.sources:
         c = kids.get((s.schema, s.name))
         if c is None or c.lower != s.lower or c.upper != s.upper:
-            raise UsageError(f"{s.name} is no longer the child split run {plan.tag} started with: "
+            raise UsageError(f"{display_ident(s.name)} is no longer the child split run {plan.tag} started with: "
                              "run partguard split --abort")
 
 
 def _finish(conn: Conn, req: SplitRequest, table: catalog.Table, done: list[Recut], started: float) -> SplitOutcome:
-    return SplitOutcome(table.qualname, "done", recuts=done, findings_after=_recheck(conn, table.qualname, req),
+    return SplitOutcome(display_name(table), "done", recuts=done, findings_after=_recheck(conn, table.qualname, req),
                         duration_s=round(time.monotonic() - started, 3))
 
 

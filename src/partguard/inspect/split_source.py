@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..db import Conn
 from ..errors import UnsupportedTable
+from ..humanize import display_ident, display_name
 from .catalog import Child, Table
 
 
@@ -117,9 +118,9 @@ def _indexes(conn: Conn, oid: int, what: str) -> tuple[IndexFacts, ...]:
         if not valid:
             continue  # an invalid index is not one ATTACH matches, nor one worth copying
         if contype == "x":
-            raise UnsupportedTable(f"{what}: exclusion constraint on index {name} is not supported")
+            raise UnsupportedTable(f"{what}: exclusion constraint on index {display_ident(name)} is not supported")
         if not definition.startswith(prefix):
-            raise UnsupportedTable(f"{what}: cannot reproduce index {name} (unexpected definition)")
+            raise UnsupportedTable(f"{what}: cannot reproduce index {display_ident(name)} (unexpected definition)")
         out.append(IndexFacts(name, parent, definition[len(prefix):], bool(unique), contype,
                               bool(deferrable), bool(deferred), tuple(columns or ()), bool(partial)))
     return tuple(out)
@@ -127,7 +128,7 @@ def _indexes(conn: Conn, oid: int, what: str) -> tuple[IndexFacts, ...]:
 
 def parent_facts(conn: Conn, table: Table) -> ParentFacts:
     return ParentFacts(
-        indexes=_indexes(conn, table.oid, table.qualname),
+        indexes=_indexes(conn, table.oid, display_name(table)),
         foreign_keys=tuple(r[0] for r in conn.execute(_FKS_SQL, (table.oid,))),
     )
 
@@ -135,13 +136,13 @@ def parent_facts(conn: Conn, table: Table) -> ParentFacts:
 def source_facts(conn: Conn, child: Child) -> SourceFacts:
     row = conn.execute(_SOURCE_SQL, (child.oid,)).fetchone()
     if row is None:
-        raise UnsupportedTable(f"{child.qualname} disappeared while partguard was looking at it")
+        raise UnsupportedTable(f"{display_ident(child.name)} disappeared while partguard was looking at it")
     owner, persistence, reloptions, tablespace = row
     return SourceFacts(
         child=child, owner=owner, persistence=persistence, reloptions=tuple(reloptions),
         tablespace=tablespace,
         grants=tuple((g, p, bool(o)) for g, p, o in conn.execute(_GRANTS_SQL, (child.oid,))),
-        indexes=_indexes(conn, child.oid, child.qualname),
+        indexes=_indexes(conn, child.oid, ".".join(map(display_ident, (child.schema, child.name)))),
         local_checks=tuple((n, d) for n, d in conn.execute(_CHECKS_SQL, (child.oid,))),
         local_triggers=tuple(r[0] for r in conn.execute(_TRIGGERS_SQL, (child.oid,))),
     )

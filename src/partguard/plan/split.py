@@ -18,7 +18,7 @@ from typing import Any
 
 from ..coverage import alignment, misaligned, wide_children
 from ..errors import UnknownGrid, UnsupportedTable, UsageError
-from ..humanize import display_name
+from ..humanize import display_ident, display_name
 from ..inspect.catalog import Child, Key, Table
 from ..inspect.grid import Grid
 from ..inspect.snapshot import TableState
@@ -67,7 +67,7 @@ class SplitPlan:
     """One group's re-cut, complete: the step builders need nothing else."""
 
     tag: str  # names every object of the run: partguard.split_<tag>_…
-    table: str  # schema.name, for humans and the journal
+    table: str  # schema.name as display_name quotes it: for humans and the journal
     schema: str  # where the targets end up (the sources')
     parent_schema: str
     parent: str
@@ -160,15 +160,15 @@ def groups(state: TableState, wanted: tuple[str, ...] = ()) -> list[tuple[Child,
     off-grid bound with it: only together can they be laid on the grid."""
     table, grid = state.table, state.grid.grid
     if grid is None:
-        raise UnknownGrid(state.grid.error or f"{table.qualname}: cannot tell the partition interval; pass --interval")
+        raise UnknownGrid(state.grid.error or f"{display_name(table)}: cannot tell the partition interval; pass --interval")
     kids = list(table.children)
     if wanted:
         names = {c.name for c in kids}
         for w in wanted:
             if table.default is not None and w == table.default.name:
-                raise UsageError(f"{w} is the DEFAULT partition: repair it with partguard fix, then split the wide child")
+                raise UsageError(f"{display_ident(w)} is the DEFAULT partition: repair it with partguard fix, then split the wide child")
             if w not in names:
-                raise UsageError(f"{w} is not a child of {display_name(table)}")
+                raise UsageError(f"{display_ident(w)} is not a child of {display_name(table)}")
         bad = set(wanted)
     else:
         aligned = alignment(state)
@@ -178,7 +178,7 @@ def groups(state: TableState, wanted: tuple[str, ...] = ()) -> list[tuple[Child,
         if c.name not in bad:
             continue
         if c.lower is None or c.upper is None:
-            raise UsageError(f"{c.name} is unbounded (MINVALUE/MAXVALUE): it cannot be re-cut onto the grid")
+            raise UsageError(f"{display_ident(c.name)} is unbounded (MINVALUE/MAXVALUE): it cannot be re-cut onto the grid")
         if runs and runs[-1][-1] == i - 1 and kids[i - 1].upper == c.lower:
             runs[-1].append(i)
         else:
@@ -246,7 +246,7 @@ def plan_split(
         return None
     notes: list[str] = []
     if not _on(grid, lo) or not _on(grid, hi):
-        notes.append(f"{group[0].name}…{group[-1].name}: an end borders a gap, so the first or last new child "
+        notes.append(f"{display_ident(group[0].name)}…{display_ident(group[-1].name)}: an end borders a gap, so the first or last new child "
                      "covers only part of its interval (fill the gap with partguard fix first)")
     first = facts[0]
     prefix = f"split_{tag}"
@@ -273,7 +273,7 @@ def plan_split(
     keyed = [i for i, _ in names if i.columns[:1] == (table.key,)]
     identity = _identity(parent, table)
     plan = SplitPlan(
-        tag=tag, table=table.qualname, schema=group[0].schema, parent_schema=table.schema, parent=table.name,
+        tag=tag, table=display_name(table), schema=group[0].schema, parent_schema=table.schema, parent=table.name,
         key=table.key, key_type=table.key_type,
         sources=tuple(Source(c.schema, c.name, c.lower, c.upper, short_name(c.name, f"_{tag}"))  # type: ignore[arg-type]
                       for c in group),
@@ -292,15 +292,15 @@ def _refuse(table: Table, facts: tuple[SourceFacts, ...], parent: ParentFacts) -
     """What the swap could not carry over or would have to validate under its lock."""
     clash = [c.name for c in table.columns if c.name in HELPER_COLUMNS]
     if clash:
-        raise UnsupportedTable(f"{display_name(table)} has a column named {clash[0]}, which partguard's change log uses")
+        raise UnsupportedTable(f"{display_name(table)} has a column named {display_ident(clash[0])}, which partguard's change log uses")
     if parent.foreign_keys:
         raise UnsupportedTable(
-            f"{display_name(table)} has foreign keys ({', '.join(parent.foreign_keys[:3])}): attaching a new child "
+            f"{display_name(table)} has foreign keys ({', '.join(map(display_ident, parent.foreign_keys[:3]))}): attaching a new child "
             "would validate them under the swap's lock; split does not support that yet")
     for f in facts:
         if f.local_triggers:
             raise UnsupportedTable(
-                f"{f.child.name} has its own triggers ({', '.join(f.local_triggers[:3])}), which a re-cut would lose")
+                f"{display_ident(f.child.name)} has its own triggers ({', '.join(map(display_ident, f.local_triggers[:3]))}), which a re-cut would lose")
 
 
 def _index_names(parent: ParentFacts, first: SourceFacts, table: Table, single: bool) -> list[tuple[IndexFacts, str]]:
