@@ -213,3 +213,42 @@ def outside_partguard(conn: Conn) -> list[Any]:
             contents.append((schema, name, got))
     schemas = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname <> 'partguard' ORDER BY 1")]
     return [shape, contents, schemas]
+
+
+class Background:
+    """A loop on its own connection in a thread (a writer, a reader): ``step(conn)`` runs
+    until ``stop()``; each error is recorded as its first line, never raised."""
+
+    def __init__(self, dsn: str, pause: float = 0.002) -> None:
+        import threading
+
+        self.dsn, self.pause = dsn, pause
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def step(self, conn: Conn) -> None:
+        raise NotImplementedError
+
+    def start(self, settle: float = 0.0) -> Any:
+        import time
+
+        self._thread.start()
+        time.sleep(settle)
+        return self
+
+    def _loop(self) -> None:
+        import time
+
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            while not self._stop.is_set():
+                try:
+                    self.step(c)
+                except psycopg.Error as exc:
+                    self.errors.append(str(exc).splitlines()[0])
+                time.sleep(self.pause)
+
+    def stop(self) -> Any:
+        self._stop.set()
+        self._thread.join(30)
+        return self

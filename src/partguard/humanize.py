@@ -95,3 +95,8 @@ def _unsafe(ch: str) -> bool:
 
 
 _quote_if_needed = quote_name
+
+
+def display_ident(part: str) -> str:
+    """One identifier (a child's name) as ``display_name`` shows each part."""
+    return quote_name(part)

@@ -7,6 +7,7 @@ pg_partman 4.7, which does not record it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -286,3 +287,97 @@ def finish_maintenance(conn: Conn, run_id: int, status: str, detail: dict[str, A
         "detail = detail || %s WHERE run_id = %s",
         (status, Jsonb(detail), run_id),
     )
+
+
+# --- split runs (written by ``split``, the re-cut engine) --------------------------------
+#
+# Unlike fix's, these statements are part of the plan: the dry-run script creates and
+# updates the same journal rows the executor does, so a run started from the script can
+# be finished or aborted by ``partguard split``.
+
+_SPLIT_DDL = """
+CREATE TABLE IF NOT EXISTS partguard.split_run (
+    run_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tag          text NOT NULL UNIQUE,
+    parent_oid   oid NOT NULL,
+    parent_name  text NOT NULL,
+    sources      text[] NOT NULL,
+    state        text NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    detail       jsonb NOT NULL DEFAULT '{}'
+)"""
+
+
+def split_ddl() -> tuple[sql.Composed, ...]:
+    """partguard's schema and the split journal, idempotent; two first runs at once
+    serialise on the same advisory key ``ensure_schema`` uses."""
+    return (
+        sql.Composed([sql.SQL("SELECT pg_advisory_xact_lock(hashtext('partguard schema'))")]),
+        sql.Composed([sql.SQL("CREATE SCHEMA IF NOT EXISTS partguard")]),
+        sql.Composed([sql.SQL(_SPLIT_DDL)]),
+    )
+
+
+def split_start(tag: str, parent: sql.Identifier, parent_name: str, sources: list[str],
+                detail: dict[str, Any]) -> sql.Composed:
+    return sql.SQL(
+        "INSERT INTO partguard.split_run (tag, parent_oid, parent_name, sources, state, detail) "
+        "VALUES ({tag}, {parent}::regclass::oid, {name}, {sources}::text[], 'captured', {detail}::jsonb)"
+    ).format(tag=sql.Literal(tag), parent=sql.Literal(parent.as_string(None)), name=sql.Literal(parent_name),
+             sources=sql.Literal(sources), detail=sql.Literal(json.dumps(detail)))
+
+
+def split_state(tag: str, state: str, *, finished: bool = False) -> sql.Composed:
+    return sql.SQL(
+        "UPDATE partguard.split_run SET state = {state}, updated_at = clock_timestamp(){fin} WHERE tag = {tag}"
+    ).format(state=sql.Literal(state), tag=sql.Literal(tag),
+             fin=sql.SQL(", finished_at = clock_timestamp()") if finished else sql.SQL(""))
+
+
+@dataclass(frozen=True)
+class SplitRun:
+    run_id: int
+    tag: str
+    parent_oid: int
+    parent_name: str
+    sources: list[str]
+    state: str
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    detail: dict[str, Any]
+
+
+_SPLIT_COLS = sql.SQL(
+    "run_id, tag, parent_oid, parent_name, sources, state, started_at, updated_at, finished_at, detail")
+
+
+def _split_exists(conn: Conn) -> bool:
+    row = conn.execute("SELECT to_regclass('partguard.split_run') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def open_split(conn: Conn, parent_oid: int) -> SplitRun | None:
+    """The unfinished split of this table, if an earlier one was interrupted."""
+    if not _split_exists(conn):
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT {} FROM partguard.split_run WHERE parent_oid = %s AND finished_at IS NULL "
+                "ORDER BY run_id DESC LIMIT 1").format(_SPLIT_COLS), (parent_oid,)).fetchone()
+    return SplitRun(*row) if row else None
+
+
+def split_runs(conn: Conn, limit: int = 50) -> list[SplitRun]:
+    if not _split_exists(conn):
+        return []
+    rows = conn.execute(
+        sql.SQL("SELECT {} FROM partguard.split_run ORDER BY run_id DESC LIMIT %s").format(_SPLIT_COLS),
+        (limit,)).fetchall()
+    return [SplitRun(*r) for r in rows]
+
+
+def split_detail(conn: Conn, tag: str, detail: dict[str, Any]) -> None:
+    """Figures a run reports (rows copied, lock times): informative, never decisive."""
+    conn.execute("UPDATE partguard.split_run SET detail = detail || %s WHERE tag = %s", (Jsonb(detail), tag))

@@ -22,7 +22,7 @@ from ..db import error_line
 from ..errors import PartguardError
 from .common import DECLINED
 
-SUBCOMMANDS = ("check", "fix", "maintain", "metrics", "systemd", "k8s", "demo")
+SUBCOMMANDS = ("check", "fix", "split", "maintain", "metrics", "systemd", "k8s", "demo")
 
 # Server errors that reach the CLI unwrapped still get the code their meaning has.
 _SQLSTATE_EXIT = {"42501": 77, "55P03": 75}

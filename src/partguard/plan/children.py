@@ -120,13 +120,18 @@ def _split(parent: str, head: str, fmt: str | None, tz: str | None) -> Naming:
 
 def bound_literal(value: Key, table: Table) -> sql.Composable:
     """A bound as a typed literal, so the CHECK and FOR VALUES compare as the key does."""
+    return key_literal(value, table.key_type)
+
+
+def key_literal(value: Key, key_type: str) -> sql.Composable:
+    """``bound_literal`` from the key's type alone (a plan read back from the journal)."""
     if isinstance(value, datetime) and value.tzinfo is not None:
         text = value.astimezone(ZoneInfo("UTC")).isoformat(sep=" ")
     elif isinstance(value, (datetime, date)):
         text = value.isoformat(sep=" ") if isinstance(value, datetime) else value.isoformat()
     else:
         return sql.Literal(int(value))
-    return sql.SQL("{}::{}").format(sql.Literal(text), sql.SQL(_SAFE_TYPES[table.key_type]))
+    return sql.SQL("{}::{}").format(sql.Literal(text), sql.SQL(_SAFE_TYPES[key_type]))
 
 
 _SAFE_TYPES = {
