@@ -9,12 +9,14 @@ set the writer committed, each exactly once.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -295,3 +297,35 @@ def test_live_writes_continue_while_fix_waits_for_a_lock(incident: psycopg.Conne
     writer.stop()
     assert writer.errors == []
     assert writer.max_latency < 2.0
+
+
+def test_auto_ends_with_exact_children_under_live_writes(
+    incident: psycopg.Connection, dsn: str, partman_version: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``fix`` (auto): the instant swap gives live writes real children within seconds, then the
+    wide child is re-cut online; the table ends with one child per day, every row exactly once,
+    no write failed, and partman's own maintenance (premake raised) works."""
+    from test_fix_cases import PARTMAN_FORMATS, assert_partman_healthy, kids
+
+    before = ids(incident)
+    writer = Writer(dsn).start()
+    reader = Reader(dsn, OUTAGE_ROWS).start()
+    try:
+        rc = main(["fix", "-d", dsn, "public.fixes", "--yes", "--jobs", "2"])
+    finally:
+        writer.stop()
+        reader.stop()
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "fixed with instant+recut" in out and "re-cut online into" in out, out
+    assert writer.errors == [] and len(writer.committed) > 20
+    assert reader.reads > 0 and reader.shortfalls == [], f"{len(reader.shortfalls)} reads missed outage rows"
+    assert_exactly_once(incident, before, writer)
+    assert default_rows(incident) == 0
+    ks = kids(incident, "public.fixes")
+    assert all(k.upper - k.lower == timedelta(days=1) for k in ks), [(k.name, k.lower, k.upper) for k in ks]
+    assert all(a.upper == b.lower for a, b in itertools.pairwise(ks)), "a hole or an overlap"
+    if partman_version is not None:
+        assert_partman_healthy(dsn, "public.fixes", PARTMAN_FORMATS[int(partman_version[0])]["1 day"], "UTC")
+    rc = main(["check", "-d", dsn, "-t", "public.fixes"])
+    assert rc == 0, capsys.readouterr().out

@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from ..commands.fix import FixOutcome, FixRequest, abort, fix
+from ..commands.exact import fix_exact
+from ..commands.fix import FixOutcome, FixRequest, abort
 from ..commands.unfinished import runs_status
 from ..db import ConnParams, connect, parse_duration
 from ..errors import Aborted, UsageError
@@ -85,7 +86,7 @@ def command(params: ConnParams, table: str | None,
     conn = connect(params)
     progress = _ProgressPrinter()
     try:
-        outcome = fix(conn, params, req, confirm=None if yes else _confirm, on_progress=progress)
+        outcome = fix_exact(conn, params, req, confirm=None if yes else _confirm, on_progress=progress)
     finally:
         progress.close()
         conn.close()
@@ -193,6 +194,13 @@ def _print_outcome(o: FixOutcome) -> None:
         click.echo(f"{o.table}: {o.status.replace('_', ' ')}" + (f" ({'; '.join(o.notes)})" if o.notes else ""))
         return
     click.echo(f"{o.table}: fixed with {o.strategy} in {o.duration_s:.2f}s, longest lock {o.longest_lock_s * 1000:.0f} ms")
+    if o.recut:
+        r = o.recut
+        made = sum(len(x["targets"]) for x in r["recuts"])
+        click.echo(f"  live writes had real children after {r['live_children_after_s']:.2f}s (the instant swap); "
+                   f"then the wide child was re-cut online into {made} exact children in {r['duration_s']:.2f}s "
+                   f"({sum(x['rows_copied'] for x in r['recuts'])} rows, "
+                   f"{sum(x['changes_replayed'] for x in r['recuts'])} concurrent changes replayed)")
     if o.rows_moved:
         now = f"{o.rows_this_run} of them in this run, " if o.resumed else ""
         click.echo(f"  rows copied: {o.rows_moved} ({now}{o.rate_rows_s:.0f} rows/s)")

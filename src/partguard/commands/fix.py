@@ -74,6 +74,7 @@ class FixOutcome:
     maintenance: str | None = None
     estimate_s: float | None = None  # dry-run: a rough duration, from the DEFAULT's size
     findings_after: list[dict[str, Any]] = field(default_factory=list)  # check, re-run after the fix
+    recut: dict[str, Any] | None = None  # auto after instant: the wide child's re-cut (commands/exact.py)
     notes: list[str] = field(default_factory=list)
 
 
