@@ -233,7 +233,7 @@ def record(conn: Conn, run_id: int, outcomes: Sequence[TableOutcome], status_tex
     """Each table's outcome and the run's status, in one transaction."""
     with conn.transaction():
         for o in outcomes:
-            journal.record_maintenance_table(conn, run_id, o.table, o.journal_status, o.message)
+            journal.record_maintenance_table(conn, run_id, o.table, o.status, o.message)
         journal.finish_maintenance(conn, run_id, status_text, {
             "tables": len(outcomes), "failed": [o.table for o in outcomes if o.severity >= CRITICAL]})
 

@@ -87,11 +87,6 @@ class TableOutcome:
             parts.append(self.message)
         return f"{self.table}: {', '.join(parts)}"
 
-    @property
-    def journal_status(self) -> str:
-        """What ``partguard.maintenance_table`` records: 'ok' only for a healthy success."""
-        return "ok" if self.status == "ok" and self.severity < CRITICAL else self.status
-
 
 @dataclass(frozen=True)
 class MaintainReport:
