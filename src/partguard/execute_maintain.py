@@ -57,7 +57,6 @@ class Event(Protocol):
     def __call__(self, msg: str, level: int = logging.INFO) -> None: ...
 
 
-
 @dataclass(frozen=True)
 class Limits:
     lock_timeout: float = 5.0  # one try of a table's locks, in attempts of lock_attempt
@@ -69,9 +68,13 @@ class Limits:
 class Session:
     """One maintenance run's connection; ``lost`` is set once it cannot be re-established."""
 
-    def __init__(self, conninfo: str, retry_for: float, limits: Limits,
-                 on_event: Event) -> None:
-        self.conninfo, self.retry_for, self.limits, self._event = conninfo, retry_for, limits, on_event
+    def __init__(self, conninfo: str, retry_for: float, limits: Limits, on_event: Event) -> None:
+        self.conninfo, self.retry_for, self.limits, self._event = (
+            conninfo,
+            retry_for,
+            limits,
+            on_event,
+        )
         self.attempts = 0
         self.notices: list[tuple[str, str]] = []  # (severity, text) the server sent
         self.lost: str | None = None
@@ -87,7 +90,10 @@ class Session:
         conn = connect_retrying(self.conninfo, self.retry_for, on_attempt=attempt)
         self.attempts += 1
         conn.add_notice_handler(
-            lambda d: self.notices.append((d.severity_nonlocalized or d.severity or "", d.message_primary or "")))
+            lambda d: self.notices.append(
+                (d.severity_nonlocalized or d.severity or "", d.message_primary or "")
+            )
+        )
         self._conn = conn
         return conn
 
@@ -109,8 +115,15 @@ class Session:
             conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(ms))
             return work(conn)
 
-        return run_locked(self.conn, wrapped, lock_timeout=lim.lock_timeout, retries=lim.lock_retries,
-                          relations=relations, what=what, attempt_timeout=lim.lock_attempt)
+        return run_locked(
+            self.conn,
+            wrapped,
+            lock_timeout=lim.lock_timeout,
+            retries=lim.lock_retries,
+            relations=relations,
+            what=what,
+            attempt_timeout=lim.lock_attempt,
+        )
 
 
 def relations(target: Target, state: TableState) -> list[int]:
@@ -132,7 +145,9 @@ def read_state(session: Session, target: Target, server: Server) -> TableState:
 
 @dataclass(frozen=True)
 class PartmanCall:
-    said: tuple[tuple[str, str], ...] = ()  # what the server sent, + UNCONFIRMED when 5.1+ did not stamp
+    said: tuple[
+        tuple[str, str], ...
+    ] = ()  # what the server sent, + UNCONFIRMED when 5.1+ did not stamp
     locked: bool = False  # partman did nothing: its advisory lock was held
     holder: LockHolder | None = None  # by whom (when locked)
 
@@ -142,8 +157,14 @@ class _Locked(Exception):
 
 
 def call_partman(
-    session: Session, partman: Partman, target: Target, state: TableState, tz: str, *,
-    hold_retention: bool, confirms: bool,
+    session: Session,
+    partman: Partman,
+    target: Target,
+    state: TableState,
+    tz: str,
+    *,
+    hold_retention: bool,
+    confirms: bool,
 ) -> PartmanCall:
     """``run_maintenance(parent)`` in one transaction under the run's lock discipline, in the
     table's zone. partman 5.5's swallowed lock timeouts are raised as lock timeouts (and so
@@ -164,8 +185,12 @@ def call_partman(
             # partman's retention would drop a wide child whose later rows are still inside
             # the window: hold retention back for this one call, in this transaction only;
             # nobody else ever sees the change, which is undone before the commit.
-            conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS partguard_retention "
-                                 "ON COMMIT DROP AS SELECT retention FROM {} {}").format(cfg_table, where))
+            conn.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE IF NOT EXISTS partguard_retention "
+                    "ON COMMIT DROP AS SELECT retention FROM {} {}"
+                ).format(cfg_table, where)
+            )
             conn.execute(sql.SQL("UPDATE {} SET retention = NULL {}").format(cfg_table, where))
         try:
             conn.execute(stmt)
@@ -174,8 +199,11 @@ def call_partman(
                 raise pgerrors.LockNotAvailable(server_message(exc)[0]) from exc
             raise
         if hold_retention:
-            conn.execute(sql.SQL("UPDATE {} SET retention = (SELECT retention FROM partguard_retention) {}")
-                         .format(cfg_table, where))
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {} SET retention = (SELECT retention FROM partguard_retention) {}"
+                ).format(cfg_table, where)
+            )
         if any(ALREADY_RUNNING in text for _, text in session.notices):
             raise _Locked()
         if skipped_for_a_lock(session.notices):
@@ -184,19 +212,29 @@ def call_partman(
         if confirms:
             after = _scalar(conn, partman.last_run_sql(parent))
             if after is None or after == before:
-                said.append((UNCONFIRMED, f"maintenance_last_run {'is NULL' if after is None else 'did not move'}"))
+                said.append(
+                    (
+                        UNCONFIRMED,
+                        f"maintenance_last_run {'is NULL' if after is None else 'did not move'}",
+                    )
+                )
         return tuple(said)
         # partman's own record of a skipped set (maintenance_last_run = NULL) is committed
 
     try:
-        said = session.locked(work, relations(target, state), f"{target.qualname}: partman.run_maintenance")
+        said = session.locked(
+            work, relations(target, state), f"{target.qualname}: partman.run_maintenance"
+        )
     except _Locked:
-        return PartmanCall(locked=True, holder=maintenance_lock_holder(session.conn, partman) or holder)
+        return PartmanCall(
+            locked=True, holder=maintenance_lock_holder(session.conn, partman) or holder
+        )
     return PartmanCall(said)
 
 
-def premake(session: Session, target: Target, state: TableState, plan: PremakePlan,
-            on_event: Event) -> tuple[tuple[str, ...], Refusal | None]:
+def premake(
+    session: Session, target: Target, state: TableState, plan: PremakePlan, on_event: Event
+) -> tuple[tuple[str, ...], Refusal | None]:
     """Create the plan's children one transaction each; stop at the first range the DEFAULT
     holds rows of (probed first; PostgreSQL's own CHECK catches a row that arrives since)."""
     rels = relations(target, state)
@@ -208,7 +246,9 @@ def premake(session: Session, target: Target, state: TableState, plan: PremakePl
         ):
             return tuple(created), default_refusal(step.lower, step.upper)
         try:
-            session.locked(partial(_run, step.create), rels, f"{target.qualname}: creating {step.name}")
+            session.locked(
+                partial(_run, step.create), rels, f"{target.qualname}: creating {step.name}"
+            )
         except pgerrors.CheckViolation:  # a row for the range arrived since the probe
             return tuple(created), default_refusal(step.lower, step.upper)
         on_event(f"{target.qualname}: created {step.qualname} for {step.lower} … {step.upper}")
@@ -216,12 +256,21 @@ def premake(session: Session, target: Target, state: TableState, plan: PremakePl
     return tuple(created), plan.refused
 
 
-def retire(session: Session, state: TableState, spec: TableSpec, server: Server, tz: str,
-           on_event: Event) -> RetentionOutcome:
+def retire(
+    session: Session, state: TableState, spec: TableSpec, server: Server, tz: str, on_event: Event
+) -> RetentionOutcome:
     """Native retention: never raises, its failures are the outcome."""
     lim = session.limits
-    return apply_retention(session.conn, state, spec, server, tz, on_event=on_event,
-                           lock_timeout=lim.lock_timeout, retries=lim.lock_retries)
+    return apply_retention(
+        session.conn,
+        state,
+        spec,
+        server,
+        tz,
+        on_event=on_event,
+        lock_timeout=lim.lock_timeout,
+        retries=lim.lock_retries,
+    )
 
 
 def start_journal(conn: Conn, targets: Sequence[Target]) -> int:
@@ -234,8 +283,15 @@ def record(conn: Conn, run_id: int, outcomes: Sequence[TableOutcome], status_tex
     with conn.transaction():
         for o in outcomes:
             journal.record_maintenance_table(conn, run_id, o.table, o.status, o.message)
-        journal.finish_maintenance(conn, run_id, status_text, {
-            "tables": len(outcomes), "failed": [o.table for o in outcomes if o.severity >= CRITICAL]})
+        journal.finish_maintenance(
+            conn,
+            run_id,
+            status_text,
+            {
+                "tables": len(outcomes),
+                "failed": [o.table for o in outcomes if o.severity >= CRITICAL],
+            },
+        )
 
 
 def _scalar(conn: Conn, query: sql.Composed) -> Any:

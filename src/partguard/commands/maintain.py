@@ -71,8 +71,15 @@ from ..plan.maintain import (
 from . import fix
 from .partman_calls import server_message, stuck_partman_locks
 
-__all__ = ["STATUS_TEXT", "VERIFY_CODES", "MaintainOptions", "MaintainReport", "MaintenanceFailed",
-           "TableOutcome", "maintain"]
+__all__ = [
+    "STATUS_TEXT",
+    "VERIFY_CODES",
+    "MaintainOptions",
+    "MaintainReport",
+    "MaintenanceFailed",
+    "TableOutcome",
+    "maintain",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +92,9 @@ class MaintenanceFailed(PartguardError):
 
 @dataclass(frozen=True)
 class MaintainOptions:
-    tables: tuple[str, ...] = ()  # empty: every partman table with automatic_maintenance + the config's
+    tables: tuple[
+        str, ...
+    ] = ()  # empty: every partman table with automatic_maintenance + the config's
     retry_for: float = 600.0  # seconds to keep retrying refused connections
     lock_timeout: float = 5.0  # one try of a table's locks, in attempts of lock_attempt
     lock_retries: int = 2
@@ -106,7 +115,9 @@ def maintain(
             on_event(msg)
 
     started = datetime.now(UTC)
-    limits = Limits(options.lock_timeout, options.lock_retries, options.lock_attempt, options.statement_timeout)
+    limits = Limits(
+        options.lock_timeout, options.lock_retries, options.lock_attempt, options.statement_timeout
+    )
     session = Session(params.conninfo("partguard maintain"), options.retry_for, limits, event)
     try:
         session.connect()
@@ -131,15 +142,25 @@ class _Job:
     first: dict[str, TableState] = field(default_factory=dict)
 
 
-def _run(params: ConnParams, options: MaintainOptions, session: Session, started: datetime,
-         event: Event) -> MaintainReport:
+def _run(
+    params: ConnParams, options: MaintainOptions, session: Session, started: datetime, event: Event
+) -> MaintainReport:
     conn = session.conn
     database = str(conn.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
     if in_recovery(conn):  # an HA pair's timer on the standby: not a failure
         why = f"nothing to do: {STANDBY_NOTE}; maintenance runs on the primary"
         event(why, logging.INFO)
-        return MaintainReport(database, started, datetime.now(UTC), OK, STATUS_TEXT[OK], None,
-                              session.attempts, (), skipped=why)
+        return MaintainReport(
+            database,
+            started,
+            datetime.now(UTC),
+            OK,
+            STATUS_TEXT[OK],
+            None,
+            session.attempts,
+            (),
+            skipped=why,
+        )
     refuse_pooler(conn, params.conninfo("partguard maintain"), "maintain")
     ctx = Context(params.command_args(database), session_timezone(conn))
     try:
@@ -168,15 +189,26 @@ def _run(params: ConnParams, options: MaintainOptions, session: Session, started
             record(session.conn, run_id, outcomes, STATUS_TEXT[status])
         except psycopg.Error as exc:
             messages.append(f"cannot record the run: {server_message(exc)[0]}")
-    return MaintainReport(database, started, datetime.now(UTC), status, STATUS_TEXT[status], run_id,
-                          session.attempts, tuple(outcomes), tuple(messages))
+    return MaintainReport(
+        database,
+        started,
+        datetime.now(UTC),
+        status,
+        STATUS_TEXT[status],
+        run_id,
+        session.attempts,
+        tuple(outcomes),
+        tuple(messages),
+    )
 
 
 def _targets(conn: Conn, options: MaintainOptions) -> tuple[Partman | None, list[Target]]:
     """Read what the decision needs (partman, part_config, the names resolved), then decide."""
     partman = find_partman(conn)
     configs = read_configs(conn, partman)
-    lookup = {name: _lookup(conn, name) for name in target_names(configs, options.config, options.tables)}
+    lookup = {
+        name: _lookup(conn, name) for name in target_names(configs, options.config, options.tables)
+    }
     return partman, plan_targets(lookup, configs, options.config, options.tables)
 
 
@@ -200,14 +232,18 @@ def _guarded(job: _Job, target: Target) -> TableOutcome:
             if not (session.conn.closed or session.conn.broken):
                 line, full = server_message(exc)
                 return target.outcome("failed", CRITICAL, line, detail=full)
-            job.event(f"{target.qualname}: connection lost ({server_message(exc)[0]}); reconnecting",
-                      logging.WARNING)
+            job.event(
+                f"{target.qualname}: connection lost ({server_message(exc)[0]}); reconnecting",
+                logging.WARNING,
+            )
             try:
                 session.connect()
             except ConnectionFailed as cf:
                 session.lost = f"connection lost and not re-established: {cf}"
             if attempt == 2:
-                return target.outcome("failed", CRITICAL, f"connection lost twice: {error_line(exc)}")
+                return target.outcome(
+                    "failed", CRITICAL, f"connection lost twice: {error_line(exc)}"
+                )
         except PartguardError as exc:
             return target.outcome("failed", CRITICAL, str(exc).removeprefix(f"{target.qualname}: "))
     raise AssertionError("unreachable")
@@ -238,12 +274,23 @@ def _partman(job: _Job, target: Target, state: TableState) -> TableOutcome:
         return refused
     early = early_drops(state)
     try:
-        call = call_partman(job.session, job.partman, target, state, job.ctx.zone(target),
-                            hold_retention=bool(early), confirms=confirms(target.config))
+        call = call_partman(
+            job.session,
+            job.partman,
+            target,
+            state,
+            job.ctx.zone(target),
+            hold_retention=bool(early),
+            confirms=confirms(target.config),
+        )
     except pgerrors.QueryCanceled as exc:
         line, full = server_message(exc)
-        return target.outcome("failed", CRITICAL, f"statement_timeout ({job.options.statement_timeout:g}s) "
-                              f"expired: {line}", detail=full)
+        return target.outcome(
+            "failed",
+            CRITICAL,
+            f"statement_timeout ({job.options.statement_timeout:g}s) expired: {line}",
+            detail=full,
+        )
     if call.locked:
         return blocked(target, call.holder)
     return held_back(partman_verdict(target, call.said), early, state.table, job.ctx.command)
@@ -277,9 +324,11 @@ def _fix_default(job: _Job, t: Target, o: TableOutcome) -> TableOutcome:
     job.event(f"{t.qualname}: --fix-default: repairing the DEFAULT", logging.INFO)
     conn, spec = job.session.conn, (t.spec if t.config is None else None)
     req = fix.FixRequest(
-        table=sql.Identifier(*t.ident).as_string(conn), lock_timeout=job.options.lock_timeout,
+        table=sql.Identifier(*t.ident).as_string(conn),
+        lock_timeout=job.options.lock_timeout,
         lock_attempt=job.options.lock_attempt,
-        interval=spec.interval if spec else None, tz=spec.tz if spec else None,
+        interval=spec.interval if spec else None,
+        tz=spec.tz if spec else None,
     )
     try:
         done = fix.fix(conn, job.session.conninfo, req)
@@ -288,5 +337,13 @@ def _fix_default(job: _Job, t: Target, o: TableOutcome) -> TableOutcome:
     again = _guarded(job, t)
     server = read_server(job.session.conn)
     state = read_state(job.session, t, server) if again.status == "ok" else None
-    return after_repair(t, o, again, repair_note(done.status, done.rows_moved), state,
-                        job.first.get(t.qualname), server, job.ctx)
+    return after_repair(
+        t,
+        o,
+        again,
+        repair_note(done.status, done.rows_moved),
+        state,
+        job.first.get(t.qualname),
+        server,
+        job.ctx,
+    )

@@ -80,7 +80,9 @@ class TableOutcome:
         head = "ok" if self.severity == OK else STATUS_TEXT[self.severity]
         parts = [head if self.status == "ok" else f"{head} ({self.status})"]
         if self.created:
-            parts.append(f"created {len(self.created)} child{'ren' if len(self.created) != 1 else ''}")
+            parts.append(
+                f"created {len(self.created)} child{'ren' if len(self.created) != 1 else ''}"
+            )
         if self.runway is not None:
             parts.append(f"runway {self.runway}")
         if self.message:
@@ -116,13 +118,16 @@ class Target:
         return "partman" if self.config is not None else "native"
 
     def zone(self, session_tz: str) -> str:
-        """The zone partman (and native premaking) runs in: partguard.toml's tz, else the session's."""
+        """The zone partman (or native premaking) runs in: the toml's tz, else the session's."""
         return (self.spec.tz if self.spec and self.spec.tz else None) or session_tz
 
     def read_options(self) -> Options:
-        # partguard.toml's tz is the zone maintain runs partman in (zone()): partman's, by definition.
+        # partguard.toml's tz is the zone maintain runs partman in (zone()): partman's, by
+        # definition.
         spec = self.spec
-        return Options(interval=spec.interval if spec else None, tz=spec.tz if spec else None, force_tz=True)
+        return Options(
+            interval=spec.interval if spec else None, tz=spec.tz if spec else None, force_tz=True
+        )
 
     def outcome(self, status: str, severity: int, message: str = "", **kw: Any) -> TableOutcome:
         return TableOutcome(self.qualname, self.kind, status, severity, message, **kw)
@@ -144,7 +149,9 @@ Resolved = tuple[int, str, str]
 Lookup = Mapping[str, "Resolved | PartguardError"]
 
 
-def target_names(configs: Mapping[str, PartmanConfig], config: Config, tables: Sequence[str]) -> list[str]:
+def target_names(
+    configs: Mapping[str, PartmanConfig], config: Config, tables: Sequence[str]
+) -> list[str]:
     """Every name ``plan_targets`` will ask about (to be resolved against the catalog first)."""
     names = [s.name for s in config.tables] + list(tables)
     if not tables:
@@ -163,8 +170,15 @@ def plan_targets(
     for spec in config.tables:
         found = lookup[spec.name]
         if isinstance(found, PartguardError):
-            missing.append(Target(spec.name, None, None, spec,
-                                  skip=f"partguard.toml names {spec.name}, which does not exist"))
+            missing.append(
+                Target(
+                    spec.name,
+                    None,
+                    None,
+                    spec,
+                    skip=f"partguard.toml names {spec.name}, which does not exist",
+                )
+            )
         else:
             specs[found[0]] = spec
     explicit = bool(tables)
@@ -180,25 +194,46 @@ def plan_targets(
             if explicit:
                 raise found
             if name in configs:
-                missing.append(Target(name, None, configs[name], None,
-                                      skip=f"part_config names {name}, which does not exist"))
+                missing.append(
+                    Target(
+                        name,
+                        None,
+                        configs[name],
+                        None,
+                        skip=f"part_config names {name}, which does not exist",
+                    )
+                )
             continue
         oid, schema, rel = found
         cfg = config_for(configs, schema, rel)
         tspec = specs.get(oid)
         if cfg is not None and tspec is not None and tspec.interval is not None:
-            raise UsageError(f"{name} is managed by pg_partman: set its interval and premake in "
-                             "part_config; partguard.toml may only pin its tz")
+            raise UsageError(
+                f"{name} is managed by pg_partman: set its interval and premake in "
+                "part_config; partguard.toml may only pin its tz"
+            )
         if cfg is None and (tspec is None or tspec.interval is None):
             if explicit:
-                raise UsageError(f"{name} is neither managed by pg_partman nor configured in "
-                                 "partguard.toml (give it an interval there)")
-            missing.append(Target(f"{schema}.{rel}", None, None, tspec, (schema, rel),
-                                  "partguard.toml gives it no interval and pg_partman does not manage it"))
+                raise UsageError(
+                    f"{name} is neither managed by pg_partman nor configured in "
+                    "partguard.toml (give it an interval there)"
+                )
+            missing.append(
+                Target(
+                    f"{schema}.{rel}",
+                    None,
+                    None,
+                    tspec,
+                    (schema, rel),
+                    "partguard.toml gives it no interval and pg_partman does not manage it",
+                )
+            )
             continue
         out[oid] = Target(f"{schema}.{rel}", oid, cfg, tspec, (schema, rel))
     unique = {t.qualname: t for t in missing}
-    return sorted(out.values(), key=lambda t: t.qualname) + sorted(unique.values(), key=lambda t: t.qualname)
+    return sorted(out.values(), key=lambda t: t.qualname) + sorted(
+        unique.values(), key=lambda t: t.qualname
+    )
 
 
 # --- pg_partman ---------------------------------------------------------------------------
@@ -213,17 +248,24 @@ def refuse_partman(target: Target, state: TableState, command: str) -> TableOutc
     last_upper = table.children[-1].upper if table.children else None
     if p is None or p.max_key is None or (last_upper is not None and p.max_key < last_upper):  # type: ignore[operator]
         return None
-    return target.outcome("refused", CRITICAL,
-                          f"the DEFAULT holds rows up to {fmt_key(p.max_key, zone)}, beyond the "
-                          f"newest child (ends {fmt_key(last_upper, zone)}); partman cannot premake "
-                          f"over them; {repair_advice(table, command)}")
+    return target.outcome(
+        "refused",
+        CRITICAL,
+        f"the DEFAULT holds rows up to {fmt_key(p.max_key, zone)}, beyond the "
+        f"newest child (ends {fmt_key(last_upper, zone)}); partman cannot premake "
+        f"over them; {repair_advice(table, command)}",
+    )
 
 
 def early_drops(state: TableState) -> tuple[str, ...]:
     """Children partman's retention would drop while rows of them are still inside the
     window (it takes a child's end as start + interval, pg_partman #776): for these,
     retention is held back for the call."""
-    return tuple(d.child.name for d, newest in state.partman_drops if newest is not None and le(d.cutoff, newest))
+    return tuple(
+        d.child.name
+        for d, newest in state.partman_drops
+        if newest is not None and le(d.cutoff, newest)
+    )
 
 
 def confirms(config: PartmanConfig) -> bool:
@@ -242,19 +284,25 @@ def partman_verdict(target: Target, said: Sequence[tuple[str, str]]) -> TableOut
         return target.outcome("failed", CRITICAL, one_line(skipped[0]), detail="\n".join(skipped))
     unconfirmed = [text for sev, text in said if sev == UNCONFIRMED]
     if unconfirmed:
-        return target.outcome("failed", CRITICAL, f"pg_partman did not confirm the run ({unconfirmed[0]})")
+        return target.outcome(
+            "failed", CRITICAL, f"pg_partman did not confirm the run ({unconfirmed[0]})"
+        )
     warnings = [text for sev, text in said if sev == "WARNING"]
     return target.outcome("ok", OK, detail="\n".join(warnings))
 
 
-def held_back(outcome: TableOutcome, early: Sequence[str], table: Table, command: str) -> TableOutcome:
+def held_back(
+    outcome: TableOutcome, early: Sequence[str], table: Table, command: str
+) -> TableOutcome:
     """A successful call that ran with retention held back is a warning naming the re-cut."""
     if not early or outcome.status != "ok":
         return outcome
     names = ", ".join(quote_name(n) for n in early)
-    return replace(outcome, severity=WARNING, message=join(outcome.message, (
+    why = (
         f"partman's retention held back for this run: it would drop {names} while rows of "
-        f"it are still inside the window; re-cut it onto the grid: {split_command(table, command)}")))
+        f"it are still inside the window; re-cut it onto the grid: {split_command(table, command)}"
+    )
+    return replace(outcome, severity=WARNING, message=join(outcome.message, why))
 
 
 def blocked(target: Target, holder: LockHolder | None) -> TableOutcome:
@@ -262,11 +310,17 @@ def blocked(target: Target, holder: LockHolder | None) -> TableOutcome:
     who = holder.describe() if holder else "a session that has since let go"
     hint = ""
     if holder is not None and holder.state.startswith("idle"):
-        hint = (f"; an idle holder is a failed run_maintenance_proc() that kept its session lock: "
-                f"end it with SELECT pg_terminate_backend({holder.pid})")
-    return target.outcome("blocked", CRITICAL,
-                          f"pg_partman did nothing ('Partman maintenance already running'): its advisory "
-                          f"lock is held by {who}{hint}", blocker=who)
+        hint = (
+            f"; an idle holder is a failed run_maintenance_proc() that kept its session lock: "
+            f"end it with SELECT pg_terminate_backend({holder.pid})"
+        )
+    return target.outcome(
+        "blocked",
+        CRITICAL,
+        f"pg_partman did nothing ('Partman maintenance already running'): its advisory "
+        f"lock is held by {who}{hint}",
+        blocker=who,
+    )
 
 
 def stuck_lock_problems(
@@ -277,9 +331,12 @@ def stuck_lock_problems(
     nothing. On 5.x that lock is not the one ``run_maintenance(parent)`` takes, so our own
     run succeeds regardless: the leak itself is reported, naming the holder."""
     already = any(o.status == "blocked" for o in outcomes)
-    return [(CRITICAL, stuck_lock_message(key, h)) for key, h in locks
-            # 4.x: the same key, already reported per table as "blocked"
-            if not (key == "pg_partman run_maintenance" and already)]
+    return [
+        (CRITICAL, stuck_lock_message(key, h))
+        for key, h in locks
+        # 4.x: the same key, already reported per table as "blocked"
+        if not (key == "pg_partman run_maintenance" and already)
+    ]
 
 
 # --- native premaking -----------------------------------------------------------------------
@@ -293,7 +350,7 @@ def premake_plan(target: Target, state: TableState, server: Server, tz: str) -> 
 
 
 def default_refusal(step_lower: Any, step_upper: Any) -> Refusal:
-    """The refusal when a probe (or PostgreSQL's CHECK) finds rows of a step's range in the DEFAULT."""
+    """A probe (or PostgreSQL's CHECK) found rows of a step's range in the DEFAULT."""
     return Refusal(step_lower, step_upper, "the DEFAULT holds rows of this range")
 
 
@@ -303,24 +360,34 @@ def native_verdict(
     if refusal is None:
         return target.outcome("ok", OK, created=tuple(created))
     zone = _zone(state)
-    msg = (f"not creating a child for {fmt_key(refusal.lower, zone)} … {fmt_key(refusal.upper, zone)}: "
-           f"{refusal.reason}")
+    lo, hi = fmt_key(refusal.lower, zone), fmt_key(refusal.upper, zone)
+    msg = f"not creating a child for {lo} … {hi}: {refusal.reason}"
     if "DEFAULT" in refusal.reason:
         msg += f"; {repair_advice(state.table, command)}"
     return target.outcome("refused", CRITICAL, msg, created=tuple(created))
 
 
-def with_retention(done: TableOutcome, severity: int, message: str, retired: tuple[str, ...]) -> TableOutcome:
+def with_retention(
+    done: TableOutcome, severity: int, message: str, retired: tuple[str, ...]
+) -> TableOutcome:
     """Premaking's outcome with native retention's (commands/retention.py) folded in."""
-    return replace(done, severity=worse(done.severity, severity), message=join(done.message, message),
-                   retired=retired)
+    return replace(
+        done,
+        severity=worse(done.severity, severity),
+        message=join(done.message, message),
+        retired=retired,
+    )
 
 
 # --- after the fact ---------------------------------------------------------------------------
 
 
 def judge(
-    target: Target, outcome: TableOutcome, state: TableState, first: TableState | None, server: Server,
+    target: Target,
+    outcome: TableOutcome,
+    state: TableState,
+    first: TableState | None,
+    server: Server,
     ctx: Context,
 ) -> TableOutcome:
     """Runway at least premake and no rows in the DEFAULT, else the finding's severity.
@@ -344,10 +411,14 @@ def judge(
     ahead = None if rw is None else (rw.ids if rw.ids is not None else rw.seconds)
     covered = None if rw is None else (rw.frontier if rw.frontier is not None else rw.last_upper)
     return replace(
-        outcome, severity=severity, message=msg, created=created,
+        outcome,
+        severity=severity,
+        message=msg,
+        created=created,
         covered_until=None if covered is None else str(covered),
         runway_seconds=None if ahead is None else float(ahead),
-        runway=human_runway(ahead, state), findings=tuple(finding_dict(f) for f in mine),
+        runway=human_runway(ahead, state),
+        findings=tuple(finding_dict(f) for f in mine),
     )
 
 
@@ -361,18 +432,28 @@ def repair_note(status: str, rows_moved: int) -> str:
 
 
 def after_repair(
-    target: Target, before: TableOutcome, again: TableOutcome, note: str, state: TableState | None,
-    first: TableState | None, server: Server, ctx: Context,
+    target: Target,
+    before: TableOutcome,
+    again: TableOutcome,
+    note: str,
+    state: TableState | None,
+    first: TableState | None,
+    server: Server,
+    ctx: Context,
 ) -> TableOutcome:
     """The verdict after ``--fix-default``: ``again`` is the table maintained once more and
     ``state`` the table after it (None when that run did not succeed: nothing to judge)."""
     if state is None or again.status != "ok":
         return replace(again, message=join(note, again.message), fixed=True)
     judged = judge(target, replace(again, message=note), state, first, server, ctx)
-    return replace(judged, created=tuple(sorted(set(before.created) | set(judged.created))), fixed=True)
+    return replace(
+        judged, created=tuple(sorted(set(before.created) | set(judged.created))), fixed=True
+    )
 
 
-def run_status(outcomes: Sequence[TableOutcome], problems: Sequence[tuple[int, str]], messages: Sequence[str]) -> int:
+def run_status(
+    outcomes: Sequence[TableOutcome], problems: Sequence[tuple[int, str]], messages: Sequence[str]
+) -> int:
     """The run's Nagios status: the worst of the tables and the run-wide problems; any
     message (a run that could not be recorded, say) makes an OK run a warning."""
     status = worse(*(o.severity for o in outcomes), *(p for p, _ in problems))
