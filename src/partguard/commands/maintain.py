@@ -68,7 +68,7 @@ from ..plan.maintain import (
     wants_repair,
     with_retention,
 )
-from . import fix
+from . import exact, fix
 from .partman_calls import server_message, stuck_partman_locks
 
 __all__ = [
@@ -331,7 +331,7 @@ def _fix_default(job: _Job, t: Target, o: TableOutcome) -> TableOutcome:
         tz=spec.tz if spec else None,
     )
     try:
-        done = fix.fix(conn, job.session.conninfo, req)
+        done = exact.fix_exact(conn, job.session.conninfo, req)  # auto: ends with exact children
     except (PartguardError, psycopg.Error) as exc:
         return replace(o, message=join(o.message, f"--fix-default failed: {error_line(exc)}"))
     again = _guarded(job, t)
