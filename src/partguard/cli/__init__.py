@@ -117,7 +117,7 @@ def fix_partitioned_table_main(argv: Sequence[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in args) or len(args) != 4:
         click.echo(
             "usage: fix-partitioned-table <database> <table_name> <partition_key> <timezone> \n"
-            "Repairs a DEFAULT partition with `partguard fix --strategy instant` (see partguard fix --help).",
+            "Repairs a DEFAULT partition with `partguard fix` (instant swap, then exact children; see partguard fix --help).",
             err=len(args) != 4,
         )
         return 0 if args and args[0] in ("-h", "--help") else 64
