@@ -23,10 +23,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from builders import create_parent
 from conftest import Run
 from psycopg import sql
 from test_fix_live import OUTAGE_ROWS, Writer, assert_exactly_once, ids, make_incident
+
+from partguard.testing import create_parent
 
 ATTEMPT = 0.05  # the default --lock-attempt
 BOUND = 10 * ATTEMPT

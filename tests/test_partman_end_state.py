@@ -18,7 +18,8 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from test_fix_cases import (
+
+from partguard.testing import (
     PARTMAN_FORMATS,
     Run,
     assert_check_ok,

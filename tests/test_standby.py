@@ -13,10 +13,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from builders import children, count, native_outage, partman_due
 from psycopg.conninfo import conninfo_to_dict
 
 from partguard.sandbox import Sandbox
+from partguard.testing import children, count, native_outage, partman_due
 
 Conn = psycopg.Connection[Any]
 Run = Callable[..., tuple[int, str, str]]
