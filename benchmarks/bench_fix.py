@@ -40,7 +40,8 @@ from partguard.commands.fix import FixOutcome, FixRequest, fix
 from partguard.db import ConnParams, connect
 from partguard.plan.fix import FixOptions
 from partguard.sandbox import Sandbox
-from partguard.testing import Insert, Writer, make_incident
+from partguard.testing.build import make_incident
+from partguard.testing.live import Insert, Writer
 
 # Tuned for bulk work. fsync/synchronous_commit/full_page_writes are off already (the
 # sandbox's defaults); autovacuum is off so no background worker competes for the 2 cores

@@ -22,15 +22,8 @@ from partguard.errors import TableNotFound, UnsupportedTable
 from partguard.inspect.data import loose_scan_sql, probe
 from partguard.inspect.grid import Interval, time_grid
 from partguard.sandbox import Sandbox
-from partguard.testing import (
-    children,
-    create_parent,
-    drop_children,
-    midnight,
-    native_daily,
-    partman_major,
-    utc_today,
-)
+from partguard.testing.build import create_parent, drop_children, native_daily
+from partguard.testing.catalog import children, midnight, partman_major, utc_today
 
 Run = Callable[..., tuple[int, str, str]]
 

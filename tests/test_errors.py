@@ -25,7 +25,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 import partguard.cli.check
 from partguard.db import error_line
-from partguard.testing import create_parent, native_daily, utc_today
+from partguard.testing.build import create_parent, native_daily
+from partguard.testing.catalog import utc_today
 
 Conn = psycopg.Connection[Any]
 

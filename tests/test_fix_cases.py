@@ -34,9 +34,21 @@ from partguard.cli import fix_partitioned_table_main
 from partguard.commands.fix import FixRequest, fix
 from partguard.db import connect
 from partguard.plan.fix import FixOptions
-from partguard.testing import (
+from partguard.testing.build import (
+    create_parent,
+    drop_children,
+    insert_ids,
+    insert_keys,
+    insert_spread,
+    make_table,
+    native_children,
+    native_incident,
+    partman_incident,
+    set_db_timezone,
+)
+from partguard.testing.catalog import Kid, default_of, kids, now, session, utc_midnight
+from partguard.testing.oracles import (
     PARTMAN_FORMATS,
-    Kid,
     assert_check_ok,
     assert_children_sane,
     assert_default_empty,
@@ -44,26 +56,11 @@ from partguard.testing import (
     assert_named,
     assert_no_default_index_names,
     assert_partman_healthy,
-    create_parent,
-    default_of,
-    drop_children,
     fingerprint,
     fix_cli,
-    insert_ids,
-    insert_keys,
-    insert_spread,
-    kids,
-    make_table,
-    native_children,
-    native_incident,
-    now,
-    partman_incident,
     quarantined,
     row_set,
-    session,
-    set_db_timezone,
     suffix,
-    utc_midnight,
 )
 
 Conn = psycopg.Connection[Any]

@@ -21,14 +21,9 @@ from psycopg import sql
 
 from partguard.cli import main
 from partguard.commands.fix import advisory_key
-from partguard.testing import (
-    Reader,
-    Writer,
-    assert_exactly_once,
-    fixes_writer,
-    live_incident,
-    public_catalog,
-)
+from partguard.testing.build import live_incident
+from partguard.testing.live import Reader, Writer, fixes_writer
+from partguard.testing.oracles import assert_exactly_once, public_catalog
 
 OUTAGE_ROWS = 30_000
 

@@ -19,7 +19,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from partguard.inspect.data import COUNT_CAP, RowCount, estimate_rows
-from partguard.testing import insert_outage, native_outage, partman_due, utc_today
+from partguard.testing.build import insert_outage, native_outage, partman_due
+from partguard.testing.catalog import utc_today
 
 Conn = psycopg.Connection[Any]
 Run = Callable[..., tuple[int, str, str]]

@@ -27,7 +27,9 @@ from conftest import Run
 from psycopg import sql
 from test_fix_live import OUTAGE_ROWS, assert_all_once, ids
 
-from partguard.testing import Writer, create_parent, fixes_writer, live_incident, public_catalog
+from partguard.testing.build import create_parent, live_incident
+from partguard.testing.live import Writer, fixes_writer
+from partguard.testing.oracles import public_catalog
 
 ATTEMPT = 0.05  # the default --lock-attempt
 BOUND = 10 * ATTEMPT

@@ -17,7 +17,7 @@ from psycopg import sql
 
 from partguard.cli import main
 from partguard.sandbox import Sandbox
-from partguard.testing import create_parent, drop_children
+from partguard.testing.build import create_parent, drop_children
 
 Conn = psycopg.Connection[Any]
 

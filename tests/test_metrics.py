@@ -22,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from partguard.cli import main
 from partguard.sandbox import Sandbox
-from partguard.testing import create_parent, drop_children, midnight, utc_today
+from partguard.testing.build import create_parent, drop_children
+from partguard.testing.catalog import midnight, utc_today
 
 ROOT = Path(__file__).resolve().parent.parent
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

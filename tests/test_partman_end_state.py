@@ -19,7 +19,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from partguard.testing import (
+from partguard.testing.build import insert_keys, partman_incident
+from partguard.testing.catalog import kids, now
+from partguard.testing.oracles import (
     PARTMAN_FORMATS,
     Run,
     assert_check_ok,
@@ -27,10 +29,6 @@ from partguard.testing import (
     assert_exactly_once,
     assert_partman_healthy,
     fix_cli,
-    insert_keys,
-    kids,
-    now,
-    partman_incident,
     row_set,
     run_partman_maintenance,
 )

@@ -24,7 +24,8 @@ from partguard.db import connect
 from partguard.errors import UsageError
 from partguard.inspect.catalog import read_tables
 from partguard.inspect.snapshot import Options, read_server, table_state
-from partguard.testing import create_parent, midnight, native_daily, utc_today
+from partguard.testing.build import create_parent, native_daily
+from partguard.testing.catalog import midnight, utc_today
 
 Conn = psycopg.Connection[Any]
 Run = Callable[..., tuple[int, str, str]]

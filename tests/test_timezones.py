@@ -35,7 +35,8 @@ from partguard.inspect.zones import (
     zone_info,
     zone_label,
 )
-from partguard.testing import children, create_parent, utc_today
+from partguard.testing.build import create_parent
+from partguard.testing.catalog import children, utc_today
 
 Conn = psycopg.Connection[Any]
 Run = Callable[..., tuple[int, str, str]]

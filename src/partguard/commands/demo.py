@@ -22,7 +22,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from ..sandbox import Sandbox
-from ..testing import Insert, Writer, exactly_once_fault, make_incident
+from ..testing.build import make_incident
+from ..testing.live import Insert, Writer
+from ..testing.oracles import exactly_once_fault
 
 log = logging.getLogger(__name__)
 
