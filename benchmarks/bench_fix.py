@@ -14,8 +14,9 @@ pressure during each run are printed next to the times to tell the two apart.
 
 The incident: ``public.fixes`` (26 columns like a GPS fix table, a generated STORED column,
 PK (id, received_at), indexes (received_at) and (device_id, received_at)), daily children by
-pg_partman 4.7 (``create_parent(... 'native', 'daily')``); maintenance stopped three days ago,
-so the children from then on are missing and N rows sit in the DEFAULT.
+pg_partman (the sandbox's default version; ``partguard.testing.make_incident``, as the tests
+and the demo build it); maintenance stopped three days ago, so the children from then on are
+missing and N rows sit in the DEFAULT.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +40,8 @@ from partguard.commands.fix import FixOutcome, FixRequest, fix
 from partguard.db import ConnParams, connect
 from partguard.plan.fix import FixOptions
 from partguard.sandbox import Sandbox
+from partguard.testing.build import make_incident
+from partguard.testing.live import Insert, Writer
 
 # Tuned for bulk work. fsync/synchronous_commit/full_page_writes are off already (the
 # sandbox's defaults); autovacuum is off so no background worker competes for the 2 cores
@@ -142,50 +144,18 @@ def row(conn: psycopg.Connection[Any], query: Any, params: Any = None) -> tuple[
 # --- the concurrent writer ---------------------------------------------------------
 
 
-@dataclass
-class Writer:
-    """Inserts a row every ~5 ms on its own connection; records what failed and how long
-    the slowest insert took (an insert waits for any lock on the parent or its DEFAULT)."""
+def bench_writer(dsn: str) -> Writer:
+    """A row every ~5 ms on its own connection (alternately now and a moment of the outage
+    days); records what failed and how long the slowest insert took (an insert waits for
+    any lock on the parent or its DEFAULT)."""
+    now_, outage = sql.SQL(WRITE_NOW), sql.SQL(WRITE_OUTAGE)
 
-    dsn: str
-    committed: set[int] = field(default_factory=set)
-    errors: list[str] = field(default_factory=list)
-    max_latency: float = 0.0
-    attempts: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    def inserts(tick: int, rid: int) -> list[Insert]:
+        return [("public.fixes", now_ if rid % 2 else outage, (rid, rid % 5000))]
 
-    def start(self) -> Writer:
-        self._conn = psycopg.connect(self.dsn, autocommit=True, application_name="bench-writer")
-        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
-        self._thread.start()
-        time.sleep(0.2)  # a few rows before the method starts
-        return self
-
-    def _run(self) -> None:
-        next_id = WRITER_FIRST_ID
-        while not self._stop.is_set():
-            next_id += 1
-            self.attempts += 1
-            stmt = WRITE_NOW if next_id % 2 else WRITE_OUTAGE
-            t0 = time.perf_counter()
-            try:
-                self._conn.execute(stmt, (next_id, next_id % 5000))
-                self.committed.add(next_id)
-            except psycopg.Error as exc:
-                self.errors.append((str(exc).strip().splitlines() or ["?"])[0])
-                if self._conn.broken:
-                    self._conn = psycopg.connect(self.dsn, autocommit=True, application_name="bench-writer")
-            self.max_latency = max(self.max_latency, time.perf_counter() - t0)
-            time.sleep(WRITER_PERIOD)
-
-    def stop(self) -> Writer:
-        time.sleep(0.1)  # a few rows after the method ends, too
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-        self._conn.close()
-        return self
+    # a few rows before the method starts, and after it ends
+    return Writer(dsn, inserts, next_id=WRITER_FIRST_ID, period=WRITER_PERIOD, warmup=0.2, linger=0.1,
+                  application_name="bench-writer")
 
 
 # --- results ------------------------------------------------------------------------
@@ -275,17 +245,9 @@ class Bench:
         with psycopg.connect(self.sb.dsn(name), autocommit=True, application_name="bench") as c:
             c.execute("CREATE EXTENSION pg_prewarm")
             c.execute(DDL)
-            row(c, """SELECT partman.create_parent(p_parent_table := 'public.fixes', p_control := 'received_at',
-                             p_type := 'native', p_interval := 'daily', p_premake := 4, p_jobmon := false,
-                             p_start_partition := (date_trunc('day', now()) - interval '10 days')::text)""")
-            # Maintenance "stopped" three days ago: every child from then on is missing.
-            doomed = c.execute("""
-                SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                WHERE i.inhparent = 'public.fixes'::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
-                  AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), '''(.*?)'''))[1]::timestamptz
-                      >= date_trunc('day', now()) - interval '3 days'""").fetchall()
-            for (child,) in doomed:
-                c.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("public", child)))
+            # Daily children by pg_partman; maintenance "stopped" three days ago: every child
+            # from then on is missing.
+            gap = make_incident(c, "public.fixes", key="received_at", partman=True, premake=4, jobmon=False)
             c.execute(LOAD, {"n": rows})
             c.execute("VACUUM (ANALYZE) public.fixes")
             in_default = row(c, "SELECT count(*) FROM public.fixes_default")[0]
@@ -295,7 +257,7 @@ class Bench:
                                     (SELECT count(*) FROM pg_inherits WHERE inhparent = 'public.fixes'::regclass)""")
         self.bases[rows] = (name, in_default, total)
         self.log(f"built {name}: {in_default} rows in the DEFAULT (heap {size[0]}, indexes {size[1]}), "
-                 f"{size[2]} partitions incl. DEFAULT, {len(doomed)} children dropped, "
+                 f"{size[2]} partitions incl. DEFAULT, none from {gap:%Y-%m-%d} on, "
                  f"{time.perf_counter() - t0:.1f}s")
 
     def fresh_copy(self, rows: int, label: str) -> str:
@@ -328,7 +290,7 @@ class Bench:
         dsn = self.sb.dsn(db)
         res = Result(label, rows, db=db)
         self.log(f"{label} @ {rows} rows ({db}) …")
-        w = Writer(dsn).start() if writer else None
+        w = bench_writer(dsn).start() if writer else None
         t0, stall0, cpu0 = time.perf_counter(), cpu_stall_us(), server_cpu_s(self.sb.datadir)
         try:
             method(dsn, res)

@@ -21,6 +21,9 @@ import pytest
 from psycopg import sql
 from psycopg.rows import TupleRow
 
+# The shared oracles (assert statements in partguard.testing) report like test code.
+pytest.register_assert_rewrite("partguard.testing")
+
 from partguard.errors import PartguardError
 from partguard.sandbox import Sandbox, Setting, find_pg_bin, partman_versions
 

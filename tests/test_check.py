@@ -16,21 +16,14 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from builders import (
-    children,
-    create_parent,
-    drop_children,
-    midnight,
-    native_daily,
-    partman_major,
-    utc_today,
-)
 from psycopg import sql
 
 from partguard.errors import TableNotFound, UnsupportedTable
 from partguard.inspect.data import loose_scan_sql, probe
 from partguard.inspect.grid import Interval, time_grid
 from partguard.sandbox import Sandbox
+from partguard.testing.build import create_parent, drop_children, native_daily
+from partguard.testing.catalog import children, midnight, partman_major, utc_today
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -82,7 +75,7 @@ def test_incident_default_rows_names_exactly_the_missing_buckets(
 ) -> None:
     """Maintenance stopped 3 days ago: no children since, the rows fell into the DEFAULT."""
     today = events_table(conn)
-    gone = drop_children(conn, "app.events", lambda lo: lo < midnight(today - timedelta(days=2)))
+    gone = drop_children(conn, "app.events", lambda k: k.lower >= midnight(today - timedelta(days=2)))
     assert len(gone) == 7  # today-2 .. today+4
     conn.execute(
         "INSERT INTO app.events (ts, payload) SELECT g, 'late' FROM generate_series("
@@ -116,7 +109,7 @@ def conninfo_dbname(dsn: str) -> str:
 def test_gap_between_children_is_critical(run: Run, dsn: str, conn: Any, partman: str) -> None:
     today = events_table(conn)
     hole = midnight(today - timedelta(days=3))
-    drop_children(conn, "app.events", lambda lo: lo != hole)
+    drop_children(conn, "app.events", lambda k: k.lower == hole)
     rc, doc = check_json(run, dsn)
     assert rc == 2
     (gap,) = codes(doc)["gap"]
@@ -162,7 +155,7 @@ def test_orphan_partman_config_is_critical(run: Run, dsn: str, conn: Any, partma
 
 def test_short_runway_warns(run: Run, dsn: str, conn: Any, partman: str) -> None:
     today = events_table(conn)
-    drop_children(conn, "app.events", lambda lo: lo < midnight(today + timedelta(days=3)))
+    drop_children(conn, "app.events", lambda k: k.lower >= midnight(today + timedelta(days=3)))
     rc, doc = check_json(run, dsn)
     assert (rc, doc["status"]) == (1, "warning")
     (f,) = codes(doc)["runway"]
@@ -173,7 +166,7 @@ def test_short_runway_warns(run: Run, dsn: str, conn: Any, partman: str) -> None
 
 def test_missing_current_child_is_critical(run: Run, dsn: str, conn: Any, partman: str) -> None:
     today = events_table(conn)
-    drop_children(conn, "app.events", lambda lo: lo < midnight(today))
+    drop_children(conn, "app.events", lambda k: k.lower >= midnight(today))
     rc, doc = check_json(run, dsn)
     assert rc == 2
     (f,) = codes(doc)["runway"]
@@ -332,7 +325,7 @@ def test_json_output_matches_the_documented_schema(
     run: Run, dsn: str, conn: Any, partman: str
 ) -> None:
     today = events_table(conn)
-    drop_children(conn, "app.events", lambda lo: lo < midnight(today + timedelta(days=2)))
+    drop_children(conn, "app.events", lambda k: k.lower >= midnight(today + timedelta(days=2)))
     rc, doc = check_json(run, dsn)
     assert list(doc) == ["status", "exit_code", "server", "tables", "findings"]
     assert (doc["status"], doc["exit_code"]) == ("warning", rc)

@@ -19,13 +19,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from builders import create_parent, native_daily, utc_today
 from conftest import Run
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 import partguard.cli.check
 from partguard.db import error_line
+from partguard.testing.build import create_parent, native_daily
+from partguard.testing.catalog import utc_today
 
 Conn = psycopg.Connection[Any]
 

@@ -17,19 +17,16 @@ does not change.
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from builders import version_args
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -37,451 +34,39 @@ from partguard.cli import fix_partitioned_table_main
 from partguard.commands.fix import FixRequest, fix
 from partguard.db import connect
 from partguard.plan.fix import FixOptions
+from partguard.testing.build import (
+    create_parent,
+    drop_children,
+    insert_ids,
+    insert_keys,
+    insert_spread,
+    make_table,
+    native_children,
+    native_incident,
+    partman_incident,
+    set_db_timezone,
+)
+from partguard.testing.catalog import Kid, default_of, kids, now, session, utc_midnight
+from partguard.testing.oracles import (
+    PARTMAN_FORMATS,
+    assert_check_ok,
+    assert_children_sane,
+    assert_default_empty,
+    assert_exactly_once,
+    assert_named,
+    assert_no_default_index_names,
+    assert_partman_healthy,
+    fingerprint,
+    fix_cli,
+    quarantined,
+    row_set,
+    suffix,
+)
 
 Conn = psycopg.Connection[Any]
 Run = Callable[..., tuple[int, str, str]]  # partguard argv -> (exit code, stdout, stderr)
 STRATEGIES = ("instant", "copy")
 DAY, HOUR = timedelta(days=1), timedelta(hours=1)
-
-# partman 4.7's datetime_string per interval, and 5.x's (the 'p' prefix is partman's).
-PARTMAN_FORMATS = {
-    4: {"1 hour": "YYYY_MM_DD_HH24MI", "1 day": "YYYY_MM_DD", "1 month": "YYYY_MM"},
-    5: {"1 hour": "YYYYMMDD_HH24MISS", "1 day": "YYYYMMDD", "1 month": "YYYYMMDD"},
-}
-_STRFTIME = {"YYYY": "%Y", "MM": "%m", "DD": "%d", "HH24": "%H", "MI": "%M", "SS": "%S"}
-
-
-# --- test data -------------------------------------------------------------------
-
-
-def make_table(conn: Conn, schema: str, table: str, *, key: str = "ts", key_type: str = "timestamptz",
-               nullable: bool = False) -> sql.Identifier:
-    """A table like the incident's ``fixes``: an identity GENERATED ALWAYS id, a generated
-    STORED column, and indexes on the key and on (device_id, key). ``key='id'`` partitions
-    by the identity column itself (partman's id-based sets)."""
-    parent = sql.Identifier(schema, table)
-    k = sql.Identifier(key)
-    key_col = sql.SQL("") if key == "id" else sql.SQL("{} {}{},").format(
-        k, sql.SQL(key_type), sql.SQL("" if nullable else " NOT NULL"))
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-    conn.execute(sql.SQL(
-        "CREATE TABLE {parent} (id bigint GENERATED ALWAYS AS IDENTITY, device_id int NOT NULL, {key_col}"
-        " payload text, val double precision, val2 double precision GENERATED ALWAYS AS (val * 2) STORED)"
-        " PARTITION BY RANGE ({k})"
-    ).format(parent=parent, key_col=key_col, k=k))
-    conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(parent, k))
-    conn.execute(sql.SQL("CREATE INDEX ON {} (device_id, {})").format(parent, k))
-    return parent
-
-
-def create_parent(conn: Conn, parent: str, control: str, interval: str, start: str, *, premake: int = 4) -> None:
-    """``partman.create_parent`` with named arguments that mean the same on 4.7 and 5.x
-    (``p_type := 'native'`` only exists, and is needed, on 4.x). The grid is laid in the
-    session's TimeZone, as partman does."""
-    args = [
-        sql.SQL("p_parent_table := {}").format(sql.Literal(parent)),
-        sql.SQL("p_control := {}").format(sql.Literal(control)),
-        sql.SQL("p_interval := {}").format(sql.Literal(interval)),
-        sql.SQL("p_premake := {}").format(sql.Literal(premake)),
-        sql.SQL("p_start_partition := {}").format(sql.Literal(start)),
-        sql.SQL("p_jobmon := false"),
-    ]
-    args.extend(version_args(conn))
-    conn.execute(sql.SQL("SELECT partman.create_parent({})").format(sql.SQL(", ").join(args)))
-
-
-def native_children(conn: Conn, parent: sql.Identifier, schema: str, bounds: list[tuple[Any, Any, str]],
-                    *, default: str | None) -> None:
-    """Hand-made children ``(lower, upper, name)`` and, optionally, a DEFAULT."""
-    for lo, hi, name in bounds:
-        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-            sql.Identifier(schema, name), parent, sql.Literal(lo), sql.Literal(hi)))
-    if default:
-        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(sql.Identifier(schema, default), parent))
-
-
-def set_db_timezone(conn: Conn, zone: str) -> None:
-    """The role/database default TimeZone: the zone partman (and so partguard) computes in."""
-    conn.execute(sql.SQL("ALTER DATABASE {} SET TimeZone = {}").format(
-        sql.Identifier(conn.info.dbname), sql.Literal(zone)))
-
-
-def session(dsn: str, **kw: Any) -> Conn:
-    """A new connection with the database's default settings (like cron's ``psql -c``)."""
-    return psycopg.connect(make_conninfo(dsn, **kw), autocommit=True)
-
-
-@dataclass(frozen=True)
-class Kid:
-    name: str
-    lower: Any
-    upper: Any
-
-
-def key_type(conn: Conn, parent: str) -> str:
-    row = conn.execute(
-        """SELECT format_type(a.atttypid, a.atttypmod) FROM pg_partitioned_table p
-           JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
-           WHERE p.partrelid = %s::regclass""", (parent,)).fetchone()
-    assert row is not None
-    return str(row[0])
-
-
-_BOUND = re.compile(r"^FOR VALUES FROM \((.*)\) TO \((.*)\)$")
-
-
-def kids(conn: Conn, parent: str) -> list[Kid]:
-    """Non-default children with typed bounds (read from relpartbound, never from names)."""
-    rows = conn.execute(
-        """SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i
-           JOIN pg_class c ON c.oid = i.inhrelid
-           WHERE i.inhparent = %s::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'""",
-        (parent,)).fetchall()
-    typ = key_type(conn, parent)
-    out = []
-    for name, bound in rows:
-        m = _BOUND.match(bound)
-        assert m, bound
-        texts = [t.strip("'") for t in m.groups()]
-        typed = conn.execute(sql.SQL("SELECT x::{} FROM unnest(%s::text[]) WITH ORDINALITY u(x, o) ORDER BY o")
-                             .format(sql.SQL(typ)), (texts,)).fetchall()
-        out.append(Kid(name, typed[0][0], typed[1][0]))
-    return sorted(out, key=lambda c: c.lower)
-
-
-def default_of(conn: Conn, parent: str) -> str | None:
-    row = conn.execute(
-        """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-           WHERE i.inhparent = %s::regclass AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'""",
-        (parent,)).fetchone()
-    return None if row is None else str(row[0])
-
-
-def drop_children(conn: Conn, parent: str, schema: str, doomed: Callable[[Kid], bool]) -> list[str]:
-    """Drop the children ``doomed`` picks: how "maintenance stopped" looks afterwards."""
-    gone = []
-    for kid in kids(conn, parent):
-        if doomed(kid):
-            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, kid.name)))
-            gone.append(kid.name)
-    return gone
-
-
-def insert_spread(conn: Conn, parent: sql.Identifier, key: str, lo: Any, hi: Any, n: int, tag: str) -> None:
-    """``n`` rows with keys spread evenly over ``[lo, hi)``; payload ``tag-<i>``, val = i.
-
-    The step is in seconds: ``timestamptz + '1 day'`` would follow the wall clock and
-    overshoot ``hi`` by the hour a DST change adds."""
-    conn.execute(sql.SQL(
-        "INSERT INTO {t} (device_id, {k}, payload, val) "
-        "SELECT g %% 7, %(lo)s::timestamptz + make_interval(secs => extract(epoch FROM %(hi)s::timestamptz"
-        " - %(lo)s::timestamptz) * g / %(n)s),"
-        " %(tag)s || '-' || g, g FROM generate_series(0, %(n)s - 1) g"
-    ).format(t=parent, k=sql.Identifier(key)), {"lo": lo, "hi": hi, "n": n, "tag": tag})
-
-
-def insert_keys(conn: Conn, parent: sql.Identifier, key: str, keys: list[Any], tag: str) -> None:
-    """One row per given key (None for a NULL key)."""
-    for i, value in enumerate(keys):
-        conn.execute(sql.SQL("INSERT INTO {} (device_id, {}, payload, val) VALUES (1, %s, %s, %s)").format(
-            parent, sql.Identifier(key)), (value, f"{tag}-{i}", -1 - i))
-
-
-def insert_ids(conn: Conn, parent: sql.Identifier, lo: int, hi: int) -> None:
-    """Rows with explicit ids ``lo .. hi-1`` (id is the partition key)."""
-    conn.execute(sql.SQL(
-        "INSERT INTO {} (id, device_id, payload, val) OVERRIDING SYSTEM VALUE "
-        "SELECT g, g %% 7, 'id-' || g, g FROM generate_series(%s, %s - 1) g").format(parent), (lo, hi))
-
-
-def utc_midnight(conn: Conn, days_ago: int = 0) -> datetime:
-    row = conn.execute("SELECT date_trunc('day', now() AT TIME ZONE 'UTC') - %s * interval '1 day'",
-                       (days_ago,)).fetchone()
-    assert row is not None
-    return row[0].replace(tzinfo=UTC)  # type: ignore[no-any-return]
-
-
-def now(conn: Conn) -> datetime:
-    row = conn.execute("SELECT now()").fetchone()
-    assert row is not None
-    return row[0]  # type: ignore[no-any-return]
-
-
-def partman_incident(conn: Conn, *, schema: str = "public", table: str = "fixes", interval: str = "1 day",
-                     outage: int = 3, start_back: int = 10, n: int = 3000,
-                     key_type: str = "timestamptz") -> tuple[str, Any]:
-    """The incident: a partman-managed set whose maintenance stopped ``outage`` intervals
-    ago, so the DEFAULT holds every row written since. Returns (parent, gap start)."""
-    unit = {"1 hour": "hour", "1 day": "day", "1 month": "month"}[interval]
-    parent = f"{schema}.{table}"
-    ident = make_table(conn, schema, table, key_type=key_type)
-
-    def back(n: int) -> sql.Composed:  # the start of the interval n intervals before now's
-        return sql.SQL("date_trunc({}, now()) - {} * {}::interval").format(
-            sql.Literal(unit), sql.Literal(n), sql.Literal(interval))
-
-    start = conn.execute(sql.SQL("SELECT ({})::text").format(back(start_back))).fetchone()
-    assert start is not None
-    create_parent(conn, parent, "ts", interval, start[0])
-    row = conn.execute(sql.SQL("SELECT ({})::{}, {}").format(back(outage), sql.SQL(key_type), back(outage + 2)))
-    gap, earlier = row.fetchone() or (None, None)
-    insert_spread(conn, ident, "ts", earlier, gap, n // 10, "before")  # rows already in children
-    drop_children(conn, parent, schema, lambda k: k.lower >= gap)
-    insert_spread(conn, ident, "ts", gap, now(conn), n, "outage")
-    return parent, gap
-
-
-# --- what must hold after every fix ------------------------------------------------
-
-
-def row_set(conn: Conn, parent: str, key: str = "ts") -> Counter[tuple[Any, ...]]:
-    """Every row of the table plus every row in its quarantine table, with multiplicity."""
-    rows = conn.execute(sql.SQL("SELECT id, {k}, payload, val FROM {t}").format(
-        k=sql.Identifier(key), t=ident_of(conn, parent))).fetchall()
-    out: Counter[tuple[Any, ...]] = Counter(tuple(r) for r in rows)
-    out.update(tuple(r) for r in quarantined(conn, parent, key))
-    return out
-
-
-def quarantine_name(conn: Conn, parent: str) -> str:
-    row = conn.execute("SELECT c.relname FROM pg_class c WHERE c.oid = %s::regclass", (parent,)).fetchone()
-    assert row is not None
-    return f"{row[0]}_quarantine"
-
-
-def quarantined(conn: Conn, parent: str, key: str = "ts") -> list[tuple[Any, ...]]:
-    q = sql.Identifier("partguard", quarantine_name(conn, parent))
-    exists = conn.execute("SELECT to_regclass(%s)", (q.as_string(conn),)).fetchone()
-    if not exists or exists[0] is None:
-        return []
-    return [tuple(r) for r in conn.execute(
-        sql.SQL("SELECT id, {}, payload, val FROM {}").format(sql.Identifier(key), q)).fetchall()]
-
-
-def assert_exactly_once(before: Counter[tuple[Any, ...]], after: Counter[tuple[Any, ...]]) -> None:
-    assert before and max(before.values()) == 1, "test data must have unique rows"
-    dups = [r for r, n in after.items() if n > 1]
-    assert not dups, f"{len(dups)} rows duplicated, e.g. {dups[:3]}"
-    lost, extra = set(before) - set(after), set(after) - set(before)
-    assert not lost and not extra, f"lost {len(lost)} (e.g. {sorted(lost, key=str)[:3]}), extra {len(extra)}"
-
-
-def assert_children_sane(conn: Conn, parent: str, *, contiguous: bool = True, since: Any = None) -> list[Kid]:
-    """No two children overlap; with ``contiguous``, none leaves a hole either (from ``since`` on)."""
-    ks = kids(conn, parent)
-    for a, b in itertools.pairwise(ks):
-        if since is not None and a.lower < since:
-            continue
-        assert a.upper <= b.lower, f"{a.name} [{a.lower}, {a.upper}) overlaps {b.name} [{b.lower}, {b.upper})"
-        if contiguous:
-            assert a.upper == b.lower, f"hole between {a.name} (to {a.upper}) and {b.name} (from {b.lower})"
-    return ks
-
-
-def assert_default_empty(conn: Conn, parent: str, expect: int = 0) -> None:
-    """A fresh DEFAULT exists and holds ``expect`` rows (0 unless outliers were kept)."""
-    d = default_of(conn, parent)
-    assert d is not None, "the fix must leave a fresh DEFAULT behind"
-    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(_child_ident(conn, parent, d))).fetchone()
-    assert row is not None and row[0] == expect, f"{d} holds {row and row[0]} rows, expected {expect}"
-
-
-def names_of(conn: Conn, parent: str) -> tuple[str, str]:
-    """(schema, table) of a table named as a DBA types it (quoted where needed)."""
-    row = conn.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                       "WHERE c.oid = %s::regclass", (parent,)).fetchone()
-    assert row is not None
-    return str(row[0]), str(row[1])
-
-
-def ident_of(conn: Conn, parent: str) -> sql.Identifier:
-    return sql.Identifier(*names_of(conn, parent))
-
-
-def _child_ident(conn: Conn, parent: str, name: str) -> sql.Identifier:
-    return sql.Identifier(names_of(conn, parent)[0], name)
-
-
-def assert_no_default_index_names(conn: Conn, parent: str) -> None:
-    """Only the fresh DEFAULT's own indexes may be called ``…_default_…``; every index of
-    every child is attached to the parent's partitioned index (a normal child's shape)."""
-    d = default_of(conn, parent)
-    rows = conn.execute(
-        """SELECT c.relname, ic.relname, h.inhparent IS NOT NULL
-           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-           JOIN pg_index x ON x.indrelid = c.oid JOIN pg_class ic ON ic.oid = x.indexrelid
-           LEFT JOIN pg_inherits h ON h.inhrelid = ic.oid
-           WHERE i.inhparent = %s::regclass""", (parent,)).fetchall()
-    assert rows
-    for table, index, attached in rows:
-        assert attached, f"index {index} of {table} is not attached to the parent's index"
-        if "_default" in index:
-            assert table == d, f"{table} (not the DEFAULT) still has an index named {index}"
-        if table != d:
-            assert index.startswith(table), f"{table}'s index {index} is not named like its table"
-
-
-def suffix(start: Any, fmt: str | None, zone: str | None) -> str:
-    """A child's suffix the way partman's to_char renders it in the session zone."""
-    if isinstance(start, int):
-        return str(start)
-    assert fmt is not None
-    if isinstance(start, datetime) and start.tzinfo is not None and zone:
-        start = start.astimezone(ZoneInfo(zone))
-    pattern = re.sub("|".join(sorted(_STRFTIME, key=len, reverse=True)), lambda m: _STRFTIME[m.group()], fmt)
-    return str(start.strftime(pattern))
-
-
-def assert_named(ks: list[Kid], stem: str, fmt: str | None, zone: str | None) -> None:
-    """Every child's name is stem + suffix(lower bound): what the table's convention gives."""
-    for k in ks:
-        assert k.name == stem + suffix(k.lower, fmt, zone), f"{k.name} is not named for its lower bound {k.lower}"
-
-
-def run_partman_maintenance(dsn: str, parent: str, *, times: int = 3) -> list[str]:
-    """pg_partman's own maintenance the way users run it: ``CALL run_maintenance_proc()`` (a
-    timer, the background worker) and ``run_maintenance(parent)``, several times. Fails on any
-    error; returns partman's WARNINGs (5.5 reports a skipped set only as a WARNING)."""
-    warnings: list[str] = []
-    with session(dsn) as c:
-        c.add_notice_handler(lambda d: warnings.append(d.message_primary or "")
-                             if (d.severity_nonlocalized or "") == "WARNING" else None)
-        for _ in range(times):
-            c.execute("CALL partman.run_maintenance_proc()")
-            c.execute("SELECT partman.run_maintenance(p_parent_table := %s, p_jobmon := false)", (parent,))
-    # 5.5 warns on every run when the installed version is not the control file's default:
-    # our side-by-side test install, not a fault of the table.
-    return [w for w in warnings if "is the default available" not in w]
-
-
-def has_wide_child(ks: list[Kid]) -> bool:
-    """A child spanning about two intervals or more (months differ by a few days; DST days by an hour)."""
-    spans = [k.upper - k.lower for k in ks]
-    return len(spans) > 1 and max(spans) >= min(spans) * 1.8
-
-
-def assert_partman_healthy(dsn: str, parent: str, fmt: str, zone: str, *, more: int = 3) -> list[Kid]:
-    """What a user's own partman maintenance must find after a fix, on every version:
-    ``show_partitions`` lists every child; ``run_maintenance_proc()`` and
-    ``run_maintenance(parent)`` run again and again without an error or a skip WARNING, and
-    leave no gap and no overlap; given a larger premake, partman makes ``more`` new children
-    named by its own convention.
-
-    Next to a wide child (``--strategy instant``), partman 5.x counts premade children from
-    the slot of one of its old rows, so a *raised* premake is not met until live rows reach
-    the children after it: partguard premakes past the wide child so the configured runway
-    holds, and ``check`` says WARNING about it (asserted by the callers' ``assert_check_ok``)."""
-    stem = parent.split(".")[1] + "_p"
-    with session(dsn) as c:
-        before = kids(c, parent)
-        shown = c.execute("SELECT partition_tablename FROM partman.show_partitions(%s)", (parent,)).fetchall()
-        assert sorted(r[0] for r in shown) == sorted(k.name for k in before)
-        version = str(c.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'").fetchone()[0])  # type: ignore[index]
-    assert run_partman_maintenance(dsn, parent) == []
-    with session(dsn) as c:
-        assert_children_sane(c, parent, contiguous=False)
-        assert_children_sane(c, parent, since=before[-1].lower)
-        c.execute("UPDATE partman.part_config SET premake = premake + %s WHERE parent_table = %s", (more, parent))
-    assert run_partman_maintenance(dsn, parent) == []
-    with session(dsn) as c:
-        assert_children_sane(c, parent, contiguous=False)
-        after = assert_children_sane(c, parent, since=before[-1].lower)
-        premake, reach = runway_wanted(c, parent, isinstance(before[0].lower, int))
-    new = [k for k in after if k.name not in {b.name for b in before}]
-    assert all(k.lower >= before[-1].upper for k in new)
-    assert_named(new, stem, fmt, zone)
-    if has_wide_child(before) and int(version.split(".")[0]) >= 5 and not isinstance(before[0].lower, int):
-        # partman 5.x's own arithmetic (see above): the configured runway holds, a raised one
-        # waits for live rows to pass the wide child.
-        with session(dsn) as c:
-            _, reach = runway_wanted(c, parent, False, premake - more)
-    reach = like(reach, after[-1].upper)
-    assert after[-1].upper >= reach, f"children end at {after[-1].upper}, premake {premake} wants {reach}"
-    return after
-
-
-def like(x: Any, sample: Any) -> Any:
-    """A timestamptz as a bound of ``sample``'s type (date, naive timestamp in UTC, aware)."""
-    if isinstance(x, datetime) and not isinstance(sample, datetime):
-        return x.astimezone(UTC).date()
-    if isinstance(x, datetime) and sample.tzinfo is None:
-        return x.astimezone(UTC).replace(tzinfo=None)
-    return x
-
-
-def runway_wanted(c: Conn, parent: str, ids: bool, premake: int | None = None) -> tuple[int, Any]:
-    """(premake, where the children must reach): ``premake`` intervals past now, or past the
-    largest id, as partman counts (its interval added in the session's zone)."""
-    cfg = c.execute("SELECT premake, partition_interval, control FROM partman.part_config WHERE parent_table = %s",
-                    (parent,)).fetchone()
-    assert cfg is not None
-    n = cfg[0] if premake is None else premake
-    if ids:
-        top = c.execute(sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(cfg[2]), ident_of(c, parent))).fetchone()
-        assert top is not None
-        return int(cfg[0]), int(top[0]) + n * int(cfg[1])
-    row = c.execute("SELECT now() + %s * %s::interval", (n, cfg[1])).fetchone()
-    assert row is not None
-    return int(cfg[0]), row[0]
-
-
-def assert_check_ok(run: Run, dsn: str, parent: str, quarantined: int = 0) -> None:
-    """``partguard check`` agrees: status OK, no default_rows. A wide child left by instant is
-    INFO on a native table and a WARNING on a partman table (whose arithmetic it confuses):
-    then it must say what partman will do wrong. Rows kept in quarantine are a WARNING with
-    their count. Nothing else may be wrong."""
-    rc, report, _ = run("check", "-d", dsn, "-t", parent, "--format", "json")
-    doc = json.loads(report)
-    faults = [(f["code"], f["severity"], f["message"]) for f in doc["findings"] if f["severity"] != "info"]
-    wide = [f for f in faults if f[0] == "wide_child"]
-    assert all(sev == "warning" and "premake" in msg and "partguard split" in msg for _, sev, msg in wide), wide
-    kept = [f["detail"]["rows"] for f in doc["findings"] if f["code"] == "quarantine_rows"]
-    assert kept == ([quarantined] if quarantined else []), doc["findings"]
-    others = [f for f in faults if f[0] not in ("wide_child", "quarantine_rows")]
-    assert rc == (1 if wide or quarantined else 0) and not others, faults
-    assert "default_rows" not in {f["code"] for f in doc["findings"]}
-
-
-def fingerprint(conn: Conn) -> list[Any]:
-    """Everything a refused fix must leave alone: relations, bounds, constraints, indexes,
-    triggers, schemas, partman's config, and the rows of every table."""
-    user_ns = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
-    rels = conn.execute(f"""
-        SELECT n.nspname, c.relname, c.relkind::text, coalesce(pg_get_expr(c.relpartbound, c.oid), ''),
-               c.relispartition
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {user_ns} ORDER BY 1, 2""").fetchall()
-    cons = conn.execute(f"""
-        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(x.oid), convalidated
-        FROM pg_constraint x JOIN pg_namespace n ON n.oid = x.connamespace WHERE {user_ns} ORDER BY 1, 2""").fetchall()
-    trig = conn.execute("""SELECT tgrelid::regclass::text, tgname, tgenabled::text FROM pg_trigger
-                           WHERE NOT tgisinternal ORDER BY 1, 2""").fetchall()
-    schemas = conn.execute("SELECT nspname FROM pg_namespace ORDER BY 1").fetchall()
-    counts = []
-    for schema, name, kind, _, _ in rels:
-        if kind == "r":
-            n = conn.execute(sql.SQL("SELECT count(*), md5(string_agg(t::text, ',' ORDER BY t::text)) FROM {} t")
-                             .format(sql.Identifier(schema, name))).fetchone()
-            counts.append((schema, name, n))
-    return [rels, cons, trig, schemas, counts]
-
-
-# --- driving the CLI ---------------------------------------------------------------
-
-
-
-def fix_cli(run: Run, dsn: str, table: str, strategy: str, *extra: str, still: str | None = None) -> tuple[str, str]:
-    """``partguard fix TABLE --yes --strategy S …`` that must succeed: (stdout, stderr).
-
-    With ``still``, the repair must succeed but leave the table CRITICAL for that finding
-    (exit 2, saying so on its last stderr line): a fix never says "fixed" while check does not."""
-    rc, out, err = run("fix", "-d", dsn, table, "--yes", "--strategy", strategy, *extra)
-    if still is None:
-        assert rc == 0, f"fix failed ({rc}): {err}"
-    else:
-        assert rc == 2, f"fix exited {rc}, expected 2 ({still} is left): {err}"
-        last = err.strip().splitlines()[-1]
-        assert "is not healthy yet" in last and f"{still}:" in last, last
-    return out, err
 
 
 @pytest.fixture(params=STRATEGIES)
@@ -636,9 +221,9 @@ def test_partman_hourly_and_monthly_grids(
 def test_partman_id_ranges(run: Run, dsn: str, conn: Conn, major: int, strategy: str) -> None:
     parent = "public.events"
     ident = make_table(conn, "public", "events", key="id")
-    create_parent(conn, parent, "id", "1000", "0")
+    create_parent(conn, parent, "id", "1000", start="0", jobmon=False)
     insert_ids(conn, ident, 1, 3000)
-    drop_children(conn, parent, "public", lambda k: k.lower >= 3000)
+    drop_children(conn, parent, lambda k: k.lower >= 3000)
     insert_ids(conn, ident, 3000, 6500)  # maintenance stopped at 3000: these went to the DEFAULT
     assert conn.execute("SELECT count(*) FROM events_default").fetchone() == (3500,)
     before = row_set(conn, parent, "id")
@@ -675,9 +260,9 @@ def test_id_far_past_the_dense_run_is_an_outlier_not_a_billion_children(
     reported, not given a child (or, for copy, a child for every bucket up to it)."""
     parent = "public.events"
     ident = make_table(conn, "public", "events", key="id")
-    create_parent(conn, parent, "id", "1000", "0")
+    create_parent(conn, parent, "id", "1000", start="0", jobmon=False)
     insert_ids(conn, ident, 1, 3000)
-    drop_children(conn, parent, "public", lambda k: k.lower >= 3000)
+    drop_children(conn, parent, lambda k: k.lower >= 3000)
     insert_ids(conn, ident, 3000, 4500)
     insert_ids(conn, ident, 9_000_000_000_000, 9_000_000_000_001)
     before = row_set(conn, parent, "id")
@@ -772,10 +357,10 @@ def test_berlin_grid_across_the_dst_change_gets_a_25_hour_day(
     assert now(conn) > hi + DAY, "the DST dates must lie in the past"
     with session(dsn) as c:
         ident = make_table(c, "public", "fixes")
-        create_parent(c, "public.fixes", "ts", "1 day", "2026-10-20")
+        create_parent(c, "public.fixes", "ts", "1 day", start="2026-10-20", jobmon=False)
         insert_spread(c, ident, "ts", datetime(2026, 10, 21, tzinfo=berlin), lo, 300, "before")
         insert_spread(c, ident, "ts", hi, now(c), 300, "after")  # partman premakes from the newest row
-        drop_children(c, "public.fixes", "public", lambda k: lo <= k.lower < hi)
+        drop_children(c, "public.fixes", lambda k: lo <= k.lower < hi)
         insert_spread(c, ident, "ts", lo, hi, 4000, "outage")
     assert conn.execute("SELECT count(*) FROM fixes_default").fetchone() == (4000,)
     before = row_set(conn, "public.fixes")
@@ -869,7 +454,7 @@ def test_default_holding_only_outliers_is_emptied_into_quarantine(run: Run, dsn:
     make_table(conn, "public", "fixes", nullable=True)
     start = conn.execute("SELECT (date_trunc('day', now()) - interval '5 days')::text").fetchone()
     assert start is not None
-    create_parent(conn, "public.fixes", "ts", "1 day", start[0])
+    create_parent(conn, "public.fixes", "ts", "1 day", start=start[0], jobmon=False)
     insert_spread(conn, sql.Identifier("public", "fixes"), "ts", utc_midnight(conn, 4), now(conn), 300, "r")
     insert_keys(conn, sql.Identifier("public", "fixes"), "ts", FAR, "far")
     before, shape = row_set(conn, "public.fixes"), [(k.lower, k.upper) for k in kids(conn, "public.fixes")]
@@ -894,7 +479,7 @@ def test_empty_default_is_nothing_to_do_and_changes_nothing(
     make_table(conn, "public", "fixes")
     start = conn.execute("SELECT (date_trunc('day', now()) - interval '5 days')::text").fetchone()
     assert start is not None
-    create_parent(conn, "public.fixes", "ts", "1 day", start[0])
+    create_parent(conn, "public.fixes", "ts", "1 day", start=start[0], jobmon=False)
     insert_spread(conn, sql.Identifier("public", "fixes"), "ts", utc_midnight(conn, 4), now(conn), 500, "r")
     assert conn.execute("SELECT count(*) FROM fixes_default").fetchone() == (0,)
     before = fingerprint(conn)
@@ -1039,16 +624,6 @@ def test_odd_identifiers_typed_without_quotes_are_found(run: Run, dsn: str, conn
 
 # --- bad input: a one-line error, a distinct exit code, nothing changed -----------------
 
-
-def native_incident(conn: Conn, table: str = "fixes", *, key: str = "ts", default: bool = True) -> sql.Identifier:
-    """A hand-made daily set whose children stop 3 days ago, the DEFAULT holding the rest."""
-    ident = make_table(conn, "public", table, key=key)
-    gap = utc_midnight(conn, 3)
-    native_children(conn, ident, "public",
-                    [(gap - i * DAY, gap - (i - 1) * DAY, f"{table}_p{gap - i * DAY:%Y%m%d}") for i in range(4, 0, -1)],
-                    default=f"{table}_default" if default else None)
-    insert_spread(conn, ident, key, gap, now(conn), 500, "outage")
-    return ident
 
 
 def _missing(conn: Conn) -> str:

@@ -22,12 +22,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from builders import fixes_incident, midnight, outside_partguard, utc_today
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from partguard.execute import fault_action
 from partguard.sandbox import Sandbox
+from partguard.testing.build import fixes_incident
+from partguard.testing.catalog import midnight, utc_today
+from partguard.testing.oracles import outside_partguard
 
 Conn = psycopg.Connection[Any]
 Run = Callable[..., tuple[int, str, str]]

@@ -15,11 +15,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from builders import insert_outage, native_outage, partman_due, utc_today
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from partguard.inspect.data import COUNT_CAP, RowCount, estimate_rows
+from partguard.testing.build import insert_outage, native_outage, partman_due
+from partguard.testing.catalog import utc_today
 
 Conn = psycopg.Connection[Any]
 Run = Callable[..., tuple[int, str, str]]

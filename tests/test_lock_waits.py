@@ -23,10 +23,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from builders import create_parent
 from conftest import Run
 from psycopg import sql
-from test_fix_live import OUTAGE_ROWS, Writer, assert_exactly_once, ids, make_incident
+from test_fix_live import OUTAGE_ROWS, assert_all_once, ids
+
+from partguard.testing.build import create_parent, live_incident
+from partguard.testing.live import Writer, fixes_writer
+from partguard.testing.oracles import public_catalog
 
 ATTEMPT = 0.05  # the default --lock-attempt
 BOUND = 10 * ATTEMPT
@@ -37,7 +40,7 @@ Conn = psycopg.Connection[Any]
 @pytest.fixture
 def fixes(conn: Conn, partman_version: str | None) -> Conn:
     """test_fix_live's incident: three days of rows in the DEFAULT, their children missing."""
-    make_incident(conn, int(partman_version.split(".")[0]) if partman_version else None)
+    live_incident(conn, partman=partman_version is not None, rows=OUTAGE_ROWS)
     return conn
 
 
@@ -85,24 +88,12 @@ def report(capsys: pytest.CaptureFixture[str], what: str, writer: Writer, waitin
               f"bound {BOUND * 1000:.0f} ms)")
 
 
-def catalog(conn: Conn) -> list[tuple[str, str]]:
-    """Relations, bounds, constraints and triggers of schema public: "nothing changed"."""
-    return conn.execute("""
-        SELECT c.relname, coalesce(pg_get_expr(c.relpartbound, c.oid), '') ||
-               coalesce((SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint
-                         WHERE conrelid = c.oid), '') ||
-               coalesce((SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger
-                         WHERE tgrelid = c.oid), '')
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = 'public' ORDER BY 1""").fetchall()
-
-
 @pytest.mark.parametrize("strategy", ["instant", "copy"])
 def test_fix_that_cannot_get_its_lock_stalls_inserts_one_attempt_at_most(
     fixes: Conn, dsn: str, strategy: str, run: Run, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before, rows_before = catalog(fixes), ids(fixes)
-    writer = Writer(dsn).start()
+    before, rows_before = public_catalog(fixes), ids(fixes)
+    writer = fixes_writer(dsn).start()
     with long_reader(dsn) as holder:
         rc, _, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", strategy,
                          "--lock-timeout", "1s", "--retries", "1")
@@ -114,9 +105,9 @@ def test_fix_that_cannot_get_its_lock_stalls_inserts_one_attempt_at_most(
     assert "after 2 tries" in err
     assert writer.errors == []
     assert worst(writer) < BOUND
-    assert catalog(fixes) == before
+    assert public_catalog(fixes) == before
     # Every row is where it was (the DEFAULT), with every row the writer added.
-    assert_exactly_once(fixes, rows_before, writer)
+    assert_all_once(fixes, rows_before, writer)
     in_default = fixes.execute("SELECT count(*) FROM ONLY public.fixes_default").fetchone()
     assert in_default == (OUTAGE_ROWS + len(writer.committed),)
 
@@ -125,7 +116,7 @@ def test_fix_gets_its_lock_once_the_blocker_lets_go(
     fixes: Conn, dsn: str, run: Run, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rows_before = ids(fixes)
-    writer = Writer(dsn).start()
+    writer = fixes_writer(dsn).start()
     started = time.monotonic()
     with long_reader(dsn, hold=1.5) as holder:
         rc, out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "copy")
@@ -137,7 +128,7 @@ def test_fix_gets_its_lock_once_the_blocker_lets_go(
     assert holder.released_at - started >= 1.4  # the fix really had to wait
     assert writer.errors == []
     assert waiting < BOUND
-    assert_exactly_once(fixes, rows_before, writer)
+    assert_all_once(fixes, rows_before, writer)
     assert fixes.execute("SELECT count(*) FROM ONLY public.fixes_default").fetchone() == (0,)
 
 
@@ -168,7 +159,7 @@ def test_maintain_waiting_for_a_lock_stalls_inserts_one_attempt_at_most(
     that) but ACCESS EXCLUSIVE on the DEFAULT: the writer sends every other row there
     (late rows, older than every child), and those inserts queue behind maintain."""
     kept = partman_fixes(conn)
-    writer = Writer(dsn, when=("timestamptz '2001-01-01' + random() * interval '1 day'", "now()")).start()
+    writer = fixes_writer(dsn, when=("timestamptz '2001-01-01' + random() * interval '1 day'", "now()")).start()
     with long_reader(dsn, hold=hold) as holder:
         rc, out, err = run("maintain", "-d", dsn, "--lock-timeout", "1s", "--lock-retries", "1")
     writer.stop()

@@ -17,6 +17,7 @@ from psycopg import sql
 
 from partguard.cli import main
 from partguard.sandbox import Sandbox
+from partguard.testing.build import create_parent, drop_children
 
 Conn = psycopg.Connection[Any]
 
@@ -30,12 +31,7 @@ def partman_table(conn: Conn, version: str, name: str, premake: int = 4) -> None
     conn.execute(sql.SQL("CREATE TABLE {} (id bigint, ts timestamptz NOT NULL) PARTITION BY RANGE (ts)")
                  .format(ident))
     conn.execute(sql.SQL("CREATE INDEX ON {} (ts)").format(ident))
-    if version.startswith("4."):
-        conn.execute("SELECT partman.create_parent(%s, 'ts', 'native', 'daily', p_premake := %s)",
-                     (f"public.{name}", premake))
-    else:
-        conn.execute("SELECT partman.create_parent(%s, 'ts', '1 day', p_premake := %s)",
-                     (f"public.{name}", premake))
+    create_parent(conn, f"public.{name}", "ts", "1 day", premake=premake)  # any partman version
     conn.execute(sql.SQL("INSERT INTO {} VALUES (1, now())").format(ident))
 
 
@@ -439,15 +435,10 @@ def test_partman_error_is_surfaced_with_the_statement_it_failed_on(
 
 def incident(conn: Conn, partman: str, name: str) -> None:
     """Maintenance stopped two days ago and the last day and a half of rows fell into the DEFAULT."""
-    from partguard.inspect.catalog import read_tables
-
     partman_table(conn, partman, name)
     conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier("public", name)))
     cutoff = conn.execute("SELECT date_trunc('day', now()) - interval '1 day'").fetchone()[0]  # type: ignore[index]
-    (table,) = read_tables(conn, [f"public.{name}"])
-    for child in table.children:
-        if child.lower is not None and child.lower >= cutoff:  # type: ignore[operator]
-            conn.execute(sql.SQL("DROP TABLE {}").format(child.ident))
+    drop_children(conn, f"public.{name}", lambda k: k.lower >= cutoff)
     conn.execute(sql.SQL("INSERT INTO {} SELECT g, now() - interval '30 hours' + g * interval '1 minute' "
                          "FROM generate_series(1, 1000) g").format(sql.Identifier("public", name)))
 

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from builders import create_parent, drop_children, midnight, utc_today
 from prometheus_client.parser import text_string_to_metric_families
 
 from partguard.cli import main
 from partguard.sandbox import Sandbox
+from partguard.testing.build import create_parent, drop_children
+from partguard.testing.catalog import midnight, utc_today
 
 ROOT = Path(__file__).resolve().parent.parent
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -91,7 +92,7 @@ def incident(conn: Any) -> datetime:
     today = utc_today(conn)
     create_parent(conn, "app.events", "ts", "1 day", start=str(today - timedelta(days=5)))
     edge = midnight(today - timedelta(days=2))
-    drop_children(conn, "app.events", lambda lo: lo < edge)
+    drop_children(conn, "app.events", lambda k: k.lower >= edge)
     conn.execute("INSERT INTO app.events SELECT %s + g * interval '1 minute', 'x' "
                  "FROM generate_series(0, 1439) g", (edge,))
     conn.execute("ANALYZE app.events")

@@ -18,7 +18,10 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from test_fix_cases import (
+
+from partguard.testing.build import insert_keys, partman_incident
+from partguard.testing.catalog import kids, now
+from partguard.testing.oracles import (
     PARTMAN_FORMATS,
     Run,
     assert_check_ok,
@@ -26,10 +29,6 @@ from test_fix_cases import (
     assert_exactly_once,
     assert_partman_healthy,
     fix_cli,
-    insert_keys,
-    kids,
-    now,
-    partman_incident,
     row_set,
     run_partman_maintenance,
 )

@@ -21,10 +21,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from builders import children, count, native_outage, partman_due
 from psycopg.conninfo import conninfo_to_dict
 
 from partguard.sandbox import OS_USER, Sandbox
+from partguard.testing.build import native_outage, partman_due
+from partguard.testing.catalog import children, count
 
 Conn = psycopg.Connection[Any]
 Run = Callable[..., tuple[int, str, str]]

@@ -16,7 +16,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from builders import create_parent, midnight, native_daily, utc_today
 from psycopg import sql
 
 from partguard.commands.retention import apply_retention
@@ -25,6 +24,8 @@ from partguard.db import connect
 from partguard.errors import UsageError
 from partguard.inspect.catalog import read_tables
 from partguard.inspect.snapshot import Options, read_server, table_state
+from partguard.testing.build import create_parent, native_daily
+from partguard.testing.catalog import midnight, utc_today
 
 Conn = psycopg.Connection[Any]
 Run = Callable[..., tuple[int, str, str]]

@@ -22,7 +22,6 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from builders import children, create_parent, utc_today
 from psycopg import sql
 
 from partguard.cli import fix_partitioned_table_main
@@ -36,6 +35,8 @@ from partguard.inspect.zones import (
     zone_info,
     zone_label,
 )
+from partguard.testing.build import create_parent
+from partguard.testing.catalog import children, utc_today
 
 Conn = psycopg.Connection[Any]
 Run = Callable[..., tuple[int, str, str]]

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from ..inspect.catalog import read_tables
 from ..sandbox import Sandbox
+from ..testing.build import make_incident
+from ..testing.live import Insert, Writer
+from ..testing.oracles import exactly_once_fault
 
 log = logging.getLogger(__name__)
 
@@ -55,76 +55,29 @@ CREATE INDEX ON public.raw_messages (received_at);
 """
 
 
-@dataclass
-class DemoWriter:
+_FIXES = sql.SQL("INSERT INTO public.fixes (id, received_at, device_id, lat, lon, speed_ms) "
+                 "VALUES (%s, now() - %s * interval '1 hour', %s, 52.5, 13.4, 8.5)")
+_RAW = sql.SQL("INSERT INTO public.raw_messages (id, received_at, device_id, payload) "
+               "VALUES (%s, now() - %s * interval '1 hour', %s, 'NMEA $GPRMC')")
+
+
+def ingest_writer(dsn: str) -> Writer:
     """The ingest service: one fix and one raw message every few ms, for as long as it runs."""
 
-    dsn: str
-    next_id: int = 1_000_000_000
-    committed: dict[str, set[int]] = field(default_factory=lambda: {t: set() for t in TABLES})
-    failures: list[str] = field(default_factory=list)
-    max_latency: float = 0.0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    def inserts(tick: int, rid: int) -> list[Insert]:
+        late = (rid % 7) * 10  # some devices upload hours late, into the outage days
+        return [(table, stmt, (rid, late, rid % 100))
+                for table, stmt in (("public.fixes", _FIXES), ("public.raw_messages", _RAW))]
 
-    def start(self) -> DemoWriter:
-        self._thread = threading.Thread(target=self._run, name="demo-writer", daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        fixes = sql.SQL("INSERT INTO public.fixes (id, received_at, device_id, lat, lon, speed_ms) "
-                        "VALUES (%s, now() - %s * interval '1 hour', %s, 52.5, 13.4, 8.5)")
-        raw = sql.SQL("INSERT INTO public.raw_messages (id, received_at, device_id, payload) "
-                      "VALUES (%s, now() - %s * interval '1 hour', %s, 'NMEA $GPRMC')")
-        with psycopg.connect(self.dsn, autocommit=True, application_name="ingest-service") as c:
-            while not self._stop.is_set():
-                self.next_id += 1
-                rid = self.next_id
-                late = (rid % 7) * 10  # some devices upload hours late, into the outage days
-                for table, stmt in (("public.fixes", fixes), ("public.raw_messages", raw)):
-                    t0 = time.monotonic()
-                    try:
-                        c.execute(stmt, (rid, late, rid % 100))
-                        self.committed[table].add(rid)
-                    except psycopg.Error as exc:
-                        self.failures.append(str(exc).splitlines()[0])
-                    self.max_latency = max(self.max_latency, time.monotonic() - t0)
-                time.sleep(0.005)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(10)
+    return Writer(dsn, inserts, next_id=1_000_000_000, period=0.005, warmup=0.0,
+                  application_name="ingest-service")
 
 
-def build_incident(conn: psycopg.Connection, has_partman: bool, partman_major: int, rows: int) -> None:
+def build_incident(conn: psycopg.Connection, has_partman: bool, rows: int) -> None:
     """Children up to three days ago, then three days of rows straight into the DEFAULTs."""
     conn.execute(_SCHEMA)
     for table in TABLES:
-        if has_partman:
-            kind = sql.SQL(", p_type := 'native'") if partman_major < 5 else sql.SQL("")
-            conn.execute(sql.SQL(
-                "SELECT partman.create_parent(p_parent_table := {t}, p_control := 'received_at', "
-                "p_interval := '1 day'{kind}, p_premake := 4, "
-                "p_start_partition := (date_trunc('day', now()) - interval '10 days')::text)"
-            ).format(t=sql.Literal(table), kind=kind))
-            # Maintenance "stopped" three days ago: the children from then on never existed.
-            cutoff = conn.execute("SELECT date_trunc('day', now()) - interval '3 days'").fetchone()[0]  # type: ignore[index]
-            (parent,) = read_tables(conn, [table])
-            for child in parent.children:
-                if child.lower is not None and child.lower >= cutoff:
-                    conn.execute(sql.SQL("DROP TABLE {}").format(child.ident))
-        else:
-            schema, name = table.split(".")
-            today = conn.execute("SELECT date_trunc('day', now())").fetchone()[0]  # type: ignore[index]
-            for back in range(10, 3, -1):
-                day = today - timedelta(days=back)
-                conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-                    sql.Identifier(schema, f"{name}_p{day:%Y%m%d}"), sql.Identifier(schema, name),
-                    sql.Literal(day), sql.Literal(day + timedelta(days=1))))
-            conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
-                sql.Identifier(schema, f"{name}_default"), sql.Identifier(schema, name)))
+        make_incident(conn, table, key="received_at", partman=has_partman, premake=4)
     conn.execute(
         "INSERT INTO public.fixes (id, received_at, device_id, lat, lon, speed_ms) "
         "SELECT i, date_trunc('day', now()) - interval '3 days' + i * (now() - date_trunc('day', now()) "
@@ -165,8 +118,8 @@ def _story(sandbox: Sandbox, cli: Callable[[Sequence[str]], int], say: Callable[
         partman = f"pg_partman {version[0]}" if version else "no pg_partman (native partitions)"
         say(f"== A throwaway PostgreSQL {sandbox.major} cluster with {partman}\n")
         say("== The incident: maintenance stopped three days ago; rows fall into the DEFAULT partitions")
-        build_incident(conn, version is not None, int(version[0].split(".")[0]) if version else 0, rows)
-        writer = DemoWriter(dsn).start()
+        build_incident(conn, version is not None, rows)
+        writer = ingest_writer(dsn).start()
         before = {t: {r[0] for r in conn.execute(sql.SQL("SELECT id FROM {}").format(
             sql.Identifier(*t.split("."))))} for t in TABLES}
         for t in TABLES:
@@ -210,14 +163,14 @@ def _story(sandbox: Sandbox, cli: Callable[[Sequence[str]], int], say: Callable[
         balanced = True
         for t in TABLES:
             after = [r[0] for r in conn.execute(sql.SQL("SELECT id FROM {}").format(sql.Identifier(*t.split("."))))]
-            expected = before[t] | writer.committed[t]
-            ok = len(after) == len(set(after)) and set(after) == expected
+            expected = before[t] | writer.committed_to[t]
+            ok = exactly_once_fault(Counter(expected), Counter(after)) is None
             balanced &= ok
-            say(f"   {t}: {len(before[t])} rows before + {len(writer.committed[t])} committed by the writer "
+            say(f"   {t}: {len(before[t])} rows before + {len(writer.committed_to[t])} committed by the writer "
                 f"= {len(expected)}; after: {len(after)} {'✓ each exactly once' if ok else '✗ MISMATCH'}")
-        say(f"   writer: {len(writer.failures)} failed inserts, max insert latency {writer.max_latency * 1000:.0f} ms")
+        say(f"   writer: {len(writer.errors)} failed inserts, max insert latency {writer.max_latency * 1000:.0f} ms")
     final_check_ok = codes[4] == 0
-    return 0 if balanced and not writer.failures and final_check_ok else 2
+    return 0 if balanced and not writer.errors and final_check_ok else 2
 
 
 def fill_server(conn: psycopg.Connection, dsn: str) -> list[psycopg.Connection]:
