@@ -70,7 +70,7 @@ def fix_exact(
     }
     longest = max([outcome.longest_lock_s, *(r.swap_lock_s for r in recut.recuts)])
     return replace(
-        outcome, strategy="instant+recut", recut=summary, findings_after=recut.findings_after or
-        outcome.findings_after, duration_s=round(time.monotonic() - started, 3), longest_lock_s=round(longest, 4),
+        outcome, strategy="instant+recut", recut=summary,
+        findings_after=recut.findings_after if recut.status == "done" else outcome.findings_after, duration_s=round(time.monotonic() - started, 3), longest_lock_s=round(longest, 4),
         notes=[*outcome.notes, *recut.notes],
     )
