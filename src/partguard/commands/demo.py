@@ -130,8 +130,8 @@ def _story(sandbox: Sandbox, cli: Callable[[Sequence[str]], int], say: Callable[
         steps: list[tuple[str, list[str]]] = [
             ("What partguard sees", ["check", "-d", dsn]),
             ("The plan for fixes (a SQL script on stdout; nothing changes)", ["fix", "-d", dsn, "public.fixes", "--dry-run"]),
-            ("Repair fixes: a millisecond swap makes the DEFAULT a child (live writes get real children "
-             "at once), then the wide child is re-cut into exact daily children online",
+            (("Repair fixes: a millisecond swap makes the DEFAULT a child (live writes get real children "
+              "at once), then the wide child is re-cut into exact daily children online"),
              ["fix", "-d", dsn, "public.fixes", "--yes"]),
             ("Repair raw_messages with exact daily children (copy, 2 jobs)",
              ["fix", "-d", dsn, "public.raw_messages", "--yes", "--strategy", "copy", "--jobs", "2"]),
