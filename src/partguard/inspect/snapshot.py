@@ -7,6 +7,7 @@ config, the children's bounds, the session time zone and the user's overrides to
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -135,22 +136,43 @@ def table_state(
             conn, table.default.ident, table.key, grid.grid,
             has_index=table.default_key_index is not None, exact=options.exact,
         )
-    return TableState(table, config, grid, default_probe, max_child_key(conn, table), last_maintenance)
+    return TableState(table, config, grid, default_probe, max_child_key(conn, table, server.now),
+                      last_maintenance)
 
 
-def max_child_key(conn: Conn, table: Table) -> Key | None:
+def max_child_key(conn: Conn, table: Table, now: datetime | None = None) -> Key | None:
     """The largest key in the regular children, looking from the newest child down (as
-    partman does) so an index on each child answers it in one descent."""
+    partman does) so an index on each child answers it in one descent.
+
+    With ``now``, the first statement asks the premade children (starting after now,
+    normally empty) and the current one together, in one round trip: children never
+    overlap, so the largest of their largest keys is the table's.
+    """
     k = sql.Identifier(table.key)
-    for child in reversed(table.children):
-        row = conn.execute(
-            sql.SQL("SELECT {k} FROM {rel} WHERE {k} IS NOT NULL ORDER BY {k} DESC LIMIT 1").format(
-                k=k, rel=child.ident
-            )
-        ).fetchone()
-        if row is not None:
+    newest_first = list(reversed(table.children))
+    first = 1
+    if now is not None and table.key_kind == "time":
+        first += sum(1 for c in newest_first if _after(c.lower, now))
+    batches = [newest_first[:first]] + [[c] for c in newest_first[first:]]
+    for batch in batches:
+        if not batch:
+            continue
+        top = [sql.SQL("(SELECT {k} FROM {rel} WHERE {k} IS NOT NULL ORDER BY {k} DESC LIMIT 1)")
+               .format(k=k, rel=c.ident) for c in batch]
+        row = conn.execute(sql.SQL("SELECT max({k}) FROM ({u}) AS newest").format(
+            k=k, u=sql.SQL(" UNION ALL ").join(top))).fetchone()
+        if row is not None and row[0] is not None:
             return row[0]  # type: ignore[no-any-return]
     return None
+
+
+def _after(lower: Key | None, now: datetime) -> bool:
+    """A child's lower bound lies after ``now`` (dates and naive stamps on the UTC clock)."""
+    if isinstance(lower, datetime):
+        return lower > (now if lower.tzinfo is not None else now.replace(tzinfo=None))
+    if isinstance(lower, date):
+        return lower > now.date()
+    return False
 
 
 def _orphans(conn: Conn, configs: dict[str, PartmanConfig], options: Options) -> list[tuple[PartmanConfig, str]]:
@@ -268,7 +290,7 @@ def _common_int_step(table: Table) -> int:
 
 def _common_time_step(table: Table, zone: str | None) -> Interval:
     steps = Counter(
-        _step_between(c.lower, c.upper, zone)  # type: ignore[arg-type]
+        _step_between(c.lower, c.upper, zone)
         for c in table.children
         if c.lower is not None and c.upper is not None
     )
@@ -277,6 +299,7 @@ def _common_time_step(table: Table, zone: str | None) -> Interval:
     return steps.most_common(1)[0][0]
 
 
+@functools.lru_cache(maxsize=8192)
 def _step_between(lo: date, hi: date, zone: str | None) -> Interval:
     """The calendar interval between two bounds, as a human would name it in ``zone``."""
     a, b = _wall(lo, zone), _wall(hi, zone)
