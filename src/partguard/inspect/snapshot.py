@@ -130,23 +130,30 @@ def table_state(
     if table.unsupported_reason():
         return TableState(table, config, GridInfo(None, "", table.unsupported_reason()), None, None, last_maintenance)
     grid = infer_grid(table, config, server.timezone, options.interval, options.tz, options.tz_hint)
+    max_key, default_has_rows = _first_look(conn, table, server.now)
     default_probe = None
     if table.default is not None:
+        has_index = table.default_key_index is not None
         default_probe = probe(
-            conn, table.default.ident, table.key, grid.grid,
-            has_index=table.default_key_index is not None, exact=options.exact,
-        )
-    return TableState(table, config, grid, default_probe, max_child_key(conn, table, server.now),
-                      last_maintenance)
+            conn, table.default.ident, table.key, grid.grid, has_index=has_index, exact=options.exact,
+        ) if default_has_rows else Probe(0, 0, None, None, 0, (), False, has_index)
+    return TableState(table, config, grid, default_probe, max_key, last_maintenance)
 
 
 def max_child_key(conn: Conn, table: Table, now: datetime | None = None) -> Key | None:
     """The largest key in the regular children, looking from the newest child down (as
-    partman does) so an index on each child answers it in one descent.
+    partman does) so an index on each child answers it in one descent."""
+    return _first_look(conn, table, now, default=False)[0]
 
-    With ``now``, the first statement asks the premade children (starting after now,
-    normally empty) and the current one together, in one round trip: children never
-    overlap, so the largest of their largest keys is the table's.
+
+def _first_look(conn: Conn, table: Table, now: datetime | None, *,
+                default: bool = True) -> tuple[Key | None, bool]:
+    """(the largest key in the regular children, whether the DEFAULT holds any row).
+
+    One round trip for most tables: the first statement asks the premade children (those
+    starting after ``now``, normally empty), the current one and whether the DEFAULT is
+    empty (it usually is; then it needs no probe). Children never overlap, so the largest of
+    their largest keys is the table's; older children are asked one by one after that.
     """
     k = sql.Identifier(table.key)
     newest_first = list(reversed(table.children))
@@ -154,16 +161,25 @@ def max_child_key(conn: Conn, table: Table, now: datetime | None = None) -> Key 
     if now is not None and table.key_kind == "time":
         first += sum(1 for c in newest_first if _after(c.lower, now))
     batches = [newest_first[:first]] + [[c] for c in newest_first[first:]]
-    for batch in batches:
-        if not batch:
-            continue
+    ask_default = default and table.default is not None
+    has_rows = False
+    for n, batch in enumerate(batches):
         top = [sql.SQL("(SELECT {k} FROM {rel} WHERE {k} IS NOT NULL ORDER BY {k} DESC LIMIT 1)")
                .format(k=k, rel=c.ident) for c in batch]
-        row = conn.execute(sql.SQL("SELECT max({k}) FROM ({u}) AS newest").format(
-            k=k, u=sql.SQL(" UNION ALL ").join(top))).fetchone()
-        if row is not None and row[0] is not None:
-            return row[0]  # type: ignore[no-any-return]
-    return None
+        cols: list[sql.Composable] = [sql.SQL("(SELECT max({k}) FROM ({u}) AS newest)").format(
+            k=k, u=sql.SQL(" UNION ALL ").join(top)) if top else sql.SQL("NULL")]
+        if n == 0 and ask_default:
+            assert table.default is not None
+            cols.append(sql.SQL("EXISTS (SELECT FROM {})").format(table.default.ident))
+        elif not top:
+            break
+        row = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(cols))).fetchone()
+        assert row is not None
+        if n == 0 and ask_default:
+            has_rows = bool(row[1])
+        if row[0] is not None:
+            return row[0], has_rows
+    return None, has_rows
 
 
 def _after(lower: Key | None, now: datetime) -> bool:
