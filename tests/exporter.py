@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ def parse(text: str) -> Samples:
 class Reply:
     status: int
     body: str
+    at: float = 0.0  # time.monotonic() when the answer was complete
 
     @property
     def samples(self) -> Samples:
@@ -50,18 +52,20 @@ class Pending:
         resp = self.conn.getresponse()
         body = resp.read().decode()
         self.conn.close()
-        return Reply(resp.status, body)
+        return Reply(resp.status, body, time.monotonic())
 
 
 @dataclass
 class Exporter:
     argv: tuple[str, ...]
+    env: dict[str, str] | None = None
     proc: subprocess.Popen[str] = field(init=False)
     port: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-c", _MAIN, "metrics", *self.argv],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=self.env)  # None: ours
         assert self.proc.stderr is not None
         first = self.proc.stderr.readline()
         found = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", first)
@@ -93,8 +97,8 @@ class Exporter:
 
 
 @contextmanager
-def running(*argv: str) -> Iterator[Exporter]:
-    e = Exporter(argv)
+def running(*argv: str, env: dict[str, str] | None = None) -> Iterator[Exporter]:
+    e = Exporter(argv, env)
     try:
         yield e
     finally:
