@@ -122,14 +122,16 @@ def flushed(conn: psycopg.Connection[Any]) -> None:
 _CLI = "import sys; from partguard.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
-def cli_run(*argv: str) -> tuple[int, float, float]:
-    """``partguard <argv>`` in a child process: (exit code, wall seconds, peak RSS in MB)."""
+def cli_run(*argv: str) -> tuple[int, float, float, float]:
+    """``partguard <argv>`` in a child process: (exit code, wall seconds, CPU seconds, peak
+    RSS in MB). CPU time is the figure a loaded machine distorts least."""
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-c", _CLI, *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.monotonic() - start, usage.ru_maxrss / 1024  # KiB on Linux
+    cpu = usage.ru_utime + usage.ru_stime
+    return proc.returncode, time.monotonic() - start, cpu, usage.ru_maxrss / 1024  # KiB on Linux
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -186,78 +188,90 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="rounds of concurrent scrapes")
     ap.add_argument("--metrics-arg", action="append", default=[],
                     help="extra argument for `partguard metrics` (repeatable)")
+    ap.add_argument("--dsn", help="measure a database this script built before (schema bench) "
+                                   "instead of building one in a throwaway cluster")
     args = ap.parse_args()
 
+    if args.dsn:
+        measure(args, args.dsn, "an existing cluster", time.monotonic())
+        return
     # Creating a table's 100 children in one statement takes a lock on each.
     with Sandbox(settings={"max_locks_per_transaction": "1024"}) as sb:
         dsn = sb.create_database("bench", partman=False)
         t0 = time.monotonic()
         with psycopg.connect(dsn, autocommit=True) as conn:
             build(conn, args.tables, args.children, args.default_rows, args.outage_days)
-            row = conn.execute("SELECT relpages, relallvisible FROM pg_class "
-                               "WHERE oid = 'bench.big_default'::regclass").fetchone()
-            pages, visible = (int(row[0]), int(row[1])) if row else (0, 0)
-        print(f"setup: {args.tables} tables x {args.children} children, plus bench.big with "
-              f"{args.default_rows:,} rows in its DEFAULT over {args.outage_days} days "
-              f"({pages:,} heap pages, {visible:,} all-visible; index on ts): "
-              f"{time.monotonic() - t0:.1f} s "
-              f"on PostgreSQL {sb.major}")
+        measure(args, dsn, f"PostgreSQL {sb.major}", t0)
 
-        _, _, base_rss = cli_run("--version")
-        for _ in range(2):
-            rc, wall, rss = cli_run("check", "-d", dsn, "--format", "json")
-            print(f"partguard check (child process, {args.tables + 1} tables): {wall:.2f} s wall, "
-                  f"peak RSS {rss:.0f} MB (partguard --version alone: {base_rss:.0f} MB), exit {rc}; "
-                  f"target < 5 s and < 200 MB")
-        concurrent_scrapes(dsn, args.scrapers, args.rounds, args.metrics_arg)
 
-        with psycopg.connect(dsn, autocommit=True) as observer:
-            timings, touched = [], []
-            for _ in range(2):  # the first run also warms the server's catalog caches
-                heap0, idx0 = default_io(observer)
-                with connect(dsn) as conn:
-                    start = time.monotonic()
-                    report = check(conn, Options())
-                    timings.append(time.monotonic() - start)
-                    flushed(conn)
-                heap1, idx1 = default_io(observer)
-                touched.append((heap1 - heap0, idx1 - idx0))
-            found = [f for f in report.findings
-                     if f.table == "bench.big" and f.code == "default_rows"]
-            buckets = int(found[0].detail["bucket_count"]) if found else 0
-            heap, idx = touched[-1]
-            print(f"check over {len(report.tables)} tables: {timings[0]:.2f} s cold, "
-                  f"{timings[1]:.2f} s warm; status {report.status_name}, "
-                  f"{len(report.findings)} findings; bench.big DEFAULT: {buckets} buckets found")
-            print(f"check touched bench.big_default: heap {heap} of {pages:,} blocks "
-                  f"({heap / max(pages, 1):.3%}), index {idx} blocks "
-                  f"({idx / max(buckets, 1):.1f} per bucket)")
+def measure(args: argparse.Namespace, dsn: str, where: str, t0: float) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT relpages, relallvisible FROM pg_class "
+                           "WHERE oid = 'bench.big_default'::regclass").fetchone()
+        pages, visible = (int(row[0]), int(row[1])) if row else (0, 0)
+        row = conn.execute("SELECT count(*) FROM pg_partitioned_table").fetchone()
+        tables = int(row[0]) if row else 0
+    print(f"setup: {tables} partitioned tables ({args.children} children "
+          f"each), bench.big with {args.default_rows:,} rows in its DEFAULT over "
+          f"{args.outage_days} days ({pages:,} heap pages, {visible:,} all-visible; index on "
+          f"ts): {time.monotonic() - t0:.1f} s on {where}; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
-            with connect(dsn) as conn:  # the probe alone, on the big DEFAULT
-                grid = time_grid(Interval(days=1), "UTC")
+    _, _, _, base_rss = cli_run("--version")
+    for _ in range(2):
+        rc, wall, cpu, rss = cli_run("check", "-d", dsn, "--format", "json")
+        print(f"partguard check (child process, {tables} tables): {wall:.2f} s wall, "
+              f"{cpu:.2f} s CPU, peak RSS {rss:.0f} MB (partguard --version alone: {base_rss:.0f} MB), exit {rc}; "
+              f"target < 5 s and < 200 MB")
+    concurrent_scrapes(dsn, args.scrapers, args.rounds, args.metrics_arg)
+
+    with psycopg.connect(dsn, autocommit=True) as observer:
+        timings, touched = [], []
+        for _ in range(2):  # the first run also warms the server's catalog caches
+            heap0, idx0 = default_io(observer)
+            with connect(dsn) as conn:
                 start = time.monotonic()
-                p = probe(conn, sql.Identifier("bench", "big_default"), "ts", grid,
-                          has_index=True)
-                probe_time = time.monotonic() - start
-            print(f"probe of bench.big_default alone: {probe_time * 1000:.1f} ms, "
-                  f"{len(p.buckets)} buckets, ~{p.rows_estimate:,} rows (estimate)")
-
-            heap0, _ = default_io(observer)
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                # A heap scan: what a naive count costs (and any GROUP BY over buckets more).
-                conn.execute("SET enable_indexscan = off; SET enable_indexonlyscan = off; "
-                             "SET enable_bitmapscan = off")
-                start = time.monotonic()
-                conn.execute("SELECT count(*), min(ts), max(ts) FROM bench.big_default")
-                naive = time.monotonic() - start
+                report = check(conn, Options())
+                timings.append(time.monotonic() - start)
                 flushed(conn)
-            heap1, _ = default_io(observer)
-            print(f"baseline SELECT count(*), min(ts), max(ts) FROM bench.big_default "
-                  f"(seq scan): {naive * 1000:.1f} ms, heap {heap1 - heap0:,} blocks touched")
-            print(f"ratios: probe time / baseline = {probe_time / naive:.3f}; heap blocks "
-                  f"check / baseline = {heap / max(heap1 - heap0, 1):.4f}; whole check of "
-                  f"{len(report.tables)} tables / baseline scan of one DEFAULT = "
-                  f"{timings[1] / naive:.1f}")
+            heap1, idx1 = default_io(observer)
+            touched.append((heap1 - heap0, idx1 - idx0))
+        found = [f for f in report.findings
+                 if f.table == "bench.big" and f.code == "default_rows"]
+        buckets = int(found[0].detail["bucket_count"]) if found else 0
+        heap, idx = touched[-1]
+        print(f"check over {len(report.tables)} tables: {timings[0]:.2f} s cold, "
+              f"{timings[1]:.2f} s warm; status {report.status_name}, "
+              f"{len(report.findings)} findings; bench.big DEFAULT: {buckets} buckets found")
+        print(f"check touched bench.big_default: heap {heap} of {pages:,} blocks "
+              f"({heap / max(pages, 1):.3%}), index {idx} blocks "
+              f"({idx / max(buckets, 1):.1f} per bucket)")
+
+        with connect(dsn) as conn:  # the probe alone, on the big DEFAULT
+            grid = time_grid(Interval(days=1), "UTC")
+            start = time.monotonic()
+            p = probe(conn, sql.Identifier("bench", "big_default"), "ts", grid,
+                      has_index=True)
+            probe_time = time.monotonic() - start
+        print(f"probe of bench.big_default alone: {probe_time * 1000:.1f} ms, "
+              f"{len(p.buckets)} buckets, ~{p.rows_estimate:,} rows (estimate)")
+
+        heap0, _ = default_io(observer)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            # A heap scan: what a naive count costs (and any GROUP BY over buckets more).
+            conn.execute("SET enable_indexscan = off; SET enable_indexonlyscan = off; "
+                         "SET enable_bitmapscan = off")
+            start = time.monotonic()
+            conn.execute("SELECT count(*), min(ts), max(ts) FROM bench.big_default")
+            naive = time.monotonic() - start
+            flushed(conn)
+        heap1, _ = default_io(observer)
+        print(f"baseline SELECT count(*), min(ts), max(ts) FROM bench.big_default "
+              f"(seq scan): {naive * 1000:.1f} ms, heap {heap1 - heap0:,} blocks touched")
+        print(f"ratios: probe time / baseline = {probe_time / naive:.3f}; heap blocks "
+              f"check / baseline = {heap / max(heap1 - heap0, 1):.4f}; whole check of "
+              f"{len(report.tables)} tables / baseline scan of one DEFAULT = "
+              f"{timings[1] / naive:.1f}")
 
 
 if __name__ == "__main__":

@@ -127,6 +127,24 @@ def test_a_late_refresh_answers_with_the_previous_snapshot(logged: Sandbox, prox
     assert after.value("partguard_children", schema="public", table="events") == 2
 
 
+def test_with_no_previous_snapshot_a_late_refresh_is_up_0(logged: Sandbox, proxy: Proxy) -> None:
+    """The very first scrape cannot wait for a hanging database: up 0 within its timeout
+    (no age: there is no snapshot yet); the refresh finishes later and serves the next."""
+    dsn = events_db(logged)
+    with running("-d", via(proxy, dsn), "--listen", "127.0.0.1:0") as e:
+        proxy.stall()
+        late = e.get("/metrics", timeout=1)
+        proxy.release()
+        fresh = e.get("/metrics")
+        err = e.stop()
+    assert late.status == 200 and late.value("partguard_up") == 0
+    assert ("partguard_snapshot_age_seconds", ()) not in late.samples
+    assert ("partguard_connections_used", ()) not in late.samples
+    assert "the snapshot has been running for" in err
+    assert fresh.value("partguard_up") == 1
+    assert fresh.value("partguard_snapshots_total") == 1  # the late scrape's refresh, finished
+
+
 def test_a_dead_database_is_cached_too(logged: Sandbox) -> None:
     """A refused connection is an answer (up 0) and is shared like any other: scrapers of a
     dead database do not each knock on it."""

@@ -67,8 +67,9 @@ class Scrape:
     error: str | None = None
 
 
-def scrape(params: ConnParams | str, options: Options) -> Scrape:
-    """One snapshot on a fresh connection; any failure becomes ``Scrape(None, …, error)``."""
+def scrape(params: ConnParams | str, options: Options, target: str = "") -> Scrape:
+    """One snapshot on a fresh connection; any failure becomes ``Scrape(None, …, error)``.
+    ``target`` names the database in the log (the fleet exporter's target name)."""
     start = time.monotonic()
     try:
         with connect(params, **_connect_timeout(params)) as conn:
@@ -76,7 +77,8 @@ def scrape(params: ConnParams | str, options: Options) -> Scrape:
                          "set_config('lock_timeout', %s, false)", (STATEMENT_TIMEOUT, LOCK_TIMEOUT))
             report = check(conn, options)
     except Exception as exc:  # noqa: BLE001 - an exporter answers "down", it does not crash
-        log.warning("metrics: cannot check the database: %s", str(exc).strip().splitlines()[0])
+        log.warning("metrics%s: cannot check the database: %s", f" {target}" if target else "",
+                    (str(exc).strip().splitlines() or [type(exc).__name__])[0])
         return Scrape(None, time.monotonic() - start, str(exc))
     return Scrape(report, time.monotonic() - start)
 
@@ -175,6 +177,7 @@ class Entry:
     scrape: Scrape
     body: bytes
     at: float  # time.monotonic() when the snapshot finished
+    late: bool = False  # a stand-in (up 0) for a snapshot still running: it has no age
 
     def age(self) -> float:
         return max(0.0, time.monotonic() - self.at)
@@ -230,7 +233,7 @@ class SnapshotCache:
         msg = f"the snapshot has been running for {running:.1f}s"
         log.warning("metrics%s: %s; answering partguard_up 0", f" {self.name}" if self.name else "", msg)
         late = Scrape(None, running, msg)
-        return Entry(late, render(families(late)), time.monotonic())
+        return Entry(late, render(families(late)), time.monotonic(), late=True)
 
     def _refresh(self) -> None:
         start = time.monotonic()
@@ -249,13 +252,15 @@ class SnapshotCache:
 
 def cache_families(cache: SnapshotCache, entry: Entry) -> list[Metric]:
     """How old the served snapshot is and how many were taken: next to the database's own."""
-    return [
-        GaugeMetricFamily("partguard_snapshot_age_seconds",
-                          "Seconds since the snapshot served here finished (scrapers share it).",
-                          value=entry.age()),
+    out: list[Metric] = [
         CounterMetricFamily("partguard_snapshots", "Snapshots taken of this database; each is "
                             "one connection and one catalog read.", value=cache.snapshots),
     ]
+    if not entry.late:
+        out.append(GaugeMetricFamily("partguard_snapshot_age_seconds", "Seconds since the "
+                                     "snapshot served here finished (scrapers share it).",
+                                     value=entry.age()))
+    return out
 
 
 def target_families(caches: Mapping[str, SnapshotCache]) -> list[Metric]:
@@ -291,7 +296,8 @@ class Target:
 
 
 def cache_for_target(target: Target, cache_for: float) -> SnapshotCache:
-    return SnapshotCache(lambda: scrape(target.params, target.options), cache_for, target.name)
+    return SnapshotCache(lambda: scrape(target.params, target.options, target.name), cache_for,
+                         target.name)
 
 
 def _process_registry() -> CollectorRegistry:
