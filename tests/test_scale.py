@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
 from exporter import Proxy, in_parallel, running
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from partguard.inspect.catalog import read_tables
+from partguard.inspect.grid import Interval, on_grid, time_grid
 from partguard.sandbox import Sandbox
 
 DAY1 = "FOR VALUES FROM ('2026-01-01 00:00+00') TO ('2026-01-02 00:00+00')"
@@ -181,3 +186,51 @@ def test_cache_for_needs_listen_and_a_duration(run: Callable[..., tuple[int, str
     assert rc == 64 and out == "" and err == "partguard: --cache-for applies to --listen only\n"
     rc, _, err = run("metrics", "-d", "x", "--listen", "127.0.0.1:0", "--cache-for", "soon")
     assert rc == 64 and err.count("\n") == 1 and "not a duration: 'soon'" in err
+
+
+# --- the grid shortcut check relies on -----------------------------------------------------
+# A day is 24 h in a zone whose offset never changes, so check locates every bound there by
+# one division instead of walking the grid; DST zones still walk. An independent oracle
+# (local wall time) says which keys are boundaries.
+
+STEPS = {"1 day": Interval(days=1), "1 hour": Interval(micros=3_600_000_000),
+         "1 month": Interval(months=1)}
+ZONES = ["UTC", "Etc/GMT-1", "Etc/GMT+5", "Europe/Berlin", "America/New_York"]
+
+
+def is_boundary(local: datetime, step: str) -> bool:
+    midnight = (local.hour, local.minute, local.second, local.microsecond) == (0, 0, 0, 0)
+    if step == "1 hour":
+        return (local.minute, local.second, local.microsecond) == (0, 0, 0)
+    return midnight and (step == "1 day" or local.day == 1)
+
+
+# Wall times in the zone under test, often a bucket's start (midnight, the 1st), sometimes
+# a microsecond or a second off it: what a table's bounds look like, and what they should not.
+walls = st.builds(
+    lambda day, hour, minute, wiggle: datetime(2020, 1, 1) + timedelta(
+        days=day, hours=hour, minutes=minute, microseconds=wiggle),
+    st.integers(0, 10 * 365), st.sampled_from([0, 0, 0, 3, 12, 23]), st.sampled_from([0, 0, 30]),
+    st.sampled_from([0, 0, 0, 1, -1, 10**6]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(STEPS)), st.sampled_from(ZONES), st.lists(walls, min_size=1, max_size=40))
+def test_on_grid_agrees_with_wall_time_in_every_zone(step: str, zone: str, local: list[datetime]) -> None:
+    tz = ZoneInfo(zone)
+    keys = [w.replace(tzinfo=tz).astimezone(UTC) for w in local]  # as the server sends them
+    grid = time_grid(STEPS[step], zone)
+    want = [is_boundary(k.astimezone(tz), step) for k in keys]
+    assert on_grid(grid, keys) == want
+    assert [grid.is_aligned(k) for k in keys] == want
+    assert on_grid(grid, [k.astimezone(tz) for k in keys]) == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(sorted(STEPS)), st.lists(walls, min_size=1, max_size=40))
+def test_on_grid_of_naive_timestamps_and_dates(step: str, naive: list[datetime]) -> None:
+    grid = time_grid(STEPS[step], None)
+    assert on_grid(grid, naive) == [is_boundary(k, step) for k in naive]
+    if step != "1 hour":
+        days = [date(k.year, k.month, k.day) for k in naive]
+        assert on_grid(grid, days) == [step == "1 day" or d.day == 1 for d in days]

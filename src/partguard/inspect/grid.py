@@ -277,6 +277,16 @@ class TimeGrid:
         _, v, k, b = self._locate(x)
         return b(k) == v
 
+    def _on_fixed_grid(self, keys: Sequence[date]) -> list[bool]:
+        """``is_aligned`` for many keys on a fixed-length step: boundary k is base + k * step,
+        so a key is one exactly when its distance from the base divides evenly."""
+        td, zero, out = self._fixed, timedelta(0), []
+        assert td is not None
+        for x in keys:
+            mode, v = self._split(x)
+            out.append((v - (self._abs0 if mode == "abs" else self._wall0)) % td == zero)
+        return out
+
     def offset(self, x: date) -> timedelta:
         """How far x lies past its bucket's start (absolute time for aware keys)."""
         _, v, k, b = self._locate(x)
@@ -346,8 +356,9 @@ def on_grid(grid: Grid, keys: Sequence[Key]) -> list[bool]:
     locating each key on its own; a sparse span (a child from 1970 to 2100 on a daily grid)
     falls back to per-key lookups.
     """
-    if isinstance(grid, IntGrid) or grid._fixed is not None or len(keys) < 8:
-        # A fixed step locates each key by one division: no walk needed.
+    if isinstance(grid, TimeGrid) and grid._fixed is not None:
+        return grid._on_fixed_grid(cast(Sequence[date], keys))  # a remainder each: no walk
+    if isinstance(grid, IntGrid) or len(keys) < 8:
         return [grid.is_aligned(k) for k in keys]  # type: ignore[arg-type]
     ks = cast(list[date], list(keys))
     limit, seen = 4 * len(ks) + 64, set()

@@ -109,7 +109,8 @@ def read_server(conn: Conn) -> Server:
 def take(conn: Conn, options: Options = Options()) -> Snapshot:
     """Read everything ``check`` judges. Read-only; safe on a busy primary."""
     server = read_server(conn)
-    tables = read_tables(conn, list(options.tables) or None)
+    # check judges, it names no new children: the schemas' relation names are not read.
+    tables = read_tables(conn, list(options.tables) or None, with_schema_names=False)
     configs = read_configs(conn, server.partman)
     last = journal.last_maintenance(conn)
     states = []
