@@ -140,6 +140,11 @@ def peak_rss_mb(pid: int) -> float:
     return int(m.group(1)) / 1024 if m else float("nan")
 
 
+def _sample(body: str, name: str) -> str:
+    m = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", body, re.MULTILINE)
+    return m.group(1) if m else ""
+
+
 def _scrape(url: str, took: list[float], bodies: list[str]) -> None:
     """One scrape as Prometheus sends it (with its timeout header)."""
     req = urllib.request.Request(url, headers={"X-Prometheus-Scrape-Timeout-Seconds": "10"})
@@ -167,11 +172,14 @@ def concurrent_scrapes(dsn: str, scrapers: int, rounds: int, extra: list[str]) -
                 t.start()
             for t in threads:
                 t.join()
-            snaps = re.findall(r"^partguard_snapshots_total(?:\{[^}]*\})? (\S+)$", bodies[-1], re.MULTILINE)
+            snaps = _sample(bodies[-1], "partguard_snapshots_total") or "not exported"
+            ups = sorted(_sample(b, "partguard_up") for b in bodies)
+            ages = sorted(_sample(b, "partguard_snapshot_age_seconds") or "-" for b in bodies)
             print(f"metrics round {r + 1}: {scrapers} concurrent scrapes took "
                   f"{', '.join(f'{t:.2f}' for t in sorted(took))} s (max {max(took):.2f} s; "
-                  f"{'within' if max(took) < 10 else 'OVER'} a 10 s scrape timeout); exporter peak RSS "
-                  f"{peak_rss_mb(proc.pid):.0f} MB; snapshots so far: {snaps[0] if snaps else 'not exported'}")
+                  f"{'within' if max(took) < 10 else 'OVER'} a 10 s scrape timeout), answered "
+                  f"partguard_up {'/'.join(ups)}, snapshot age {'/'.join(ages)} s; exporter peak "
+                  f"RSS {peak_rss_mb(proc.pid):.0f} MB; snapshots so far: {snaps}")
             time.sleep(6)  # past the default cache: the next round refreshes
     finally:
         proc.terminate()
@@ -217,12 +225,12 @@ def measure(args: argparse.Namespace, dsn: str, where: str, t0: float) -> None:
           f"ts): {time.monotonic() - t0:.1f} s on {where}; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
-    _, _, _, base_rss = cli_run("--version")
+    _, base_wall, base_cpu, base_rss = cli_run("--version")
     for _ in range(2):
         rc, wall, cpu, rss = cli_run("check", "-d", dsn, "--format", "json")
         print(f"partguard check (child process, {tables} tables): {wall:.2f} s wall, "
-              f"{cpu:.2f} s CPU, peak RSS {rss:.0f} MB (partguard --version alone: {base_rss:.0f} MB), exit {rc}; "
-              f"target < 5 s and < 200 MB")
+              f"{cpu:.2f} s CPU, peak RSS {rss:.0f} MB, exit {rc} (partguard --version alone: "
+              f"{base_wall:.2f} s, {base_cpu:.2f} s CPU, {base_rss:.0f} MB); target < 5 s and < 200 MB")
     concurrent_scrapes(dsn, args.scrapers, args.rounds, args.metrics_arg)
 
     with psycopg.connect(dsn, autocommit=True) as observer:

@@ -166,8 +166,16 @@ SELECT i.inhparent, c.oid, n.nspname, c.relname, pg_get_expr(c.relpartbound, 0),
 FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE i.inhparent = ANY(%s::oid[])
+WHERE i.inhparent = ANY(%(oids)s::oid[])
 """
+
+# Every partitioned table's children, for a read of all tables: without the list of parents
+# the planner knows how many rows come and hash-joins (an index probe per child otherwise).
+# Children of subpartitions come too; the caller keeps its tables' own.
+_ALL_CHILDREN_SQL = _CHILDREN_SQL.replace(
+    "WHERE i.inhparent = ANY(%(oids)s::oid[])",
+    "JOIN pg_partitioned_table p ON p.partrelid = i.inhparent",
+)
 
 _COLUMNS_SQL = """
 SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
@@ -242,8 +250,10 @@ def read_tables(conn: Conn, names: list[str] | None = None, *, strict: bool = Tr
     table_oids = [r[0] for r in rows]
     children: dict[int, list[Child]] = {o: [] for o in table_oids}
     for parent, oid, schema, relname, bound, is_part, tuples in conn.execute(
-        _CHILDREN_SQL, (table_oids,)
+        _CHILDREN_SQL if oids is not None else _ALL_CHILDREN_SQL, {"oids": table_oids}
     ):
+        if parent not in children:
+            continue  # a subpartition's child
         lower, upper, is_default = parse_bound(bound or "")
         children[parent].append(
             Child(oid, schema, relname, lower, upper, is_default, bool(is_part), int(tuples), bound or "")
@@ -391,6 +401,7 @@ def _sort_key(c: Child) -> tuple[int, Any]:
 _RANGE_RE = re.compile(r"^FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)$", re.DOTALL)
 
 
+@functools.lru_cache(maxsize=8192)  # a schema's tables mostly share their bounds
 def parse_bound(text: str) -> tuple[Key | None, Key | None, bool]:
     """Parse ``pg_get_expr(relpartbound)`` as rendered with DateStyle ISO.
 
@@ -407,8 +418,8 @@ def parse_bound(text: str) -> tuple[Key | None, Key | None, bool]:
 
 @functools.lru_cache(maxsize=8192)
 def parse_literal(text: str) -> Key | None:
-    """One bound as rendered by the server. Cached: the tables of a schema mostly share
-    their bounds (the same days), and the parsed values are immutable."""
+    """One bound value as rendered by the server (cached, as parse_bound: the values are
+    immutable, and shared they cost memory once)."""
     t = text.strip()
     if t.upper() in ("MINVALUE", "MAXVALUE"):
         return None
