@@ -54,26 +54,22 @@ def app_db(conn: psycopg.Connection[Any]) -> None:
                  "FROM generate_series(1, 3) g")
 
 
-def targets_file(tmp_path: Path, body: str) -> str:
+def targets_file(tmp_path: Path, body: str = "", **dsns: str) -> str:
+    """A targets.toml: ``body`` as is, then one [target.NAME] per keyword, with its dsn."""
     path = tmp_path / "targets.toml"
-    path.write_text(body)
+    path.write_text(body + "".join(f'[target.{name}]\ndsn = "{dsn}"\n\n' for name, dsn in dsns.items()))
     return str(path)
+
+
+def on_port(port: int) -> str:
+    return f"host=127.0.0.1 port={port} dbname=x user=postgres"
 
 
 def test_two_dead_targets_do_not_slow_the_live_one(
     dsn: str, conn: psycopg.Connection[Any], tmp_path: Path, silent: Proxy
 ) -> None:
     app_db(conn)
-    cfg = targets_file(tmp_path, f"""
-[target.live]
-dsn = "{dsn}"
-
-[target.refused]
-dsn = "host=127.0.0.1 port={closed_port()} dbname=x user=postgres"
-
-[target.silent]
-dsn = "host=127.0.0.1 port={silent.port} dbname=x user=postgres"
-""")
+    cfg = targets_file(tmp_path, live=dsn, refused=on_port(closed_port()), silent=on_port(silent.port))
     with running("--config", cfg, "--listen", "127.0.0.1:0") as e:
         # All at once, as Prometheus' scrape loops would; the silent one a few times over.
         paths = ["/probe?target=silent"] * 3 + ["/probe?target=refused", "/probe?target=live"]
@@ -109,7 +105,7 @@ dsn = "host=127.0.0.1 port={silent.port} dbname=x user=postgres"
 
 
 def test_probe_asks_for_a_target_by_name_only(dsn: str, tmp_path: Path) -> None:
-    cfg = targets_file(tmp_path, f'[target.live]\ndsn = "{dsn}"\n')
+    cfg = targets_file(tmp_path, live=dsn)
     with running("--config", cfg, "--listen", "127.0.0.1:0") as e:
         unknown = e.get("/probe?target=" + urllib.parse.quote("host=evil.example dbname=x"))
         missing = e.get("/probe")
@@ -145,16 +141,8 @@ def test_passwords_come_from_pgpass_and_service_files(
     pgpass.chmod(0o600)
     services = tmp_path / "pg_service.conf"
     services.write_text(f"[app]\nhost=127.0.0.1\nport={sb.port}\ndbname=app\nuser=mon\npassword={SECRET}\n")
-    cfg = targets_file(tmp_path, f"""
-[target.pgpass]
-dsn = "{mon} passfile={pgpass}"
-
-[target.service]
-service = "app"
-
-[target.nopass]
-dsn = "{mon}"
-""")
+    cfg = targets_file(tmp_path, '[target.service]\nservice = "app"\n\n',
+                       pgpass=f"{mon} passfile={pgpass}", nopass=mon)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}  # no PGPASSWORD
     env.update(PGSERVICEFILE=str(services), PGPASSFILE=str(tmp_path / "none"))
     with running("--config", cfg, "--listen", "127.0.0.1:0", env=env) as e:
@@ -193,7 +181,7 @@ def test_a_password_in_the_targets_file_is_refused(
 def test_config_combines_with_listen_only(
     argv: list[str], message: str, tmp_path: Path, run: Callable[..., tuple[int, str, str]]
 ) -> None:
-    cfg = targets_file(tmp_path, '[target.a]\ndsn = "dbname=a"\n')
+    cfg = targets_file(tmp_path, a="dbname=a")
     rc, _, err = run("metrics", "--config", cfg, *argv)
     assert rc == 64 and err == f"partguard: {message}\n"
 
@@ -243,13 +231,7 @@ def test_the_readme_scrape_config_runs_in_prometheus(
             pytest.fail("prometheus is missing in CI: install the prometheus package")
         pytest.skip("prometheus is not installed")
     app_db(conn)
-    cfg = targets_file(tmp_path, f"""
-[target.live]
-dsn = "{dsn}"
-
-[target.silent]
-dsn = "host=127.0.0.1 port={silent.port} dbname=x user=postgres"
-""")
+    cfg = targets_file(tmp_path, live=dsn, silent=on_port(silent.port))
     with running("--config", cfg, "--listen", "127.0.0.1:0") as e:
         scrape = (readme_scrape_config()
                   .replace("[orders, billing]", "[live, silent]")

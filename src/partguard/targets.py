@@ -18,7 +18,6 @@ libpq finds it in ``~/.pgpass`` (or ``passfile``), a service file or ``PGPASSWOR
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from . import tomlfile
 from .errors import UsageError
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -42,19 +42,11 @@ class TargetSpec:
 
 
 def load(path: str | Path) -> tuple[TargetSpec, ...]:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read {p}: {exc.strerror}") from None
-    return parse(text, str(p))
+    return parse(tomlfile.read(path), str(path))
 
 
 def parse(text: str, source: str = "targets.toml") -> tuple[TargetSpec, ...]:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{source}: {exc}") from None
+    doc = tomlfile.parse(text, source)
     unknown = set(doc) - {"target", "defaults"}
     if unknown:
         raise UsageError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}; "
