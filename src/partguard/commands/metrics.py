@@ -315,6 +315,8 @@ def scrape_wait(environ: Mapping[str, Any]) -> float:
         timeout = float(environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS", ""))
     except ValueError:
         return DEFAULT_WAIT
+    if not 0 < timeout < 3600:  # nan, inf, nonsense: as without the header
+        return DEFAULT_WAIT
     return max(0.1, timeout - min(1.0, timeout * 0.1))
 
 
