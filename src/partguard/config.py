@@ -20,11 +20,11 @@ See docs/partguard.toml.example for every key.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import tomlfile
 from .errors import UsageError
 from .inspect.catalog import Table
 from .inspect.grid import Grid, IntGrid, TimeGrid, parse_interval, time_grid
@@ -87,19 +87,11 @@ def load(path: str | Path | None) -> Config:
     """Read and validate a config file; ``None`` is the empty config."""
     if path is None:
         return Config()
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read {p}: {exc.strerror}") from None
-    return parse(text, str(p))
+    return parse(tomlfile.read(path), str(path))
 
 
 def parse(text: str, source: str = "partguard.toml") -> Config:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{source}: {exc}") from None
+    doc = tomlfile.parse(text, source)
     unknown = set(doc) - {"table", "defaults"}
     if unknown:
         raise UsageError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}; expected [[table]], [defaults]")

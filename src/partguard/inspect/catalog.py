@@ -7,6 +7,7 @@ repair script named children ``_p20261122`` on a partman 4.7 table), bounds do n
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -82,7 +83,9 @@ class Table:
     default_key_index: str | None = None  # an index on the DEFAULT led by the key column
     indexes: tuple[str, ...] = field(default=())  # partitioned indexes of the parent
     # Every relation name in the table's schema: a new child must not take one, even one
-    # outside the partition set (partman silently skips a name that exists: a hole).
+    # outside the partition set (partman silently skips a name that exists: a hole). One
+    # set shared by the schema's tables; empty when read without (snapshot.take: check
+    # names no children).
     schema_names: frozenset[str] = field(default=frozenset())
 
     @property
@@ -154,16 +157,25 @@ WHERE NOT c.relispartition
 ORDER BY n.nspname, c.relname
 """
 
-# pg_get_expr(relpartbound, 0): a bound holds only constants, and given the child's oid
-# pg_get_expr would lock it (one locked child would stall the whole read).
+# pg_get_expr(relpartbound, 0): a bound holds only constants, so no relation is needed to
+# deparse it; passing the child's oid makes the server open every child (100,000 children:
+# 15 s of a 16 s query, and a wait on any child someone holds locked).
 _CHILDREN_SQL = """
 SELECT i.inhparent, c.oid, n.nspname, c.relname, pg_get_expr(c.relpartbound, 0),
        c.relkind = 'p', c.reltuples::bigint
 FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE i.inhparent = ANY(%s::oid[])
+WHERE i.inhparent = ANY(%(oids)s::oid[])
 """
+
+# Every partitioned table's children, for a read of all tables: without the list of parents
+# the planner knows how many rows come and hash-joins (an index probe per child otherwise).
+# Children of subpartitions come too; the caller keeps its tables' own.
+_ALL_CHILDREN_SQL = _CHILDREN_SQL.replace(
+    "WHERE i.inhparent = ANY(%(oids)s::oid[])",
+    "JOIN pg_partitioned_table p ON p.partrelid = i.inhparent",
+)
 
 _COLUMNS_SQL = """
 SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
@@ -212,11 +224,14 @@ def resolve(conn: Conn, name: str) -> int:
     return int(row[0])
 
 
-def read_tables(conn: Conn, names: list[str] | None = None, *, strict: bool = True) -> list[Table]:
+def read_tables(conn: Conn, names: list[str] | None = None, *, strict: bool = True,
+                with_schema_names: bool = True) -> list[Table]:
     """All top-level partitioned tables, or the named ones.
 
     With ``strict``, a named table that is missing or not partitioned is an error; the
     caller still decides what to do with list/hash/expression keys (``unsupported_reason``).
+    ``with_schema_names=False`` leaves ``Table.schema_names`` empty: only a planner that
+    names new children needs them (100,000 relations in a schema: 100,000 more rows).
     """
     oids: list[int] | None = None
     if names:
@@ -235,8 +250,10 @@ def read_tables(conn: Conn, names: list[str] | None = None, *, strict: bool = Tr
     table_oids = [r[0] for r in rows]
     children: dict[int, list[Child]] = {o: [] for o in table_oids}
     for parent, oid, schema, relname, bound, is_part, tuples in conn.execute(
-        _CHILDREN_SQL, (table_oids,)
+        _CHILDREN_SQL if oids is not None else _ALL_CHILDREN_SQL, {"oids": table_oids}
     ):
+        if parent not in children:
+            continue  # a subpartition's child
         lower, upper, is_default = parse_bound(bound or "")
         children[parent].append(
             Child(oid, schema, relname, lower, upper, is_default, bool(is_part), int(tuples), bound or "")
@@ -256,13 +273,7 @@ def read_tables(conn: Conn, names: list[str] | None = None, *, strict: bool = Tr
     ):
         indexes[relid].append(Index(iname, parent_index, first_col, idef))
 
-    names_in: dict[str, set[str]] = {}
-    for nsp, relname in conn.execute(
-        """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE n.nspname = ANY(%s)""",
-        (sorted({r[1] for r in rows}),),
-    ):
-        names_in.setdefault(nsp, set()).add(relname)
+    names_in = schema_names(conn, sorted({r[1] for r in rows})) if with_schema_names else {}
     tables = []
     for oid, schema, name, strat, keycols, is_expr, keytype, notnull, owner in rows:
         kids = children[oid]
@@ -280,10 +291,29 @@ def read_tables(conn: Conn, names: list[str] | None = None, *, strict: bool = Tr
                 key_not_null=bool(notnull), owner=owner, children=tuple(regular), default=default,
                 columns=tuple(columns[oid]), referenced_by=tuple(referenced[oid]),
                 default_key_index=key_index, indexes=tuple(i.name for i in indexes.get(oid, [])),
-                schema_names=frozenset(names_in.get(schema, ())),
+                schema_names=names_in.get(schema, _NO_NAMES),
             )
         )
     return tables
+
+
+_NO_NAMES: frozenset[str] = frozenset()
+
+
+def schema_names(conn: Conn, schemas: list[str]) -> dict[str, frozenset[str]]:
+    """Every relation name in each schema, one shared set per schema.
+
+    Every table of a schema refers to the same frozenset: a copy per table made ``check``
+    grow with tables x relations (300 tables x 100 children in one schema: 686 MB).
+    """
+    names_in: dict[str, set[str]] = {}
+    for nsp, relname in conn.execute(
+        """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = ANY(%s)""",
+        (schemas,),
+    ):
+        names_in.setdefault(nsp, set()).add(relname)
+    return {nsp: frozenset(names) for nsp, names in names_in.items()}
 
 
 def read_table(conn: Conn, name: str) -> Table:
@@ -375,6 +405,7 @@ def _sort_key(c: Child) -> tuple[int, Any]:
 _RANGE_RE = re.compile(r"^FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)$", re.DOTALL)
 
 
+@functools.lru_cache(maxsize=8192)  # a schema's tables mostly share their bounds
 def parse_bound(text: str) -> tuple[Key | None, Key | None, bool]:
     """Parse ``pg_get_expr(relpartbound)`` as rendered with DateStyle ISO.
 
@@ -389,7 +420,10 @@ def parse_bound(text: str) -> tuple[Key | None, Key | None, bool]:
     return parse_literal(m["lo"]), parse_literal(m["hi"]), False
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_literal(text: str) -> Key | None:
+    """One bound value as rendered by the server (cached, as parse_bound: the values are
+    immutable, and shared they cost memory once)."""
     t = text.strip()
     if t.upper() in ("MINVALUE", "MAXVALUE"):
         return None

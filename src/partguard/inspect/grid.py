@@ -133,6 +133,15 @@ def _zone(tz: str | None) -> tzinfo:
     return zone_info(tz)
 
 
+# Zones with one offset forever (tzdata's UTC aliases and the Etc/GMT±N zones).
+_STEADY_ZONE = re.compile(r"(?:Etc/)?(?:UTC|UCT|GMT|Universal|Zulu|Greenwich)|Etc/GMT[+-]\d{1,2}")
+
+
+def _steady(tz: str | None) -> bool:
+    """Whether local wall time in ``tz`` never jumps (None: naive keys, no zone at all)."""
+    return tz is None or _STEADY_ZONE.fullmatch(tz) is not None
+
+
 def _localize(wall: datetime, zone: tzinfo) -> datetime:
     """Local wall time -> UTC instant, resolving DST like PostgreSQL: a time that occurs twice
     takes the later (standard-time) reading, a time in a gap the offset before the gap."""
@@ -204,9 +213,17 @@ class TimeGrid:
     _zone: tzinfo = field(init=False, repr=False, compare=False)
     _wall0: datetime = field(init=False, repr=False, compare=False)
     _abs0: datetime = field(init=False, repr=False, compare=False)
+    # The step as a timedelta when its length is fixed: no months, and no days unless the
+    # zone's offset never changes (a UTC day is always 24 h). Fixed steps are multiplication;
+    # the others localize every boundary.
+    _fixed: timedelta | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_step(self.step, self.step)
+        s = self.step
+        fixed = (timedelta(days=s.days, microseconds=s.micros)
+                 if s.months == 0 and (s.days == 0 or _steady(self.tz)) else None)
+        object.__setattr__(self, "_fixed", fixed)
         zone = _zone(self.tz)
         a = self.anchor
         if isinstance(a, datetime) and a.tzinfo is not None:
@@ -218,12 +235,6 @@ class TimeGrid:
         object.__setattr__(self, "_zone", zone)
         object.__setattr__(self, "_wall0", wall0)
         object.__setattr__(self, "_abs0", abs0)
-
-    @property
-    def _fixed(self) -> timedelta | None:
-        """The step as a timedelta when it has a fixed length (no months or days)."""
-        s = self.step
-        return timedelta(microseconds=s.micros) if s.months == 0 and s.days == 0 else None
 
     def _wall_b(self, k: int) -> datetime:
         s = self.step
@@ -299,6 +310,16 @@ class TimeGrid:
         _, v, k, b = self._locate(x)
         return b(k) == v
 
+    def _on_fixed_grid(self, keys: Sequence[date]) -> list[bool]:
+        """``is_aligned`` for many keys on a fixed-length step: boundary k is base + k * step,
+        so a key is one exactly when its distance from the base divides evenly."""
+        td, zero, out = self._fixed, timedelta(0), []
+        assert td is not None
+        for x in keys:
+            mode, v = self._split(x)
+            out.append((v - (self._abs0 if mode == "abs" else self._wall0)) % td == zero)
+        return out
+
     def offset(self, x: date) -> timedelta:
         """How far x lies past its bucket's start (absolute time for aware keys)."""
         _, v, k, b = self._locate(x)
@@ -368,6 +389,8 @@ def on_grid(grid: Grid, keys: Sequence[Key]) -> list[bool]:
     locating each key on its own; a sparse span (a child from 1970 to 2100 on a daily grid)
     falls back to per-key lookups.
     """
+    if isinstance(grid, TimeGrid) and grid._fixed is not None:
+        return grid._on_fixed_grid(cast(Sequence[date], keys))  # a remainder each: no walk
     if isinstance(grid, IntGrid) or len(keys) < 8:
         return [grid.is_aligned(k) for k in keys]  # type: ignore[arg-type]
     ks = cast(list[date], list(keys))

@@ -8,6 +8,7 @@ config, the children's bounds, the session time zone and the user's overrides to
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -171,7 +172,8 @@ def take(conn: Conn, options: Options = Options()) -> Snapshot:
     server = read_server(conn)
     if options.connection is not None:
         server = replace(server, target=options.connection.command_args(server.database))
-    tables = read_tables(conn, list(options.tables) or None)
+    # check judges, it names no new children: the schemas' relation names are not read.
+    tables = read_tables(conn, list(options.tables) or None, with_schema_names=False)
     configs = read_configs(conn, server.partman)
     last = journal.last_maintenance(conn)
     left = read_leftovers(conn, tables, exact=options.exact)
@@ -207,13 +209,13 @@ def table_state(
                       options.force_tz)
     if leftovers is None:
         leftovers = read_leftovers(conn, [table], exact=options.exact).get(table.oid, Leftovers())
+    max_key, default_has_rows = _first_look(conn, table, server.now)
     default_probe = None
     if table.default is not None:
+        has_index = table.default_key_index is not None
         default_probe = probe(
-            conn, table.default.ident, table.key, grid.grid,
-            has_index=table.default_key_index is not None, exact=options.exact,
-        )
-    max_key = max_child_key(conn, table)
+            conn, table.default.ident, table.key, grid.grid, has_index=has_index, exact=options.exact,
+        ) if default_has_rows else Probe(0, 0, None, None, 0, (), False, has_index)
     drops = early_drops(table, config, grid.grid, now_key(table, server.now, server.timezone, max_key)) if config else []
     held = max_keys(conn, table, [d.child for d in drops])
     return TableState(table, config, grid, default_probe, max_key, last_maintenance,
@@ -238,19 +240,55 @@ def locked_state(
                       unreadable=Unreadable(why, held))
 
 
-def max_child_key(conn: Conn, table: Table) -> Key | None:
+def max_child_key(conn: Conn, table: Table, now: datetime | None = None) -> Key | None:
     """The largest key in the regular children, looking from the newest child down (as
     partman does) so an index on each child answers it in one descent."""
+    return _first_look(conn, table, now, default=False)[0]
+
+
+def _first_look(conn: Conn, table: Table, now: datetime | None, *,
+                default: bool = True) -> tuple[Key | None, bool]:
+    """(the largest key in the regular children, whether the DEFAULT holds any row).
+
+    One round trip for most tables: the first statement asks the premade children (those
+    starting after ``now``, normally empty), the current one and whether the DEFAULT is
+    empty (it usually is; then it needs no probe). Children never overlap, so the largest of
+    their largest keys is the table's; older children are asked one by one after that.
+    """
     k = sql.Identifier(table.key)
-    for child in reversed(table.children):
-        row = conn.execute(
-            sql.SQL("SELECT {k} FROM {rel} WHERE {k} IS NOT NULL ORDER BY {k} DESC LIMIT 1").format(
-                k=k, rel=child.ident
-            )
-        ).fetchone()
-        if row is not None:
-            return row[0]  # type: ignore[no-any-return]
-    return None
+    newest_first = list(reversed(table.children))
+    first = 1
+    if now is not None and table.key_kind == "time":
+        first += sum(1 for c in newest_first if _after(c.lower, now))
+    batches = [newest_first[:first]] + [[c] for c in newest_first[first:]]
+    ask_default = default and table.default is not None
+    has_rows = False
+    for n, batch in enumerate(batches):
+        top = [sql.SQL("(SELECT {k} FROM {rel} WHERE {k} IS NOT NULL ORDER BY {k} DESC LIMIT 1)")
+               .format(k=k, rel=c.ident) for c in batch]
+        cols: list[sql.Composable] = [sql.SQL("(SELECT max({k}) FROM ({u}) AS newest)").format(
+            k=k, u=sql.SQL(" UNION ALL ").join(top)) if top else sql.SQL("NULL")]
+        if n == 0 and ask_default:
+            assert table.default is not None
+            cols.append(sql.SQL("EXISTS (SELECT FROM {})").format(table.default.ident))
+        elif not top:
+            break
+        row = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(cols))).fetchone()
+        assert row is not None
+        if n == 0 and ask_default:
+            has_rows = bool(row[1])
+        if row[0] is not None:
+            return row[0], has_rows
+    return None, has_rows
+
+
+def _after(lower: Key | None, now: datetime) -> bool:
+    """A child's lower bound lies after ``now`` (dates and naive stamps on the UTC clock)."""
+    if isinstance(lower, datetime):
+        return lower > (now if lower.tzinfo is not None else now.replace(tzinfo=None))
+    if isinstance(lower, date):
+        return lower > now.date()
+    return False
 
 
 def _orphans(conn: Conn, configs: dict[str, PartmanConfig], options: Options) -> list[tuple[PartmanConfig, str]]:
@@ -402,7 +440,7 @@ def _common_int_step(table: Table) -> int:
 
 def _common_time_step(table: Table, zone: str | None) -> Interval:
     steps = Counter(
-        _step_between(c.lower, c.upper, zone)  # type: ignore[arg-type]
+        _step_between(c.lower, c.upper, zone)
         for c in table.children
         if c.lower is not None and c.upper is not None
     )
@@ -411,6 +449,7 @@ def _common_time_step(table: Table, zone: str | None) -> Interval:
     return steps.most_common(1)[0][0]
 
 
+@functools.lru_cache(maxsize=8192)
 def _step_between(lo: date, hi: date, zone: str | None) -> Interval:
     """The calendar interval between two bounds, as a human would name it in ``zone``."""
     a, b = _wall(lo, zone), _wall(hi, zone)
