@@ -10,8 +10,10 @@ deps:
 	bash scripts/install-deps.sh
 
 # pytest's exit code is propagated as is: 5 ("no tests collected") fails the build too.
+# JOBS pytest-xdist workers, each with its own throwaway cluster (JOBS=0: one process).
+JOBS ?= 2
 test: deps
-	PARTGUARD_PG_BIN="$$(cat .pg_bin)" $(VENV)/pytest -q
+	PARTGUARD_PG_BIN="$$(cat .pg_bin)" $(VENV)/pytest -q -n $(JOBS)
 
 # The demo installs only what it needs (no test tools, no promtool/pgbouncer, one partman).
 demo:
