@@ -329,7 +329,7 @@ def _execute(
             w.close()
     if req.options.keep_source and any(s.name == "drop" for s in todo):
         outcome.notes.append(f"kept {S.shown(table.schema, p.holding or '')} (--keep-source)")
-    created = _created(conn, table, p) if "swap" in result.rows else []
+    created = _created(p, result.rows["swap"]) if "swap" in result.rows else []
     journal.set_state(conn, run_id, "done", finished=True)
     copied, quarantined, per_child = journal.chunk_totals(conn, run_id)
     # Judged in the zone the repair used: the hint's warnings were said once, when deciding.
@@ -354,12 +354,12 @@ def _chunk_pages(conn: Conn, table: catalog.Table, req: FixRequest) -> int:
     return int((run.detail if run else {}).get("chunk_pages", req.options.chunk_pages))
 
 
-def _created(conn: Conn, table: catalog.Table, p: FixParams) -> list[str]:
-    """The children the swap made: the planned ones, and those of ``p.late`` that the
-    holding table had rows for (read back from the catalog)."""
-    late = [c.name for c in p.late]
-    exist = catalog.relation_oids(conn, table.schema, late) if late else []
-    return [c.name for c in p.children] + [n for n, oid in zip(late, exist, strict=True) if oid]
+def _created(p: FixParams, swap_rows: list[Any]) -> list[str]:
+    """The children the swap made: the planned ones, and those of ``p.late`` the holding
+    table had rows for (``partguard.add_children_with_rows`` returns their names, the one
+    text[] among the swap's results)."""
+    late = next((list(r[0]) for r in swap_rows if r and isinstance(r[0], list)), [])
+    return [c.name for c in p.children] + [str(n) for n in late]
 
 
 def _failed(
