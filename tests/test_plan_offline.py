@@ -62,17 +62,17 @@ def test_copy_swap_golden() -> None:
     assert swap[0] == 'CREATE SCHEMA IF NOT EXISTS "partguard"'
     assert swap[1].startswith("DO $do$") and "CREATE FUNCTION partguard.divert()" in swap[1]
     assert swap[2:] == [
-        'CREATE TABLE IF NOT EXISTS "partguard"."ev_quarantine" (LIKE "public"."ev_default", '
-        "partguard_quarantined_at timestamptz DEFAULT now())",
+        ('CREATE TABLE IF NOT EXISTS "partguard"."ev_quarantine" (LIKE "public"."ev_default", '
+        "partguard_quarantined_at timestamptz DEFAULT now())"),
         'ALTER TABLE "public"."ev" DETACH PARTITION "public"."ev_default"',
         'ALTER TABLE "public"."ev_default" RENAME TO "ev_default_hold"',
-        "SELECT partguard.rename_indexes('\"public\".\"ev_default_hold\"'::regclass, 'ev_default', "
-        "'ev_default_hold')",
+        ("SELECT partguard.rename_indexes('\"public\".\"ev_default_hold\"'::regclass, 'ev_default', "
+        "'ev_default_hold')"),
         'CREATE TABLE "public"."ev_p200" PARTITION OF "public"."ev" FOR VALUES FROM (200) TO (300)',
         'CREATE TABLE "public"."ev_p300" PARTITION OF "public"."ev" FOR VALUES FROM (300) TO (400)',
-        "SELECT partguard.add_children_with_rows('\"public\".\"ev\"'::regclass, "
+        ("SELECT partguard.add_children_with_rows('\"public\".\"ev\"'::regclass, "
         "'\"public\".\"ev_default_hold\"'::regclass, 'k',\n    ARRAY['ev_p500']::text[],\n"
-        "    ARRAY['500']::text[],\n    ARRAY['600']::text[])",
+        "    ARRAY['500']::text[],\n    ARRAY['600']::text[])"),
         'CREATE TABLE "public"."ev_default" PARTITION OF "public"."ev" DEFAULT',
     ]
 

@@ -106,7 +106,7 @@ def test_printed_plan_run_by_psql_repairs_like_fix(
 
     script = dry_run(run, copy, parent, strategy)
     run_script(copy, script, tmp_path)
-    rc, out, err = run("fix", "-d", dsn, parent, "--strategy", strategy, "--yes")
+    rc, _out, err = run("fix", "-d", dsn, parent, "--strategy", strategy, "--yes")
     assert rc == 0, err
 
     by_psql, by_fix = end_state(copy, parent), end_state(dsn, parent)
