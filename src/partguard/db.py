@@ -366,5 +366,5 @@ def advisory_lock(conn: Conn, key: int) -> Iterator[bool]:
     try:
         yield got
     finally:
-        if got and not conn.closed:
+        if got and not (conn.closed or conn.broken):
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))

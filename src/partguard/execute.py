@@ -1,5 +1,7 @@
-"""The only code that opens transactions for a repair: steps under lock_timeout, the
-journalled block-range copy on several connections, and progress reporting.
+"""The only code that opens transactions for a repair: it runs a plan's steps
+(plan/steps.py) by their kind — short catalog transactions under lock_timeout, scans, the
+journalled block-range copy on several connections, the journal check, partman's
+maintenance — and reports progress. It holds the per-table advisory lock too.
 """
 
 from __future__ import annotations
@@ -21,8 +23,16 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from . import journal
-from .db import LOCK_ATTEMPT, Conn, ConnParams, connect_retrying, error_line, run_locked
-from .errors import ConnectionFailed, PartguardError
+from .db import (
+    LOCK_ATTEMPT,
+    Conn,
+    ConnParams,
+    advisory_lock,
+    connect_retrying,
+    error_line,
+    run_locked,
+)
+from .errors import ConnectionFailed, PartguardError, VerificationFailed
 from .plan.steps import Step
 
 log = logging.getLogger(__name__)
@@ -79,48 +89,153 @@ class Runner:
     timings: Timings = field(default_factory=Timings)
     lock_attempt: float = LOCK_ATTEMPT
 
-    def step(
-        self,
-        step: Step,
-        *,
-        before: Work | None = None,
-        between: Callable[[Conn, int], None] | None = None,
-        after: Work | None = None,
-        scan: bool = False,
-        state: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> Any:
+    def step(self, step: Step, *, check: Callable[[Conn, list[Any]], None] | None = None) -> list[Any]:
         """Run one step's statements in one transaction and record it done in the same
-        transaction, so the journal never claims a step that rolled back."""
+        transaction, so the journal never claims a step that rolled back. ``check`` sees
+        the rows the statements returned before that record: raising stops the run there."""
         result: list[Any] = []
         attempt_started = [0.0]
 
         def work(conn: Conn) -> None:
+            result.clear()
             # Locks are taken from here on; earlier tries and back-off sleeps held none.
             attempt_started[0] = time.monotonic()
-            if scan:
+            if step.kind == "scan":
                 # A long VALIDATE is fine (it blocks nobody); a server statement_timeout is not.
                 conn.execute("SET LOCAL statement_timeout = 0")
-            if before:
-                before(conn)
-            for i, stmt in enumerate(step.statements):
-                if between:
-                    between(conn, i)
+            for stmt in step.statements:
                 cur = conn.execute(stmt)
                 if cur.description:
                     result.extend(cur.fetchall())
-            if between:
-                between(conn, len(step.statements))
-            if after:
-                after(conn)
+            if check is not None:
+                check(conn, result)
             fault(step.name)
-            journal.set_state(conn, self.run_id, state or step.name, detail=detail or {})
+            if step.journalled:
+                journal.set_state(conn, self.run_id, step.name)
 
         run_locked(self.conn, work, lock_timeout=self.lock_timeout, retries=self.retries,
-                   relations=self.relations, what=f"{step.name}", attempt_timeout=self.lock_attempt)
-        if step.kind == "ddl":  # steps whose locks block the application (not private tables)
+                   relations=self.relations, what=step.name, attempt_timeout=self.lock_attempt)
+        if step.blocks_application:
             self.timings.locked[step.name] = time.monotonic() - attempt_started[0]
         return result
+
+
+@dataclass(frozen=True)
+class CopyJob:
+    """What a copy_ranges step needs besides its statements."""
+
+    conns: Sequence[Conn]  # the main connection first; each one is a worker
+    schema: str
+    holding: str
+    chunk_pages: int
+    on_progress: Callable[[Progress], None] | None = None
+
+
+@dataclass
+class PlanResult:
+    rows: dict[str, list[Any]] = field(default_factory=dict)  # what each step's statements returned
+    rows_copied_now: int = 0  # copy_ranges: rows moved (copied or quarantined) by this invocation
+    copy_s: float = 0.0
+    maintenance: str | None = None  # 'ok' or 'failed: …'
+
+
+def run_plan(
+    runner: Runner, steps: Sequence[Step], *, copy: CopyJob | None = None, failed_set_marker: str = "",
+) -> PlanResult:
+    """Run ``steps`` in order, each as its kind says (plan/steps.py ``StepKind``)."""
+    out = PlanResult()
+    for step in steps:
+        log.info("fix run %d: %s (%s)", runner.run_id, step.name, step.kind)
+        if step.kind == "copy_ranges":
+            assert copy is not None, "a copy_ranges step needs a CopyJob"
+            out.rows_copied_now, out.copy_s = _copy_ranges(runner, step, copy)
+        elif step.kind == "check":
+            out.rows[step.name] = runner.step(step, check=partial(_journal_accounts_for, runner.run_id, step))
+        elif step.kind == "maintenance":
+            out.maintenance = _maintenance(runner, step, failed_set_marker)
+        else:
+            if step.name == "drop":
+                fault("before-drop")
+            out.rows[step.name] = runner.step(step)
+    return out
+
+
+def _journal_accounts_for(run_id: int, step: Step, conn: Conn, rows: list[Any]) -> None:
+    """verify: every row of the holding table is accounted for by a committed range, or
+    we stop with the holding table intact."""
+    copied, quarantined, _ = journal.chunk_totals(conn, run_id)
+    counted = int(rows[0][0]) if rows else 0
+    if counted != copied + quarantined:
+        raise VerificationFailed(
+            f"{step.name}: the holding table holds {counted} rows but the journal accounts for "
+            f"{copied} copied + {quarantined} quarantined; nothing dropped, rerun to resume"
+        )
+
+
+def _copy_ranges(runner: Runner, step: Step, job: CopyJob) -> tuple[int, float]:
+    """The ranges not yet journalled; returns the rows moved now and the time it took."""
+    from .inspect.catalog import relation_pages
+
+    total = relation_pages(runner.conn, job.schema, job.holding)
+    done = journal.done_chunks(runner.conn, runner.run_id)
+    all_chunks = chunks(total, job.chunk_pages)
+    todo = [c for c in all_chunks if c[0] not in done]
+    done_pages = sum(min(e, total) - f for f, e in all_chunks if f in done)
+    started = time.monotonic()
+    rows = copy_chunks(job.conns, step.statements, runner.run_id, todo, total,
+                       lock_timeout=runner.lock_timeout, retries=runner.retries, relations=runner.relations,
+                       lock_attempt=runner.lock_attempt, on_progress=job.on_progress, done_pages=done_pages)
+    took = time.monotonic() - started
+    journal.set_state(runner.conn, runner.run_id, step.name)
+    return rows, took
+
+
+def _maintenance(runner: Runner, step: Step, failed_set_marker: str) -> str:
+    """partman's maintenance for this table; a failure is reported, not fatal: the rows
+    are already safe, and ``maintain`` will say it again loudly. partman 5.5 reports a set
+    it skipped only as a WARNING (``failed_set_marker`` in its text)."""
+    skipped: list[str] = []
+
+    def watch(d: Any) -> None:
+        text = d.message_primary or ""
+        if failed_set_marker and failed_set_marker in text:
+            skipped.append(" ".join(text.split()))
+
+    runner.conn.add_notice_handler(watch)
+    try:
+        runner.step(step)
+    except Exception as exc:  # noqa: BLE001 - surfaced in the outcome
+        log.warning("partman maintenance after fix failed: %s", error_line(exc))
+        journal.set_state(runner.conn, runner.run_id, step.name)
+        return f"failed: {error_line(exc)}"
+    finally:
+        runner.conn.remove_notice_handler(watch)
+    if skipped:
+        log.warning("partman maintenance after fix failed: %s", skipped[0])
+        return f"failed: {skipped[0]}"
+    return "ok"
+
+
+def take_locks(
+    conn: Conn, rels: Sequence[sql.Composable], *, lock_timeout: float, retries: int, relations: Sequence[int],
+    what: str,
+) -> None:
+    """Take, and let go at once, ACCESS EXCLUSIVE on ``rels`` (ONLY each): proof, before a
+    run's first commit, that its swap's locks can be had."""
+    stmt = sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+        sql.SQL(", ").join(sql.SQL("ONLY {}").format(r) for r in rels))
+    run_locked(conn, lambda c: c.execute(stmt), lock_timeout=lock_timeout, retries=retries,
+               relations=relations, what=what)
+
+
+@contextmanager
+def table_lock(conn: Conn, key: int, busy: Callable[[], PartguardError]) -> Iterator[None]:
+    """The per-table advisory lock a fix holds for its whole run; ``busy()`` is raised
+    when another session has it."""
+    with advisory_lock(conn, key) as got:
+        if not got:
+            raise busy()
+        yield
 
 
 @dataclass(frozen=True)
@@ -218,11 +333,11 @@ def copy_chunks(
                     first, end = work.get_nowait()
                 except queue.Empty:
                     return
-                args = {"run_id": run_id, "first_block": first, "end_block": end}
+                args = {"first_block": first, "end_block": end}
                 try:
                     run_locked(
                         conn,
-                        partial(_copy_one, statements, args),
+                        partial(_copy_one, statements, run_id, args),
                         lock_timeout=lock_timeout, retries=retries, relations=relations, what="copy",
                         attempt_timeout=lock_attempt,
                     )
@@ -269,11 +384,12 @@ def copy_chunks(
     return state["rows"]
 
 
-def _copy_one(statements: Sequence[sql.Composed], args: dict[str, int], conn: Conn) -> None:
-    """Quarantine, then copy + journal: the second statement records the first's count."""
+def _copy_one(statements: Sequence[sql.Composed], run_id: int, args: dict[str, int], conn: Conn) -> None:
+    """Quarantine, then copy, then the range's journal row, in the caller's transaction."""
     quarantine, copy = statements
     moved = conn.execute(quarantine, args).rowcount
-    conn.execute(copy, {**args, "quarantined": moved})
+    per_child = {str(child): int(n) for child, n in conn.execute(copy, args).fetchall()}
+    journal.record_chunk(conn, run_id, args["first_block"], args["end_block"], per_child, moved)
 
 
 def _rows_of(conn: Conn, run_id: int, first: int) -> int:

@@ -65,13 +65,6 @@ CREATE TABLE IF NOT EXISTS partguard.maintenance_table (
     finished_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (run_id, table_name)
 );
-CREATE OR REPLACE FUNCTION partguard.divert() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    -- Installed on a DEFAULT partition while fix narrows it with a CHECK: a row that
-    -- would violate the CHECK goes to the quarantine table instead of failing the writer.
-    EXECUTE format('INSERT INTO %s SELECT ($1).*', TG_ARGV[0]) USING NEW;
-    RETURN NULL;
-END $$;
 """
 
 
@@ -226,6 +219,17 @@ def set_state(conn: Conn, run_id: int, state: str, *, finished: bool = False, **
 def run_state(conn: Conn, run_id: int) -> str | None:
     row = conn.execute("SELECT state FROM partguard.fix_run WHERE run_id = %s", (run_id,)).fetchone()
     return str(row[0]) if row else None
+
+
+def record_chunk(
+    conn: Conn, run_id: int, first: int, end: int, per_child: dict[str, int], quarantined: int
+) -> None:
+    """One copied block range, in the transaction that copied it."""
+    conn.execute(
+        "INSERT INTO partguard.fix_chunk (run_id, first_block, end_block, rows_copied, rows_quarantined, per_child) "
+        "VALUES (%s, %s, %s, %s, %s, %s)",
+        (run_id, first, end, sum(per_child.values()), quarantined, Jsonb(per_child)),
+    )
 
 
 def done_chunks(conn: Conn, run_id: int) -> set[int]:

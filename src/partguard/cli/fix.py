@@ -15,6 +15,7 @@ from ..commands.unfinished import runs_status
 from ..db import ConnParams, connect, parse_duration
 from ..errors import Aborted, UsageError
 from ..execute import Progress
+from ..humanize import quote_name
 from ..plan.fix import FixOptions
 from .common import (
     DECLINED,
@@ -160,29 +161,47 @@ def _abort(params: Any, req: FixRequest, fmt: str) -> int:
 def _summary(o: FixOutcome) -> list[str]:
     p = o.params or {}
     resumed = f" (resuming run {o.run_id})" if o.resumed else ""
-    lines = [f"{o.table}: {o.strategy} repair{resumed}",
+    lines = [f"{_name(o)}: {o.strategy} repair{resumed}",
              f"  rows in the DEFAULT (estimate): {p.get('rows_estimate', 0)}, buckets: {len(p.get('buckets', []))}"]
     if p.get("span_child"):
-        lines.append(f"  the DEFAULT becomes {p['span_child']} FOR VALUES FROM ({p['span_lo']}) TO ({p['span_hi']})")
+        lines.append(f"  the DEFAULT becomes {quote_name(p['span_child'])} "
+                     f"FOR VALUES FROM ({p['span_lo']}) TO ({p['span_hi']})")
     kids = p.get("children", [])
     if kids:
-        lines.append(f"  children to create: {len(kids)} ({kids[0]['name']} … {kids[-1]['name']})")
+        lines.append(f"  children to create: {len(kids)} "
+                     f"({quote_name(kids[0]['name'])} … {quote_name(kids[-1]['name'])})")
     if o.estimate_s is not None:
         lines.append(f"  estimated duration: ~{o.estimate_s:g}s (rough; the parent is locked only for milliseconds)")
     lines += [f"  note: {n}" for n in o.notes]
-    return lines
+    return [_one_line(ln) for ln in lines]
+
+
+def _name(o: FixOutcome) -> str:
+    return o.shown or _one_line(o.table)
+
+
+def _one_line(text: str) -> str:
+    """Names reach here through ``humanize.quote_name``; this is the second fence: no
+    control character (a newline would end a ``--`` comment of the script) survives."""
+    return "".join(ch if ch.isprintable() else " " for ch in text)
 
 
 def _print_plan(o: FixOutcome) -> None:
+    """The plan as a psql script (``psql -v ON_ERROR_STOP=1 -f plan.sql`` runs the repair):
+    one BEGIN … COMMIT per step, exactly the statements ``fix`` runs; only comments outside."""
     for line in _summary(o):
         click.echo(line, err=True)
-    click.echo(f"-- partguard fix plan for {o.table} ({o.strategy}); review, then run without --dry-run")
+    click.echo(_one_line(f"-- partguard fix plan for {_name(o)} ({o.strategy}); review, then run it with "
+                         "psql -v ON_ERROR_STOP=1, or run partguard fix without --dry-run"))
     for step in o.steps:
-        click.echo(f"\n-- step {step['name']}: locks {step['locks']}" + (f"; {step['note']}" if step["note"] else ""))
-        for extra in step["extra"]:
-            click.echo(f"-- {extra}")
-        if step["kind"] == "copy":
-            click.echo("-- repeated for each block range (first_block, end_block), in parallel with --jobs")
+        click.echo("\n" + _one_line(f"-- step {step['name']} ({step['kind']}): locks {step['locks']}"
+                                    + (f"; {step['note']}" if step["note"] else "")))
+        if step["kind"] == "copy_ranges":
+            click.echo("-- partguard runs this per block range of the holding table, journalling each; "
+                       "here one range covers the whole heap")
+        if not step["sql"]:
+            click.echo("-- nothing to run")
+            continue
         click.echo("BEGIN;")
         for stmt in step["sql"]:
             click.echo(stmt.rstrip(";") + ";")
@@ -191,9 +210,9 @@ def _print_plan(o: FixOutcome) -> None:
 
 def _print_outcome(o: FixOutcome) -> None:
     if o.status != "done":
-        click.echo(f"{o.table}: {o.status.replace('_', ' ')}" + (f" ({'; '.join(o.notes)})" if o.notes else ""))
+        click.echo(f"{_name(o)}: {o.status.replace('_', ' ')}" + (f" ({'; '.join(o.notes)})" if o.notes else ""))
         return
-    click.echo(f"{o.table}: fixed with {o.strategy} in {o.duration_s:.2f}s, longest lock {o.longest_lock_s * 1000:.0f} ms")
+    click.echo(f"{_name(o)}: fixed with {o.strategy} in {o.duration_s:.2f}s, longest lock {o.longest_lock_s * 1000:.0f} ms")
     if o.recut:
         r = o.recut
         made = sum(len(x["targets"]) for x in r["recuts"])

@@ -13,25 +13,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from .. import journal
-from ..db import LOCK_ATTEMPT, Conn, ConnParams, error_line, run_locked
+from .. import humanize, journal
+from ..db import LOCK_ATTEMPT, Conn, ConnParams
 from ..errors import (
     AlreadyRunning,
     PartguardError,
     PermissionDenied,
     UsageError,
-    VerificationFailed,
 )
-from ..execute import Progress, Runner, chunks, copy_chunks, fault, open_workers
+from ..execute import CopyJob, Progress, Runner, open_workers, run_plan, table_lock, take_locks
 from ..guards import refuse_pooler, refuse_standby
 from ..inspect import catalog, privileges
 from ..inspect.data import count_rows, probe
@@ -40,10 +38,9 @@ from ..inspect.partman import Partman, config_for, read_configs
 from ..inspect.snapshot import Options, TableState, read_server, resolve_zones, table_state
 from ..journal import advisory_key
 from ..plan import steps as S
-from ..plan.children import free_spans, naming, partman_warmup
-from ..plan.fix import ChildSpec, FixOptions, FixParams, check_fixable, plan_fix
+from ..plan.fix import FixOptions, FixParams, check_fixable, plan_fix
 from . import unfinished
-from .partman_calls import SKIPPED_SET, one_line
+from .partman_calls import SKIPPED_SET
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +73,7 @@ class FixOutcome:
     findings_after: list[dict[str, Any]] = field(default_factory=list)  # check, re-run after the fix
     recut: dict[str, Any] | None = None  # auto after instant: the wide child's re-cut (commands/exact.py)
     notes: list[str] = field(default_factory=list)
+    shown: str = ""  # the table's name for humans (humanize.display_name: one line, always)
 
 
 @dataclass(frozen=True)
@@ -152,17 +150,10 @@ def _abort_helpers(conn: Conn, req: FixRequest, table: catalog.Table) -> FixOutc
     return FixOutcome(table.qualname, "nothing_to_do", notes=["no unfinished fix run"])
 
 
-@contextmanager
-def _table_lock(conn: Conn, table: catalog.Table) -> Iterator[None]:
+def _table_lock(conn: Conn, table: catalog.Table) -> AbstractContextManager[None]:
     """The per-table advisory lock every fix (and --abort) holds for its whole run."""
-    got = conn.execute("SELECT pg_try_advisory_lock(%s)", (advisory_key(table.oid),)).fetchone()
-    if not (got and got[0]):
-        raise AlreadyRunning(f"another partguard fix is running on {table.qualname} ({_holder(conn, table.oid)})")
-    try:
-        yield
-    finally:
-        if not (conn.closed or conn.broken):
-            conn.execute("SELECT pg_advisory_unlock(%s)", (advisory_key(table.oid),))
+    return table_lock(conn, advisory_key(table.oid), lambda: AlreadyRunning(
+        f"another partguard fix is running on {humanize.display_name(table)} ({_holder(conn, table.oid)})"))
 
 
 def _fix_locked(
@@ -194,10 +185,11 @@ def _fix_locked(
     if run is not None:
         p = FixParams.from_json(run.detail["params"], table.key_type)
         log.warning("resuming fix run %d on %s (%s, after step %s)", run.run_id, table.qualname, p.strategy, run.state)
-        outcome = _outcome(p, table, partman, status="planned", run_id=run.run_id, resumed=True)
+        outcome = _outcome(p, table, partman, req.options.keep_source, status="planned", run_id=run.run_id,
+                           resumed=True)
         if req.dry_run:
             return replace(outcome, notes=outcome.notes + notes)
-        return _execute(conn, params, req, table, state, partman, p, run.run_id, run.state, outcome, on_progress)
+        return _execute(conn, params, req, table, partman, p, run.run_id, run.state, outcome, on_progress)
 
     if source is None:
         return FixOutcome(table.qualname, "nothing_to_do", notes=["the table has no DEFAULT partition"])
@@ -206,9 +198,8 @@ def _fix_locked(
         has_index=catalog.has_key_index(conn, table.schema, source, table.key))
     if pr.empty and not adopted:
         return FixOutcome(table.qualname, "nothing_to_do", notes=[f"{source} holds no rows"])
-    tag = datetime.now().strftime("%Y%m%d%H%M%S")
-    p = plan_fix(state, pr, server.now, partman, req.options, adopted=source if adopted else None, run_tag=tag)
-    outcome = _outcome(p, table, partman, status="planned",
+    p = plan_fix(state, pr, server.now, partman, req.options, adopted=source if adopted else None)
+    outcome = _outcome(p, table, partman, req.options.keep_source, status="planned",
                        estimate_s=_estimate(conn, table.schema, source, p, req.options.jobs))
     if req.dry_run:
         return replace(outcome, notes=outcome.notes + notes)
@@ -219,7 +210,7 @@ def _fix_locked(
     journal.ensure_schema(conn)
     run = journal.start_run(conn, table.oid, table.qualname, p.strategy,
                             {"params": p.as_json(), "chunk_pages": req.options.chunk_pages})
-    return _execute(conn, params, req, table, state, partman, p, run.run_id, "started",
+    return _execute(conn, params, req, table, partman, p, run.run_id, "started",
                     replace(outcome, run_id=run.run_id), on_progress)
 
 
@@ -253,11 +244,9 @@ def _lock_check(conn: Conn, req: FixRequest, table: catalog.Table, p: FixParams)
     still undone by the failure path."""
     rels = [table.ident, sql.Identifier(table.schema, p.source),
             *(sql.Identifier(table.schema, old) for old, _ in p.renames)]
-    stmt = sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-        sql.SQL(", ").join(sql.SQL("ONLY {}").format(r) for r in rels))
     relations = [table.oid] + catalog.relation_oids(conn, table.schema, [p.source, *(o for o, _ in p.renames)])
-    run_locked(conn, lambda c: c.execute(stmt), lock_timeout=req.lock_timeout, retries=req.retries,
-               relations=relations, what="lock check (the swap's locks)")
+    take_locks(conn, rels, lock_timeout=req.lock_timeout, retries=req.retries, relations=relations,
+               what="lock check (the swap's locks)")
 
 
 def _holder(conn: Conn, oid: int) -> str:
@@ -276,18 +265,26 @@ def _source(conn: Conn, table: catalog.Table) -> tuple[str | None, bool]:
     return name, True
 
 
-def plan_steps(p: FixParams, table: catalog.Table, partman: Partman | None) -> list[S.Step]:
-    return S.instant_steps(p, table, partman) if p.strategy == "instant" else S.copy_steps(p, table, partman)
+def plan_steps(p: FixParams, table: catalog.Table, partman: Partman | None, *,
+               keep_source: bool = False) -> list[S.Step]:
+    return S.fix_steps(p, table, partman, keep_source=keep_source)
 
 
-def _outcome(p: FixParams, table: catalog.Table, partman: Partman | None, **kw: Any) -> FixOutcome:
-    steps = [
-        {"name": s.name, "kind": s.kind, "locks": s.locks, "note": s.note, "extra": list(s.extra),
-         "sql": [st.as_string(None) for st in s.statements]}
-        for s in plan_steps(p, table, partman)
-    ]
+def _outcome(p: FixParams, table: catalog.Table, partman: Partman | None, keep_source: bool = False,
+             **kw: Any) -> FixOutcome:
+    """The plan as the dry run shows it: each step's statements as psql runs them (a
+    copy_ranges step as one range over the whole heap, ``per_range`` as the executor
+    binds it per range)."""
+    steps = []
+    for s in plan_steps(p, table, partman, keep_source=keep_source):
+        script = S.whole_heap(s, p, table) if s.kind == "copy_ranges" else s.statements
+        steps.append({"name": s.name, "kind": s.kind, "locks": s.locks, "note": s.note,
+                      "sql": [st.as_string(None) for st in script],
+                      **({"per_range": [st.as_string(None) for st in s.statements]}
+                         if s.kind == "copy_ranges" else {})})
     return FixOutcome(table.qualname, strategy=p.strategy, params=p.as_json(), steps=steps,
-                      quarantine=f"partguard.{p.quarantine}", notes=list(p.notes), **kw)
+                      quarantine=f"partguard.{p.quarantine}", notes=list(p.notes),
+                      shown=humanize.display_name(table), **kw)
 
 
 # --- execution ---------------------------------------------------------------------
@@ -298,7 +295,6 @@ def _execute(
     params: ConnParams | str,
     req: FixRequest,
     table: catalog.Table,
-    state: TableState,
     partman: Partman | None,
     p: FixParams,
     run_id: int,
@@ -309,51 +305,38 @@ def _execute(
     started = time.monotonic()
     relations = [table.oid] + catalog.relation_oids(conn, table.schema, [p.source, p.holding or ""])
     runner = Runner(conn, run_id, req.lock_timeout, req.retries, relations, lock_attempt=req.lock_attempt)
-    plan = plan_steps(p, table, partman)
+    plan = S.fix_steps(p, table, partman, keep_source=req.options.keep_source)
     names = [s.name for s in plan]
     todo = plan[names.index(done) + 1:] if done in names else plan
-    created: list[str] = []
-    maintenance = None
-    copied_now, copy_s = 0, 0.0
     workers: list[Conn] = []
     try:
         if p.strategy == "instant" and done in journal.INSTANT_BEFORE_SWAP:
             _lock_check(conn, req, table, p)  # resuming: the swap is still ahead
-        if any(s.name == "copy" for s in todo) and req.options.jobs > 1:
+        copying = any(s.kind == "copy_ranges" for s in todo)
+        if copying and req.options.jobs > 1:
             # Before the swap: once it commits, rows are out of sight until copied.
             workers, why = open_workers(params, req.options.jobs, retry_for=req.connect_retry_for)
             if why:
                 outcome.notes.append(f"copy ran on {len(workers) + 1} of {req.options.jobs} connections "
                                      f"(more were refused: {why})")
-        for step in todo:
-            log.info("fix %s: %s", table.qualname, step.name)
-            if step.name == "swap":
-                created = _swap(conn, runner, step, p, table, state, partman)
-            elif step.name == "copy":
-                copied_now, copy_s = _copy(conn, [conn, *workers], runner, step, p, table, req, on_progress)
-            elif step.name == "verify":
-                _verify(conn, runner, p, table)
-            elif step.name == "drop" and req.options.keep_source:
-                runner.step(S.Step("drop", (), "none"))
-                outcome.notes.append(f"kept {table.schema}.{p.holding} (--keep-source)")
-            elif step.name == "drop":
-                fault("before-drop")
-                runner.step(step)
-            elif step.name == "maintenance":
-                maintenance = _maintenance(runner, step)
-            else:
-                runner.step(step, scan=step.kind == "scan")
+        job = CopyJob([conn, *workers], table.schema, p.holding or "", _chunk_pages(conn, table, req),
+                      on_progress) if copying else None
+        result = run_plan(runner, todo, copy=job, failed_set_marker=SKIPPED_SET)
     except (Exception, KeyboardInterrupt) as exc:
         _failed(conn, params, req, table, p, run_id, done, exc)
         raise
     finally:
         for w in workers:
             w.close()
+    if req.options.keep_source and any(s.name == "drop" for s in todo):
+        outcome.notes.append(f"kept {S.shown(table.schema, p.holding or '')} (--keep-source)")
+    created = _created(p, result.rows["swap"]) if "swap" in result.rows else []
     journal.set_state(conn, run_id, "done", finished=True)
     copied, quarantined, per_child = journal.chunk_totals(conn, run_id)
     # Judged in the zone the repair used: the hint's warnings were said once, when deciding.
     findings = _recheck(conn, table.qualname, replace(req, tz=p.zone or req.tz, tz_hint=None), params)
     elapsed = time.monotonic() - started
+    copied_now, copy_s = result.rows_copied_now, result.copy_s
     return replace(
         outcome, status="done", rows_moved=copied, rows_quarantined=quarantined, per_child=per_child,
         children_created=created, duration_s=round(elapsed, 3),
@@ -361,9 +344,23 @@ def _execute(
         rows_this_run=copied_now, copy_s=round(copy_s, 3),
         longest_lock_s=round(runner.timings.longest, 4),
         locks_s={k: round(v, 4) for k, v in runner.timings.locked.items()},
-        quarantine_rows=count_rows(conn, sql.Identifier(S.SCHEMA, p.quarantine)), maintenance=maintenance,
+        quarantine_rows=count_rows(conn, sql.Identifier(S.SCHEMA, p.quarantine)), maintenance=result.maintenance,
         findings_after=findings,
     )
+
+
+def _chunk_pages(conn: Conn, table: catalog.Table, req: FixRequest) -> int:
+    """The run's block-range size, as journalled when it started (a resume keeps it)."""
+    run = journal.open_run(conn, table.oid)
+    return int((run.detail if run else {}).get("chunk_pages", req.options.chunk_pages))
+
+
+def _created(p: FixParams, swap_rows: list[Any]) -> list[str]:
+    """The children the swap made: the planned ones, and those of ``p.late`` the holding
+    table had rows for (``partguard.add_children_with_rows`` returns their names, the one
+    text[] among the swap's results)."""
+    late = next((list(r[0]) for r in swap_rows if r and isinstance(r[0], list)), [])
+    return [c.name for c in p.children] + [str(n) for n in late]
 
 
 def _failed(
@@ -422,127 +419,3 @@ def _estimate(conn: Conn, schema: str, source: str, p: FixParams, jobs: int) -> 
     if p.strategy == "instant":
         return round(size / _SCAN_BYTES_S + 0.1, 1)
     return round(p.rows_estimate / (_COPY_ROWS_S_PER_JOB * min(jobs, 2)) + size / _SCAN_BYTES_S + 0.2, 1)
-
-
-def _swap(
-    conn: Conn, runner: Runner, step: S.Step, p: FixParams, table: catalog.Table,
-    state: TableState, partman: Partman | None,
-) -> list[str]:
-    """The short transaction. Under its lock we look again: rows may have reached the
-    DEFAULT since the analysis (copy needs children for their buckets), and the former
-    DEFAULT's indexes get a child's names before the fresh DEFAULT claims the old ones."""
-    extra: list[ChildSpec] = []
-    stmts = list(step.statements)
-    if partman is not None and any(c.via_partman for c in p.children):
-        warmup = [*S.set_zone(p), partman_warmup(partman, table)]
-        run_locked(conn, lambda c: [c.execute(s) for s in warmup], lock_timeout=runner.lock_timeout,
-                   retries=runner.retries, relations=runner.relations, what="partman warm-up",
-                   attempt_timeout=runner.lock_attempt)
-    create_default = stmts.pop() if p.new_default else None
-
-    # Every renamed table's indexes follow its new name: the former DEFAULT's (as the span
-    # child or the holding table) and misnamed children's. Index names are read here, under
-    # the lock, because only the server knows them.
-    renamed = [*p.renames, (p.source, p.span_child if p.strategy == "instant" else p.holding)]
-
-    def after(c: Conn) -> None:
-        for old, new in renamed:
-            assert new
-            for stmt in S.index_renames(table.schema, catalog.child_indexes(c, _oid(c, table.schema, new)), old, new):
-                c.execute(stmt)
-        if p.strategy == "copy":
-            extra.extend(_late_children(c, p, table, state, partman))
-            for stmt in S.make_children(tuple(extra), table, partman):
-                c.execute(stmt)
-        fault("swap")
-        if create_default is not None:
-            c.execute(create_default)
-
-    runner.step(S.Step(step.name, tuple(stmts), step.locks), after=after,
-                detail={"late_children": [c.as_json() for c in extra]} if extra else None)
-    return [c.name for c in p.children + tuple(extra)]
-
-
-def _oid(conn: Conn, schema: str, name: str) -> int:
-    return catalog.relation_oids(conn, schema, [name])[0]
-
-
-def _late_children(
-    conn: Conn, p: FixParams, table: catalog.Table, state: TableState, partman: Partman | None
-) -> list[ChildSpec]:
-    """Buckets the holding table gained after the analysis and nothing covers yet."""
-    grid = state.grid.grid
-    assert grid is not None and p.holding
-    fresh = catalog.read_tables(conn, [table.qualname])[0]
-    pr = probe(conn, sql.Identifier(table.schema, p.holding), table.key, grid,
-               has_index=catalog.has_key_index(conn, table.schema, p.holding, table.key))
-    nm = naming(fresh, state.config, partman, grid)
-    taken = set(fresh.schema_names)
-    out = []
-    for b in pr.buckets:
-        if (p.plausible_lo is None or b >= p.plausible_lo) and (p.plausible_hi is None or b < p.plausible_hi):  # type: ignore[operator]
-            for lo, hi in free_spans(fresh, b, grid.next(b)):  # type: ignore[arg-type]
-                name = nm.unique(lo, taken)
-                taken.add(name)
-                out.append(ChildSpec(name, lo, hi, False))
-    return out
-
-
-def _copy(
-    conn: Conn, conns: list[Conn], runner: Runner, step: S.Step, p: FixParams, table: catalog.Table,
-    req: FixRequest, on_progress: Callable[[Progress], None] | None,
-) -> tuple[int, float]:
-    """Copy the ranges not yet journalled; returns the rows moved now and the time it took."""
-    assert p.holding
-    total = catalog.relation_pages(conn, table.schema, p.holding)
-    run = journal.open_run(conn, table.oid)
-    chunk_pages = int((run.detail if run else {}).get("chunk_pages", req.options.chunk_pages))
-    done = journal.done_chunks(conn, runner.run_id)
-    all_chunks = chunks(total, chunk_pages)
-    todo = [c for c in all_chunks if c[0] not in done]
-    done_pages = sum(min(e, total) - f for f, e in all_chunks if f in done)
-    started = time.monotonic()
-    rows = copy_chunks(conns, step.statements, runner.run_id, todo, total,
-                       lock_timeout=req.lock_timeout, retries=req.retries, relations=runner.relations,
-                       lock_attempt=req.lock_attempt, on_progress=on_progress, done_pages=done_pages)
-    took = time.monotonic() - started
-    journal.set_state(conn, runner.run_id, "copy")
-    return rows, took
-
-
-def _verify(conn: Conn, runner: Runner, p: FixParams, table: catalog.Table) -> None:
-    """Every row of the holding table is accounted for by a committed chunk, or we stop
-    with the holding table intact."""
-    assert p.holding
-    copied, quarantined, _ = journal.chunk_totals(conn, runner.run_id)
-    source_rows = count_rows(conn, sql.Identifier(table.schema, p.holding))
-    if source_rows != copied + quarantined:
-        raise VerificationFailed(
-            f"{table.schema}.{p.holding} holds {source_rows} rows but the journal accounts for "
-            f"{copied} copied + {quarantined} quarantined; nothing dropped, rerun to resume"
-        )
-    runner.step(S.Step("verify", (), "none", kind="check"))
-
-
-def _maintenance(runner: Runner, step: S.Step) -> str:
-    """partman's maintenance for this table; a failure is reported, not fatal: the rows
-    are already safe, and ``maintain`` will say it again loudly."""
-    skipped: list[str] = []
-
-    def watch(d: Any) -> None:  # 5.5 reports a failed set only as a WARNING
-        if SKIPPED_SET in (d.message_primary or ""):
-            skipped.append(one_line(d.message_primary or ""))
-
-    runner.conn.add_notice_handler(watch)
-    try:
-        runner.step(step)
-    except Exception as exc:  # noqa: BLE001 - surfaced in the outcome
-        log.warning("partman maintenance after fix failed: %s", error_line(exc))
-        journal.set_state(runner.conn, runner.run_id, "maintenance")
-        return f"failed: {error_line(exc)}"
-    finally:
-        runner.conn.remove_notice_handler(watch)
-    if skipped:
-        log.warning("partman maintenance after fix failed: %s", skipped[0])
-        return f"failed: {skipped[0]}"
-    return "ok"

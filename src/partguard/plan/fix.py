@@ -13,6 +13,7 @@ from datetime import date, datetime
 from typing import Any
 
 from ..errors import UnknownGrid, UnsupportedTable, UsageError
+from ..humanize import quote_name
 from ..inspect.catalog import Key, Table
 from ..inspect.data import Probe
 from ..inspect.grid import Grid, IntGrid, TimeGrid
@@ -76,6 +77,9 @@ class FixParams:
     # (old, new): partman children named outside its convention (the old script's
     # ``_p20261122`` on 4.7) break show_partitions and every maintenance run: renamed in the swap.
     renames: tuple[tuple[str, str], ...] = field(default=())
+    # copy: children the swap creates only if the holding table has rows for them (rows
+    # kept arriving until the swap's lock): every free bucket of the plausible range.
+    late: tuple[ChildSpec, ...] = field(default=())
 
     def as_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -85,6 +89,7 @@ class FixParams:
         d["buckets"] = [_enc(b) for b in self.buckets]
         d["notes"] = list(self.notes)
         d["renames"] = [list(r) for r in self.renames]
+        d["late"] = [c.as_json() for c in self.late]
         return d
 
     @classmethod
@@ -92,13 +97,16 @@ class FixParams:
         dec = _decoder(key_type)
         return cls(
             **{k: v for k, v in d.items() if k not in (
-                "children", "plausible_lo", "plausible_hi", "span_lo", "span_hi", "buckets", "notes", "renames")},
+                "children", "plausible_lo", "plausible_hi", "span_lo", "span_hi", "buckets", "notes", "renames",
+                "late")},
             plausible_lo=dec(d["plausible_lo"]), plausible_hi=dec(d["plausible_hi"]),
             span_lo=dec(d["span_lo"]), span_hi=dec(d["span_hi"]),
             children=tuple(ChildSpec(c["name"], dec(c["lower"]), dec(c["upper"]), c["via_partman"])
                            for c in d["children"]),
             buckets=tuple(dec(b) for b in d["buckets"]), notes=tuple(d.get("notes", ())),
             renames=tuple((str(a), str(b)) for a, b in d.get("renames", ())),
+            late=tuple(ChildSpec(c["name"], dec(c["lower"]), dec(c["upper"]), c["via_partman"])
+                       for c in d.get("late", ())),
         )
 
 
@@ -148,7 +156,6 @@ def plan_fix(
     options: FixOptions,
     *,
     adopted: str | None = None,
-    run_tag: str = "",
 ) -> FixParams:
     """Choose the strategy and compute every bound and name of the repair.
 
@@ -172,7 +179,7 @@ def plan_fix(
     if outliers:
         notes.append(
             f"{probe.null_rows} NULL-key rows and {len(probe.buckets) - len(rows_in)} bucket(s) outside "
-            f"[{_enc(p_lo)}, {_enc(p_hi)}) go to partguard.{quarantine}"
+            f"[{_enc(p_lo)}, {_enc(p_hi)}) go to partguard.{quote_name(quarantine)}"
             + (" and then back into the parent (their new DEFAULT)" if options.outliers == "keep" else "")
         )
 
@@ -202,7 +209,7 @@ def plan_fix(
     renames = misnamed(table, grid, nm) if managed else ()
     if renames:
         notes.append("children named outside partman's convention are renamed: "
-                     + ", ".join(f"{a} -> {b}" for a, b in renames))
+                     + ", ".join(f"{quote_name(a)} -> {quote_name(b)}" for a, b in renames))
     if strategy == "instant":
         assert span is not None
         lo, hi = span
@@ -221,13 +228,61 @@ def plan_fix(
             p_lo, p_hi, lo, hi, span_child, children, zone, managed, keep, probe.rows, tuple(rows_in), outliers, tuple(notes),
             renames,
         )
-    holding = short_name(table.name, f"_default_{run_tag or 'hold'}")
+    holding = _holding_name(table)
     children = _children(table, grid, nm, rows_in, None, horizon, state.config is not None)
+    late_kids = _late_candidates(table, grid, nm, children, p_lo, p_hi, premake,
+                                 {holding, *(new for _, new in renames)})
     return FixParams(
         "copy", table.qualname, table.key, source, new_default, holding, adopted is not None,
         quarantine, p_lo, p_hi, None, None, None, children,
-        zone, managed, keep, probe.rows, tuple(rows_in), outliers, tuple(notes), renames,
+        zone, managed, keep, probe.rows, tuple(rows_in), outliers, tuple(notes), renames, late_kids,
     )
+
+
+def _holding_name(table: Table) -> str:
+    """Where copy keeps the DEFAULT's rows while it copies them: a name from the table's,
+    so the printed plan is the plan that runs (``_2``, ``_3`` … past a kept one)."""
+    taken = _taken(table)
+    name, n = short_name(table.name, "_default_hold"), 2
+    while name in taken:
+        name, n = short_name(table.name, f"_default_hold_{n}"), n + 1
+    return name
+
+
+def _late_candidates(
+    table: Table, grid: Grid, nm: Naming, children: tuple[ChildSpec, ...], lo: Key | None, hi: Key | None,
+    premake: int, reserved: set[str],
+) -> tuple[ChildSpec, ...]:
+    """Every bucket of the plausible range ``[lo, hi)`` that neither an existing child nor
+    a planned one covers (clipped like any new child): the swap creates those the holding
+    table has rows for. Integer keys without a ceiling stop ``premake + 2`` intervals past
+    the last child."""
+    spans: list[tuple[Any, Any]] = sorted(
+        [(c.lower, c.upper) for c in table.children if c.lower is not None and c.upper is not None]
+        + [(c.lower, c.upper) for c in children], key=lambda s: s[0])
+    if lo is None:
+        lo = spans[0][0] if spans else None
+    if hi is None and spans:
+        hi = _advance(grid, max(s[1] for s in spans), premake + 2)
+    if lo is None or hi is None:
+        return ()
+    taken = _taken(table) | {c.name for c in children} | reserved
+    out: list[ChildSpec] = []
+    cur: Any = lo
+    for s_lo, s_hi in [*spans, (hi, hi)]:
+        gap_hi: Any = min(s_lo, hi)
+        b: Any = grid.floor(cur)
+        while cur < gap_hi and b < gap_hi:
+            c_lo, c_hi = max(b, cur), min(grid.next(b), gap_hi)
+            if c_lo < c_hi:
+                name = nm.unique(c_lo, taken)
+                taken.add(name)
+                out.append(ChildSpec(name, c_lo, c_hi, False))
+            b = grid.next(b)
+        cur = max(cur, s_hi)
+        if cur >= hi:
+            break
+    return tuple(out)
 
 
 def plausible_range(
