@@ -24,7 +24,9 @@ import argparse
 import os
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -195,6 +197,7 @@ class Run:
     error: str | None = None
     detail: str = ""
     server_cpu: float | None = None
+    rss_mb: float | None = None
 
 
 def run_split(jobs: int) -> Any:
@@ -233,6 +236,21 @@ def floor(dsn: str, base: Base, res: Run) -> None:
         c.execute(sql.SQL("CREATE INDEX ON {} (device_id, received_at)").format(plain))
         res.seconds = time.perf_counter() - t0
     res.detail = f"{n} rows: insert {t1 - t0:.2f}s + indexes {res.seconds - (t1 - t0):.2f}s"
+
+
+def cli(dsn: str, base: Base, res: Run) -> None:
+    """``python -m partguard split`` in its own process: its peak RSS (wait4) is the client's memory."""
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "partguard", "split", "-d", dsn, "public.fixes", "--yes",
+                                 "--jobs", "2", "--format", "json"], stdout=subprocess.DEVNULL, stderr=err,
+                                stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        res.seconds = time.perf_counter() - t0
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            raise RuntimeError(err.read().decode(errors="replace").strip())
+    res.rss_mb = usage.ru_maxrss / 1024
 
 
 def measure(sb: Sandbox, base: Base, label: str, method: Any, writer: bool) -> Run:
@@ -298,9 +316,11 @@ def main(argv: list[str] | None = None) -> int:
                 for label, method, writer in methods:
                     results.setdefault((pk, label), []).append(measure(sb, bases[pk], label, method, writer))
         curve_runs: dict[int, list[Run]] = {}
+        rss: dict[int, float | None] = {n: measure(sb, bases[True], "CLI split --jobs 2", cli, True).rss_mb}
         for size in curve:
             base = build(sb, size, True)
             curve_runs[size] = [measure(sb, base, "split --jobs 2", run_split(2), True) for _ in range(rounds)]
+            rss[size] = measure(sb, base, "CLI split --jobs 2", cli, True).rss_mb
         with psycopg.connect(sb.dsn(), autocommit=True) as c:
             version = bf.row(c, "SHOW server_version")[0]
     print()
@@ -344,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
             locks = [r.swap_lock for r in rs if r.swap_lock is not None]
             print(f"  {size:>10} rows: {secs:7.2f}s total, swap lock {med(locks) * 1000:.0f} ms "
                   f"(max {max(locks) * 1000:.0f} ms)")
+    print()
+    print("client memory (peak RSS of `python -m partguard split … --jobs 2`, its own process, from wait4): "
+          + ", ".join(f"{size} rows {mb:.1f} MB" for size, mb in sorted(rss.items()) if mb is not None))
     print()
     print(f"total benchmark time {time.perf_counter() - started:.0f}s; load average "
           f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}")

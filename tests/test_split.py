@@ -305,7 +305,7 @@ def recut_under_fire(conn: Conn, dsn: str, partman_version: str | None, pk: bool
         assert_partman_healthy(conn, ZoneInfo("UTC"))
 
 
-@pytest.mark.parametrize("fault", ["split:captured", "split:in-prepared", "split:copy", "split:index",
+@pytest.mark.parametrize("fault", ["split:captured", "split:in-prepared", "split:copy", "split:copied", "split:index",
                                    "split:replay", "split:in-swapped", "split:swapped"])
 def test_sigkill_at_each_phase_then_rerun_finishes(conn: Conn, dsn: str, fault: str) -> None:
     w = build(conn, None, pk=False)
@@ -460,7 +460,8 @@ def test_steps_golden() -> None:
     p = _plan()
     kinds = [(s.kind, s.name) for s in split_steps.steps(p)]
     assert kinds == [("catalog_tx", "captured"), ("catalog_tx", "prepared"), ("copy_ranges", "copied"),
-                     ("build_index", "indexed"), ("replay", ""), ("swap", "swapped"), ("cleanup", "done")]
+                     ("catalog_tx", "unrouted"), ("build_index", "indexed"), ("replay", ""), ("swap", "swapped"),
+                     ("cleanup", "done")]
     swap = [s.as_string(None) for s in split_steps.swap(p).statements]
     assert not any(s.startswith("DROP") for s in swap)  # a DROP unlinks files at commit, under the lock
     assert swap[0] == 'LOCK TABLE ONLY "public"."ev", ONLY "public"."ev_p20261128" IN ACCESS EXCLUSIVE MODE'
@@ -549,3 +550,31 @@ def assert_partman_healthy(c: Conn, zone: ZoneInfo) -> None:
     for (_, hi1), (lo2, _) in itertools.pairwise(spans_):
         assert hi1 == lo2, f"gap or overlap between {hi1} and {lo2}"
     assert all((hi.date() - lo.date()).days == 1 and lo.hour == 0 for lo, hi in spans_), spans_
+
+
+def _state(bounds: list[tuple[str, datetime, datetime]], zone: str) -> Any:
+    from partguard.inspect.catalog import Child, Column, Table
+    from partguard.inspect.snapshot import GridInfo, TableState
+
+    kids = tuple(Child(n, "public", name, lo, hi, False, False, 0, "") for n, (name, lo, hi) in enumerate(bounds))
+    table = Table(1, "public", "fixes", "range", ("ts",), False, "timestamp with time zone", True, "o", kids, None,
+                  (Column("ts", "timestamp with time zone", True, False, ""),))
+    return TableState(table, None, GridInfo(time_grid(Interval(days=1), zone), "partman"), None, None, None)
+
+
+def test_groups_join_an_off_grid_child_with_the_slivers_beside_it() -> None:
+    """Berlin days start at 23:00 UTC: the old script's UTC day and the two slivers fix left
+    around it are one group, whose span is exactly two Berlin days."""
+    from partguard.plan.split import groups
+
+    h = timedelta(hours=1)
+    d = datetime(2026, 11, 29, tzinfo=UTC)
+    bounds = [("a", d - 25 * h, d - h), ("sliver1", d - h, d), ("utc", d, d + 24 * h),
+              ("sliver2", d + 24 * h, d + 47 * h), ("b", d + 47 * h, d + 71 * h),
+              ("wide", d + 71 * h, d + 119 * h)]
+    state = _state(bounds, "Europe/Berlin")
+    got = [[c.name for c in g] for g in groups(state)]
+    assert got == [["sliver1", "utc", "sliver2"], ["wide"]]
+    assert [[c.name for c in g] for g in groups(state, ("utc",))] == [["sliver1", "utc", "sliver2"]]
+    (g, _) = groups(state)
+    assert len(spans(state.grid.grid, g[0].lower, g[-1].upper)) == 2

@@ -133,8 +133,9 @@ def _locked(conn: Conn, params: ConnParams | str, req: SplitRequest, table: cata
         wanted = tuple(w for w in wanted if w in {c.name for c in table.children})
         if req.children and not wanted:
             return _finish(conn, req, table, done, started)
-    plans = _plan(conn, state, wanted, req)
-    notes = [n for p in plans for n in p.notes]
+    notes: list[str] = []
+    plans = _plan(conn, state, wanted, req, notes)
+    notes += [n for p in plans for n in p.notes]
     if not plans:
         if done:
             return _finish(conn, req, table, done, started)
@@ -166,13 +167,14 @@ def _state(conn: Conn, table: catalog.Table, req: SplitRequest) -> TableState:
 def _check_privileges(conn: Conn, table: catalog.Table) -> None:
     is_owner, can_create = catalog.privileges(conn, table)
     if not is_owner:
-        raise PermissionDenied(f"{display_name(table)} is owned by {table.owner}; split must run as its owner "
+        raise PermissionDenied(f"{display_name(table)} is owned by {display_ident(table.owner)}; split must run as its owner "
                                "(or a member)")
     if not can_create and not journal.schema_exists(conn):
         raise PermissionDenied("split needs CREATE on the database once, for its journal schema \"partguard\"")
 
 
-def _plan(conn: Conn, state: TableState, wanted: tuple[str, ...], req: SplitRequest) -> list[SplitPlan]:
+def _plan(conn: Conn, state: TableState, wanted: tuple[str, ...], req: SplitRequest,
+          notes: list[str]) -> list[SplitPlan]:
     table, grid = state.table, state.grid.grid
     found = groups(state, wanted)
     if not found:
@@ -190,6 +192,9 @@ def _plan(conn: Conn, state: TableState, wanted: tuple[str, ...], req: SplitRequ
                           keep_source=req.keep_source, taken=taken)
         if plan is not None:
             out.append(plan)
+        else:
+            notes.append(f"{display_ident(group[0].name)} lies between gaps off the grid: it cannot be laid on the "
+                         "grid alone (fill the gaps with partguard fix first)")
     return out
 
 

@@ -177,7 +177,7 @@ def steps(p: SplitPlan) -> list[Step]:
     out = [capture(p)]
     if p.default:
         out.append(guard(p))
-    return [*out, prepare(p), copy(p), build(p), replay(p), swap(p), cleanup(p)]
+    return [*out, prepare(p), copy(p), unroute(p), build(p), replay(p), swap(p), cleanup(p)]
 
 
 def capture(p: SplitPlan) -> Step:
@@ -273,41 +273,69 @@ def prepare(p: SplitPlan) -> Step:
 
 def _apply_function(p: SplitPlan) -> sql.Composed:
     """The replay, server-side: logged changes in order, each applied and removed from the
-    log in the same transaction, so a crash never applies one twice.
+    log in the same transaction, so a crash never applies one twice. Each change goes
+    straight to the target its key falls in (the router is gone once the copy is done, so
+    the swap has nothing to detach from it).
 
     A logged delete finds its row by the primary key (or a unique NOT NULL index), else by
     the whole row's values: rows equal in every column are interchangeable, so removing any
     one of them leaves the same multiset. ``extra_float_digits`` makes the text of a float
     exact, so equal text means equal values."""
-    r, log = router(p), log_table(p)
+    log = log_table(p)
     k = sql.Identifier(p.key)
     ins = p.insertable
-    if p.identity:
-        match: sql.Composable = sql.SQL(" AND ").join(
-            _s("t.{c} = l.{c}", c=sql.Identifier(c)) for c in p.identity)
-    else:
-        match = _s("t.{k} = l.{k} AND t.ctid = (SELECT s.ctid FROM {r} s WHERE s.{k} = l.{k} "
-                   "AND ROW({scols})::text = ROW({lcols})::text LIMIT 1)",
-                   k=k, r=r, scols=_cols(ins, "s"), lcols=_cols(ins, "l"))
+
+    def match(t: sql.Identifier) -> sql.Composable:
+        if p.identity:
+            return sql.SQL(" AND ").join(_s("t.{c} = l.{c}", c=sql.Identifier(c)) for c in p.identity)
+        return _s("t.ctid = (SELECT s.ctid FROM {t} s WHERE s.{k} = l.{k} "
+                  "AND ROW({scols})::text = ROW({lcols})::text LIMIT 1)",
+                  t=t, k=k, scols=_cols(ins, "s"), lcols=_cols(ins, "l"))
+
+    def by_key(action: Any) -> sql.Composable:
+        """``IF key < upper(T1) THEN action(T1) ELSIF … ELSE action(Tn)``: the key is within
+        the sources' span, so the last target takes the rest."""
+        parts: list[sql.Composable] = []
+        for n, t in enumerate(p.targets):
+            head: sql.Composable
+            if n == len(p.targets) - 1:
+                head = sql.SQL("      ELSE\n" if n else "      IF true THEN\n")
+            else:
+                head = _s("      {kw} l.{k} < {hi} THEN\n", kw=sql.SQL("ELSIF" if n else "IF"), k=k,
+                          hi=key_literal(t.upper, p.key_type))
+            parts += [head, sql.SQL("        "), action(target(p, t)), sql.SQL(";\n")]
+        return sql.Composed([*parts, sql.SQL("      END IF;")])
+
     body = _s(
         "DECLARE\n  l {log};\n  n bigint := 0;\n  hit bigint;\nBEGIN\n"
         "  FOR l IN SELECT * FROM {log} ORDER BY partguard_seq LIMIT p_limit LOOP\n"
-        "    IF l.partguard_op = 'D' THEN\n"
-        "      DELETE FROM {r} t WHERE {match};\n"
-        "      GET DIAGNOSTICS hit = ROW_COUNT;\n"
+        "    IF l.partguard_op = 'D' THEN\n{delete}\n"
         "      IF hit <> 1 THEN\n"
         "        RAISE EXCEPTION 'partguard split: a logged delete (seq %) matched % rows', l.partguard_seq, hit;\n"
         "      END IF;\n"
-        "    ELSE\n"
-        "      INSERT INTO {r} ({cols}) VALUES ({vals});\n"
+        "    ELSE\n{insert}\n"
         "    END IF;\n"
         "    DELETE FROM {log} WHERE partguard_seq = l.partguard_seq;\n"
         "    n := n + 1;\n"
         "  END LOOP;\n"
         "  RETURN n;\nEND",
-        log=log, r=r, match=match, cols=_cols(ins), vals=_cols(ins, "l"))
+        log=log,
+        delete=by_key(lambda t: _s("DELETE FROM {t} t WHERE {m};\n        GET DIAGNOSTICS hit = ROW_COUNT", t=t,
+                                   m=match(t))),
+        insert=by_key(lambda t: _s("INSERT INTO {t} ({cols}) VALUES ({vals})", t=t, cols=_cols(ins),
+                                   vals=_cols(ins, "l"))))
     return _s("CREATE FUNCTION {f}(p_limit bigint) RETURNS bigint LANGUAGE plpgsql SET extra_float_digits = 3 "
               "AS {body}", f=apply_fn(p), body=_body(body))
+
+
+def unroute(p: SplitPlan) -> Step:
+    """The router has done its job (one pass of the copy for every target): the targets
+    leave it now, so the swap does not have to."""
+    return Step("catalog_tx", "unrouted", (
+        *(_s("ALTER TABLE {r} DETACH PARTITION {t}", r=router(p), t=target(p, t)) for t in p.targets),
+        _s("DROP TABLE {r}", r=router(p)),
+        journal.split_state(p.tag, "unrouted"),
+    ), locks="none on the table (private tables only)")
 
 
 def copy(p: SplitPlan) -> Step:
@@ -370,7 +398,6 @@ def swap(p: SplitPlan) -> Step:
     """Catalog changes only: a replaced child is moved aside, not dropped (a DROP unlinks its
     files and scans shared_buffers at commit, under the lock: measured 177 ms for 111 MB)."""
     stmts: list[sql.Composed] = [_lock(p, default=True), _s("SELECT {f}(NULL)", f=apply_fn(p))]
-    stmts += [_s("ALTER TABLE {r} DETACH PARTITION {t}", r=router(p), t=target(p, t)) for t in p.targets]
     for s, src in zip(p.sources, _sources(p), strict=True):
         stmts += [
             _s("ALTER TABLE {parent} DETACH PARTITION {src}", parent=parent(p), src=src),
