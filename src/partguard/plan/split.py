@@ -290,8 +290,8 @@ def plan_split(
     if not _on(grid, lo) or not _on(grid, hi):
         notes.append(
             f"{display_ident(group[0].name)}…{display_ident(group[-1].name)}: an end borders a "
-            "gap, so the first or last new child "
-            "covers only part of its interval (fill the gap with partguard fix first)"
+            "gap, so the first or last new child covers only part of its interval (fill the gap "
+            "with partguard fix first)"
         )
     first = facts[0]
     prefix = f"split_{tag}"
@@ -321,8 +321,7 @@ def plan_split(
     if len(group) > 1 and any(f.indexes != first.indexes or f.local_checks for f in facts[1:]):
         notes.append(
             "indexes and CHECKs of the children other than the first that are not the parent's "
-            "are not "
-            "carried over"
+            "are not carried over"
         )
     keyed = [i for i, _ in names if i.columns[:1] == (table.key,)]
     identity = _identity(parent, table)
@@ -375,8 +374,8 @@ def _refuse(table: Table, facts: tuple[SourceFacts, ...], parent: ParentFacts) -
         if f.local_triggers:
             raise UnsupportedTable(
                 f"{display_ident(f.child.name)} has its own triggers "
-                f"({', '.join(map(display_ident, f.local_triggers[:3]))}), which a re-cut would "
-                "lose"
+                f"({', '.join(map(display_ident, f.local_triggers[:3]))}), which a re-cut "
+                "would lose"
             )
 
 

@@ -211,18 +211,19 @@ def capture(p: SplitPlan) -> Step:
         )
 
     body = _s(
-        "BEGIN\n  IF TG_OP <> 'INSERT' THEN\n    {old}\n  END IF;\n  IF TG_OP <> 'DELETE' THEN\n  "
-        "  {new}\n"
-        "  END IF;\n  RETURN NULL;\nEND",
+        "BEGIN\n"
+        "  IF TG_OP <> 'INSERT' THEN\n    {old}\n  END IF;\n"
+        "  IF TG_OP <> 'DELETE' THEN\n    {new}\n  END IF;\n"
+        "  RETURN NULL;\nEND",
         old=put("D", "OLD"),
         new=put("I", "NEW"),
     )
     refuse = sql.Composed(
         [
             sql.SQL(
-                "BEGIN RAISE EXCEPTION 'partguard split is re-cutting this partition: TRUNCATE "
-                "would bypass "
-                "its change log (wait for it, or run partguard split --abort)'; END"
+                "BEGIN RAISE EXCEPTION 'partguard split is re-cutting this partition: "
+                "TRUNCATE would bypass its change log (wait for it, or run partguard split "
+                "--abort)'; END"
             )
         ]
     )
@@ -230,9 +231,8 @@ def capture(p: SplitPlan) -> Step:
         *journal.split_ddl(),
         _s(
             "CREATE TABLE {log} (partguard_seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
-            'partguard_xid xid8 NOT NULL DEFAULT pg_current_xact_id(), partguard_op "char" NOT '
-            "NULL, "
-            "LIKE {parent})",
+            "partguard_xid xid8 NOT NULL DEFAULT pg_current_xact_id(), "
+            'partguard_op "char" NOT NULL, LIKE {parent})',
             log=log,
             parent=parent(p),
         ),
