@@ -69,8 +69,8 @@ def build(conn: Conn, partman_version: str | None, *, pk: bool) -> Wide:
     wide child named like the first of them, as ``fix --strategy instant`` leaves it."""
     conn.execute(f"""
         CREATE TABLE public.fixes (
-            id bigint NOT NULL, received_at timestamptz NOT NULL, device_id int NOT NULL, v int, note text,
-            speed real GENERATED ALWAYS AS (v * 3.6) STORED
+            id bigint NOT NULL, received_at timestamptz NOT NULL, device_id int NOT NULL, v int,
+            note text, speed real GENERATED ALWAYS AS (v * 3.6) STORED
             {", PRIMARY KEY (id, received_at)" if pk else ""}
         ) PARTITION BY RANGE (received_at);
         CREATE INDEX ON public.fixes (received_at);
@@ -78,13 +78,21 @@ def build(conn: Conn, partman_version: str | None, *, pk: bool) -> Wide:
     today = conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]
     start = midnight(today - timedelta(days=10))
     if partman_version:
-        create_parent(conn, "public.fixes", "received_at", "1 day", premake=4, start=start.isoformat())
+        create_parent(
+            conn, "public.fixes", "received_at", "1 day", premake=4, start=start.isoformat()
+        )
     else:
         for n in range(15):
             d = today - timedelta(days=10 - n)
-            conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF public.fixes FOR VALUES FROM ({}) TO ({})").format(
-                sql.Identifier("public", f"fixes_p{d:%Y%m%d}"), sql.Literal(midnight(d)),
-                sql.Literal(midnight(d + timedelta(days=1)))))
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE {} PARTITION OF public.fixes FOR VALUES FROM ({}) TO ({})"
+                ).format(
+                    sql.Identifier("public", f"fixes_p{d:%Y%m%d}"),
+                    sql.Literal(midnight(d)),
+                    sql.Literal(midnight(d + timedelta(days=1))),
+                )
+            )
         conn.execute("CREATE TABLE public.fixes_default PARTITION OF public.fixes DEFAULT")
     lo, hi = midnight(today - timedelta(days=WIDE_DAYS - 1)), midnight(today + timedelta(days=1))
     names = []
@@ -93,23 +101,30 @@ def build(conn: Conn, partman_version: str | None, *, pk: bool) -> Wide:
         (name,) = conn.execute(
             """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
                WHERE i.inhparent = 'public.fixes'::regclass
-                 AND pg_get_expr(c.relpartbound, c.oid) LIKE 'FOR VALUES FROM (''' || %s || '''%%'""",
-            (lower.strftime("%Y-%m-%d %H:%M:%S+00"),)).fetchone()
+                 AND pg_get_expr(c.relpartbound, c.oid)
+                     LIKE 'FOR VALUES FROM (''' || %s || '''%%'""",
+            (lower.strftime("%Y-%m-%d %H:%M:%S+00"),),
+        ).fetchone()
         names.append(name)
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("public", name)))
-    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF public.fixes FOR VALUES FROM ({}) TO ({})").format(
-        sql.Identifier("public", names[0]), sql.Literal(lo), sql.Literal(hi)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} PARTITION OF public.fixes FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier("public", names[0]), sql.Literal(lo), sql.Literal(hi)
+        )
+    )
     conn.execute(
         "INSERT INTO public.fixes (id, received_at, device_id, v, note) "
         "SELECT i, %s::timestamptz + (i * (%s::timestamptz - %s::timestamptz) / %s), i %% 50, i, "
         "       CASE WHEN i %% 5 = 0 THEN NULL ELSE 'n' || i END FROM generate_series(1, %s) i",
-        (start, hi - timedelta(hours=1), start, 2 * ROWS, 2 * ROWS))
+        (start, hi - timedelta(hours=1), start, 2 * ROWS, 2 * ROWS),
+    )
     if not pk:
         conn.execute(
             "INSERT INTO public.fixes (id, received_at, device_id, v, note) "
             "SELECT i, %s::timestamptz + (i - %s) * interval '1 minute', 7, 1, 'twin' "
             "FROM generate_series(%s, %s) i, generate_series(1, 2)",
-            (lo + timedelta(hours=5), DUPLICATES.start, DUPLICATES.start, DUPLICATES.stop - 1))
+            (lo + timedelta(hours=5), DUPLICATES.start, DUPLICATES.start, DUPLICATES.stop - 1),
+        )
     conn.execute("ANALYZE public.fixes")
     return Wide(today, lo, hi, names[0], names, pk)
 
@@ -120,24 +135,33 @@ def rows(conn: Conn) -> Counter[tuple[Any, ...]]:
 
 def children(conn: Conn) -> list[tuple[str, str]]:
     return conn.execute(
-        """SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-           WHERE i.inhparent = 'public.fixes'::regclass ORDER BY 2""").fetchall()
+        """SELECT c.relname, pg_get_expr(c.relpartbound, c.oid)
+           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+           WHERE i.inhparent = 'public.fixes'::regclass ORDER BY 2"""
+    ).fetchall()
 
 
 def fingerprint(conn: Conn) -> list[Any]:
     """The catalog of the table and partguard's schema (but its journal): relations with
     their oids and bounds, constraints, indexes, triggers, functions."""
     rels = conn.execute("""
-        SELECT n.nspname, c.relname, c.oid::bigint, c.relkind::text, coalesce(pg_get_expr(c.relpartbound, c.oid), '')
+        SELECT n.nspname, c.relname, c.oid::bigint, c.relkind::text,
+               coalesce(pg_get_expr(c.relpartbound, c.oid), '')
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname IN ('public', 'partguard') AND c.relname NOT LIKE 'split\\_run%' ORDER BY 1, 2""").fetchall()
+        WHERE n.nspname IN ('public', 'partguard') AND c.relname NOT LIKE 'split\\_run%'
+        ORDER BY 1, 2""").fetchall()
     cons = conn.execute("""
-        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(x.oid), convalidated FROM pg_constraint x
-        WHERE connamespace IN ('public'::regnamespace) ORDER BY 1, 2""").fetchall()
-    trig = conn.execute("SELECT tgrelid::regclass::text, tgname, tgenabled::text FROM pg_trigger "
-                        "WHERE NOT tgisinternal ORDER BY 1, 2").fetchall()
-    funcs = conn.execute("SELECT proname FROM pg_proc WHERE pronamespace::regnamespace::text = 'partguard' "
-                         "ORDER BY 1").fetchall()
+        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(x.oid), convalidated
+        FROM pg_constraint x WHERE connamespace IN ('public'::regnamespace)
+        ORDER BY 1, 2""").fetchall()
+    trig = conn.execute(
+        "SELECT tgrelid::regclass::text, tgname, tgenabled::text FROM pg_trigger "
+        "WHERE NOT tgisinternal ORDER BY 1, 2"
+    ).fetchall()
+    funcs = conn.execute(
+        "SELECT proname FROM pg_proc WHERE pronamespace::regnamespace::text = 'partguard' "
+        "ORDER BY 1"
+    ).fetchall()
     return [rels, cons, trig, funcs]
 
 
@@ -151,7 +175,9 @@ class Writer(Background):
     def __init__(self, dsn: str, expected: Counter[tuple[Any, ...]], wide: Wide) -> None:
         super().__init__(dsn, pause=0.003)
         self.expected, self.wide = expected, wide
-        self.pool = sorted({r[0] for r in expected if r[0] % STABLE and r[0] not in DUPLICATES})  # ids it may change
+        self.pool = sorted(
+            {r[0] for r in expected if r[0] % STABLE and r[0] not in DUPLICATES}
+        )  # ids it may change
         self.ops: Counter[str] = Counter()
         self.next_id, self.i, self.rnd = 10_000_000, 0, random.Random(7)
 
@@ -162,16 +188,21 @@ class Writer(Background):
         if op == "insert":
             self.next_id += 1
             when = "now()" if i % 2 else f"{self._sql_ts(rnd)}"
-            (row,) = c.execute(f"INSERT INTO public.fixes (id, received_at, device_id, v, note) "  # test-only SQL
-                               f"VALUES (%s, {when}, %s, %s, %s) RETURNING {COLS}",
-                               (self.next_id, self.next_id % 50, i, None if i % 3 else f"w{i}")).fetchall()
+            (row,) = c.execute(
+                f"INSERT INTO public.fixes (id, received_at, device_id, v, note) "  # test-only SQL
+                f"VALUES (%s, {when}, %s, %s, %s) RETURNING {COLS}",
+                (self.next_id, self.next_id % 50, i, None if i % 3 else f"w{i}"),
+            ).fetchall()
             self.expected[row] += 1
             self.pool.append(self.next_id)
         elif op == "twin" and self.wide.pk is False:
             twin = DUPLICATES.start + (i // 7) % len(DUPLICATES)
             for row in c.execute(
-                    f"DELETE FROM public.fixes WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM public.fixes "
-                    f"WHERE id = %s LIMIT 1) RETURNING {COLS}", (twin,)).fetchall():
+                "DELETE FROM public.fixes WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM "
+                "public.fixes "
+                f"WHERE id = %s LIMIT 1) RETURNING {COLS}",
+                (twin,),
+            ).fetchall():
                 self.expected[row] -= 1
         elif op in ("update", "move", "delete") and self.pool:
             self._change(c, op, self.pool[rnd.randrange(len(self.pool))])
@@ -179,8 +210,9 @@ class Writer(Background):
 
     def _change(self, c: Conn, op: str, rid: int) -> None:
         with c.transaction():
-            old = c.execute(f"SELECT tableoid, ctid, {COLS} FROM public.fixes WHERE id = %s FOR UPDATE",
-                            (rid,)).fetchone()
+            old = c.execute(
+                f"SELECT tableoid, ctid, {COLS} FROM public.fixes WHERE id = %s FOR UPDATE", (rid,)
+            ).fetchone()
             if old is None:
                 return
             where = "WHERE tableoid = %s AND ctid = %s::tid"
@@ -191,9 +223,14 @@ class Writer(Background):
             else:
                 key: datetime = old[3]
                 shift = timedelta(days=1 if key + timedelta(days=1) < self.wide.hi else -1)
-                step = f"received_at + interval '{shift.days} day'" if op == "move" else "received_at"
-                new = c.execute(f"UPDATE public.fixes SET received_at = {step}, v = coalesce(v, 0) + 1 "
-                                f"{where} RETURNING {COLS}", (old[0], old[1])).fetchone()
+                step = (
+                    f"received_at + interval '{shift.days} day'" if op == "move" else "received_at"
+                )
+                new = c.execute(
+                    f"UPDATE public.fixes SET received_at = {step}, v = coalesce(v, 0) + 1 "
+                    f"{where} RETURNING {COLS}",
+                    (old[0], old[1]),
+                ).fetchone()
         self.expected[tuple(old[2:])] -= 1
         if new is not None:
             self.expected[tuple(new)] += 1
@@ -220,8 +257,9 @@ class Reader(Background):
 
 
 def stable_count(conn: Conn) -> int:
-    return conn.execute("SELECT count(*) FROM public.fixes WHERE id %% %s = 0 AND id < %s",
-                        (STABLE, 2 * ROWS + 1)).fetchone()[0]
+    return conn.execute(
+        "SELECT count(*) FROM public.fixes WHERE id %% %s = 0 AND id < %s", (STABLE, 2 * ROWS + 1)
+    ).fetchone()[0]
 
 
 # --- the end state -------------------------------------------------------------------------
@@ -234,12 +272,24 @@ def assert_recut(conn: Conn, w: Wide) -> None:
     assert w.names == [n for n in w.names if n in kids], kids
     for day, name in enumerate(w.names):
         lower = w.lo + timedelta(days=day)
-        assert kids[name] == (f"FOR VALUES FROM ('{lower:%Y-%m-%d %H:%M:%S}+00') "
-                              f"TO ('{lower + timedelta(days=1):%Y-%m-%d %H:%M:%S}+00')"), (name, kids[name])
-    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'partguard%'").fetchone()[0] == 0
-    assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conname LIKE 'partguard%'").fetchone()[0] == 0
-    left = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'split\\_%' AND relname NOT LIKE 'split\\_run%'"
-                        ).fetchall()
+        assert kids[name] == (
+            f"FOR VALUES FROM ('{lower:%Y-%m-%d %H:%M:%S}+00') "
+            f"TO ('{lower + timedelta(days=1):%Y-%m-%d %H:%M:%S}+00')"
+        ), (name, kids[name])
+    assert (
+        conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'partguard%'").fetchone()[0]
+        == 0
+    )
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM pg_constraint WHERE conname LIKE 'partguard%'"
+        ).fetchone()[0]
+        == 0
+    )
+    left = conn.execute(
+        "SELECT relname FROM pg_class WHERE relname LIKE 'split\\_%' AND relname NOT LIKE "
+        "'split\\_run%'"
+    ).fetchall()
     assert left == []
     # every child's indexes are attached to the parent's (ATTACH adopted the ones built)
     unattached = conn.execute("""
@@ -256,9 +306,15 @@ def run_cli(dsn: str, *args: str, fault: str | None = None) -> subprocess.Comple
     env.pop("PARTGUARD_FAULT", None)
     if fault:
         env["PARTGUARD_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "partguard", "split", "-d", dsn, "public.fixes", *args],
-                          env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "partguard", "split", "-d", dsn, "public.fixes", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 @pytest.fixture(params=[True, False], ids=["pk", "no-pk"])
@@ -270,11 +326,14 @@ def pk(request: pytest.FixtureRequest) -> bool:
 
 
 def test_recut_under_writer_and_reader_keeps_every_row_and_every_write(
-        conn: Conn, dsn: str, partman_version: str | None, pk: bool, run: Any) -> None:
+    conn: Conn, dsn: str, partman_version: str | None, pk: bool, run: Any
+) -> None:
     recut_under_fire(conn, dsn, partman_version, pk, run)
 
 
-def test_recut_of_a_table_without_partman_under_writer_and_reader(conn: Conn, dsn: str, pk: bool, run: Any) -> None:
+def test_recut_of_a_table_without_partman_under_writer_and_reader(
+    conn: Conn, dsn: str, pk: bool, run: Any
+) -> None:
     recut_under_fire(conn, dsn, None, pk, run)
 
 
@@ -283,8 +342,19 @@ def recut_under_fire(conn: Conn, dsn: str, partman_version: str | None, pk: bool
     writer = Writer(dsn, rows(conn), w).start(0.2)
     reader = Reader(dsn, stable_count(conn)).start()
     try:
-        rc, out, err = run("split", "-d", dsn, "public.fixes", "--yes", "--jobs", "2", "--chunk-pages", "8",
-                           "--format", "json")
+        rc, out, err = run(
+            "split",
+            "-d",
+            dsn,
+            "public.fixes",
+            "--yes",
+            "--jobs",
+            "2",
+            "--chunk-pages",
+            "8",
+            "--format",
+            "json",
+        )
     finally:
         time.sleep(0.1)
         writer.stop()
@@ -298,15 +368,30 @@ def recut_under_fire(conn: Conn, dsn: str, partman_version: str | None, pk: bool
     outcome = json.loads(out)
     (recut,) = outcome["recuts"]
     assert recut["sources"] == [w.wide] and len(recut["targets"]) == WIDE_DAYS
-    assert recut["changes_replayed"] > 0  # the writer's changes during the copy came through the log
+    assert (
+        recut["changes_replayed"] > 0
+    )  # the writer's changes during the copy came through the log
     codes = {f["code"] for f in outcome["findings_after"]}
-    assert not codes & {"wide_child", "misaligned", "gap", "default_rows"}, outcome["findings_after"]
+    assert not codes & {"wide_child", "misaligned", "gap", "default_rows"}, outcome[
+        "findings_after"
+    ]
     if partman_version:
         assert_partman_healthy(conn, ZoneInfo("UTC"))
 
 
-@pytest.mark.parametrize("fault", ["split:captured", "split:in-prepared", "split:copy", "split:index",
-                                   "split:replay", "split:in-swapped", "split:swapped"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "split:captured",
+        "split:in-prepared",
+        "split:copy",
+        "split:copied",
+        "split:index",
+        "split:replay",
+        "split:in-swapped",
+        "split:swapped",
+    ],
+)
 def test_sigkill_at_each_phase_then_rerun_finishes(conn: Conn, dsn: str, fault: str) -> None:
     w = build(conn, None, pk=False)
     writer = Writer(dsn, rows(conn), w).start(0.2)
@@ -314,7 +399,9 @@ def test_sigkill_at_each_phase_then_rerun_finishes(conn: Conn, dsn: str, fault: 
         crashed = run_cli(dsn, "--yes", "--chunk-pages", "8", fault=fault)
         assert crashed.returncode == -9, crashed.stderr
         status = run_cli(dsn, "--status")
-        assert "INTERRUPTED" in status.stdout, status.stdout  # a kill inside a transaction rolls it back
+        assert "INTERRUPTED" in status.stdout, (
+            status.stdout
+        )  # a kill inside a transaction rolls it back
         resumed = run_cli(dsn, "--yes", "--chunk-pages", "8", "--jobs", "2")
         assert resumed.returncode == 0, resumed.stderr
     finally:
@@ -324,9 +411,12 @@ def test_sigkill_at_each_phase_then_rerun_finishes(conn: Conn, dsn: str, fault: 
     assert_recut(conn, w)
 
 
-@pytest.mark.parametrize("fault", ["split:captured", "split:guarded", "split:copy", "split:index", "split:replay"])
+@pytest.mark.parametrize(
+    "fault", ["split:captured", "split:guarded", "split:copy", "split:index", "split:replay"]
+)
 def test_abort_after_a_kill_restores_the_exact_original(
-        conn: Conn, dsn: str, partman_version: str | None, fault: str) -> None:
+    conn: Conn, dsn: str, partman_version: str | None, fault: str
+) -> None:
     w = build(conn, partman_version, pk=True)
     before = fingerprint(conn)
     writer = Writer(dsn, rows(conn), w).start(0.2)
@@ -350,17 +440,24 @@ def test_a_blocker_is_named_and_nothing_changes(conn: Conn, dsn: str, run: Any) 
     with psycopg.connect(dsn) as blocker:  # a long transaction that read the table
         blocker.execute("SELECT count(*) FROM public.fixes")
         pid = blocker.info.backend_pid
-        rc, _, err = run("split", "-d", dsn, "public.fixes", "--yes", "--lock-timeout", "100ms", "--retries", "1")
+        rc, _, err = run(
+            "split", "-d", dsn, "public.fixes", "--yes", "--lock-timeout", "100ms", "--retries", "1"
+        )
         blocker.rollback()
     assert rc == 75, err
-    assert f"pid {pid}" in err and "SELECT count(*) FROM public.fixes" in err and "nothing changed" in err
+    assert (
+        f"pid {pid}" in err
+        and "SELECT count(*) FROM public.fixes" in err
+        and "nothing changed" in err
+    )
     assert len(err.strip().splitlines()) == 1
     assert fingerprint(conn) == before and rows(conn) == data
     assert w.wide in dict(children(conn))
 
 
 def test_dry_run_is_a_psql_script_that_performs_the_recut(
-        conn: Conn, dsn: str, partman_version: str | None, cluster: Any, run: Any, tmp_path: Path) -> None:
+    conn: Conn, dsn: str, partman_version: str | None, cluster: Any, run: Any, tmp_path: Path
+) -> None:
     w = build(conn, partman_version, pk=False)
     before = fingerprint(conn)
     rc, script, err = run("split", "-d", dsn, "public.fixes", "--dry-run")
@@ -370,32 +467,69 @@ def test_dry_run_is_a_psql_script_that_performs_the_recut(
     plan.write_text(script)
     writer = Writer(dsn, rows(conn), w).start(0.2)
     try:
-        psql = subprocess.run([str(cluster.pg_bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f",
-                               str(plan)], capture_output=True, text=True, timeout=300, check=False)
+        psql = subprocess.run(
+            [
+                str(cluster.pg_bin / "psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                dsn,
+                "-f",
+                str(plan),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
     finally:
         writer.stop()
     assert psql.returncode == 0, psql.stderr
     assert writer.errors == []
     assert rows(conn) == +writer.expected
     assert_recut(conn, w)
-    assert conn.execute("SELECT state, finished_at IS NOT NULL FROM partguard.split_run").fetchall() == [("done", True)]
+    assert conn.execute(
+        "SELECT state, finished_at IS NOT NULL FROM partguard.split_run"
+    ).fetchall() == [("done", True)]
     if partman_version:
         assert_partman_healthy(conn, ZoneInfo("UTC"))
 
 
-def test_hostile_names_stay_inside_their_quotes(conn: Conn, dsn: str, cluster: Any, run: Any,
-                                                tmp_path: Path) -> None:
+def test_hostile_names_stay_inside_their_quotes(
+    conn: Conn, dsn: str, cluster: Any, run: Any, tmp_path: Path
+) -> None:
     """A child named to break out of a comment or a quote: the script still only re-cuts."""
     wide = build(conn, None, pk=True).wide
     evil = "ev'\n*/ DROP TABLE victim; --\r$$"
     conn.execute("CREATE TABLE public.victim (x int)")
-    conn.execute(sql.SQL("ALTER TABLE public.{} RENAME TO {}").format(sql.Identifier(wide), sql.Identifier(evil)))
+    conn.execute(
+        sql.SQL("ALTER TABLE public.{} RENAME TO {}").format(
+            sql.Identifier(wide), sql.Identifier(evil)
+        )
+    )
     rc, script, err = run("split", "-d", dsn, "public.fixes", "--dry-run", "--child", evil)
     assert rc == 0, err
     plan = tmp_path / "plan.sql"
     plan.write_text(script)
-    psql = subprocess.run([str(cluster.pg_bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f",
-                           str(plan)], capture_output=True, text=True, timeout=300, check=False)
+    psql = subprocess.run(
+        [
+            str(cluster.pg_bin / "psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            dsn,
+            "-f",
+            str(plan),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert psql.returncode == 0, psql.stderr
     assert conn.execute("SELECT to_regclass('public.victim') IS NOT NULL").fetchone()[0]
     assert evil not in dict(children(conn))
@@ -432,22 +566,56 @@ def test_spans_clip_the_grid_to_the_group() -> None:
     lo = datetime(2026, 11, 28, 23, tzinfo=UTC)  # Berlin midnight
     hi = datetime(2026, 11, 30, 0, tzinfo=UTC)  # a UTC-bounded child's end
     got = [(a.astimezone(UTC), b.astimezone(UTC)) for a, b in spans(grid, lo, hi)]
-    assert got == [(lo, datetime(2026, 11, 29, 23, tzinfo=UTC)), (datetime(2026, 11, 29, 23, tzinfo=UTC), hi)]
+    assert got == [
+        (lo, datetime(2026, 11, 29, 23, tzinfo=UTC)),
+        (datetime(2026, 11, 29, 23, tzinfo=UTC), hi),
+    ]
 
 
 def _plan() -> SplitPlan:
     lo = datetime(2026, 11, 28, tzinfo=UTC)
     day = timedelta(days=1)
     return SplitPlan(
-        tag="t", table="public.ev", schema="public", parent_schema="public", parent="ev", key="ts",
-        key_type="timestamp with time zone", sources=(Source("public", "ev_p20261128", lo, lo + 2 * day, "h"),),
-        targets=(Target("split_t_t1", "ev_p20261128", lo, lo + day, ("ev_p20261128_ts_idx",), ("split_t_t1_i1",)),
-                 Target("ev_p20261129", "ev_p20261129", lo + day, lo + 2 * day, ("ev_p20261129_ts_idx",),
-                        ("ev_p20261129_ts_idx",))),
-        columns=("id", "ts"), generated=(), identity=(), indexes=(IndexSpec("btree (ts)", False, "", False,
-                                                                                        False),),
-        replay_index=False, default=None, owner="o", grants=(("app", "SELECT", False),), reloptions=("fillfactor=90",),
-        tablespace=None, unlogged=False, checks=(), keep_source=False)
+        tag="t",
+        table="public.ev",
+        schema="public",
+        parent_schema="public",
+        parent="ev",
+        key="ts",
+        key_type="timestamp with time zone",
+        sources=(Source("public", "ev_p20261128", lo, lo + 2 * day, "h"),),
+        targets=(
+            Target(
+                "split_t_t1",
+                "ev_p20261128",
+                lo,
+                lo + day,
+                ("ev_p20261128_ts_idx",),
+                ("split_t_t1_i1",),
+            ),
+            Target(
+                "ev_p20261129",
+                "ev_p20261129",
+                lo + day,
+                lo + 2 * day,
+                ("ev_p20261129_ts_idx",),
+                ("ev_p20261129_ts_idx",),
+            ),
+        ),
+        columns=("id", "ts"),
+        generated=(),
+        identity=(),
+        indexes=(IndexSpec("btree (ts)", False, "", False, False),),
+        replay_index=False,
+        default=None,
+        owner="o",
+        grants=(("app", "SELECT", False),),
+        reloptions=("fillfactor=90",),
+        tablespace=None,
+        unlogged=False,
+        checks=(),
+        keep_source=False,
+    )
 
 
 def test_plan_round_trips_through_the_journal() -> None:
@@ -459,16 +627,31 @@ def test_plan_round_trips_through_the_journal() -> None:
 def test_steps_golden() -> None:
     p = _plan()
     kinds = [(s.kind, s.name) for s in split_steps.steps(p)]
-    assert kinds == [("catalog_tx", "captured"), ("catalog_tx", "prepared"), ("copy_ranges", "copied"),
-                     ("build_index", "indexed"), ("replay", ""), ("swap", "swapped"), ("cleanup", "done")]
+    assert kinds == [
+        ("catalog_tx", "captured"),
+        ("catalog_tx", "prepared"),
+        ("copy_ranges", "copied"),
+        ("catalog_tx", "unrouted"),
+        ("build_index", "indexed"),
+        ("replay", ""),
+        ("swap", "swapped"),
+        ("cleanup", "done"),
+    ]
     swap = [s.as_string(None) for s in split_steps.swap(p).statements]
-    assert not any(s.startswith("DROP") for s in swap)  # a DROP unlinks files at commit, under the lock
-    assert swap[0] == 'LOCK TABLE ONLY "public"."ev", ONLY "public"."ev_p20261128" IN ACCESS EXCLUSIVE MODE'
+    assert not any(
+        s.startswith("DROP") for s in swap
+    )  # a DROP unlinks files at commit, under the lock
+    assert (
+        swap[0]
+        == 'LOCK TABLE ONLY "public"."ev", ONLY "public"."ev_p20261128" IN ACCESS EXCLUSIVE MODE'
+    )
     assert 'ALTER TABLE "public"."split_t_t1" RENAME TO "ev_p20261128"' in swap
     assert 'ALTER INDEX "public"."split_t_t1_i1" RENAME TO "ev_p20261128_ts_idx"' in swap
-    assert not any("ev_p20261129_ts_idx" in s and "RENAME" in s for s in swap)  # built under its own name
+    assert not any(
+        "ev_p20261129_ts_idx" in s and "RENAME" in s for s in swap
+    )  # built under its own name
     copy = split_steps.copy(p)
-    (stmt,), = copy.groups
+    ((stmt,),) = copy.groups
     filled = split_steps.fill(stmt, {"lo": sql.SQL("'(0,0)'::tid"), "hi": sql.SQL("'(8,0)'::tid")})
     assert filled.as_string(None).endswith("WHERE ctid >= '(0,0)'::tid AND ctid < '(8,0)'::tid")
     with pytest.raises(TypeError):
@@ -480,39 +663,68 @@ def test_steps_golden() -> None:
 
 
 def test_incident_berlin_grid_and_the_old_scripts_utc_child_end_on_partmans_grid(
-        conn: Conn, dsn: str, partman: str, run: Any) -> None:
+    conn: Conn, dsn: str, partman: str, run: Any
+) -> None:
     """The incident's likely real state: partman on a Europe/Berlin grid, a UTC-bounded day
     the old script made in the gap (named by its UTC date), and the two off-grid slivers
     ``fix`` then filled the gaps with. split lays them on partman's grid, named its way,
     and partman's maintenance works again."""
     zone = ZoneInfo("Europe/Berlin")
-    conn.execute(sql.SQL("ALTER DATABASE {} SET TimeZone = 'Europe/Berlin'").format(sql.Identifier(conn.info.dbname)))
-    with psycopg.connect(dsn, autocommit=True) as c:  # a session in the database's zone, as cron's psql
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} SET TimeZone = 'Europe/Berlin'").format(
+            sql.Identifier(conn.info.dbname)
+        )
+    )
+    with psycopg.connect(
+        dsn, autocommit=True
+    ) as c:  # a session in the database's zone, as cron's psql
         c.execute("""
-            CREATE TABLE public.fixes (id bigint NOT NULL, received_at timestamptz NOT NULL, device_id int NOT NULL,
-                v int, note text, speed real GENERATED ALWAYS AS (v * 3.6) STORED, PRIMARY KEY (id, received_at))
+            CREATE TABLE public.fixes (id bigint NOT NULL, received_at timestamptz NOT NULL,
+                device_id int NOT NULL, v int, note text,
+                speed real GENERATED ALWAYS AS (v * 3.6) STORED, PRIMARY KEY (id, received_at))
             PARTITION BY RANGE (received_at);
             CREATE INDEX ON public.fixes (received_at);""")
         today: date = c.execute("SELECT (now() AT TIME ZONE 'Europe/Berlin')::date").fetchone()[0]
         start = datetime(today.year, today.month, today.day, tzinfo=zone) - timedelta(days=10)
-        create_parent(c, "public.fixes", "received_at", "1 day", premake=4, start=start.isoformat(),
-                      tz="Europe/Berlin")
+        create_parent(
+            c,
+            "public.fixes",
+            "received_at",
+            "1 day",
+            premake=4,
+            start=start.isoformat(),
+            tz="Europe/Berlin",
+        )
         stopped = datetime.combine(today - timedelta(days=3), datetime.min.time(), zone)
         for name, bound in children(c):
             if bound != "DEFAULT" and datetime.fromisoformat(bound.split("'")[1]) >= stopped:
                 c.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("public", name)))
         utc_day = today - timedelta(days=2)
-        c.execute(sql.SQL("CREATE TABLE {} PARTITION OF public.fixes FOR VALUES FROM ({}) TO ({})").format(
-            sql.Identifier("public", f"fixes_p{utc_day:%Y%m%d}"), sql.Literal(midnight(utc_day)),
-            sql.Literal(midnight(utc_day + timedelta(days=1)))))
-        c.execute("INSERT INTO public.fixes (id, received_at, device_id, v) "
-                  "SELECT i, %s::timestamptz + (now() - %s::timestamptz) * i / 6000, i %% 50, i "
-                  "FROM generate_series(1, 6000) i", (start, start))
+        c.execute(
+            sql.SQL(
+                "CREATE TABLE {} PARTITION OF public.fixes FOR VALUES FROM ({}) TO ({})"
+            ).format(
+                sql.Identifier("public", f"fixes_p{utc_day:%Y%m%d}"),
+                sql.Literal(midnight(utc_day)),
+                sql.Literal(midnight(utc_day + timedelta(days=1))),
+            )
+        )
+        c.execute(
+            "INSERT INTO public.fixes (id, received_at, device_id, v) "
+            "SELECT i, %s::timestamptz + (now() - %s::timestamptz) * i / 6000, i %% 50, i "
+            "FROM generate_series(1, 6000) i",
+            (start, start),
+        )
     data = rows(conn)
     rc, _, err = run("fix", "-d", dsn, "public.fixes", "--yes")
     assert rc == 0, err
-    off = [n for n, b in children(conn) if b != "DEFAULT" and "23:00:00+00" not in b.split("TO")[0]
-           and "22:00:00+00" not in b.split("TO")[0]]
+    off = [
+        n
+        for n, b in children(conn)
+        if b != "DEFAULT"
+        and "23:00:00+00" not in b.split("TO")[0]
+        and "22:00:00+00" not in b.split("TO")[0]
+    ]
     assert off, "the setup must leave children off the Berlin grid"
     with psycopg.connect(dsn, autocommit=True) as c:
         try:
@@ -520,7 +732,9 @@ def test_incident_berlin_grid_and_the_old_scripts_utc_child_end_on_partmans_grid
             before = "ok"
         except psycopg.Error as exc:
             before = str(exc).splitlines()[0]
-    if partman.startswith("4."):  # 4.7 parses child names: the old script's fixes_p20261129 breaks it
+    if partman.startswith(
+        "4."
+    ):  # 4.7 parses child names: the old script's fixes_p20261129 breaks it
         assert "timestamp out of range" in before, before
 
     rc, _, err = run("split", "-d", dsn, "public.fixes", "--yes")
@@ -529,7 +743,9 @@ def test_incident_berlin_grid_and_the_old_scripts_utc_child_end_on_partmans_grid
     fmt = "%Y_%m_%d" if partman.startswith("4.") else "%Y%m%d"
     kids = [(n, b) for n, b in children(conn) if b != "DEFAULT"]
     for name, bound in kids:
-        lo, hi = (datetime.fromisoformat(x.split("'")[1]).astimezone(zone) for x in bound.split(" TO "))
+        lo, hi = (
+            datetime.fromisoformat(x.split("'")[1]).astimezone(zone) for x in bound.split(" TO ")
+        )
         assert (lo.hour, lo.minute, hi.hour, hi.minute) == (0, 0, 0, 0), (name, bound)
         assert (hi.date() - lo.date()).days == 1, (name, bound)
         assert name == f"fixes_p{lo:{fmt}}", (name, bound)
@@ -545,7 +761,60 @@ def assert_partman_healthy(c: Conn, zone: ZoneInfo) -> None:
         c.execute("SELECT partman.run_maintenance('public.fixes')")
     c.execute("SELECT * FROM partman.show_partitions('public.fixes')").fetchall()
     kids = [b for _, b in children(c) if b != "DEFAULT"]
-    spans_ = [tuple(datetime.fromisoformat(x.split("'")[1]).astimezone(zone) for x in b.split(" TO ")) for b in kids]
+    spans_ = [
+        tuple(datetime.fromisoformat(x.split("'")[1]).astimezone(zone) for x in b.split(" TO "))
+        for b in kids
+    ]
     for (_, hi1), (lo2, _) in itertools.pairwise(spans_):
         assert hi1 == lo2, f"gap or overlap between {hi1} and {lo2}"
     assert all((hi.date() - lo.date()).days == 1 and lo.hour == 0 for lo, hi in spans_), spans_
+
+
+def _state(bounds: list[tuple[str, datetime, datetime]], zone: str) -> Any:
+    from partguard.inspect.catalog import Child, Column, Table
+    from partguard.inspect.snapshot import GridInfo, TableState
+
+    kids = tuple(
+        Child(n, "public", name, lo, hi, False, False, 0, "")
+        for n, (name, lo, hi) in enumerate(bounds)
+    )
+    table = Table(
+        1,
+        "public",
+        "fixes",
+        "range",
+        ("ts",),
+        False,
+        "timestamp with time zone",
+        True,
+        "o",
+        kids,
+        None,
+        (Column("ts", "timestamp with time zone", True, False, ""),),
+    )
+    return TableState(
+        table, None, GridInfo(time_grid(Interval(days=1), zone), "partman"), None, None, None
+    )
+
+
+def test_groups_join_an_off_grid_child_with_the_slivers_beside_it() -> None:
+    """Berlin days start at 23:00 UTC: the old script's UTC day and the two slivers fix left
+    around it are one group, whose span is exactly two Berlin days."""
+    from partguard.plan.split import groups
+
+    h = timedelta(hours=1)
+    d = datetime(2026, 11, 29, tzinfo=UTC)
+    bounds = [
+        ("a", d - 25 * h, d - h),
+        ("sliver1", d - h, d),
+        ("utc", d, d + 24 * h),
+        ("sliver2", d + 24 * h, d + 47 * h),
+        ("b", d + 47 * h, d + 71 * h),
+        ("wide", d + 71 * h, d + 119 * h),
+    ]
+    state = _state(bounds, "Europe/Berlin")
+    got = [[c.name for c in g] for g in groups(state)]
+    assert got == [["sliver1", "utc", "sliver2"], ["wide"]]
+    assert [[c.name for c in g] for g in groups(state, ("utc",))] == [["sliver1", "utc", "sliver2"]]
+    (g, _) = groups(state)
+    assert len(spans(state.grid.grid, g[0].lower, g[-1].upper)) == 2

@@ -73,8 +73,16 @@ class Executor:
 
     # --- transactions under lock_timeout --------------------------------------------
 
-    def _tx(self, stmts: Sequence[sql.Composed], what: str, *, conn: Conn | None = None,
-            lock_from: int | None = None, inside: str | None = None, scan: bool = False) -> list[Any]:
+    def _tx(
+        self,
+        stmts: Sequence[sql.Composed],
+        what: str,
+        *,
+        conn: Conn | None = None,
+        lock_from: int | None = None,
+        inside: str | None = None,
+        scan: bool = False,
+    ) -> list[Any]:
         """One transaction of ``stmts``; a deadlock (a writer taking the same locks in the
         other order) is retried like a lock timeout: it is the same "not now". With
         ``lock_from``, the time from that statement to the commit is the lock time reported."""
@@ -104,8 +112,14 @@ class Executor:
 
         for attempt in range(self.retries + 1):
             try:
-                run_locked(c, work, lock_timeout=self.lock_timeout, retries=self.retries,
-                           relations=self.relations, what=f"split {what}")
+                run_locked(
+                    c,
+                    work,
+                    lock_timeout=self.lock_timeout,
+                    retries=self.retries,
+                    relations=self.relations,
+                    what=f"split {what}",
+                )
                 break
             except pgerrors.DeadlockDetected:
                 if attempt == self.retries:
@@ -119,7 +133,11 @@ class Executor:
     def _autocommit(self, stmts: Sequence[sql.Composed]) -> None:
         """Statements that may not run inside a transaction block, each on its own."""
         c = self.conn
-        c.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(self.lock_timeout * 1000)}ms")))
+        c.execute(
+            sql.SQL("SET lock_timeout = {}").format(
+                sql.Literal(f"{int(self.lock_timeout * 1000)}ms")
+            )
+        )
         try:
             for stmt in stmts:
                 for attempt in range(self.retries + 1):
@@ -141,19 +159,32 @@ class Executor:
         c = self.conn
         c.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         try:
-            c.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(self.lock_timeout * 1000)}ms")))
+            c.execute(
+                sql.SQL("SET LOCAL lock_timeout = {}").format(
+                    sql.Literal(f"{int(self.lock_timeout * 1000)}ms")
+                )
+            )
             c.execute("SET LOCAL statement_timeout = 0")
             snapshot = _scalar(c, "SELECT pg_export_snapshot()") if self.jobs > 1 else ""
             work: list[tuple[sql.Composed, int, int, int]] = []
             total = 0
             for src, (tmpl,) in zip(self.plan.sources, step.groups, strict=True):
-                pages = int(_scalar(c, sql.SQL(
-                    "SELECT pg_relation_size({}::regclass) / current_setting('block_size')::bigint").format(
-                    sql.Literal(sql.Identifier(src.schema, src.name).as_string(None)))))
+                pages = int(
+                    _scalar(
+                        c,
+                        sql.SQL(
+                            "SELECT pg_relation_size({}::regclass) / "
+                            "current_setting('block_size')::bigint"
+                        ).format(sql.Literal(sql.Identifier(src.schema, src.name).as_string(None))),
+                    )
+                )
                 total += pages
                 # The last range runs one block past the end: the snapshot's rows are all
                 # below the size read after it was taken.
-                work += [(tmpl, lo, hi, min(hi, pages) - lo) for lo, hi in chunks(pages, self.chunk_pages)]
+                work += [
+                    (tmpl, lo, hi, min(hi, pages) - lo)
+                    for lo, hi in chunks(pages, self.chunk_pages)
+                ]
             self._copy_ranges(snapshot, work, total)
             for stmt in step.finish:
                 c.execute(stmt)
@@ -164,7 +195,9 @@ class Executor:
                 c.execute("ROLLBACK")
             raise
 
-    def _copy_ranges(self, snapshot: str, work: list[tuple[sql.Composed, int, int, int]], total: int) -> None:
+    def _copy_ranges(
+        self, snapshot: str, work: list[tuple[sql.Composed, int, int, int]], total: int
+    ) -> None:
         items: queue.Queue[tuple[sql.Composed, int, int, int]] = queue.Queue()
         for w in work:
             items.put(w)
@@ -218,8 +251,13 @@ class Executor:
 
         self._fan_out(min(self.jobs, len(groups)) - 1, drain, drain, what)
 
-    def _fan_out(self, extra: int, on_main: Callable[[Conn, threading.Event], None],
-                 on_worker: Callable[[Conn, threading.Event], None], what: str) -> None:
+    def _fan_out(
+        self,
+        extra: int,
+        on_main: Callable[[Conn, threading.Event], None],
+        on_worker: Callable[[Conn, threading.Event], None],
+        what: str,
+    ) -> None:
         """``on_main`` on our connection and ``on_worker`` on ``extra`` more, in threads; the
         first error stops them all (after their current statement) and is raised here."""
         errors: list[BaseException] = []
@@ -244,8 +282,10 @@ class Executor:
             finally:
                 c.close()
 
-        threads = [threading.Thread(target=worker, name=f"partguard-split-{i}", daemon=True)
-                   for i in range(max(0, extra))]
+        threads = [
+            threading.Thread(target=worker, name=f"partguard-split-{i}", daemon=True)
+            for i in range(max(0, extra))
+        ]
         for t in threads:
             t.start()
         guarded(on_main, self.conn)

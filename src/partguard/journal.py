@@ -324,18 +324,24 @@ def split_ddl() -> tuple[sql.Composed, ...]:
     )
 
 
-def split_start(tag: str, parent: sql.Identifier, parent_name: str, sources: list[str],
-                detail: dict[str, Any]) -> sql.Composed:
+def split_start(
+    tag: str, parent: sql.Identifier, parent_name: str, sources: list[str], detail: dict[str, Any]
+) -> sql.Composed:
     return sql.SQL(
         "INSERT INTO partguard.split_run (tag, parent_oid, parent_name, sources, state, detail) "
-        "VALUES ({tag}, {parent}::regclass::oid, {name}, {sources}::text[], 'captured', {detail}::jsonb)"
-    ).format(tag=sql.Literal(tag), parent=sql.Literal(parent.as_string(None)), name=sql.Literal(parent_name),
-             sources=sql.Literal(sources), detail=sql.Literal(json.dumps(detail)))
+        "VALUES ({tag}, {parent}::regclass::oid, {name}, {sources}::text[], 'captured', "
+        "{detail}::jsonb)"
+    ).format(
+        tag=sql.Literal(tag), parent=sql.Literal(parent.as_string(None)),
+        name=sql.Literal(parent_name), sources=sql.Literal(sources),
+        detail=sql.Literal(json.dumps(detail)),
+    )
 
 
 def split_state(tag: str, state: str, *, finished: bool = False) -> sql.Composed:
     return sql.SQL(
-        "UPDATE partguard.split_run SET state = {state}, updated_at = clock_timestamp(){fin} WHERE tag = {tag}"
+        "UPDATE partguard.split_run SET state = {state}, updated_at = clock_timestamp(){fin} "
+        "WHERE tag = {tag}"
     ).format(state=sql.Literal(state), tag=sql.Literal(tag),
              fin=sql.SQL(", finished_at = clock_timestamp()") if finished else sql.SQL(""))
 
@@ -355,7 +361,8 @@ class SplitRun:
 
 
 _SPLIT_COLS = sql.SQL(
-    "run_id, tag, parent_oid, parent_name, sources, state, started_at, updated_at, finished_at, detail")
+    "run_id, tag, parent_oid, parent_name, sources, state, started_at, updated_at, finished_at, "
+    "detail")
 
 
 def _split_exists(conn: Conn) -> bool:
@@ -377,11 +384,13 @@ def split_runs(conn: Conn, limit: int = 50) -> list[SplitRun]:
     if not _split_exists(conn):
         return []
     rows = conn.execute(
-        sql.SQL("SELECT {} FROM partguard.split_run ORDER BY run_id DESC LIMIT %s").format(_SPLIT_COLS),
+        sql.SQL("SELECT {} FROM partguard.split_run ORDER BY run_id DESC LIMIT %s").format(
+            _SPLIT_COLS),
         (limit,)).fetchall()
     return [SplitRun(*r) for r in rows]
 
 
 def split_detail(conn: Conn, tag: str, detail: dict[str, Any]) -> None:
     """Figures a run reports (rows copied, lock times): informative, never decisive."""
-    conn.execute("UPDATE partguard.split_run SET detail = detail || %s WHERE tag = %s", (Jsonb(detail), tag))
+    conn.execute("UPDATE partguard.split_run SET detail = detail || %s WHERE tag = %s",
+                 (Jsonb(detail), tag))

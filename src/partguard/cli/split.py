@@ -18,21 +18,57 @@ from .fix import _ProgressPrinter
 @click.command("split")
 @connection_options
 @click.argument("table", required=False)
-@click.option("--child", "children", multiple=True,
-              help="Re-cut this child (repeatable). Default: every child wider than one interval or off the grid.")
-@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Connections for the copy and the index builds.")
-@click.option("--dry-run", is_flag=True, help="Print the re-cut as a SQL script (stdout) and change nothing.")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when not on a TTY).")
-@click.option("--abort", is_flag=True, help="Undo an unfinished split: the table is left exactly as it was.")
+@click.option(
+    "--child",
+    "children",
+    multiple=True,
+    help="Re-cut this child (repeatable). Default: every child wider than one interval or off "
+    "the grid.",
+)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Connections for the copy and the index builds.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Print the re-cut as a SQL script (stdout) and change nothing."
+)
+@click.option(
+    "--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when not on a TTY)."
+)
+@click.option(
+    "--abort", is_flag=True, help="Undo an unfinished split: the table is left exactly as it was."
+)
 @click.option("--status", "show_status", is_flag=True, help="List split runs from the journal.")
 @click.option("--lock-timeout", default="2s", show_default=True, help="Longest wait for any lock.")
-@click.option("--retries", type=click.IntRange(0, 100), default=5, show_default=True, help="Tries after a lock timeout.")
-@click.option("--keep-source", is_flag=True, help="Keep the replaced children in schema partguard instead of dropping them.")
-@click.option("--chunk-pages", type=click.IntRange(1, 1_000_000), default=2048, show_default=True,
-              help="Heap pages per copy statement.")
-@click.option("--interval", help="Partition interval when neither partman nor the children tell it.")
-@click.option("--tz", help="Time zone of the grid (default: partman's session zone / the children's).")
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 100),
+    default=5,
+    show_default=True,
+    help="Tries after a lock timeout.",
+)
+@click.option(
+    "--keep-source",
+    is_flag=True,
+    help="Keep the replaced children in schema partguard instead of dropping them.",
+)
+@click.option(
+    "--chunk-pages",
+    type=click.IntRange(1, 1_000_000),
+    default=2048,
+    show_default=True,
+    help="Heap pages per copy statement.",
+)
+@click.option(
+    "--interval", help="Partition interval when neither partman nor the children tell it."
+)
+@click.option(
+    "--tz", help="Time zone of the grid (default: partman's session zone / the children's)."
+)
 @format_option
 def command(params: ConnParams, table: str | None,
             children: tuple[str, ...], jobs: int, dry_run: bool, yes: bool, abort: bool, show_status: bool,
@@ -43,11 +79,23 @@ def command(params: ConnParams, table: str | None,
         return _status(params, fmt)
     if not table:
         raise UsageError("split needs a TABLE (or --status)")
-    req = SplitRequest(table=table, children=children, jobs=jobs, lock_timeout=parse_duration(lock_timeout),
-                       retries=retries, keep_source=keep_source, chunk_pages=chunk_pages, interval=interval, tz=tz,
-                       dry_run=dry_run, abort=abort)
+    req = SplitRequest(
+        table=table,
+        children=children,
+        jobs=jobs,
+        lock_timeout=parse_duration(lock_timeout),
+        retries=retries,
+        keep_source=keep_source,
+        chunk_pages=chunk_pages,
+        interval=interval,
+        tz=tz,
+        dry_run=dry_run,
+        abort=abort,
+    )
     if not dry_run and not yes and not sys.stdin.isatty():
-        raise Aborted("split changes the database: pass --yes when not running on a terminal (or --dry-run)")
+        raise Aborted(
+            "split changes the database: pass --yes when not running on a terminal (or --dry-run)"
+        )
     conn = connect(params)
     progress = _ProgressPrinter()
     try:
@@ -78,9 +126,16 @@ def _status(params: Any, fmt: str) -> int:
     if not runs:
         click.echo("no split runs recorded")
     for r in runs:
-        state = "finished" if r.finished_at else "INTERRUPTED (rerun the same split to finish, or --abort)"
-        click.echo(f"run {r.run_id}: {r.parent_name} [{', '.join(map(display_ident, r.sources))}] state={r.state} "
-                   f"started={r.started_at:%Y-%m-%d %H:%M:%S} {state}")
+        state = (
+            "finished"
+            if r.finished_at
+            else "INTERRUPTED (rerun the same split to finish, or --abort)"
+        )
+        click.echo(
+            f"run {r.run_id}: {r.parent_name} [{', '.join(map(display_ident, r.sources))}] "
+            f"state={r.state} "
+            f"started={r.started_at:%Y-%m-%d %H:%M:%S} {state}"
+        )
     return 0
 
 
@@ -88,22 +143,33 @@ def _summary(o: SplitOutcome) -> list[str]:
     lines = [f"{o.table}: {len(o.plans)} re-cut(s)"]
     for p in o.plans:
         kids = p["targets"]
-        lines.append(f"  {', '.join(display_ident(s['name']) for s in p['sources'])} -> {len(kids)} children "
-                     f"({display_ident(kids[0]['name'])} … {display_ident(kids[-1]['name'])})")
+        lines.append(
+            f"  {', '.join(display_ident(s['name']) for s in p['sources'])} -> {len(kids)} "
+            "children "
+            f"({display_ident(kids[0]['name'])} … {display_ident(kids[-1]['name'])})"
+        )
     lines += [f"  note: {n}" for n in o.notes]
     return lines
 
 
 def _print(o: SplitOutcome) -> None:
     if o.status != "done":
-        click.echo(f"{o.table}: {o.status.replace('_', ' ')}" + (f" ({'; '.join(o.notes)})" if o.notes else ""))
+        click.echo(
+            f"{o.table}: {o.status.replace('_', ' ')}"
+            + (f" ({'; '.join(o.notes)})" if o.notes else "")
+        )
         return
     click.echo(f"{o.table}: re-cut in {o.duration_s:.2f}s")
     for r in o.recuts:
-        click.echo(f"  {', '.join(map(display_ident, r.sources))} -> {', '.join(display_ident(t['name']) for t in r.targets)}"
-                   + (" (resumed)" if r.resumed else ""))
-        click.echo(f"    rows copied {r.rows_copied}, changes replayed {r.changes_replayed}, "
-                   f"swap lock {r.swap_lock_s * 1000:.0f} ms")
+        click.echo(
+            f"  {', '.join(map(display_ident, r.sources))} -> "
+            f"{', '.join(display_ident(t['name']) for t in r.targets)}"
+            + (" (resumed)" if r.resumed else "")
+        )
+        click.echo(
+            f"    rows copied {r.rows_copied}, changes replayed {r.changes_replayed}, "
+            f"swap lock {r.swap_lock_s * 1000:.0f} ms"
+        )
     for note in o.notes:
         click.echo(f"  note: {note}")
     worst = [f for f in o.findings_after if f["severity"] in ("warning", "critical", "unknown")]

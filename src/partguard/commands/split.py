@@ -99,13 +99,20 @@ def split(
         if not got:
             holders = advisory_holders(conn, sql.Literal(advisory_key(table.oid)))
             who = holders[0].describe() if holders else "holder unknown"
-            raise AlreadyRunning(f"another partguard fix or split is running on {display_name(table)} ({who})")
+            raise AlreadyRunning(
+                f"another partguard fix or split is running on {display_name(table)} ({who})"
+            )
         return _locked(conn, params, req, table, confirm, on_progress)
 
 
-def _locked(conn: Conn, params: ConnParams | str, req: SplitRequest, table: catalog.Table,
-            confirm: Callable[[SplitOutcome], bool] | None,
-            on_progress: Callable[[Progress], None] | None) -> SplitOutcome:
+def _locked(
+    conn: Conn,
+    params: ConnParams | str,
+    req: SplitRequest,
+    table: catalog.Table,
+    confirm: Callable[[SplitOutcome], bool] | None,
+    on_progress: Callable[[Progress], None] | None,
+) -> SplitOutcome:
     started = time.monotonic()
     name = display_name(table)
     run = journal.open_split(conn, table.oid)
@@ -114,15 +121,22 @@ def _locked(conn: Conn, params: ConnParams | str, req: SplitRequest, table: cata
             return SplitOutcome(name, "nothing_to_do", notes=["no unfinished split of this table"])
         plan = SplitPlan.from_json(run.detail["plan"])
         if run.state == "swapped":
-            raise UsageError(f"split run {run.run_id} already put its new children in place; run partguard split "
-                             "again to finish its clean-up")
+            raise UsageError(
+                f"split run {run.run_id} already put its new children in place; run partguard "
+                "split "
+                "again to finish its clean-up"
+            )
         _executor(conn, params, req, plan, table).run(steps.abort(plan))
-        return SplitOutcome(name, "aborted", notes=[f"run {run.run_id} aborted: the table is as it was"])
+        return SplitOutcome(
+            name, "aborted", notes=[f"run {run.run_id} aborted: the table is as it was"]
+        )
     done: list[Recut] = []
     if run is not None:
         if req.dry_run:
-            raise UsageError(f"an interrupted split of {name} (run {run.run_id}, after {run.state}) exists: "
-                             "run partguard split without --dry-run to finish it, or with --abort")
+            raise UsageError(
+                f"an interrupted split of {name} (run {run.run_id}, after {run.state}) exists: "
+                "run partguard split without --dry-run to finish it, or with --abort"
+            )
         plan = SplitPlan.from_json(run.detail["plan"])
         log.warning("resuming split run %d on %s (after %s)", run.run_id, name, run.state)
         done.append(_execute(conn, params, req, table, plan, run.state, on_progress))
@@ -133,15 +147,24 @@ def _locked(conn: Conn, params: ConnParams | str, req: SplitRequest, table: cata
         wanted = tuple(w for w in wanted if w in {c.name for c in table.children})
         if req.children and not wanted:
             return _finish(conn, req, table, done, started)
-    plans = _plan(conn, state, wanted, req)
-    notes = [n for p in plans for n in p.notes]
+    notes: list[str] = []
+    plans = _plan(conn, state, wanted, req, notes)
+    notes += [n for p in plans for n in p.notes]
     if not plans:
         if done:
             return _finish(conn, req, table, done, started)
-        return SplitOutcome(name, "nothing_to_do", notes=notes or [
-            "every child spans exactly one interval of the grid"])
-    outcome = SplitOutcome(name, "planned", plans=[p.as_json() for p in plans],
-                           script=steps.script(plans, req.lock_timeout), notes=notes)
+        return SplitOutcome(
+            name,
+            "nothing_to_do",
+            notes=notes or ["every child spans exactly one interval of the grid"],
+        )
+    outcome = SplitOutcome(
+        name,
+        "planned",
+        plans=[p.as_json() for p in plans],
+        script=steps.script(plans, req.lock_timeout),
+        notes=notes,
+    )
     if req.dry_run:
         return outcome
     if confirm is not None and not confirm(outcome):
@@ -159,20 +182,32 @@ def _read(conn: Conn, name: str) -> catalog.Table:
 def _state(conn: Conn, table: catalog.Table, req: SplitRequest) -> TableState:
     server = read_server(conn)
     configs = read_configs(conn, server.partman)
-    return table_state(conn, server, table, config_for(configs, table.schema, table.name),
-                       Options(interval=req.interval, tz=req.tz))
+    return table_state(
+        conn,
+        server,
+        table,
+        config_for(configs, table.schema, table.name),
+        Options(interval=req.interval, tz=req.tz),
+    )
 
 
 def _check_privileges(conn: Conn, table: catalog.Table) -> None:
     is_owner, can_create = catalog.privileges(conn, table)
     if not is_owner:
-        raise PermissionDenied(f"{display_name(table)} is owned by {table.owner}; split must run as its owner "
-                               "(or a member)")
+        raise PermissionDenied(
+            f"{display_name(table)} is owned by {display_ident(table.owner)}; split must run as "
+            "its owner "
+            "(or a member)"
+        )
     if not can_create and not journal.schema_exists(conn):
-        raise PermissionDenied("split needs CREATE on the database once, for its journal schema \"partguard\"")
+        raise PermissionDenied(
+            'split needs CREATE on the database once, for its journal schema "partguard"'
+        )
 
 
-def _plan(conn: Conn, state: TableState, wanted: tuple[str, ...], req: SplitRequest) -> list[SplitPlan]:
+def _plan(
+    conn: Conn, state: TableState, wanted: tuple[str, ...], req: SplitRequest, notes: list[str]
+) -> list[SplitPlan]:
     table, grid = state.table, state.grid.grid
     found = groups(state, wanted)
     if not found:
@@ -186,24 +221,60 @@ def _plan(conn: Conn, state: TableState, wanted: tuple[str, ...], req: SplitRequ
     out = []
     for n, group in enumerate(found, 1):
         facts = tuple(source_facts(conn, c) for c in group)
-        plan = plan_split(state, group, facts, parent, nm, f"{stamp}_{table.oid}_{n}",
-                          keep_source=req.keep_source, taken=taken)
+        plan = plan_split(
+            state,
+            group,
+            facts,
+            parent,
+            nm,
+            f"{stamp}_{table.oid}_{n}",
+            keep_source=req.keep_source,
+            taken=taken,
+        )
         if plan is not None:
             out.append(plan)
+        else:
+            notes.append(
+                f"{display_ident(group[0].name)} lies between gaps off the grid: it cannot be "
+                "laid on the "
+                "grid alone (fill the gaps with partguard fix first)"
+            )
     return out
 
 
-def _executor(conn: Conn, params: ConnParams | str, req: SplitRequest, plan: SplitPlan,
-              table: catalog.Table, on_progress: Callable[[Progress], None] | None = None) -> Executor:
+def _executor(
+    conn: Conn,
+    params: ConnParams | str,
+    req: SplitRequest,
+    plan: SplitPlan,
+    table: catalog.Table,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> Executor:
     rels = [table.oid] + catalog.relation_oids(conn, plan.schema, [s.name for s in plan.sources])
     if table.default is not None:
         rels.append(table.default.oid)
-    return Executor(conn, params, plan, rels, lock_timeout=req.lock_timeout, retries=req.retries,
-                    jobs=req.jobs, chunk_pages=req.chunk_pages, on_progress=on_progress)
+    return Executor(
+        conn,
+        params,
+        plan,
+        rels,
+        lock_timeout=req.lock_timeout,
+        retries=req.retries,
+        jobs=req.jobs,
+        chunk_pages=req.chunk_pages,
+        on_progress=on_progress,
+    )
 
 
-def _execute(conn: Conn, params: ConnParams | str, req: SplitRequest, table: catalog.Table, plan: SplitPlan,
-             after: str, on_progress: Callable[[Progress], None] | None) -> Recut:
+def _execute(
+    conn: Conn,
+    params: ConnParams | str,
+    req: SplitRequest,
+    table: catalog.Table,
+    plan: SplitPlan,
+    after: str,
+    on_progress: Callable[[Progress], None] | None,
+) -> Recut:
     """Run the plan's steps after the journal state ``after`` ('' for a new run)."""
     started = time.monotonic()
     if after and after != "swapped":
@@ -211,7 +282,7 @@ def _execute(conn: Conn, params: ConnParams | str, req: SplitRequest, table: cat
     todo = steps.steps(plan)
     names = [s.name for s in todo]
     if after:
-        todo = todo[names.index(after) + 1:]
+        todo = todo[names.index(after) + 1 :]
     ex = _executor(conn, params, req, plan, table, on_progress)
     for step in todo:
         try:
@@ -220,17 +291,33 @@ def _execute(conn: Conn, params: ConnParams | str, req: SplitRequest, table: cat
             if step.name == "captured":
                 raise LockNotAvailable(f"{exc}; nothing changed") from None
             raise LockNotAvailable(
-                f"{exc}; the table is as it was but for partguard's change-log trigger: run the same command "
-                "again to finish, or partguard split --abort") from None
+                f"{exc}; the table is as it was but for partguard's change-log trigger: run the "
+                "same command "
+                "again to finish, or partguard split --abort"
+            ) from None
         if step.name in ("copied", "indexed", "swapped"):
-            journal.split_detail(conn, plan.tag, {"rows_copied": ex.tally.rows_copied,
-                                                  "changes_replayed": ex.tally.changes_replayed,
-                                                  "locks_s": ex.tally.locks, "seconds": ex.tally.seconds})
+            journal.split_detail(
+                conn,
+                plan.tag,
+                {
+                    "rows_copied": ex.tally.rows_copied,
+                    "changes_replayed": ex.tally.changes_replayed,
+                    "locks_s": ex.tally.locks,
+                    "seconds": ex.tally.seconds,
+                },
+            )
     t = ex.tally
-    return Recut(plan.tag, [s.name for s in plan.sources],
-                 [{"name": x.name, "lower": iso(x.lower), "upper": iso(x.upper)} for x in plan.targets],
-                 resumed=bool(after), rows_copied=t.rows_copied, changes_replayed=t.changes_replayed,
-                 locks_s=dict(t.locks), seconds=dict(t.seconds), duration_s=round(time.monotonic() - started, 3))
+    return Recut(
+        plan.tag,
+        [s.name for s in plan.sources],
+        [{"name": x.name, "lower": iso(x.lower), "upper": iso(x.upper)} for x in plan.targets],
+        resumed=bool(after),
+        rows_copied=t.rows_copied,
+        changes_replayed=t.changes_replayed,
+        locks_s=dict(t.locks),
+        seconds=dict(t.seconds),
+        duration_s=round(time.monotonic() - started, 3),
+    )
 
 
 def _check_unchanged(table: catalog.Table, plan: SplitPlan) -> None:
@@ -239,13 +326,23 @@ def _check_unchanged(table: catalog.Table, plan: SplitPlan) -> None:
     for s in plan.sources:
         c = kids.get((s.schema, s.name))
         if c is None or c.lower != s.lower or c.upper != s.upper:
-            raise UsageError(f"{display_ident(s.name)} is no longer the child split run {plan.tag} started with: "
-                             "run partguard split --abort")
+            raise UsageError(
+                f"{display_ident(s.name)} is no longer the child split run {plan.tag} started "
+                "with: "
+                "run partguard split --abort"
+            )
 
 
-def _finish(conn: Conn, req: SplitRequest, table: catalog.Table, done: list[Recut], started: float) -> SplitOutcome:
-    return SplitOutcome(display_name(table), "done", recuts=done, findings_after=_recheck(conn, table.qualname, req),
-                        duration_s=round(time.monotonic() - started, 3))
+def _finish(
+    conn: Conn, req: SplitRequest, table: catalog.Table, done: list[Recut], started: float
+) -> SplitOutcome:
+    return SplitOutcome(
+        display_name(table),
+        "done",
+        recuts=done,
+        findings_after=_recheck(conn, table.qualname, req),
+        duration_s=round(time.monotonic() - started, 3),
+    )
 
 
 def _recheck(conn: Conn, name: str, req: SplitRequest) -> list[dict[str, Any]]:
@@ -254,8 +351,11 @@ def _recheck(conn: Conn, name: str, req: SplitRequest) -> list[dict[str, Any]]:
     from ..inspect import snapshot
 
     snap = snapshot.take(conn, Options(tables=(name,), interval=req.interval, tz=req.tz))
-    return [{"code": f.code, "severity": f.severity.value, "message": f.message}
-            for f in diagnose(snap) if f.table == name]
+    return [
+        {"code": f.code, "severity": f.severity.value, "message": f.message}
+        for f in diagnose(snap)
+        if f.table == name
+    ]
 
 
 def status(conn: Conn) -> list[journal.SplitRun]:

@@ -58,7 +58,8 @@ class ParentFacts:
 
 _INDEXES_SQL = """
 SELECT ic.relname, pi.relname, pg_get_indexdef(i.indexrelid),
-       format('CREATE %%sINDEX %%s ON %%s%%s.%%s USING ', CASE WHEN i.indisunique THEN 'UNIQUE ' END,
+       format('CREATE %%sINDEX %%s ON %%s%%s.%%s USING ',
+              CASE WHEN i.indisunique THEN 'UNIQUE ' END,
               quote_ident(ic.relname), CASE WHEN t.relkind = 'p' THEN 'ONLY ' END,
               quote_ident(n.nspname), quote_ident(t.relname)),
        i.indisunique, coalesce(con.contype::text, ''), coalesce(con.condeferrable, false),
@@ -108,21 +109,49 @@ WHERE tgrelid = %s AND NOT tgisinternal AND tgparentid = 0 AND tgname NOT LIKE '
 ORDER BY tgname
 """
 
-_FKS_SQL = "SELECT conname FROM pg_constraint WHERE conrelid = %s AND contype = 'f' ORDER BY conname"
+_FKS_SQL = (
+    "SELECT conname FROM pg_constraint WHERE conrelid = %s AND contype = 'f' ORDER BY conname"
+)
 
 
 def _indexes(conn: Conn, oid: int, what: str) -> tuple[IndexFacts, ...]:
     out = []
-    for (name, parent, definition, prefix, unique, contype, deferrable, deferred, columns, partial,
-         valid) in conn.execute(_INDEXES_SQL, (oid,)):
+    for (
+        name,
+        parent,
+        definition,
+        prefix,
+        unique,
+        contype,
+        deferrable,
+        deferred,
+        columns,
+        partial,
+        valid,
+    ) in conn.execute(_INDEXES_SQL, (oid,)):
         if not valid:
             continue  # an invalid index is not one ATTACH matches, nor one worth copying
         if contype == "x":
-            raise UnsupportedTable(f"{what}: exclusion constraint on index {display_ident(name)} is not supported")
+            raise UnsupportedTable(
+                f"{what}: exclusion constraint on index {display_ident(name)} is not supported"
+            )
         if not definition.startswith(prefix):
-            raise UnsupportedTable(f"{what}: cannot reproduce index {display_ident(name)} (unexpected definition)")
-        out.append(IndexFacts(name, parent, definition[len(prefix):], bool(unique), contype,
-                              bool(deferrable), bool(deferred), tuple(columns or ()), bool(partial)))
+            raise UnsupportedTable(
+                f"{what}: cannot reproduce index {display_ident(name)} (unexpected definition)"
+            )
+        out.append(
+            IndexFacts(
+                name,
+                parent,
+                definition[len(prefix) :],
+                bool(unique),
+                contype,
+                bool(deferrable),
+                bool(deferred),
+                tuple(columns or ()),
+                bool(partial),
+            )
+        )
     return tuple(out)
 
 
@@ -136,10 +165,15 @@ def parent_facts(conn: Conn, table: Table) -> ParentFacts:
 def source_facts(conn: Conn, child: Child) -> SourceFacts:
     row = conn.execute(_SOURCE_SQL, (child.oid,)).fetchone()
     if row is None:
-        raise UnsupportedTable(f"{display_ident(child.name)} disappeared while partguard was looking at it")
+        raise UnsupportedTable(
+            f"{display_ident(child.name)} disappeared while partguard was looking at it"
+        )
     owner, persistence, reloptions, tablespace = row
     return SourceFacts(
-        child=child, owner=owner, persistence=persistence, reloptions=tuple(reloptions),
+        child=child,
+        owner=owner,
+        persistence=persistence,
+        reloptions=tuple(reloptions),
         tablespace=tablespace,
         grants=tuple((g, p, bool(o)) for g, p, o in conn.execute(_GRANTS_SQL, (child.oid,))),
         indexes=_indexes(conn, child.oid, ".".join(map(display_ident, (child.schema, child.name)))),

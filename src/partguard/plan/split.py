@@ -80,7 +80,9 @@ class SplitPlan:
     identity: tuple[str, ...]  # columns that identify a row (PK / unique NOT NULL), or ()
     indexes: tuple[IndexSpec, ...]
     replay_index: bool  # nothing indexes the key: a helper index per target for the replay
-    default: tuple[str, str] | None  # (schema, name) of the DEFAULT: guarded so ATTACH skips scanning it
+    default: (
+        tuple[str, str] | None
+    )  # (schema, name) of the DEFAULT: guarded so ATTACH skips scanning it
     owner: str
     grants: tuple[tuple[str, str, bool], ...]
     reloptions: tuple[str, ...]
@@ -113,18 +115,34 @@ class SplitPlan:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SplitPlan:
         dec = _decoder(d["key_type"])
-        return cls(**{
-            **d,
-            "sources": tuple(Source(s["schema"], s["name"], dec(s["lower"]), dec(s["upper"]), s["holding"])
-                             for s in d["sources"]),
-            "targets": tuple(Target(t["temp"], t["name"], dec(t["lower"]), dec(t["upper"]),
-                                    tuple(t["index_names"]), tuple(t["built_indexes"])) for t in d["targets"]),
-            "indexes": tuple(IndexSpec(**i) for i in d["indexes"]),
-            "grants": tuple((str(g), str(p), bool(o)) for g, p, o in d["grants"]),
-            "checks": tuple((str(n), str(c)) for n, c in d["checks"]),
-            "default": tuple(d["default"]) if d["default"] else None,
-            **{k: tuple(d[k]) for k in ("columns", "generated", "identity", "reloptions", "notes")},
-        })
+        return cls(
+            **{
+                **d,
+                "sources": tuple(
+                    Source(s["schema"], s["name"], dec(s["lower"]), dec(s["upper"]), s["holding"])
+                    for s in d["sources"]
+                ),
+                "targets": tuple(
+                    Target(
+                        t["temp"],
+                        t["name"],
+                        dec(t["lower"]),
+                        dec(t["upper"]),
+                        tuple(t["index_names"]),
+                        tuple(t["built_indexes"]),
+                    )
+                    for t in d["targets"]
+                ),
+                "indexes": tuple(IndexSpec(**i) for i in d["indexes"]),
+                "grants": tuple((str(g), str(p), bool(o)) for g, p, o in d["grants"]),
+                "checks": tuple((str(n), str(c)) for n, c in d["checks"]),
+                "default": tuple(d["default"]) if d["default"] else None,
+                **{
+                    k: tuple(d[k])
+                    for k in ("columns", "generated", "identity", "reloptions", "notes")
+                },
+            }
+        )
 
 
 def _encode(v: Any) -> Any:
@@ -142,6 +160,7 @@ def _decoder(key_type: str) -> Any:
         if isinstance(v, int):
             return v
         return date.fromisoformat(v) if key_type == "date" else datetime.fromisoformat(v)
+
     return dec
 
 
@@ -160,32 +179,47 @@ def groups(state: TableState, wanted: tuple[str, ...] = ()) -> list[tuple[Child,
     off-grid bound with it: only together can they be laid on the grid."""
     table, grid = state.table, state.grid.grid
     if grid is None:
-        raise UnknownGrid(state.grid.error or f"{display_name(table)}: cannot tell the partition interval; pass --interval")
+        raise UnknownGrid(
+            state.grid.error
+            or f"{display_name(table)}: cannot tell the partition interval; pass --interval"
+        )
     kids = list(table.children)
     if wanted:
         names = {c.name for c in kids}
         for w in wanted:
             if table.default is not None and w == table.default.name:
-                raise UsageError(f"{display_ident(w)} is the DEFAULT partition: repair it with partguard fix, then split the wide child")
+                raise UsageError(
+                    f"{display_ident(w)} is the DEFAULT partition: repair it with partguard fix, "
+                    "then split the wide child"
+                )
             if w not in names:
                 raise UsageError(f"{display_ident(w)} is not a child of {display_name(table)}")
         bad = set(wanted)
     else:
         aligned = alignment(state)
-        bad = {c.name for c, _, _ in misaligned(state, aligned)} | {c.name for c, _ in wide_children(state, aligned)}
+        bad = {c.name for c, _, _ in misaligned(state, aligned)} | {
+            c.name for c, _ in wide_children(state, aligned)
+        }
     runs: list[list[int]] = []
     for i, c in enumerate(kids):
         if c.name not in bad:
             continue
         if c.lower is None or c.upper is None:
-            raise UsageError(f"{display_ident(c.name)} is unbounded (MINVALUE/MAXVALUE): it cannot be re-cut onto the grid")
+            raise UsageError(
+                f"{display_ident(c.name)} is unbounded (MINVALUE/MAXVALUE): it cannot be re-cut "
+                "onto the grid"
+            )
         if runs and runs[-1][-1] == i - 1 and kids[i - 1].upper == c.lower:
             runs[-1].append(i)
         else:
             runs.append([i])
     merged: list[list[int]] = []
     for run in (_grow(kids, grid, r) for r in runs):
-        if merged and merged[-1][-1] >= run[0] - 1 and kids[merged[-1][-1]].upper == kids[run[0]].lower:
+        if (
+            merged
+            and merged[-1][-1] >= run[0] - 1
+            and kids[merged[-1][-1]].upper == kids[run[0]].lower
+        ):
             merged[-1] = sorted(set(merged[-1]) | set(run))
         else:
             merged.append(run)
@@ -194,11 +228,19 @@ def groups(state: TableState, wanted: tuple[str, ...] = ()) -> list[tuple[Child,
 
 def _grow(kids: list[Child], grid: Grid, run: list[int]) -> list[int]:
     run = list(run)
-    while run[0] > 0 and not _on(grid, kids[run[0]].lower) and kids[run[0] - 1].upper == kids[run[0]].lower \
-            and kids[run[0] - 1].lower is not None:
+    while (
+        run[0] > 0
+        and not _on(grid, kids[run[0]].lower)
+        and kids[run[0] - 1].upper == kids[run[0]].lower
+        and kids[run[0] - 1].lower is not None
+    ):
         run.insert(0, run[0] - 1)
-    while run[-1] + 1 < len(kids) and not _on(grid, kids[run[-1]].upper) \
-            and kids[run[-1] + 1].lower == kids[run[-1]].upper and kids[run[-1] + 1].upper is not None:
+    while (
+        run[-1] + 1 < len(kids)
+        and not _on(grid, kids[run[-1]].upper)
+        and kids[run[-1] + 1].lower == kids[run[-1]].upper
+        and kids[run[-1] + 1].upper is not None
+    ):
         run.append(run[-1] + 1)
     return run
 
@@ -246,15 +288,20 @@ def plan_split(
         return None
     notes: list[str] = []
     if not _on(grid, lo) or not _on(grid, hi):
-        notes.append(f"{display_ident(group[0].name)}…{display_ident(group[-1].name)}: an end borders a gap, so the first or last new child "
-                     "covers only part of its interval (fill the gap with partguard fix first)")
+        notes.append(
+            f"{display_ident(group[0].name)}…{display_ident(group[-1].name)}: an end borders a "
+            "gap, so the first or last new child covers only part of its interval (fill the gap "
+            "with partguard fix first)"
+        )
     first = facts[0]
     prefix = f"split_{tag}"
     freed = {c.name for c in group} | {i.name for f in facts for i in f.indexes}
     taken = taken if taken is not None else set()
     taken |= set(table.schema_names) - freed
     names = _index_names(parent, first, table, len(group) == 1)
-    specs = tuple(IndexSpec(i.tail, i.unique, i.constraint, i.deferrable, i.deferred) for i, _ in names)
+    specs = tuple(
+        IndexSpec(i.tail, i.unique, i.constraint, i.deferrable, i.deferred) for i, _ in names
+    )
     targets = []
     for n, (t_lo, t_hi) in enumerate(cuts, 1):
         name = nm.unique(t_lo, taken)
@@ -265,25 +312,46 @@ def plan_split(
             iname = _unique(short_name(name, suffix), taken)
             taken.add(iname)
             idx.append(iname)
-        built = tuple(i if i not in freed else short_name(temp, f"_i{k}") for k, i in enumerate(idx, 1))
-        targets.append(Target(name if name not in freed else temp, name, t_lo, t_hi, tuple(idx), built))
+        built = tuple(
+            i if i not in freed else short_name(temp, f"_i{k}") for k, i in enumerate(idx, 1)
+        )
+        targets.append(
+            Target(name if name not in freed else temp, name, t_lo, t_hi, tuple(idx), built)
+        )
     if len(group) > 1 and any(f.indexes != first.indexes or f.local_checks for f in facts[1:]):
-        notes.append("indexes and CHECKs of the children other than the first that are not the parent's are not "
-                     "carried over")
+        notes.append(
+            "indexes and CHECKs of the children other than the first that are not the parent's "
+            "are not carried over"
+        )
     keyed = [i for i, _ in names if i.columns[:1] == (table.key,)]
     identity = _identity(parent, table)
     plan = SplitPlan(
-        tag=tag, table=display_name(table), schema=group[0].schema, parent_schema=table.schema, parent=table.name,
-        key=table.key, key_type=table.key_type,
-        sources=tuple(Source(c.schema, c.name, c.lower, c.upper, short_name(c.name, f"_{tag}"))  # type: ignore[arg-type]
-                      for c in group),
-        targets=tuple(targets), columns=tuple(c.name for c in table.columns),
-        generated=tuple(c.name for c in table.columns if c.generated), identity=identity, indexes=specs,
+        tag=tag,
+        table=display_name(table),
+        schema=group[0].schema,
+        parent_schema=table.schema,
+        parent=table.name,
+        key=table.key,
+        key_type=table.key_type,
+        sources=tuple(
+            Source(c.schema, c.name, c.lower, c.upper, short_name(c.name, f"_{tag}"))  # type: ignore[arg-type]
+            for c in group
+        ),
+        targets=tuple(targets),
+        columns=tuple(c.name for c in table.columns),
+        generated=tuple(c.name for c in table.columns if c.generated),
+        identity=identity,
+        indexes=specs,
         replay_index=not identity and not keyed,
         default=(table.default.schema, table.default.name) if table.default else None,
-        owner=first.owner, grants=first.grants, reloptions=first.reloptions, tablespace=first.tablespace,
-        unlogged=first.persistence == "u", checks=first.local_checks if len(group) == 1 else (),
-        keep_source=keep_source, notes=tuple(notes),
+        owner=first.owner,
+        grants=first.grants,
+        reloptions=first.reloptions,
+        tablespace=first.tablespace,
+        unlogged=first.persistence == "u",
+        checks=first.local_checks if len(group) == 1 else (),
+        keep_source=keep_source,
+        notes=tuple(notes),
     )
     return plan
 
@@ -292,18 +360,28 @@ def _refuse(table: Table, facts: tuple[SourceFacts, ...], parent: ParentFacts) -
     """What the swap could not carry over or would have to validate under its lock."""
     clash = [c.name for c in table.columns if c.name in HELPER_COLUMNS]
     if clash:
-        raise UnsupportedTable(f"{display_name(table)} has a column named {display_ident(clash[0])}, which partguard's change log uses")
+        raise UnsupportedTable(
+            f"{display_name(table)} has a column named {display_ident(clash[0])}, which "
+            "partguard's change log uses"
+        )
     if parent.foreign_keys:
         raise UnsupportedTable(
-            f"{display_name(table)} has foreign keys ({', '.join(map(display_ident, parent.foreign_keys[:3]))}): attaching a new child "
-            "would validate them under the swap's lock; split does not support that yet")
+            f"{display_name(table)} has foreign keys "
+            f"({', '.join(map(display_ident, parent.foreign_keys[:3]))}): attaching a new child "
+            "would validate them under the swap's lock; split does not support that yet"
+        )
     for f in facts:
         if f.local_triggers:
             raise UnsupportedTable(
-                f"{display_ident(f.child.name)} has its own triggers ({', '.join(map(display_ident, f.local_triggers[:3]))}), which a re-cut would lose")
+                f"{display_ident(f.child.name)} has its own triggers "
+                f"({', '.join(map(display_ident, f.local_triggers[:3]))}), which a re-cut "
+                "would lose"
+            )
 
 
-def _index_names(parent: ParentFacts, first: SourceFacts, table: Table, single: bool) -> list[tuple[IndexFacts, str]]:
+def _index_names(
+    parent: ParentFacts, first: SourceFacts, table: Table, single: bool
+) -> list[tuple[IndexFacts, str]]:
     """The indexes every target gets, each with the name suffix the source's copy of it
     has (``_received_at_idx`` of ``fixes_p2026_11_22_received_at_idx``): the parent's
     partitioned indexes, and the source's own ones when it is re-cut alone."""
@@ -311,7 +389,9 @@ def _index_names(parent: ParentFacts, first: SourceFacts, table: Table, single: 
     out: list[tuple[IndexFacts, str]] = []
     for k, p in enumerate(parent.indexes, 1):
         have = mine.get(p.name)
-        out.append((p, _suffix(have.name if have else p.name, first.child.name if have else table.name, k)))
+        out.append(
+            (p, _suffix(have.name if have else p.name, first.child.name if have else table.name, k))
+        )
     if single:
         for k, i in enumerate((i for i in first.indexes if not i.parent_index), len(out) + 1):
             out.append((i, _suffix(i.name, first.child.name, k)))
@@ -319,7 +399,9 @@ def _index_names(parent: ParentFacts, first: SourceFacts, table: Table, single: 
 
 
 def _suffix(index: str, owner: str, k: int) -> str:
-    return index[len(owner):] if index.startswith(owner) and len(index) > len(owner) else f"_{k}_idx"
+    return (
+        index[len(owner) :] if index.startswith(owner) and len(index) > len(owner) else f"_{k}_idx"
+    )
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -336,7 +418,12 @@ def _identity(parent: ParentFacts, table: Table) -> tuple[str, ...]:
     not_null = {c.name for c in table.columns if c.not_null}
     for want in ("p", "u", ""):
         for i in parent.indexes:
-            if i.unique and i.constraint == want and i.columns and not i.partial and set(i.columns) <= not_null:
+            if (
+                i.unique
+                and i.constraint == want
+                and i.columns
+                and not i.partial
+                and set(i.columns) <= not_null
+            ):
                 return i.columns
     return ()
-
