@@ -23,6 +23,7 @@ demo:
 lint:
 	@test -x $(VENV)/ruff || bash scripts/install-deps.sh
 	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
 	$(VENV)/mypy
 
 bench: deps

@@ -80,14 +80,18 @@ END $$
 """)
 
 
-def build(conn: psycopg.Connection[Any], tables: int, children: int, default_rows: int,
-          outage_days: int) -> None:
+def build(
+    conn: psycopg.Connection[Any], tables: int, children: int, default_rows: int, outage_days: int
+) -> None:
     conn.execute("CREATE SCHEMA bench")
     for i in range(tables):
-        conn.execute(_MAKE_TABLE.format(name=sql.Literal(f"t{i:03d}"),
-                                        children=sql.Literal(children)))
-    conn.execute("CREATE TABLE bench.big (id bigint, ts timestamptz NOT NULL, v text) "
-                 "PARTITION BY RANGE (ts)")
+        conn.execute(
+            _MAKE_TABLE.format(name=sql.Literal(f"t{i:03d}"), children=sql.Literal(children))
+        )
+    conn.execute(
+        "CREATE TABLE bench.big (id bigint, ts timestamptz NOT NULL, v text) "
+        "PARTITION BY RANGE (ts)"
+    )
     conn.execute(_MAKE_BIG.format(gap=sql.Literal(outage_days)))
     conn.execute("CREATE TABLE bench.big_default PARTITION OF bench.big DEFAULT")
     conn.execute(
@@ -126,8 +130,9 @@ def cli_run(*argv: str) -> tuple[int, float, float, float]:
     """``partguard <argv>`` in a child process: (exit code, wall seconds, CPU seconds, peak
     RSS in MB). CPU time is the figure a loaded machine distorts least."""
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", _CLI, *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CLI, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     cpu = usage.ru_utime + usage.ru_stime
@@ -156,8 +161,11 @@ def _scrape(url: str, took: list[float], bodies: list[str]) -> None:
 
 def concurrent_scrapes(dsn: str, scrapers: int, rounds: int, extra: list[str]) -> None:
     """Start an exporter, fire ``scrapers`` scrapes at once per round, print what they cost."""
-    proc = subprocess.Popen([sys.executable, "-c", _CLI, "metrics", "-d", dsn, "--listen",
-                             "127.0.0.1:0", *extra], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CLI, "metrics", "-d", dsn, "--listen", "127.0.0.1:0", *extra],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stderr is not None
     m = re.search(r"(http://\S+/metrics)", proc.stderr.readline())
     assert m, "the exporter did not say where it listens"
@@ -166,8 +174,9 @@ def concurrent_scrapes(dsn: str, scrapers: int, rounds: int, extra: list[str]) -
         for r in range(rounds):
             took: list[float] = []
             bodies: list[str] = []
-            threads = [threading.Thread(target=_scrape, args=(url, took, bodies))
-                       for _ in range(scrapers)]
+            threads = [
+                threading.Thread(target=_scrape, args=(url, took, bodies)) for _ in range(scrapers)
+            ]
             for t in threads:
                 t.start()
             for t in threads:
@@ -175,11 +184,13 @@ def concurrent_scrapes(dsn: str, scrapers: int, rounds: int, extra: list[str]) -
             snaps = _sample(bodies[-1], "partguard_snapshots_total") or "not exported"
             ups = sorted(_sample(b, "partguard_up") for b in bodies)
             ages = sorted(_sample(b, "partguard_snapshot_age_seconds") or "-" for b in bodies)
-            print(f"metrics round {r + 1}: {scrapers} concurrent scrapes took "
-                  f"{', '.join(f'{t:.2f}' for t in sorted(took))} s (max {max(took):.2f} s; "
-                  f"{'within' if max(took) < 10 else 'OVER'} a 10 s scrape timeout), answered "
-                  f"partguard_up {'/'.join(ups)}, snapshot age {'/'.join(ages)} s; exporter peak "
-                  f"RSS {peak_rss_mb(proc.pid):.0f} MB; snapshots so far: {snaps}")
+            print(
+                f"metrics round {r + 1}: {scrapers} concurrent scrapes took "
+                f"{', '.join(f'{t:.2f}' for t in sorted(took))} s (max {max(took):.2f} s; "
+                f"{'within' if max(took) < 10 else 'OVER'} a 10 s scrape timeout), answered "
+                f"partguard_up {'/'.join(ups)}, snapshot age {'/'.join(ages)} s; exporter peak "
+                f"RSS {peak_rss_mb(proc.pid):.0f} MB; snapshots so far: {snaps}"
+            )
             time.sleep(6)  # past the default cache: the next round refreshes
     finally:
         proc.terminate()
@@ -194,10 +205,17 @@ def main() -> None:
     ap.add_argument("--outage-days", type=int, default=30)
     ap.add_argument("--scrapers", type=int, default=4, help="concurrent metrics scrapes")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of concurrent scrapes")
-    ap.add_argument("--metrics-arg", action="append", default=[],
-                    help="extra argument for `partguard metrics` (repeatable)")
-    ap.add_argument("--dsn", help="measure a database this script built before (schema bench) "
-                                   "instead of building one in a throwaway cluster")
+    ap.add_argument(
+        "--metrics-arg",
+        action="append",
+        default=[],
+        help="extra argument for `partguard metrics` (repeatable)",
+    )
+    ap.add_argument(
+        "--dsn",
+        help="measure a database this script built before (schema bench) "
+        "instead of building one in a throwaway cluster",
+    )
     args = ap.parse_args()
 
     if args.dsn:
@@ -214,23 +232,28 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, dsn: str, where: str, t0: float) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT relpages, relallvisible FROM pg_class "
-                           "WHERE oid = 'bench.big_default'::regclass").fetchone()
+        row = conn.execute(
+            "SELECT relpages, relallvisible FROM pg_class WHERE oid = 'bench.big_default'::regclass"
+        ).fetchone()
         pages, visible = (int(row[0]), int(row[1])) if row else (0, 0)
         row = conn.execute("SELECT count(*) FROM pg_partitioned_table").fetchone()
         tables = int(row[0]) if row else 0
-    print(f"setup: {tables} partitioned tables ({args.children} children "
-          f"each), bench.big with {args.default_rows:,} rows in its DEFAULT over "
-          f"{args.outage_days} days ({pages:,} heap pages, {visible:,} all-visible; index on "
-          f"ts): {time.monotonic() - t0:.1f} s on {where}; load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"setup: {tables} partitioned tables ({args.children} children "
+        f"each), bench.big with {args.default_rows:,} rows in its DEFAULT over "
+        f"{args.outage_days} days ({pages:,} heap pages, {visible:,} all-visible; index on "
+        f"ts): {time.monotonic() - t0:.1f} s on {where}; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
 
     _, base_wall, base_cpu, base_rss = cli_run("--version")
     for _ in range(2):
         rc, wall, cpu, rss = cli_run("check", "-d", dsn, "--format", "json")
-        print(f"partguard check (child process, {tables} tables): {wall:.2f} s wall, "
-              f"{cpu:.2f} s CPU, peak RSS {rss:.0f} MB, exit {rc} (partguard --version alone: "
-              f"{base_wall:.2f} s, {base_cpu:.2f} s CPU, {base_rss:.0f} MB); target < 5 s and < 200 MB")
+        print(
+            f"partguard check (child process, {tables} tables): {wall:.2f} s wall, "
+            f"{cpu:.2f} s CPU, peak RSS {rss:.0f} MB, exit {rc} (partguard --version alone: "
+            f"{base_wall:.2f} s, {base_cpu:.2f} s CPU, {base_rss:.0f} MB); target < 5 s and < 200 MB"
+        )
     concurrent_scrapes(dsn, args.scrapers, args.rounds, args.metrics_arg)
 
     with psycopg.connect(dsn, autocommit=True) as observer:
@@ -244,42 +267,52 @@ def measure(args: argparse.Namespace, dsn: str, where: str, t0: float) -> None:
                 flushed(conn)
             heap1, idx1 = default_io(observer)
             touched.append((heap1 - heap0, idx1 - idx0))
-        found = [f for f in report.findings
-                 if f.table == "bench.big" and f.code == "default_rows"]
+        found = [f for f in report.findings if f.table == "bench.big" and f.code == "default_rows"]
         buckets = int(found[0].detail["bucket_count"]) if found else 0
         heap, idx = touched[-1]
-        print(f"check over {len(report.tables)} tables: {timings[0]:.2f} s cold, "
-              f"{timings[1]:.2f} s warm; status {report.status_name}, "
-              f"{len(report.findings)} findings; bench.big DEFAULT: {buckets} buckets found")
-        print(f"check touched bench.big_default: heap {heap} of {pages:,} blocks "
-              f"({heap / max(pages, 1):.3%}), index {idx} blocks "
-              f"({idx / max(buckets, 1):.1f} per bucket)")
+        print(
+            f"check over {len(report.tables)} tables: {timings[0]:.2f} s cold, "
+            f"{timings[1]:.2f} s warm; status {report.status_name}, "
+            f"{len(report.findings)} findings; bench.big DEFAULT: {buckets} buckets found"
+        )
+        print(
+            f"check touched bench.big_default: heap {heap} of {pages:,} blocks "
+            f"({heap / max(pages, 1):.3%}), index {idx} blocks "
+            f"({idx / max(buckets, 1):.1f} per bucket)"
+        )
 
         with connect(dsn) as conn:  # the probe alone, on the big DEFAULT
             grid = time_grid(Interval(days=1), "UTC")
             start = time.monotonic()
-            p = probe(conn, sql.Identifier("bench", "big_default"), "ts", grid,
-                      has_index=True)
+            p = probe(conn, sql.Identifier("bench", "big_default"), "ts", grid, has_index=True)
             probe_time = time.monotonic() - start
-        print(f"probe of bench.big_default alone: {probe_time * 1000:.1f} ms, "
-              f"{len(p.buckets)} buckets, ~{p.rows_estimate:,} rows (estimate)")
+        print(
+            f"probe of bench.big_default alone: {probe_time * 1000:.1f} ms, "
+            f"{len(p.buckets)} buckets, ~{p.rows_estimate:,} rows (estimate)"
+        )
 
         heap0, _ = default_io(observer)
         with psycopg.connect(dsn, autocommit=True) as conn:
             # A heap scan: what a naive count costs (and any GROUP BY over buckets more).
-            conn.execute("SET enable_indexscan = off; SET enable_indexonlyscan = off; "
-                         "SET enable_bitmapscan = off")
+            conn.execute(
+                "SET enable_indexscan = off; SET enable_indexonlyscan = off; "
+                "SET enable_bitmapscan = off"
+            )
             start = time.monotonic()
             conn.execute("SELECT count(*), min(ts), max(ts) FROM bench.big_default")
             naive = time.monotonic() - start
             flushed(conn)
         heap1, _ = default_io(observer)
-        print(f"baseline SELECT count(*), min(ts), max(ts) FROM bench.big_default "
-              f"(seq scan): {naive * 1000:.1f} ms, heap {heap1 - heap0:,} blocks touched")
-        print(f"ratios: probe time / baseline = {probe_time / naive:.3f}; heap blocks "
-              f"check / baseline = {heap / max(heap1 - heap0, 1):.4f}; whole check of "
-              f"{len(report.tables)} tables / baseline scan of one DEFAULT = "
-              f"{timings[1] / naive:.1f}")
+        print(
+            f"baseline SELECT count(*), min(ts), max(ts) FROM bench.big_default "
+            f"(seq scan): {naive * 1000:.1f} ms, heap {heap1 - heap0:,} blocks touched"
+        )
+        print(
+            f"ratios: probe time / baseline = {probe_time / naive:.3f}; heap blocks "
+            f"check / baseline = {heap / max(heap1 - heap0, 1):.4f}; whole check of "
+            f"{len(report.tables)} tables / baseline scan of one DEFAULT = "
+            f"{timings[1] / naive:.1f}"
+        )
 
 
 if __name__ == "__main__":

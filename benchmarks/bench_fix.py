@@ -66,10 +66,31 @@ WRITER_FIRST_ID = 10**12  # far above the dataset's ids
 WRITER_PERIOD = 0.005
 
 COLUMNS = (  # the insertable columns, in order (speed_kmh is GENERATED ALWAYS … STORED)
-    "id", "received_at", "fix_uuid", "device_id", "device_serial", "source", "provider", "tags",
-    "latitude", "longitude", "altitude_m", "accuracy_m", "speed_ms", "heading_deg", "hdop", "vdop",
-    "satellites", "battery_pct", "signal_dbm", "seq_no", "odometer_m", "is_moving", "is_valid",
-    "ignition", "device_time",
+    "id",
+    "received_at",
+    "fix_uuid",
+    "device_id",
+    "device_serial",
+    "source",
+    "provider",
+    "tags",
+    "latitude",
+    "longitude",
+    "altitude_m",
+    "accuracy_m",
+    "speed_ms",
+    "heading_deg",
+    "hdop",
+    "vdop",
+    "satellites",
+    "battery_pct",
+    "signal_dbm",
+    "seq_no",
+    "odometer_m",
+    "is_moving",
+    "is_valid",
+    "ignition",
+    "device_time",
 )
 
 DDL = """
@@ -131,7 +152,8 @@ FROM (SELECT date_trunc('day', now()) - interval '3 days' AS t0,
 WRITE_NOW = """INSERT INTO public.fixes (id, received_at, fix_uuid, device_id, device_serial, source,
     latitude, longitude, speed_ms) VALUES (%s, now(), gen_random_uuid(), %s, 'SN-W', 'gps', 52.5, 13.4, 11.5)"""
 WRITE_OUTAGE = WRITE_NOW.replace(
-    "now(), gen", "now() - interval '2 days' - random() * interval '1 day', gen")
+    "now(), gen", "now() - interval '2 days' - random() * interval '1 day', gen"
+)
 
 
 def row(conn: psycopg.Connection[Any], query: Any, params: Any = None) -> tuple[Any, ...]:
@@ -154,8 +176,15 @@ def bench_writer(dsn: str) -> Writer:
         return [("public.fixes", now_ if rid % 2 else outage, (rid, rid % 5000))]
 
     # a few rows before the method starts, and after it ends
-    return Writer(dsn, inserts, next_id=WRITER_FIRST_ID, period=WRITER_PERIOD, warmup=0.2, linger=0.1,
-                  application_name="bench-writer")
+    return Writer(
+        dsn,
+        inserts,
+        next_id=WRITER_FIRST_ID,
+        period=WRITER_PERIOD,
+        warmup=0.2,
+        linger=0.1,
+        application_name="bench-writer",
+    )
 
 
 # --- results ------------------------------------------------------------------------
@@ -230,7 +259,9 @@ class Bench:
         self.sb = sandbox
         self.rows = rows
         self.counter = 0
-        self.bases: dict[int, tuple[str, int, int]] = {}  # rows -> (db, rows in DEFAULT, rows in table)
+        self.bases: dict[
+            int, tuple[str, int, int]
+        ] = {}  # rows -> (db, rows in DEFAULT, rows in table)
         self.dbs: dict[str, str] = {}  # copy db -> method label (for the server-log analysis)
 
     def log(self, msg: str) -> None:
@@ -247,18 +278,25 @@ class Bench:
             c.execute(DDL)
             # Daily children by pg_partman; maintenance "stopped" three days ago: every child
             # from then on is missing.
-            gap = make_incident(c, "public.fixes", key="received_at", partman=True, premake=4, jobmon=False)
+            gap = make_incident(
+                c, "public.fixes", key="received_at", partman=True, premake=4, jobmon=False
+            )
             c.execute(LOAD, {"n": rows})
             c.execute("VACUUM (ANALYZE) public.fixes")
             in_default = row(c, "SELECT count(*) FROM public.fixes_default")[0]
             total = row(c, "SELECT count(*) FROM public.fixes")[0]
-            size = row(c, """SELECT pg_size_pretty(pg_table_size('public.fixes_default')),
+            size = row(
+                c,
+                """SELECT pg_size_pretty(pg_table_size('public.fixes_default')),
                                     pg_size_pretty(pg_indexes_size('public.fixes_default')),
-                                    (SELECT count(*) FROM pg_inherits WHERE inhparent = 'public.fixes'::regclass)""")
+                                    (SELECT count(*) FROM pg_inherits WHERE inhparent = 'public.fixes'::regclass)""",
+            )
         self.bases[rows] = (name, in_default, total)
-        self.log(f"built {name}: {in_default} rows in the DEFAULT (heap {size[0]}, indexes {size[1]}), "
-                 f"{size[2]} partitions incl. DEFAULT, none from {gap:%Y-%m-%d} on, "
-                 f"{time.perf_counter() - t0:.1f}s")
+        self.log(
+            f"built {name}: {in_default} rows in the DEFAULT (heap {size[0]}, indexes {size[1]}), "
+            f"{size[2]} partitions incl. DEFAULT, none from {gap:%Y-%m-%d} on, "
+            f"{time.perf_counter() - t0:.1f}s"
+        )
 
     def fresh_copy(self, rows: int, label: str) -> str:
         base = self.bases[rows][0]
@@ -266,13 +304,19 @@ class Bench:
         db = f"copy_{self.counter:02d}"
         with psycopg.connect(self.sb.dsn(), autocommit=True, application_name="bench") as c:
             # FILE_COPY: a plain file copy (no WAL for every page), much faster for a big template.
-            c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
-                sql.Identifier(db), sql.Identifier(base)))
+            c.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
+                    sql.Identifier(db), sql.Identifier(base)
+                )
+            )
         with psycopg.connect(self.sb.dsn(db), autocommit=True, application_name="bench") as c:
             # The same cache state for everyone: the DEFAULT's heap and indexes in shared_buffers.
-            row(c, """SELECT pg_prewarm('public.fixes_default'),
+            row(
+                c,
+                """SELECT pg_prewarm('public.fixes_default'),
                                 (SELECT sum(pg_prewarm(indexrelid)) FROM pg_index
-                                 WHERE indrelid = 'public.fixes_default'::regclass)""")
+                                 WHERE indrelid = 'public.fixes_default'::regclass)""",
+            )
             c.execute("CHECKPOINT")
         self.dbs[db] = label
         return db
@@ -283,8 +327,15 @@ class Bench:
 
     # -- running one method -------------------------------------------------------------
 
-    def run(self, label: str, method: Callable[[str, Result], None], *, rows: int | None = None,
-            writer: bool = True, verify: bool = True) -> Result:
+    def run(
+        self,
+        label: str,
+        method: Callable[[str, Result], None],
+        *,
+        rows: int | None = None,
+        writer: bool = True,
+        verify: bool = True,
+    ) -> Result:
         rows = rows or self.rows
         db = self.fresh_copy(rows, label)
         dsn = self.sb.dsn(db)
@@ -307,11 +358,14 @@ class Bench:
             res.writer = w.stop()
         if verify:
             res.verified = self.verify(dsn, rows, res)
-        self.log(f"  {res.seconds:.2f}s" + (f", error: {res.error}" if res.error else "")
-                 + (f", cpu stall {res.cpu_stall:.0%}" if res.cpu_stall is not None else "")
-                 + (f", server cpu {res.server_cpu:.2f}s" if res.server_cpu is not None else "")
-                 + (f", {res.failed} failed writes, max insert {res.latency_ms:.0f} ms" if w else "")
-                 + f", verified: {res.verified}")
+        self.log(
+            f"  {res.seconds:.2f}s"
+            + (f", error: {res.error}" if res.error else "")
+            + (f", cpu stall {res.cpu_stall:.0%}" if res.cpu_stall is not None else "")
+            + (f", server cpu {res.server_cpu:.2f}s" if res.server_cpu is not None else "")
+            + (f", {res.failed} failed writes, max insert {res.latency_ms:.0f} ms" if w else "")
+            + f", verified: {res.verified}"
+        )
         self.drop(db)
         return res
 
@@ -322,19 +376,27 @@ class Bench:
         committed = res.writer.committed if res.writer else set()
         with psycopg.connect(dsn, autocommit=True, application_name="bench") as c:
             n, distinct = row(c, "SELECT count(*), count(DISTINCT id) FROM public.fixes")
-            mine = {r[0] for r in c.execute("SELECT id FROM public.fixes WHERE id > %s", (WRITER_FIRST_ID,))}
+            mine = {
+                r[0]
+                for r in c.execute("SELECT id FROM public.fixes WHERE id > %s", (WRITER_FIRST_ID,))
+            }
             has_default = row(c, "SELECT to_regclass('public.fixes_default') IS NOT NULL")[0]
             left = row(c, "SELECT count(*) FROM public.fixes_default")[0] if has_default else 0
-            attached = row(c, """SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+            attached = row(
+                c,
+                """SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
                                     WHERE i.inhparent = 'public.fixes'::regclass
-                                      AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'""")[0]
+                                      AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'""",
+            )[0]
         problems = []
         if n != before + len(committed):
             problems.append(f"rows {n} != {before} + {len(committed)}")
         if distinct != n:
             problems.append(f"{n - distinct} duplicates")
         if mine != committed:
-            problems.append(f"writer rows: {len(committed - mine)} lost, {len(mine - committed)} unexpected")
+            problems.append(
+                f"writer rows: {len(committed - mine)} lost, {len(mine - committed)} unexpected"
+            )
         if left:
             problems.append(f"{left} rows still in the DEFAULT")
         tail = "" if attached else " (no DEFAULT left)"
@@ -351,14 +413,31 @@ class Bench:
         def method(dsn: str, res: Result) -> None:
             with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "partguard", "fix", "-d", dsn, "public.fixes", "--yes", *args,
-                     "--format", "json"], stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+                    [
+                        sys.executable,
+                        "-m",
+                        "partguard",
+                        "fix",
+                        "-d",
+                        dsn,
+                        "public.fixes",
+                        "--yes",
+                        *args,
+                        "--format",
+                        "json",
+                    ],
+                    stdout=out,
+                    stderr=err,
+                    stdin=subprocess.DEVNULL,
+                )
                 _, status, usage = os.wait4(proc.pid, 0)
                 proc.returncode = os.waitstatus_to_exitcode(status)
                 rss_kb[0] = usage.ru_maxrss  # kB on Linux
                 if proc.returncode != 0:
                     err.seek(0)
-                    raise RuntimeError(f"exit {proc.returncode}: {err.read().decode(errors='replace').strip()}")
+                    raise RuntimeError(
+                        f"exit {proc.returncode}: {err.read().decode(errors='replace').strip()}"
+                    )
 
         rss_kb = [0]
         res = self.run(label, method, rows=rows)
@@ -367,8 +446,11 @@ class Bench:
 
 def interpreter_rss() -> float:
     """Peak RSS of the CLI doing nothing (imports only): the floor under the figures above."""
-    proc = subprocess.Popen([sys.executable, "-m", "partguard", "--version"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "partguard", "--version"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return usage.ru_maxrss / 1024
@@ -379,12 +461,15 @@ def interpreter_rss() -> float:
 
 def partguard_fix(strategy: str, jobs: int) -> Callable[[str, Result], None]:
     """The library call the CLI makes (timed around it: analysis and planning included)."""
+
     def method(dsn: str, res: Result) -> None:
         params = ConnParams(dbname=dsn)
         t0 = time.perf_counter()
         conn = connect(params)
         try:
-            out = fix(conn, params, FixRequest("public.fixes", FixOptions(strategy=strategy, jobs=jobs)))
+            out = fix(
+                conn, params, FixRequest("public.fixes", FixOptions(strategy=strategy, jobs=jobs))
+            )
         finally:
             conn.close()
         res.seconds = time.perf_counter() - t0
@@ -397,8 +482,12 @@ def partguard_fix(strategy: str, jobs: int) -> Callable[[str, Result], None]:
         res.detail.append(
             f"status {out.status}, strategy {out.strategy}, duration_s {out.duration_s:.3f} "
             f"(inside _execute), rows_moved {out.rows_moved}, children created {len(out.children_created)}, "
-            f"quarantined {out.quarantine_rows}, maintenance {out.maintenance}")
-        res.detail.append("locks_s: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in out.locks_s.items()))
+            f"quarantined {out.quarantine_rows}, maintenance {out.maintenance}"
+        )
+        res.detail.append(
+            "locks_s: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in out.locks_s.items())
+        )
+
     return method
 
 
@@ -420,22 +509,39 @@ def old_script(dsn: str, res: Result) -> None:
             return cur
 
         timed(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(TABLE, DEFAULT), parent=True)
-        days = [r[0] for r in timed(sql.SQL(
-            "SELECT DISTINCT date_trunc('day', received_at) FROM {} ORDER BY 1").format(DEFAULT))]
+        days = [
+            r[0]
+            for r in timed(
+                sql.SQL("SELECT DISTINCT date_trunc('day', received_at) FROM {} ORDER BY 1").format(
+                    DEFAULT
+                )
+            )
+        ]
         for d in days:
-            timed(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-                sql.Identifier("public", f"fixes_p{d:%Y_%m_%d}"), TABLE,
-                sql.Literal(d), sql.SQL("{}::timestamptz + interval '1 day'").format(sql.Literal(d))), parent=True)
+            timed(
+                sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                    sql.Identifier("public", f"fixes_p{d:%Y_%m_%d}"),
+                    TABLE,
+                    sql.Literal(d),
+                    sql.SQL("{}::timestamptz + interval '1 day'").format(sql.Literal(d)),
+                ),
+                parent=True,
+            )
         for d in days:
-            timed(sql.SQL(
-                "WITH moved AS (DELETE FROM {src} WHERE received_at >= {d} AND received_at < {d}::timestamptz "
-                "+ interval '1 day' RETURNING *) INSERT INTO {parent} ({cols}) SELECT {cols} FROM moved"
-            ).format(src=DEFAULT, d=sql.Literal(d), parent=TABLE, cols=cols))
+            timed(
+                sql.SQL(
+                    "WITH moved AS (DELETE FROM {src} WHERE received_at >= {d} AND received_at < {d}::timestamptz "
+                    "+ interval '1 day' RETURNING *) INSERT INTO {parent} ({cols}) SELECT {cols} FROM moved"
+                ).format(src=DEFAULT, d=sql.Literal(d), parent=TABLE, cols=cols)
+            )
         left = timed(sql.SQL("SELECT count(*) FROM {}").format(DEFAULT)).fetchone()[0]
         if left:
             raise RuntimeError(f"{left} rows left in the detached DEFAULT")
         timed(sql.SQL("DROP TABLE {}").format(DEFAULT))
-        timed(sql.SQL("SELECT partman.run_maintenance('public.fixes', p_jobmon := false)").format(), parent=True)
+        timed(
+            sql.SQL("SELECT partman.run_maintenance('public.fixes', p_jobmon := false)").format(),
+            parent=True,
+        )
     res.lock_s = max(parent_locks)
     res.lock_note = "longest statement that locks the parent (detach/create/maintenance)"
     res.detail.append(f"{len(days)} days moved")
@@ -449,17 +555,27 @@ def partman_repair(dsn: str, res: Result) -> None:
         c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
         c.execute("SET TimeZone = 'UTC'")
         try:
-            c.execute(sql.SQL("CALL partman.partition_data_proc('public.fixes', p_wait := 0, "
-                              "p_ignored_columns := ARRAY[{}])").format(sql.Literal(GENERATED)))
+            c.execute(
+                sql.SQL(
+                    "CALL partman.partition_data_proc('public.fixes', p_wait := 0, "
+                    "p_ignored_columns := ARRAY[{}])"
+                ).format(sql.Literal(GENERATED))
+            )
         finally:
             batches = [n for n in notices if n.startswith("Batch")]
-            res.detail.append(f"{len(batches)} batches committed" + (f" (last: {batches[-1]})" if batches else ""))
+            res.detail.append(
+                f"{len(batches)} batches committed" + (f" (last: {batches[-1]})" if batches else "")
+            )
         c.execute("SELECT partman.run_maintenance('public.fixes', p_jobmon := false)")
 
 
 def plain_table(name: str, indexed: bool) -> list[sql.Composed]:
     ident = sql.Identifier("public", name)
-    stmts = [sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING GENERATED)").format(ident, TABLE)]
+    stmts = [
+        sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING GENERATED)").format(
+            ident, TABLE
+        )
+    ]
     if indexed:
         stmts += plain_indexes(ident)
     return stmts
@@ -475,7 +591,9 @@ def plain_indexes(ident: sql.Identifier) -> list[sql.Composed]:
 
 def plain_insert(ident: sql.Identifier) -> sql.Composed:
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
-    return sql.SQL("INSERT INTO {} ({cols}) SELECT {cols} FROM {}").format(ident, DEFAULT, cols=cols)
+    return sql.SQL("INSERT INTO {} ({cols}) SELECT {cols} FROM {}").format(
+        ident, DEFAULT, cols=cols
+    )
 
 
 def copy_limit(dsn: str, res: Result) -> None:
@@ -510,10 +628,14 @@ def bulk_floor(dsn: str, res: Result) -> None:
 # --- the server log: where the time went ------------------------------------------------
 
 _ENTRY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
-_LOG = re.compile(r"db=(\S*) app=(\S*) LOG:  duration: ([\d.]+) ms  (?:statement|execute [^:]*): (.*)", re.DOTALL)
+_LOG = re.compile(
+    r"db=(\S*) app=(\S*) LOG:  duration: ([\d.]+) ms  (?:statement|execute [^:]*): (.*)", re.DOTALL
+)
 
 
-def statement_profile(logfile: Path, dbs: dict[str, str]) -> dict[str, list[tuple[str, int, float, float]]]:
+def statement_profile(
+    logfile: Path, dbs: dict[str, str]
+) -> dict[str, list[tuple[str, int, float, float]]]:
     """Per method: (statement, count, total ms, max ms) of every statement over 10 ms,
     except the harness's own (application_name bench)."""
     try:
@@ -535,8 +657,10 @@ def statement_profile(logfile: Path, dbs: dict[str, str]) -> dict[str, list[tupl
         stmt = re.sub(r"\s+", " ", m.group(4)).strip()
         key = f"[{app or '-'}] " + stmt[:110]
         agg.setdefault(db, {}).setdefault(key, []).append(ms)
-    return {db: sorted(((k, len(v), sum(v), max(v)) for k, v in groups.items()), key=lambda r: -r[2])
-            for db, groups in agg.items()}
+    return {
+        db: sorted(((k, len(v), sum(v), max(v)) for k, v in groups.items()), key=lambda r: -r[2])
+        for db, groups in agg.items()
+    }
 
 
 # --- the report -------------------------------------------------------------------------
@@ -633,26 +757,58 @@ def mark(ok: bool | None) -> str:
 
 
 def print_table(results: list[Summary], old: Summary, limit: Summary, floor: Summary) -> None:
-    head = ("method", "rows", "seconds", "(min–max)", "speed-up vs old", "÷ copy limit", "÷ bulk floor",
-            "server CPU s", "failed writes", "max insert ms", "parent lock ms", "cpu stall", "verified")
+    head = (
+        "method",
+        "rows",
+        "seconds",
+        "(min–max)",
+        "speed-up vs old",
+        "÷ copy limit",
+        "÷ bulk floor",
+        "server CPU s",
+        "failed writes",
+        "max insert ms",
+        "parent lock ms",
+        "cpu stall",
+        "verified",
+    )
     rows = []
     for r in results:
         usable = r.error is None
-        rows.append((
-            r.label + (" [ABORTED]" if r.error else ""), str(r.rows), fmt(r.seconds), r.spread(),
-            fmt(ratio(old.seconds, r.seconds), ".1f") + "×" if usable and r.rows == old.rows else "—",
-            fmt(ratio(r.seconds, limit.seconds), ".2f") + "×" if usable and r.rows == limit.rows else "—",
-            fmt(ratio(r.seconds, floor.seconds), ".2f") + "×" if usable and r.rows == floor.rows else "—",
-            fmt(r.server_cpu),
-            f"{r.failed}/{r.failed + r.committed}" if r.failed is not None else "(no writer)",
-            fmt(r.latency_ms, ".1f"), ms(r.lock_s), fmt(None if r.cpu_stall is None else 100 * r.cpu_stall, ".0f") + "%",
-            r.verified,
-        ))
+        rows.append(
+            (
+                r.label + (" [ABORTED]" if r.error else ""),
+                str(r.rows),
+                fmt(r.seconds),
+                r.spread(),
+                fmt(ratio(old.seconds, r.seconds), ".1f") + "×"
+                if usable and r.rows == old.rows
+                else "—",
+                fmt(ratio(r.seconds, limit.seconds), ".2f") + "×"
+                if usable and r.rows == limit.rows
+                else "—",
+                fmt(ratio(r.seconds, floor.seconds), ".2f") + "×"
+                if usable and r.rows == floor.rows
+                else "—",
+                fmt(r.server_cpu),
+                f"{r.failed}/{r.failed + r.committed}" if r.failed is not None else "(no writer)",
+                fmt(r.latency_ms, ".1f"),
+                ms(r.lock_s),
+                fmt(None if r.cpu_stall is None else 100 * r.cpu_stall, ".0f") + "%",
+                r.verified,
+            )
+        )
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
 
     def line(cells: tuple[str, ...]) -> str:
         first, *middle, last = cells
-        return "  ".join([first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(middle, widths[1:-1])), last])
+        return "  ".join(
+            [
+                first.ljust(widths[0]),
+                *(c.rjust(w) for c, w in zip(middle, widths[1:-1], strict=True)),
+                last,
+            ]
+        )
 
     print(line(head))
     print("  ".join("-" * w for w in widths))
@@ -661,7 +817,9 @@ def print_table(results: list[Summary], old: Summary, limit: Summary, floor: Sum
 
 
 def print_targets(n: int, quarter: int, s: dict[str, Summary], rss_q: float, rss_n: float) -> None:
-    instant, copy2, copy2_q, old, limit, floor = (s[k] for k in ("instant", "copy2", "copy2_q", "old", "limit", "floor"))
+    instant, copy2, copy2_q, old, limit, floor = (
+        s[k] for k in ("instant", "copy2", "copy2_q", "old", "limit", "floor")
+    )
 
     def below(x: float | None, limit_: float) -> bool | None:
         return None if x is None else x < limit_
@@ -684,32 +842,86 @@ def print_targets(n: int, quarter: int, s: dict[str, Summary], rss_q: float, rss
         return None if r.latency_ms is None else r.latency_ms / 1000
 
     targets = [
-        ("instant ≥ 20× faster than the old method", f"{fmt(speed_instant, '.1f')}×" + best(old, instant),
-         None if speed_instant is None else speed_instant >= 20),
-        ("instant: swap lock < 100 ms (worst round)", f"{ms(instant.lock_s)} ms", below(instant.lock_s, 0.1)),
-        ("instant: zero failed concurrent writes", fmt(instant.failed, "d"),
-         None if instant.failed is None else instant.failed == 0),
-        ("instant: max insert latency < 250 ms", f"{fmt(instant.latency_ms, '.1f')} ms", below(lat(instant), 0.25)),
-        ("copy --jobs 2 ≥ 1.7× faster than the old method", f"{fmt(speed_copy2, '.2f')}×" + best(old, copy2),
-         None if speed_copy2 is None else speed_copy2 >= 1.7),
-        ("copy --jobs 2 faster than the copy limit", f"{fmt(copy2.seconds)}s vs {fmt(limit.seconds)}s"
-         + (f"  (best rounds: {copy2.times[0]:.2f}s vs {limit.times[0]:.2f}s)" if best(copy2, limit) else ""),
-         None if copy2.seconds is None or limit.seconds is None or copy2.error else copy2.seconds < limit.seconds),
-        ("copy --jobs 2: zero failed concurrent writes", fmt(copy2.failed, "d"),
-         None if copy2.failed is None else copy2.failed == 0),
-        ("copy --jobs 2: max insert latency < 250 ms", f"{fmt(copy2.latency_ms, '.1f')} ms", below(lat(copy2), 0.25)),
-        ("copy --jobs 2: parent's longest lock < 250 ms", f"{ms(copy2.lock_s)} ms", below(copy2.lock_s, 0.25)),
-        (f"copy --jobs 2: longest lock no larger at {n} than at {quarter} rows",
-         f"{ms(copy2_q.lock_s)} → {ms(copy2.lock_s)} ms", no_larger(copy2_q.lock_s, copy2.lock_s)),
-        (f"copy --jobs 2: max insert latency no larger at {n} than at {quarter} rows",
-         f"{fmt(copy2_q.latency_ms, '.1f')} → {fmt(copy2.latency_ms, '.1f')} ms", no_larger(lat(copy2_q), lat(copy2))),
+        (
+            "instant ≥ 20× faster than the old method",
+            f"{fmt(speed_instant, '.1f')}×" + best(old, instant),
+            None if speed_instant is None else speed_instant >= 20,
+        ),
+        (
+            "instant: swap lock < 100 ms (worst round)",
+            f"{ms(instant.lock_s)} ms",
+            below(instant.lock_s, 0.1),
+        ),
+        (
+            "instant: zero failed concurrent writes",
+            fmt(instant.failed, "d"),
+            None if instant.failed is None else instant.failed == 0,
+        ),
+        (
+            "instant: max insert latency < 250 ms",
+            f"{fmt(instant.latency_ms, '.1f')} ms",
+            below(lat(instant), 0.25),
+        ),
+        (
+            "copy --jobs 2 ≥ 1.7× faster than the old method",
+            f"{fmt(speed_copy2, '.2f')}×" + best(old, copy2),
+            None if speed_copy2 is None else speed_copy2 >= 1.7,
+        ),
+        (
+            "copy --jobs 2 faster than the copy limit",
+            f"{fmt(copy2.seconds)}s vs {fmt(limit.seconds)}s"
+            + (
+                f"  (best rounds: {copy2.times[0]:.2f}s vs {limit.times[0]:.2f}s)"
+                if best(copy2, limit)
+                else ""
+            ),
+            None
+            if copy2.seconds is None or limit.seconds is None or copy2.error
+            else copy2.seconds < limit.seconds,
+        ),
+        (
+            "copy --jobs 2: zero failed concurrent writes",
+            fmt(copy2.failed, "d"),
+            None if copy2.failed is None else copy2.failed == 0,
+        ),
+        (
+            "copy --jobs 2: max insert latency < 250 ms",
+            f"{fmt(copy2.latency_ms, '.1f')} ms",
+            below(lat(copy2), 0.25),
+        ),
+        (
+            "copy --jobs 2: parent's longest lock < 250 ms",
+            f"{ms(copy2.lock_s)} ms",
+            below(copy2.lock_s, 0.25),
+        ),
+        (
+            f"copy --jobs 2: longest lock no larger at {n} than at {quarter} rows",
+            f"{ms(copy2_q.lock_s)} → {ms(copy2.lock_s)} ms",
+            no_larger(copy2_q.lock_s, copy2.lock_s),
+        ),
+        (
+            f"copy --jobs 2: max insert latency no larger at {n} than at {quarter} rows",
+            f"{fmt(copy2_q.latency_ms, '.1f')} → {fmt(copy2.latency_ms, '.1f')} ms",
+            no_larger(lat(copy2_q), lat(copy2)),
+        ),
         ("copy --jobs 2: client RSS < 150 MB (CLI process)", f"{rss_n:.1f} MB", rss_n < 150),
-        (f"client RSS flat: at {n} ≤ 1.1 × at {quarter} rows", f"{rss_q:.1f} → {rss_n:.1f} MB", rss_n <= 1.1 * rss_q),
-        ("stretch: copy --jobs 2 within 1.1× of the bulk-load floor", f"{fmt(to_floor, '.2f')}×" + best(copy2, floor),
-         None if to_floor is None else to_floor <= 1.1),
+        (
+            f"client RSS flat: at {n} ≤ 1.1 × at {quarter} rows",
+            f"{rss_q:.1f} → {rss_n:.1f} MB",
+            rss_n <= 1.1 * rss_q,
+        ),
+        (
+            "stretch: copy --jobs 2 within 1.1× of the bulk-load floor",
+            f"{fmt(to_floor, '.2f')}×" + best(copy2, floor),
+            None if to_floor is None else to_floor <= 1.1,
+        ),
     ]
-    print("targets (issue 3, Performance): ✓/✗ from this run's medians (times) and worst rounds (latency, locks);")
-    print("         'no larger' allows max(50 %, 20 ms) for noise; 'best rounds' is informational only:")
+    print(
+        "targets (issue 3, Performance): ✓/✗ from this run's medians (times) and worst rounds (latency, locks);"
+    )
+    print(
+        "         'no larger' allows max(50 %, 20 ms) for noise; 'best rounds' is informational only:"
+    )
     w = max(len(t[0]) for t in targets)
     for name, value, ok in targets:
         print(f"  {mark(ok)} {name:<{w}}  {value}")
@@ -719,7 +931,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows in the DEFAULT (default 1M)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 100k rows, one round")
-    ap.add_argument("--rounds", type=int, help="rounds of every method, interleaved (default 5; --quick 1)")
+    ap.add_argument(
+        "--rounds", type=int, help="rounds of every method, interleaved (default 5; --quick 1)"
+    )
     args = ap.parse_args(argv)
     n = 100_000 if args.quick else args.rows
     rounds = args.rounds or (1 if args.quick else 5)
@@ -733,16 +947,38 @@ def main(argv: list[str] | None = None) -> int:
         ("old", "old script (detach; DELETE…RETURNING→INSERT per day)", old_script, {}),
         ("pm_w", "partman partition_data_proc, with writer", partman_repair, {}),
         ("pm", "partman partition_data_proc, no writer", partman_repair, {"writer": False}),
-        ("limit", "copy limit: INSERT…SELECT into indexed plain table", copy_limit, {"verify": False}),
-        ("floor", "bulk-load floor: unindexed INSERT…SELECT + 3 index builds", bulk_floor, {"verify": False}),
-        ("instant_q", "partguard fix --strategy instant", partguard_fix("instant", 1), {"rows": quarter}),
-        ("copy2_q", "partguard fix --strategy copy --jobs 2", partguard_fix("copy", 2), {"rows": quarter}),
+        (
+            "limit",
+            "copy limit: INSERT…SELECT into indexed plain table",
+            copy_limit,
+            {"verify": False},
+        ),
+        (
+            "floor",
+            "bulk-load floor: unindexed INSERT…SELECT + 3 index builds",
+            bulk_floor,
+            {"verify": False},
+        ),
+        (
+            "instant_q",
+            "partguard fix --strategy instant",
+            partguard_fix("instant", 1),
+            {"rows": quarter},
+        ),
+        (
+            "copy2_q",
+            "partguard fix --strategy copy --jobs 2",
+            partguard_fix("copy", 2),
+            {"rows": quarter},
+        ),
     ]
     runs: dict[str, list[Result]] = {key: [] for key, *_ in methods}
 
     with Sandbox(settings=SETTINGS) as sb:
         bench = Bench(sb, n)
-        bench.log(f"sandbox PostgreSQL {sb.major} on port {sb.port}, partman: {sb.has_partman}; {rounds} round(s)")
+        bench.log(
+            f"sandbox PostgreSQL {sb.major} on port {sb.port}, partman: {sb.has_partman}; {rounds} round(s)"
+        )
         if not sb.has_partman:
             print("pg_partman is not installed: this benchmark needs it", file=sys.stderr)
             return 2
@@ -758,34 +994,68 @@ def main(argv: list[str] | None = None) -> int:
         profile = statement_profile(sb.logfile, bench.dbs)
         settings = {}
         with psycopg.connect(sb.dsn(), autocommit=True, application_name="bench") as c:
-            for name in ("fsync", "synchronous_commit", "full_page_writes", "shared_buffers", "max_wal_size",
-                         "maintenance_work_mem", "checkpoint_timeout", "work_mem", "autovacuum"):
+            for name in (
+                "fsync",
+                "synchronous_commit",
+                "full_page_writes",
+                "shared_buffers",
+                "max_wal_size",
+                "maintenance_work_mem",
+                "checkpoint_timeout",
+                "work_mem",
+                "autovacuum",
+            ):
                 settings[name] = row(c, sql.SQL("SHOW {}").format(sql.Identifier(name)))[0]
             version = row(c, "SHOW server_version")[0]
-        with psycopg.connect(sb.dsn(bench.bases[n][0]), autocommit=True, application_name="bench") as c:
-            pm_version = row(c, "SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'")[0]
+        with psycopg.connect(
+            sb.dsn(bench.bases[n][0]), autocommit=True, application_name="bench"
+        ) as c:
+            pm_version = row(c, "SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'")[
+                0
+            ]
 
     s = {key: Summary(rs) for key, rs in runs.items()}
     s["cli_q"], s["cli_n"] = Summary([cli_q]), Summary([cli_n])
-    order = ["instant", "copy2", "copy1", "old", "pm_w", "pm", "limit", "floor", "instant_q", "copy2_q", "cli_q", "cli_n"]
+    order = [
+        "instant",
+        "copy2",
+        "copy1",
+        "old",
+        "pm_w",
+        "pm",
+        "limit",
+        "floor",
+        "instant_q",
+        "copy2_q",
+        "cli_q",
+        "cli_n",
+    ]
     print()
-    print(f"partguard fix benchmark: {n} rows in the DEFAULT of public.fixes (26 columns, 3 indexes incl. PK), "
-          f"PostgreSQL {version}, pg_partman {pm_version}, {os.cpu_count()} CPUs, {rounds} round(s)")
+    print(
+        f"partguard fix benchmark: {n} rows in the DEFAULT of public.fixes (26 columns, 3 indexes incl. PK), "
+        f"PostgreSQL {version}, pg_partman {pm_version}, {os.cpu_count()} CPUs, {rounds} round(s)"
+    )
     print("server: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-    print("NOTE: fsync, synchronous_commit and full_page_writes are OFF (sandbox defaults). That applies to every "
-          "method alike, but flatters the WAL-heaviest ones most (the old script writes a DELETE and an INSERT per "
-          "row); on a durable server all absolute times are higher.")
-    print(f"each run: a fresh CREATE DATABASE … TEMPLATE copy of the same incident database, its DEFAULT "
-          f"prewarmed; a writer inserting every {WRITER_PERIOD * 1000:.0f} ms (half now, half the outage days).")
-    print("columns: seconds = median over rounds; speed-up vs old = old / method; ÷ copy limit, ÷ bulk floor = "
-          "method / those (below 1× is faster); failed writes = failed/tried over all rounds; max insert and parent "
-          "lock = worst round; parent lock = FixOutcome.longest_lock_s for partguard, the longest parent-locking "
-          "statement for the old script. partguard is timed around the library call fix() (analysis included). "
-          "server CPU s = CPU seconds the cluster used (median; all its processes, the writer's backend included): "
-          "the work done, barely affected by competition for the cores. "
-          "cpu stall = share of the median run's wall time some task on this machine waited for a CPU "
-          "(/proc/pressure/cpu): 2 cores, a writer and up to 2 backends stall a little by themselves; "
-          "high values mean other work on the machine slowed that run.")
+    print(
+        "NOTE: fsync, synchronous_commit and full_page_writes are OFF (sandbox defaults). That applies to every "
+        "method alike, but flatters the WAL-heaviest ones most (the old script writes a DELETE and an INSERT per "
+        "row); on a durable server all absolute times are higher."
+    )
+    print(
+        f"each run: a fresh CREATE DATABASE … TEMPLATE copy of the same incident database, its DEFAULT "
+        f"prewarmed; a writer inserting every {WRITER_PERIOD * 1000:.0f} ms (half now, half the outage days)."
+    )
+    print(
+        "columns: seconds = median over rounds; speed-up vs old = old / method; ÷ copy limit, ÷ bulk floor = "
+        "method / those (below 1× is faster); failed writes = failed/tried over all rounds; max insert and parent "
+        "lock = worst round; parent lock = FixOutcome.longest_lock_s for partguard, the longest parent-locking "
+        "statement for the old script. partguard is timed around the library call fix() (analysis included). "
+        "server CPU s = CPU seconds the cluster used (median; all its processes, the writer's backend included): "
+        "the work done, barely affected by competition for the cores. "
+        "cpu stall = share of the median run's wall time some task on this machine waited for a CPU "
+        "(/proc/pressure/cpu): 2 cores, a writer and up to 2 backends stall a little by themselves; "
+        "high values mean other work on the machine slowed that run."
+    )
     print()
     print_table([s[k] for k in order], s["old"], s["limit"], s["floor"])
     print()
@@ -795,7 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = ([f"error: {r.error}"] if r.error else []) + m.detail
         kinds: dict[str, int] = {}
         for run in r.runs:
-            for e in (run.writer.errors if run.writer else []):
+            for e in run.writer.errors if run.writer else []:
                 kinds[e] = kinds.get(e, 0) + 1
         extra += [f"writer error ×{k} (all rounds): {e}" for e, k in kinds.items()]
         if m.lock_note:
@@ -807,39 +1077,65 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_targets(n, quarter, s, rss_q, rss_n)
     print()
-    print(f"growth from {quarter} to {n} rows ({n / quarter:.0f}× the rows; medians, worst round for lock/latency):")
+    print(
+        f"growth from {quarter} to {n} rows ({n / quarter:.0f}× the rows; medians, worst round for lock/latency):"
+    )
     for a, b in ((s["instant_q"], s["instant"]), (s["copy2_q"], s["copy2"])):
-        print(f"  {a.label:<40} {fmt(a.seconds)}s → {fmt(b.seconds)}s ({fmt(ratio(b.seconds, a.seconds), '.2f')}×); "
-              f"longest lock {ms(a.lock_s)} → {ms(b.lock_s)} ms; max insert "
-              f"{fmt(a.latency_ms, '.1f')} → {fmt(b.latency_ms, '.1f')} ms")
+        print(
+            f"  {a.label:<40} {fmt(a.seconds)}s → {fmt(b.seconds)}s ({fmt(ratio(b.seconds, a.seconds), '.2f')}×); "
+            f"longest lock {ms(a.lock_s)} → {ms(b.lock_s)} ms; max insert "
+            f"{fmt(a.latency_ms, '.1f')} → {fmt(b.latency_ms, '.1f')} ms"
+        )
     print()
-    print("the same comparisons in server CPU seconds (the work done; robust to other load on the machine):")
-    for x, y, what in (("old", "instant", "old / instant"), ("old", "copy2", "old / copy --jobs 2"),
-                       ("old", "copy1", "old / copy --jobs 1"), ("copy1", "limit", "copy --jobs 1 / copy limit"),
-                       ("copy2", "floor", "copy --jobs 2 / bulk floor"), ("pm", "old", "partman / old")):
-        print(f"  {what:<28} {fmt(s[x].server_cpu)}s / {fmt(s[y].server_cpu)}s = "
-              f"{fmt(ratio(s[x].server_cpu, s[y].server_cpu), '.2f')}×")
+    print(
+        "the same comparisons in server CPU seconds (the work done; robust to other load on the machine):"
+    )
+    for x, y, what in (
+        ("old", "instant", "old / instant"),
+        ("old", "copy2", "old / copy --jobs 2"),
+        ("old", "copy1", "old / copy --jobs 1"),
+        ("copy1", "limit", "copy --jobs 1 / copy limit"),
+        ("copy2", "floor", "copy --jobs 2 / bulk floor"),
+        ("pm", "old", "partman / old"),
+    ):
+        print(
+            f"  {what:<28} {fmt(s[x].server_cpu)}s / {fmt(s[y].server_cpu)}s = "
+            f"{fmt(ratio(s[x].server_cpu, s[y].server_cpu), '.2f')}×"
+        )
     print()
-    print("client memory (peak RSS of `python -m partguard fix … --strategy copy --jobs 2`, its own, from wait4):")
-    print(f"  {quarter} rows: {rss_q:.1f} MB   {n} rows: {rss_n:.1f} MB   "
-          f"(`python -m partguard --version` alone: {rss_0:.1f} MB)")
+    print(
+        "client memory (peak RSS of `python -m partguard fix … --strategy copy --jobs 2`, its own, from wait4):"
+    )
+    print(
+        f"  {quarter} rows: {rss_q:.1f} MB   {n} rows: {rss_n:.1f} MB   "
+        f"(`python -m partguard --version` alone: {rss_0:.1f} MB)"
+    )
     print()
-    print("where the time went (server log: statements over 10 ms of the median round; with --jobs the sums overlap):")
+    print(
+        "where the time went (server log: statements over 10 ms of the median round; with --jobs the sums overlap):"
+    )
     for key in order:
         r = s[key]
         prof = profile.get(r.median_run.db)
         if not prof:
             continue
         total = sum(p[2] for p in prof)
-        print(f"  {r.label} @ {r.rows}: {total / 1000:.2f}s in logged statements, {fmt(r.median_run.seconds)}s wall")
+        print(
+            f"  {r.label} @ {r.rows}: {total / 1000:.2f}s in logged statements, {fmt(r.median_run.seconds)}s wall"
+        )
         for stmt, count, tot, mx in prof[:7]:
             print(f"    {tot / 1000:7.2f}s  ×{count:<4} max {mx / 1000:6.2f}s  {stmt}")
     print()
     elapsed, stall_end = time.perf_counter() - started, cpu_stall_us()
-    stall = "" if stall_start is None or stall_end is None else \
-        f"; some task waited for a CPU {(stall_end - stall_start) / 1e6 / elapsed:.0%} of that time"
-    print(f"total benchmark time: {elapsed:.0f}s{stall}; load average at the end: "
-          f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    stall = (
+        ""
+        if stall_start is None or stall_end is None
+        else f"; some task waited for a CPU {(stall_end - stall_start) / 1e6 / elapsed:.0%} of that time"
+    )
+    print(
+        f"total benchmark time: {elapsed:.0f}s{stall}; load average at the end: "
+        f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
+    )
     return 0
 
 

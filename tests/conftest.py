@@ -24,8 +24,8 @@ from psycopg.rows import TupleRow
 # The shared oracles (assert statements in partguard.testing) report like test code.
 pytest.register_assert_rewrite("partguard.testing")
 
-from partguard.errors import PartguardError
-from partguard.sandbox import Sandbox, Setting, find_pg_bin, partman_versions
+from partguard.errors import PartguardError  # noqa: E402 - after register_assert_rewrite
+from partguard.sandbox import Sandbox, Setting, find_pg_bin, partman_versions  # noqa: E402
 
 TEMPLATE = "partguard_template"  # pg_partman at the control file's default version
 SUPPORTED_PARTMAN = ("4.7.2", "5.2.4", "5.5.0")  # what CI must test; scripts/install-deps.sh
@@ -54,7 +54,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "partman_version" in metafunc.fixturenames:
         versions: list[str | None] = list(_versions_to_test()) or [None]
         metafunc.parametrize(
-            "partman_version", versions, indirect=True,
+            "partman_version",
+            versions,
+            indirect=True,
             ids=[f"partman-{v}" if v else "no-partman" for v in versions],
         )
 
@@ -195,7 +197,12 @@ def _load_hypothesis_profile() -> None:
     # built-in "ci" profile, which "dev" must not inherit.
     base = settings.get_profile("default")
     settings.register_profile(
-        "ci", base, derandomize=True, database=None, max_examples=300, deadline=None,
+        "ci",
+        base,
+        derandomize=True,
+        database=None,
+        max_examples=300,
+        deadline=None,
         print_blob=True,
     )
     settings.register_profile("dev", base, max_examples=300, deadline=None)

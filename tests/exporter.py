@@ -3,6 +3,7 @@ sends them (raw HTTP, so a test knows when a request has left, before its answer
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import re
 import socket
@@ -23,8 +24,11 @@ _MAIN = "import sys; from partguard.cli import main; sys.exit(main(sys.argv[1:])
 
 def parse(text: str) -> Samples:
     """{(name, sorted labels): value}."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 @dataclass
@@ -62,9 +66,13 @@ class Exporter:
     port: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _MAIN, "metrics", *self.argv],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=self.env)  # None: ours
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _MAIN, "metrics", *self.argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )  # None: ours
         assert self.proc.stderr is not None
         first = self.proc.stderr.readline()
         found = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", first)
@@ -175,7 +183,5 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
         pass
     finally:
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass

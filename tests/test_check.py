@@ -28,8 +28,6 @@ from partguard.testing.catalog import children, midnight, partman_major, utc_tod
 Run = Callable[..., tuple[int, str, str]]
 
 
-
-
 def check_json(run: Run, dsn: str, *args: str) -> tuple[int, dict[str, Any]]:
     rc, out, err = run("check", "-d", dsn, "--format", "json", *args)
     assert err == ""
@@ -46,19 +44,29 @@ def codes(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 def events_table(conn: Any, *, start_days_ago: int = 7, premake: int = 4) -> date:
     """app.events, daily children from partman; returns today's UTC date."""
     conn.execute("CREATE SCHEMA app")
-    conn.execute("CREATE TABLE app.events (id bigint GENERATED ALWAYS AS IDENTITY, "
-                 "ts timestamptz NOT NULL, payload text) PARTITION BY RANGE (ts)")
+    conn.execute(
+        "CREATE TABLE app.events (id bigint GENERATED ALWAYS AS IDENTITY, "
+        "ts timestamptz NOT NULL, payload text) PARTITION BY RANGE (ts)"
+    )
     conn.execute("CREATE INDEX ON app.events (ts)")
     today = utc_today(conn)
-    create_parent(conn, "app.events", "ts", "1 day", premake=premake,
-                  start=str(today - timedelta(days=start_days_ago)))
+    create_parent(
+        conn,
+        "app.events",
+        "ts",
+        "1 day",
+        premake=premake,
+        start=str(today - timedelta(days=start_days_ago)),
+    )
     return today
 
 
 def test_healthy_partman_table_is_ok(run: Run, dsn: str, conn: Any, partman: str) -> None:
     events_table(conn)
-    conn.execute("INSERT INTO app.events (ts, payload) SELECT now() - g * interval '1 hour', 'x' "
-                 "FROM generate_series(0, 48) g")
+    conn.execute(
+        "INSERT INTO app.events (ts, payload) SELECT now() - g * interval '1 hour', 'x' "
+        "FROM generate_series(0, 48) g"
+    )
     rc, out, err = run("check", "-d", dsn)
     assert (rc, err) == (0, "")
     assert out.startswith("partguard check OK: 1 table ")
@@ -75,7 +83,9 @@ def test_incident_default_rows_names_exactly_the_missing_buckets(
 ) -> None:
     """Maintenance stopped 3 days ago: no children since, the rows fell into the DEFAULT."""
     today = events_table(conn)
-    gone = drop_children(conn, "app.events", lambda k: k.lower >= midnight(today - timedelta(days=2)))
+    gone = drop_children(
+        conn, "app.events", lambda k: k.lower >= midnight(today - timedelta(days=2))
+    )
     assert len(gone) == 7  # today-2 .. today+4
     conn.execute(
         "INSERT INTO app.events (ts, payload) SELECT g, 'late' FROM generate_series("
@@ -113,8 +123,7 @@ def test_gap_between_children_is_critical(run: Run, dsn: str, conn: Any, partman
     rc, doc = check_json(run, dsn)
     assert rc == 2
     (gap,) = codes(doc)["gap"]
-    assert gap["detail"] == {"from": hole.isoformat(),
-                             "to": (hole + timedelta(days=1)).isoformat()}
+    assert gap["detail"] == {"from": hole.isoformat(), "to": (hole + timedelta(days=1)).isoformat()}
     assert set(codes(doc)) == {"gap"}
     assert doc["tables"][0]["gaps"] == 1
 
@@ -213,13 +222,20 @@ def test_berlin_daily_grid_across_dst_is_healthy(
 ) -> None:
     """Days of 23 h and 25 h are on partman's grid when the grid is in Europe/Berlin."""
     dbname = conninfo_dbname(dsn)
-    conn.execute(sql.SQL("ALTER DATABASE {} SET TimeZone = 'Europe/Berlin'").format(
-        sql.Identifier(dbname)))
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} SET TimeZone = 'Europe/Berlin'").format(sql.Identifier(dbname))
+    )
     changes = _dst_changes("Europe/Berlin", utc_today(conn), 2)
     conn.execute("CREATE SCHEMA app")
     conn.execute("CREATE TABLE app.events (ts timestamptz NOT NULL) PARTITION BY RANGE (ts)")
-    create_parent(conn, "app.events", "ts", "1 day", start=str(changes[-1] - timedelta(days=3)),
-                  tz="Europe/Berlin")
+    create_parent(
+        conn,
+        "app.events",
+        "ts",
+        "1 day",
+        start=str(changes[-1] - timedelta(days=3)),
+        tz="Europe/Berlin",
+    )
     lowers = [lo for _, _, lo in children(conn, "app.events")]
     lengths = {(b - a) for a, b in itertools.pairwise(lowers)}
     assert lengths == {timedelta(hours=23), timedelta(hours=24), timedelta(hours=25)}
@@ -239,19 +255,25 @@ ODD_SCHEMA, ODD_TABLE, ODD_KEY = 'Odd "Schema" ü', 'My Täble "x"', "Zeit Stemp
 def test_odd_identifiers(run: Run, dsn: str, conn: Any) -> None:
     """Quotes, spaces, capitals and non-ASCII in schema, table and key names."""
     today = utc_today(conn)
-    parent = native_daily(conn, ODD_SCHEMA, ODD_TABLE, ODD_KEY,
-                          [today + timedelta(days=d) for d in range(-1, 6)])
-    conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES (%s), (%s)").format(
-        parent, sql.Identifier(ODD_KEY)), (midnight(today - timedelta(days=3)) + timedelta(hours=5),
-                                            midnight(today - timedelta(days=2))))
+    parent = native_daily(
+        conn, ODD_SCHEMA, ODD_TABLE, ODD_KEY, [today + timedelta(days=d) for d in range(-1, 6)]
+    )
+    conn.execute(
+        sql.SQL("INSERT INTO {} ({}) VALUES (%s), (%s)").format(parent, sql.Identifier(ODD_KEY)),
+        (
+            midnight(today - timedelta(days=3)) + timedelta(hours=5),
+            midnight(today - timedelta(days=2)),
+        ),
+    )
     quoted = '"Odd ""Schema"" ü"."My Täble ""x"""'
     for args in ((), ("--table", quoted), ("-t", f"{ODD_SCHEMA}.{ODD_TABLE}")):
         rc, doc = check_json(run, dsn, *args)
         assert rc == 2
         (f,) = doc["findings"]
         assert (f["code"], f["table"]) == ("default_rows", f"{ODD_SCHEMA}.{ODD_TABLE}")
-        assert f["detail"]["buckets"] == [midnight(today - timedelta(days=d)).isoformat()
-                                          for d in (3, 2)]
+        assert f["detail"]["buckets"] == [
+            midnight(today - timedelta(days=d)).isoformat() for d in (3, 2)
+        ]
         assert f"'{quoted}'" in f["message"]  # a shell-safe, SQL-exact name to paste
         assert doc["tables"][0]["key"] == ODD_KEY
     rc, out, err = run("check", "-d", dsn)
@@ -313,8 +335,11 @@ def test_wide_child_left_by_instant_fix_is_information(run: Run, dsn: str, conn:
     days = [today + timedelta(days=d) for d in range(6)]
     parent = native_daily(conn, "app", "events", "ts", days)
     wide = sql.SQL("CREATE TABLE app.events_p_wide PARTITION OF {} FOR VALUES FROM ({}) TO ({})")
-    conn.execute(wide.format(parent, sql.Literal(midnight(today - timedelta(days=3))),
-                             sql.Literal(midnight(today))))
+    conn.execute(
+        wide.format(
+            parent, sql.Literal(midnight(today - timedelta(days=3))), sql.Literal(midnight(today))
+        )
+    )
     rc, doc = check_json(run, dsn)
     assert rc == 0
     (f,) = doc["findings"]
@@ -329,17 +354,47 @@ def test_json_output_matches_the_documented_schema(
     rc, doc = check_json(run, dsn)
     assert list(doc) == ["status", "exit_code", "server", "tables", "findings"]
     assert (doc["status"], doc["exit_code"]) == ("warning", rc)
-    server_types = {"version": str, "version_num": int, "database": str, "current_user": str,
-                    "timezone": str, "now": str, "max_connections": int, "superuser_reserved": int,
-                    "reserved": int, "used": int, "available": int, "can_use_reserved": bool,
-                    "reserved_note": str, "partman_version": str, "in_recovery": bool}
+    server_types = {
+        "version": str,
+        "version_num": int,
+        "database": str,
+        "current_user": str,
+        "timezone": str,
+        "now": str,
+        "max_connections": int,
+        "superuser_reserved": int,
+        "reserved": int,
+        "used": int,
+        "available": int,
+        "can_use_reserved": bool,
+        "reserved_note": str,
+        "partman_version": str,
+        "in_recovery": bool,
+    }
     assert {k: type(v) for k, v in doc["server"].items()} == server_types
     datetime.fromisoformat(doc["server"]["now"])
     (t,) = doc["tables"]
-    assert list(t) == ["schema", "table", "status", "strategy", "key", "key_type", "interval",
-                       "zone", "grid_source", "children", "has_default", "default_rows",
-                       "runway_seconds", "runway_ids", "last_upper", "gaps",
-                       "misaligned_children", "last_maintenance", "partman_version"]
+    assert list(t) == [
+        "schema",
+        "table",
+        "status",
+        "strategy",
+        "key",
+        "key_type",
+        "interval",
+        "zone",
+        "grid_source",
+        "children",
+        "has_default",
+        "default_rows",
+        "runway_seconds",
+        "runway_ids",
+        "last_upper",
+        "gaps",
+        "misaligned_children",
+        "last_maintenance",
+        "partman_version",
+    ]
     assert (t["schema"], t["table"], t["status"], t["children"]) == ("app", "events", "warning", 9)
     assert isinstance(t["runway_seconds"], float)
     assert datetime.fromisoformat(t["last_upper"]) == midnight(today + timedelta(days=2))
@@ -375,18 +430,24 @@ def test_loose_index_scan_reads_the_index_not_the_default(conn: Any) -> None:
     """200k rows in a DEFAULT: each probe step is one index descent under a Limit."""
     conn.execute("CREATE TABLE public.m (ts timestamptz NOT NULL, v text) PARTITION BY RANGE (ts)")
     conn.execute("CREATE INDEX ON public.m (ts)")
-    conn.execute("CREATE TABLE public.m_2030 PARTITION OF public.m "
-                 "FOR VALUES FROM ('2030-01-01 00:00+00') TO ('2030-02-01 00:00+00')")
+    conn.execute(
+        "CREATE TABLE public.m_2030 PARTITION OF public.m "
+        "FOR VALUES FROM ('2030-01-01 00:00+00') TO ('2030-02-01 00:00+00')"
+    )
     conn.execute("CREATE TABLE public.m_default PARTITION OF public.m DEFAULT")
     days = [1, 2, 3, 6, 10]
     conn.execute(
         "INSERT INTO public.m SELECT timestamptz '2020-01-01 00:00+00' + (d - 1) * interval '1 day'"
         " + (g %% 86400) * interval '1 second', 'x' FROM unnest(%s::int[]) d, "
-        "generate_series(1, 40000) g", (days,))
+        "generate_series(1, 40000) g",
+        (days,),
+    )
     conn.execute("ANALYZE public.m")
     rel = sql.Identifier("public", "m_default")
-    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(loose_scan_sql(rel, "ts")),
-                        (datetime(2020, 1, 2, tzinfo=UTC),)).fetchone()[0][0]["Plan"]
+    plan = conn.execute(
+        sql.SQL("EXPLAIN (FORMAT JSON) {}").format(loose_scan_sql(rel, "ts")),
+        (datetime(2020, 1, 2, tzinfo=UTC),),
+    ).fetchone()[0][0]["Plan"]
     nodes = _plan_nodes(plan)
     assert nodes[0] == "Limit" and nodes[1] in ("Index Only Scan", "Index Scan")
     assert "Seq Scan" not in nodes and "Sort" not in nodes

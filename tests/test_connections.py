@@ -60,13 +60,19 @@ def test_a_pool_that_fills_the_server_is_named(
     f = connections_finding(doc)
     assert (rc, f["severity"]) == (2, "critical")
     msg = f["message"]
-    assert msg.startswith("18 of 17 usable connection slots in use")  # the superuser check is the 18th
+    assert msg.startswith(
+        "18 of 17 usable connection slots in use"
+    )  # the superuser check is the 18th
     assert "held by ingest-pool (user app): 2 clients × ~8 = 17 of 17 usable slots" in msg
     assert "15 idle" in msg and "2 idle in transaction (oldest 00:00:" in msg
     assert "postgres is a superuser: it can" in msg
     pool = f["detail"]["pools"][0]
     assert (pool["application_name"], pool["usename"], pool["clients"], pool["total"]) == (
-        "ingest-pool", "app", 2, 17)
+        "ingest-pool",
+        "app",
+        2,
+        17,
+    )
     assert (pool["idle"], pool["idle_in_transaction"], pool["active"]) == (15, 2, 0)
     assert pool["oldest_idle_in_transaction_seconds"] >= 1
     assert sorted(pool["client_addrs"]) == ["127.0.0.1", "local"]
@@ -83,8 +89,12 @@ def test_a_pool_that_fills_the_server_is_named(
         return s[("partguard_connections", key)]
 
     assert (series("idle"), series("idle_in_transaction"), series("active")) == (15, 2, 0)
-    age = s[("partguard_connections_idle_in_transaction_max_seconds",
-             (("application_name", "ingest-pool"), ("usename", "app")))]
+    age = s[
+        (
+            "partguard_connections_idle_in_transaction_max_seconds",
+            (("application_name", "ingest-pool"), ("usename", "app")),
+        )
+    ]
     assert age >= 1
 
 
@@ -97,21 +107,26 @@ def test_role_and_database_limits_that_bind(
     conn.execute("GRANT pg_read_all_data TO maint")  # what check needs; not the stats
     try:
         for _ in range(4):
-            held.append(psycopg.connect(make_conninfo(dsn, user="reporting", application_name="bi")))
+            held.append(
+                psycopg.connect(make_conninfo(dsn, user="reporting", application_name="bi"))
+            )
         rc, doc = check_json(run, dsn)  # as the superuser: the server is nowhere near full
         f = connections_finding(doc)
         assert (rc, f["severity"]) == (1, "warning")
         assert "role reporting has 4 of its CONNECTION LIMIT 4" in f["message"]
         assert [(lim["kind"], lim["name"], lim["used"]) for lim in f["detail"]["limits"]] == [
-            ("role", "reporting", 4)]
+            ("role", "reporting", 4)
+        ]
 
         # The maintenance role at its own limit: check (as maint) is the last one it gets.
         held.append(psycopg.connect(make_conninfo(dsn, user="maint")))
         rc, doc = check_json(run, make_conninfo(dsn, user="maint"))
         f = connections_finding(doc)
         assert (rc, f["severity"]) == (2, "critical")
-        assert ("role maint has 2 of its CONNECTION LIMIT 2 (maintenance as maint is refused once "
-                "it is reached)") in f["message"]
+        assert (
+            "role maint has 2 of its CONNECTION LIMIT 2 (maintenance as maint is refused once "
+            "it is reached)"
+        ) in f["message"]
         # maint may not see the other roles' state: counted, not guessed, and the fix named.
         assert "is hidden from maint (GRANT pg_read_all_stats TO maint" in f["message"]
         assert "maint is not a superuser: it cannot" in f["message"]
@@ -122,7 +137,9 @@ def test_role_and_database_limits_that_bind(
         rc, doc = check_json(run, make_conninfo(dsn, user="maint"))
         f = connections_finding(doc)
         assert "hidden" not in f["message"]
-        assert f"database {db} has 7 of its CONNECTION LIMIT 7 (maintenance as maint" in f["message"]
+        assert (
+            f"database {db} has 7 of its CONNECTION LIMIT 7 (maintenance as maint" in f["message"]
+        )
     finally:
         for c in held:
             c.close()
@@ -146,6 +163,10 @@ def test_metrics_keep_the_largest_holders_and_sum_the_rest(
     assert len(pairs) == 11 and ("other", "other") in pairs
     assert ("app-0", "postgres") in pairs
     assert sum(conns.values()) == s[("partguard_connections_used", ())]
-    assert {dict(k)["state"] for k in conns} <= {"active", "idle", "idle_in_transaction",
-                                                 "unknown", "other"}
-
+    assert {dict(k)["state"] for k in conns} <= {
+        "active",
+        "idle",
+        "idle_in_transaction",
+        "unknown",
+        "other",
+    }

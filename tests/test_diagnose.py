@@ -29,8 +29,20 @@ def daily_table(starts: list[datetime], schema: str = "app", name: str = "events
         Child(i + 10, schema, f"{name}_p{s:%Y%m%d}", s, s + DAY, False, False, 0, "")
         for i, s in enumerate(starts)
     )
-    return Table(1, schema, name, "range", ("ts",), False, "timestamp with time zone", True, "o",
-                 kids, None, ())
+    return Table(
+        1,
+        schema,
+        name,
+        "range",
+        ("ts",),
+        False,
+        "timestamp with time zone",
+        True,
+        "o",
+        kids,
+        None,
+        (),
+    )
 
 
 def state(table: Table) -> TableState:
@@ -46,8 +58,9 @@ def findings(*states: TableState, srv: Server | None = None) -> list[Finding]:
     return diagnose(Snapshot(srv or server(), tuple(states)))
 
 
-@pytest.mark.parametrize(("ahead", "expected"), [(4, None), (3, None), (2, "warning"),
-                                                 (0, "critical")])
+@pytest.mark.parametrize(
+    ("ahead", "expected"), [(4, None), (3, None), (2, "warning"), (0, "critical")]
+)
 def test_runway_tolerates_one_missed_creation(ahead: int, expected: str | None) -> None:
     st_ = state(daily_table([today(k) for k in range(-3, ahead + 1)]))
     rw = runway(st_, server())
@@ -98,12 +111,17 @@ STEPS = [Interval(days=1), Interval(months=1), Interval(micros=3600 * 10**6), In
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from(ZONES), st.sampled_from(STEPS),
-       st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2060, 1, 1),
-                    timezones=st.just(UTC)),
-       st.lists(st.integers(min_value=-400, max_value=400), min_size=0, max_size=40))
-def test_on_grid_agrees_with_is_aligned(zone: str, step: Interval, base: datetime,
-                                        offsets: list[int]) -> None:
+@given(
+    st.sampled_from(ZONES),
+    st.sampled_from(STEPS),
+    st.datetimes(
+        min_value=datetime(1990, 1, 1), max_value=datetime(2060, 1, 1), timezones=st.just(UTC)
+    ),
+    st.lists(st.integers(min_value=-400, max_value=400), min_size=0, max_size=40),
+)
+def test_on_grid_agrees_with_is_aligned(
+    zone: str, step: Interval, base: datetime, offsets: list[int]
+) -> None:
     """The one-walk alignment check used by check equals the per-key lookup."""
     grid = time_grid(step, zone)
     start = grid.floor(base)

@@ -91,7 +91,9 @@ def test_check_and_fix_give_up_on_a_silent_server_after_the_connect_timeout(
     assert (rc, out) == (3, "")
     assert f"cannot connect to {host} port {port}: no answer within 5s" in line
     assert 4.5 <= took < 15
-    rc, out, err, took = timed(run, "fix", "-d", target, "public.fixes", "--yes", "--connect-timeout", "2")
+    rc, out, err, took = timed(
+        run, "fix", "-d", target, "public.fixes", "--yes", "--connect-timeout", "2"
+    )
     assert (rc, out) == (3, "")
     assert "no answer within 2s" in one_line(err)
     assert took < 10
@@ -107,7 +109,9 @@ def test_the_dsn_connect_timeout_and_pgconnect_timeout_are_honoured(
     rc, _, err = run("check", "-d", f"host={host} port={port} dbname=app")
     assert rc == 3 and "no answer within 3s" in one_line(err)
     # The explicit option beats both, as -h/-p/-U beat the DSN's parts.
-    rc, _, err = run("check", "-d", f"host={host} port={port} connect_timeout=9", "--connect-timeout", "2")
+    rc, _, err = run(
+        "check", "-d", f"host={host} port={port} connect_timeout=9", "--connect-timeout", "2"
+    )
     assert rc == 3 and "no answer within 2s" in one_line(err)
 
 
@@ -115,7 +119,9 @@ def test_maintain_retry_for_bounds_a_connect_attempt_that_hangs(
     run: Run, silent_server: tuple[str, int]
 ) -> None:
     host, port = silent_server
-    rc, out, err, took = timed(run, "maintain", "-h", host, "-p", str(port), "-d", "app", "--retry-for", "3s")
+    rc, out, err, took = timed(
+        run, "maintain", "-h", host, "-p", str(port), "-d", "app", "--retry-for", "3s"
+    )
     assert (rc, out) == (2, "")  # maintenance did not happen: CRITICAL
     line = err.splitlines()[-1]
     assert "maintenance not run" in line and "no answer within 3s" in line
@@ -157,10 +163,13 @@ def test_systemd_install_into_an_unwritable_directory(run: Run, tmp_path: Path) 
     else:
         target = tmp_path / "ro"
         target.mkdir(mode=0o555)
-    rc, out, err = run("systemd", "-d", "app", "--executable", "/usr/bin/partguard",
-                       "--install", str(target))
+    rc, out, err = run(
+        "systemd", "-d", "app", "--executable", "/usr/bin/partguard", "--install", str(target)
+    )
     assert (rc, out) == (77, "")
-    assert f"cannot write {target}/partguard-maintain-app.service: Permission denied" in one_line(err)
+    assert f"cannot write {target}/partguard-maintain-app.service: Permission denied" in one_line(
+        err
+    )
     assert not list(target.glob("*partguard*"))
 
 
@@ -182,7 +191,9 @@ def test_maintain_without_usage_on_partmans_schema_is_77(
     assert "maintenance not run: permission denied for schema partman" in one_line(err)
 
 
-def test_a_server_refusal_reaching_the_cli_keeps_its_meaning(run: Run, dsn: str, conn: Conn) -> None:
+def test_a_server_refusal_reaching_the_cli_keeps_its_meaning(
+    run: Run, dsn: str, conn: Conn
+) -> None:
     """An InsufficientPrivilege nobody wrapped is still 77, in one line."""
     from partguard import journal
 
@@ -200,14 +211,18 @@ def test_a_server_refusal_reaching_the_cli_keeps_its_meaning(run: Run, dsn: str,
 # --- partman's packed errors ----------------------------------------------------------------
 
 
-def test_partmans_packed_error_becomes_one_line(run: Run, dsn: str, conn: Conn, partman: str) -> None:
+def test_partmans_packed_error_becomes_one_line(
+    run: Run, dsn: str, conn: Conn, partman: str
+) -> None:
     """pg_partman re-raises with CONTEXT/DETAIL/HINT packed into the message; maintain, fix
     and execute print it through error_line: one line that keeps the failing statement."""
     conn.execute("CREATE TABLE public.tmpl (ts timestamptz NOT NULL) PARTITION BY RANGE (ts)")
     create_parent(conn, "public.tmpl", "ts", "1 day", premake=4)
     (template,) = conn.execute("SELECT template_table FROM partman.part_config").fetchone()  # type: ignore[misc]
     conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(*template.split("."))))
-    conn.execute("INSERT INTO public.tmpl VALUES (now() + interval '20 days')")  # partman wants children
+    conn.execute(
+        "INSERT INTO public.tmpl VALUES (now() + interval '20 days')"
+    )  # partman wants children
     try:
         with conn.transaction():
             conn.execute("SELECT partman.run_maintenance('public.tmpl')")
@@ -243,7 +258,9 @@ def test_a_locked_table_is_unknown_and_the_rest_is_checked(run: Run, dsn: str, c
     assert (rc, err) == (3, "")
     assert took < 10
     lines = out.splitlines()
-    assert any(line.split()[:2] == ["app.fine", "ts"] and line.endswith("ok") for line in lines), out
+    assert any(line.split()[:2] == ["app.fine", "ts"] and line.endswith("ok") for line in lines), (
+        out
+    )
     finding = next(line for line in lines if line.startswith("UNKNOWN locked app.locked:"))
     assert f"pid {pid}" in finding and "migration" in finding and "LOCK TABLE app.locked" in finding
     assert mrc == 0 and "partguard_up 1.0" in metrics
@@ -272,7 +289,9 @@ def test_an_unexpected_exception_is_one_line_and_70(
 
 
 @pytest.mark.parametrize("how", ["--traceback", "PARTGUARD_DEBUG=1"])
-def test_traceback_on_request(run: Run, dsn: str, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+def test_traceback_on_request(
+    run: Run, dsn: str, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
     monkeypatch.setattr(partguard.cli.check, "check", broken_check)
     argv = ["check", "-d", dsn]
     if how == "--traceback":
@@ -296,7 +315,9 @@ def test_declining_the_fix_prompt_exits_1_and_changes_nothing(
     conn.execute("CREATE SCHEMA app")
     today = utc_today(conn)
     native_daily(conn, "app", "ev", "ts", [today - timedelta(days=d) for d in range(6, 2, -1)])
-    conn.execute("INSERT INTO app.ev (ts) SELECT now() - g * interval '1 hour' FROM generate_series(1, 40) g")
+    conn.execute(
+        "INSERT INTO app.ev (ts) SELECT now() - g * interval '1 hour' FROM generate_series(1, 40) g"
+    )
     monkeypatch.setattr("sys.stdin", _Terminal("n\n"))
     rc, out, err = run("fix", "-d", dsn, "app.ev")
     assert rc == 1

@@ -90,7 +90,9 @@ def test_partman_daily_incident_every_row_lands_in_a_proper_child_exactly_once(
     outage_ids = {r[0] for r in before if r[2].startswith("outage")}
     default_oid = conn.execute("SELECT 'fixes_default'::regclass::oid").fetchone()
 
-    extra = ("--jobs", "2", "--chunk-pages", "16") if strategy == "copy" else ()  # several block ranges
+    extra = (
+        ("--jobs", "2", "--chunk-pages", "16") if strategy == "copy" else ()
+    )  # several block ranges
     out, err = fix_cli(run, dsn, parent, strategy, *extra)
 
     assert f"fixed with {strategy}" in out
@@ -98,7 +100,9 @@ def test_partman_daily_incident_every_row_lands_in_a_proper_child_exactly_once(
     assert_exactly_once(before, row_set(conn, parent))
     assert quarantined(conn, parent) == []
     assert_default_empty(conn, parent)
-    assert conn.execute("SELECT count(*) FROM fixes WHERE val2 IS DISTINCT FROM val * 2").fetchone() == (0,)
+    assert conn.execute(
+        "SELECT count(*) FROM fixes WHERE val2 IS DISTINCT FROM val * 2"
+    ).fetchone() == (0,)
     ks = assert_children_sane(conn, parent)
     fmt = PARTMAN_FORMATS[major]["1 day"]
     assert_named(ks, "fixes_p", fmt, "UTC")
@@ -108,23 +112,37 @@ def test_partman_daily_incident_every_row_lands_in_a_proper_child_exactly_once(
         wide = new[0]
         assert wide.name == "fixes_p" + suffix(gap, fmt, "UTC")
         assert wide.lower == gap and wide.upper > now(conn)
-        in_wide = {r[0] for r in conn.execute(sql.SQL("SELECT id FROM {}").format(sql.Identifier("public", wide.name)))}
+        in_wide = {
+            r[0]
+            for r in conn.execute(
+                sql.SQL("SELECT id FROM {}").format(sql.Identifier("public", wide.name))
+            )
+        }
         assert in_wide == outage_ids
         same = conn.execute("SELECT %s::regclass::oid", (wide.name,)).fetchone()
-        assert same == default_oid, "instant moves no row: the former DEFAULT itself is the wide child"
+        assert same == default_oid, (
+            "instant moves no row: the former DEFAULT itself is the wide child"
+        )
         assert all(k.upper - k.lower == DAY for k in new[1:])
     else:
         assert all(k.upper - k.lower == DAY for k in new), [(k.name, k.lower, k.upper) for k in new]
         assert [k.lower for k in new[:4]] == [gap + i * DAY for i in range(4)]
     assert_no_default_index_names(conn, parent)
-    assert not conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'fixes\\_default\\_%' "
-                            "AND relkind = 'r'").fetchall(), "a holding table was left behind"
+    assert not conn.execute(
+        "SELECT relname FROM pg_class WHERE relname LIKE 'fixes\\_default\\_%' AND relkind = 'r'"
+    ).fetchall(), "a holding table was left behind"
     assert_check_ok(run, dsn, parent)
     assert_partman_healthy(dsn, parent, fmt, "UTC")
     # A row written now has a child (identity ALWAYS keeps numbering without collisions).
-    landed = conn.execute("INSERT INTO fixes (device_id, ts, payload, val) VALUES (1, now(), 'new', 1) "
-                          "RETURNING tableoid::regclass::text, id").fetchone()
-    assert landed is not None and landed[0] != "fixes_default" and landed[1] not in {r[0] for r in before}
+    landed = conn.execute(
+        "INSERT INTO fixes (device_id, ts, payload, val) VALUES (1, now(), 'new', 1) "
+        "RETURNING tableoid::regclass::text, id"
+    ).fetchone()
+    assert (
+        landed is not None
+        and landed[0] != "fixes_default"
+        and landed[1] not in {r[0] for r in before}
+    )
     # Done is done: the same command again finds nothing to do and changes nothing.
     settled = fingerprint(conn)
     out, _ = fix_cli(run, dsn, parent, strategy)
@@ -132,7 +150,9 @@ def test_partman_daily_incident_every_row_lands_in_a_proper_child_exactly_once(
     assert fingerprint(conn) == settled
 
 
-def test_fix_library_call_reports_children_and_rows(dsn: str, conn: Conn, major: int, strategy: str) -> None:
+def test_fix_library_call_reports_children_and_rows(
+    dsn: str, conn: Conn, major: int, strategy: str
+) -> None:
     parent, _gap = partman_incident(conn, n=2000)
     before = row_set(conn, parent)
     with connect(dsn) as c:
@@ -152,10 +172,13 @@ def test_fix_library_call_reports_children_and_rows(dsn: str, conn: Conn, major:
 # --- no partman: the existing children's pattern --------------------------------------
 
 
-@pytest.mark.parametrize(("table", "fmt", "stem"), [
-    ("fixes", "YYYYMMDD", "fixes_p"),  # the old script's names
-    ("t", "YYYY_MM_DD", "t_"),  # no "p", a different date format
-])
+@pytest.mark.parametrize(
+    ("table", "fmt", "stem"),
+    [
+        ("fixes", "YYYYMMDD", "fixes_p"),  # the old script's names
+        ("t", "YYYY_MM_DD", "t_"),  # no "p", a different date format
+    ],
+)
 def test_native_table_new_children_follow_the_existing_pattern(
     run: Run, dsn: str, conn: Conn, strategy: str, table: str, fmt: str, stem: str
 ) -> None:
@@ -163,8 +186,13 @@ def test_native_table_new_children_follow_the_existing_pattern(
     ident = make_table(conn, "public", table)
     gap = utc_midnight(conn, 3)
     days = [gap - i * DAY for i in range(6, 0, -1)]
-    native_children(conn, ident, "public", [(d, d + DAY, stem + suffix(d, fmt, "UTC")) for d in days],
-                    default=f"{table}_default")
+    native_children(
+        conn,
+        ident,
+        "public",
+        [(d, d + DAY, stem + suffix(d, fmt, "UTC")) for d in days],
+        default=f"{table}_default",
+    )
     insert_spread(conn, ident, "ts", days[0], gap, 300, "before")
     insert_spread(conn, ident, "ts", gap, now(conn), 3000, "outage")
     before = row_set(conn, parent)
@@ -190,9 +218,18 @@ def _next_month(x: datetime) -> datetime:
     return x.replace(year=x.year + x.month // 12, month=x.month % 12 + 1)
 
 
-@pytest.mark.parametrize(("interval", "outage", "start_back"), [("1 hour", 3, 10), ("1 month", 1, 5)])
+@pytest.mark.parametrize(
+    ("interval", "outage", "start_back"), [("1 hour", 3, 10), ("1 month", 1, 5)]
+)
 def test_partman_hourly_and_monthly_grids(
-    run: Run, dsn: str, conn: Conn, major: int, strategy: str, interval: str, outage: int, start_back: int
+    run: Run,
+    dsn: str,
+    conn: Conn,
+    major: int,
+    strategy: str,
+    interval: str,
+    outage: int,
+    start_back: int,
 ) -> None:
     parent, gap = partman_incident(conn, interval=interval, outage=outage, start_back=start_back)
     before = row_set(conn, parent)
@@ -208,7 +245,8 @@ def test_partman_hourly_and_monthly_grids(
     new = [k for k in ks if k.lower >= gap]
     assert new[0].lower == gap
     assert all(step(k.lower) == k.upper for k in (new if strategy == "copy" else new[1:])), [
-        (k.name, k.lower, k.upper) for k in new]
+        (k.name, k.lower, k.upper) for k in new
+    ]
     if strategy == "copy":
         assert len([k for k in new if k.lower < now(conn)]) == outage + 1
     else:
@@ -237,17 +275,28 @@ def test_partman_id_ranges(run: Run, dsn: str, conn: Conn, major: int, strategy:
     new = [k for k in ks if k.lower >= 3000]
     assert new[0].lower == 3000 and new[-1].upper > 6500
     if strategy == "copy":
-        assert [(k.lower, k.upper) for k in new[:4]] == [(3000, 4000), (4000, 5000), (5000, 6000), (6000, 7000)]
+        assert [(k.lower, k.upper) for k in new[:4]] == [
+            (3000, 4000),
+            (4000, 5000),
+            (5000, 6000),
+            (6000, 7000),
+        ]
     else:
         assert new[0].upper >= 7000 and all(k.upper - k.lower == 1000 for k in new[1:])
     assert_no_default_index_names(conn, parent)
     with session(dsn) as c:
-        shown = c.execute("SELECT partition_tablename FROM partman.show_partitions(%s)", (parent,)).fetchall()
+        shown = c.execute(
+            "SELECT partition_tablename FROM partman.show_partitions(%s)", (parent,)
+        ).fetchall()
         assert sorted(r[0] for r in shown) == sorted(k.name for k in ks)
-        c.execute("SELECT partman.run_maintenance(p_parent_table := %s, p_jobmon := false)", (parent,))
+        c.execute(
+            "SELECT partman.run_maintenance(p_parent_table := %s, p_jobmon := false)", (parent,)
+        )
         # partman premakes from the newest id: write past the runway and ask again.
         insert_ids(c, ident, new[-1].lower, new[-1].lower + 10)
-        c.execute("SELECT partman.run_maintenance(p_parent_table := %s, p_jobmon := false)", (parent,))
+        c.execute(
+            "SELECT partman.run_maintenance(p_parent_table := %s, p_jobmon := false)", (parent,)
+        )
     after = assert_children_sane(conn, parent)
     assert after[-1].upper > ks[-1].upper, "partman premade nothing after the fix"
     assert_named(after, "events_p", None, None)
@@ -281,8 +330,13 @@ def test_id_far_past_the_dense_run_is_an_outlier_not_a_billion_children(
 def test_native_id_ranges(run: Run, dsn: str, conn: Conn, strategy: str) -> None:
     parent = "public.ev"
     ident = make_table(conn, "public", "ev", key="id")
-    native_children(conn, ident, "public", [(lo, lo + 1000, f"ev_p{lo}") for lo in (0, 1000, 2000)],
-                    default="ev_default")
+    native_children(
+        conn,
+        ident,
+        "public",
+        [(lo, lo + 1000, f"ev_p{lo}") for lo in (0, 1000, 2000)],
+        default="ev_default",
+    )
     insert_ids(conn, ident, 1, 5500)
     before = row_set(conn, parent, "id")
 
@@ -303,7 +357,9 @@ def test_native_id_ranges(run: Run, dsn: str, conn: Conn, strategy: str) -> None
 # --- time zones ----------------------------------------------------------------------
 
 
-def test_partman_grid_in_a_fixed_plus_one_zone(run: Run, dsn: str, conn: Conn, major: int, strategy: str) -> None:
+def test_partman_grid_in_a_fixed_plus_one_zone(
+    run: Run, dsn: str, conn: Conn, major: int, strategy: str
+) -> None:
     """partman laid its children at local midnight of UTC+01 (23:00 UTC): so must fix."""
     zone = "Etc/GMT-1"
     set_db_timezone(conn, zone)
@@ -325,14 +381,23 @@ def test_partman_grid_in_a_fixed_plus_one_zone(run: Run, dsn: str, conn: Conn, m
     assert_partman_healthy(dsn, parent, fmt, zone)
 
 
-def test_native_grid_in_plus_one_given_by_tz_option(run: Run, dsn: str, conn: Conn, strategy: str) -> None:
+def test_native_grid_in_plus_one_given_by_tz_option(
+    run: Run, dsn: str, conn: Conn, strategy: str
+) -> None:
     zone = ZoneInfo("Etc/GMT-1")
     ident = make_table(conn, "public", "fixes")
     today = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)
     gap = today - 3 * DAY
-    native_children(conn, ident, "public",
-                    [(gap - i * DAY, gap - (i - 1) * DAY, f"fixes_p{gap - i * DAY:%Y%m%d}") for i in range(5, 0, -1)],
-                    default="fixes_default")
+    native_children(
+        conn,
+        ident,
+        "public",
+        [
+            (gap - i * DAY, gap - (i - 1) * DAY, f"fixes_p{gap - i * DAY:%Y%m%d}")
+            for i in range(5, 0, -1)
+        ],
+        default="fixes_default",
+    )
     insert_spread(conn, ident, "ts", gap - 2 * DAY, now(conn), 2000, "rows")
     before = row_set(conn, "public.fixes")
 
@@ -359,7 +424,9 @@ def test_berlin_grid_across_the_dst_change_gets_a_25_hour_day(
         ident = make_table(c, "public", "fixes")
         create_parent(c, "public.fixes", "ts", "1 day", start="2026-10-20", jobmon=False)
         insert_spread(c, ident, "ts", datetime(2026, 10, 21, tzinfo=berlin), lo, 300, "before")
-        insert_spread(c, ident, "ts", hi, now(c), 300, "after")  # partman premakes from the newest row
+        insert_spread(
+            c, ident, "ts", hi, now(c), 300, "after"
+        )  # partman premakes from the newest row
         drop_children(c, "public.fixes", lambda k: lo <= k.lower < hi)
         insert_spread(c, ident, "ts", lo, hi, 4000, "outage")
     assert conn.execute("SELECT count(*) FROM fixes_default").fetchone() == (4000,)
@@ -377,7 +444,9 @@ def test_berlin_grid_across_the_dst_change_gets_a_25_hour_day(
         assert [(k.lower, k.upper) for k in new] == [(lo, hi)]
         assert new[0].upper - new[0].lower == 4 * DAY + HOUR
     else:
-        assert [k.lower for k in new] == [datetime(2026, 10, d, tzinfo=berlin) for d in (24, 25, 26, 27)]
+        assert [k.lower for k in new] == [
+            datetime(2026, 10, d, tzinfo=berlin) for d in (24, 25, 26, 27)
+        ]
         hours = {k.name: (k.upper - k.lower) / HOUR for k in new}
         assert hours == {new[0].name: 24, new[1].name: 25, new[2].name: 24, new[3].name: 24}
         assert new[1].lower.astimezone(UTC) == datetime(2026, 10, 24, 22, tzinfo=UTC)
@@ -401,8 +470,12 @@ def _incident_with_outliers(conn: Conn) -> tuple[str, datetime]:
 
 def _no_invented_children(ks: list[Kid]) -> None:
     for when in (FAR[2], FAR[3]):
-        assert not [k.name for k in ks if k.lower <= when < k.upper], f"a child was invented for {when}"
-    assert ks[0].lower > datetime(2000, 1, 1, tzinfo=UTC) and ks[-1].upper < datetime(2100, 1, 1, tzinfo=UTC)
+        assert not [k.name for k in ks if k.lower <= when < k.upper], (
+            f"a child was invented for {when}"
+        )
+    assert ks[0].lower > datetime(2000, 1, 1, tzinfo=UTC) and ks[-1].upper < datetime(
+        2100, 1, 1, tzinfo=UTC
+    )
 
 
 def test_null_keys_and_far_outliers_are_quarantined_and_reported(
@@ -447,23 +520,31 @@ def test_outliers_keep_leaves_them_in_the_fresh_default(
     _no_invented_children(assert_children_sane(conn, parent))
 
 
-def test_default_holding_only_outliers_is_emptied_into_quarantine(run: Run, dsn: str, conn: Conn,
-                                                                 partman: str) -> None:
+def test_default_holding_only_outliers_is_emptied_into_quarantine(
+    run: Run, dsn: str, conn: Conn, partman: str
+) -> None:
     """No plausible row at all: nothing for instant to turn into a child, so auto copies
     the outliers into quarantine and leaves an empty DEFAULT; no child is invented."""
     make_table(conn, "public", "fixes", nullable=True)
     start = conn.execute("SELECT (date_trunc('day', now()) - interval '5 days')::text").fetchone()
     assert start is not None
     create_parent(conn, "public.fixes", "ts", "1 day", start=start[0], jobmon=False)
-    insert_spread(conn, sql.Identifier("public", "fixes"), "ts", utc_midnight(conn, 4), now(conn), 300, "r")
+    insert_spread(
+        conn, sql.Identifier("public", "fixes"), "ts", utc_midnight(conn, 4), now(conn), 300, "r"
+    )
     insert_keys(conn, sql.Identifier("public", "fixes"), "ts", FAR, "far")
-    before, shape = row_set(conn, "public.fixes"), [(k.lower, k.upper) for k in kids(conn, "public.fixes")]
+    before, shape = (
+        row_set(conn, "public.fixes"),
+        [(k.lower, k.upper) for k in kids(conn, "public.fixes")],
+    )
 
     out, _ = fix_cli(run, dsn, "public.fixes", "auto")
 
     assert "fixed with copy" in out
     assert_exactly_once(before, row_set(conn, "public.fixes"))
-    assert sorted(r[2] for r in quarantined(conn, "public.fixes")) == [f"far-{i}" for i in range(len(FAR))]
+    assert sorted(r[2] for r in quarantined(conn, "public.fixes")) == [
+        f"far-{i}" for i in range(len(FAR))
+    ]
     assert_default_empty(conn, "public.fixes")
     ks = assert_children_sane(conn, "public.fixes")
     _no_invented_children(ks)
@@ -480,7 +561,9 @@ def test_empty_default_is_nothing_to_do_and_changes_nothing(
     start = conn.execute("SELECT (date_trunc('day', now()) - interval '5 days')::text").fetchone()
     assert start is not None
     create_parent(conn, "public.fixes", "ts", "1 day", start=start[0], jobmon=False)
-    insert_spread(conn, sql.Identifier("public", "fixes"), "ts", utc_midnight(conn, 4), now(conn), 500, "r")
+    insert_spread(
+        conn, sql.Identifier("public", "fixes"), "ts", utc_midnight(conn, 4), now(conn), 500, "r"
+    )
     assert conn.execute("SELECT count(*) FROM fixes_default").fetchone() == (0,)
     before = fingerprint(conn)
 
@@ -497,12 +580,17 @@ def _old_script_interrupted(conn: Conn) -> tuple[str, datetime]:
     parent, gap = partman_incident(conn)
     conn.execute("ALTER TABLE fixes DETACH PARTITION fixes_default")
     wrong = f"fixes_p{gap:%Y%m%d}"
-    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF fixes FOR VALUES FROM ({}) TO ({})").format(
-        sql.Identifier("public", wrong), sql.Literal(gap), sql.Literal(gap + DAY)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} PARTITION OF fixes FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier("public", wrong), sql.Literal(gap), sql.Literal(gap + DAY)
+        )
+    )
     conn.execute(
         "WITH moved AS (DELETE FROM fixes_default WHERE ts >= %s AND ts < %s RETURNING *) "
         "INSERT INTO fixes (id, device_id, ts, payload, val) OVERRIDING SYSTEM VALUE "
-        "SELECT id, device_id, ts, payload, val FROM moved", (gap, gap + DAY))
+        "SELECT id, device_id, ts, payload, val FROM moved",
+        (gap, gap + DAY),
+    )
     return parent, gap
 
 
@@ -512,7 +600,9 @@ def test_default_detached_by_the_old_script_is_adopted_and_finished(
 ) -> None:
     parent, _gap = _old_script_interrupted(conn)
     before = Counter(row_set(conn, parent))
-    before.update(tuple(r) for r in conn.execute("SELECT id, ts, payload, val FROM public.fixes_default"))
+    before.update(
+        tuple(r) for r in conn.execute("SELECT id, ts, payload, val FROM public.fixes_default")
+    )
     assert default_of(conn, parent) is None
 
     out, _ = fix_cli(run, dsn, parent, how)
@@ -524,8 +614,9 @@ def test_default_detached_by_the_old_script_is_adopted_and_finished(
     assert all(k.upper - k.lower == DAY for k in ks)
     fmt = PARTMAN_FORMATS[major]["1 day"]
     assert_named(ks, "fixes_p", fmt, "UTC")
-    assert not conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'fixes\\_default\\_%' "
-                            "AND relkind = 'r'").fetchall(), "the adopted table was left behind"
+    assert not conn.execute(
+        "SELECT relname FROM pg_class WHERE relname LIKE 'fixes\\_default\\_%' AND relkind = 'r'"
+    ).fetchall(), "the adopted table was left behind"
     assert_no_default_index_names(conn, parent)
     assert_check_ok(run, dsn, parent)
     assert_partman_healthy(dsn, parent, fmt, "UTC")
@@ -543,8 +634,11 @@ def test_children_off_the_grid_new_children_fill_the_gaps_exactly(
     stray_lo = gap + DAY - HOUR
     fmt = PARTMAN_FORMATS[major]["1 day"]
     stray = "fixes_p" + suffix(stray_lo, fmt, "Etc/GMT-1")  # named by its +01 date
-    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF fixes FOR VALUES FROM ({}) TO ({})").format(
-        sql.Identifier("public", stray), sql.Literal(stray_lo), sql.Literal(stray_lo + DAY)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} PARTITION OF fixes FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier("public", stray), sql.Literal(stray_lo), sql.Literal(stray_lo + DAY)
+        )
+    )
     ident = sql.Identifier("public", "fixes")
     if strategy == "copy":  # rows below and above the stray: two gaps
         insert_spread(conn, ident, "ts", gap, stray_lo, 500, "below")
@@ -560,35 +654,54 @@ def test_children_off_the_grid_new_children_fill_the_gaps_exactly(
     ks = assert_children_sane(conn, parent, contiguous=strategy == "copy")
     assert_children_sane(conn, parent, contiguous=True, since=stray_lo)
     by_name = {k.name: k for k in ks}
-    assert (by_name[stray].lower, by_name[stray].upper) == (stray_lo, stray_lo + DAY), "the stray was touched"
+    assert (by_name[stray].lower, by_name[stray].upper) == (stray_lo, stray_lo + DAY), (
+        "the stray was touched"
+    )
     after_stray = next(k for k in ks if k.lower == stray_lo + DAY)
     # Its day's name is the stray's: it gets the start time appended, which partman 4.7's
     # suffix parsing ignores (so its ordering of children stays right).
     assert after_stray.name == "fixes_p" + suffix(stray_lo + DAY, fmt, "UTC") + "_2300"
     if strategy == "copy":
         before_stray = next(k for k in ks if k.upper == stray_lo)
-        assert (before_stray.lower, before_stray.upper) == (gap, stray_lo), "the gap below is not filled exactly"
+        assert (before_stray.lower, before_stray.upper) == (gap, stray_lo), (
+            "the gap below is not filled exactly"
+        )
         assert after_stray.upper == gap + 2 * DAY, "the clipped day above does not end on the grid"
     else:
-        assert after_stray.upper > now(conn), "instant: one wide child from the stray's end past now"
-    assert all(k.lower.hour == 0 and k.upper - k.lower == DAY for k in ks if k.lower >= after_stray.upper)
+        assert after_stray.upper > now(conn), (
+            "instant: one wide child from the stray's end past now"
+        )
+    assert all(
+        k.lower.hour == 0 and k.upper - k.lower == DAY for k in ks if k.lower >= after_stray.upper
+    )
     assert len({k.name for k in ks}) == len(ks)
     with session(dsn) as c:
-        c.execute("SELECT partman.run_maintenance(p_parent_table := 'public.fixes', p_jobmon := false)")
+        c.execute(
+            "SELECT partman.run_maintenance(p_parent_table := 'public.fixes', p_jobmon := false)"
+        )
     assert_children_sane(conn, parent, contiguous=strategy == "copy")
 
 
 # --- hostile names ---------------------------------------------------------------------
 
 
-def test_odd_identifiers_quotes_spaces_capitals_unicode(run: Run, dsn: str, conn: Conn, strategy: str) -> None:
+def test_odd_identifiers_quotes_spaces_capitals_unicode(
+    run: Run, dsn: str, conn: Conn, strategy: str
+) -> None:
     schema, table, key = 'Ünïcode "sch"', 'Fix "es" Tbl', "ev ts"
     typed = sql.Identifier(schema, table).as_string(conn)  # how a DBA types it: quoted
     ident = make_table(conn, schema, table, key=key)
     gap = utc_midnight(conn, 3)
-    native_children(conn, ident, schema,
-                    [(gap - i * DAY, gap - (i - 1) * DAY, f"{table}_p{gap - i * DAY:%Y%m%d}") for i in range(4, 0, -1)],
-                    default=f"{table}_default")
+    native_children(
+        conn,
+        ident,
+        schema,
+        [
+            (gap - i * DAY, gap - (i - 1) * DAY, f"{table}_p{gap - i * DAY:%Y%m%d}")
+            for i in range(4, 0, -1)
+        ],
+        default=f"{table}_default",
+    )
     insert_spread(conn, ident, key, gap - 2 * DAY, gap, 200, "before")
     insert_spread(conn, ident, key, gap, now(conn), 2000, "outage")
     insert_keys(conn, ident, key, [datetime(1970, 1, 1, tzinfo=UTC)], "far")
@@ -611,8 +724,13 @@ def test_odd_identifiers_typed_without_quotes_are_found(run: Run, dsn: str, conn
     schema, table = 'Ünïcode "sch"', 'Fix "es" Tbl'
     ident = make_table(conn, schema, table)
     gap = utc_midnight(conn, 3)
-    native_children(conn, ident, schema, [(gap - DAY, gap, f"{table}_p{gap - DAY:%Y%m%d}")],
-                    default=f"{table}_default")
+    native_children(
+        conn,
+        ident,
+        schema,
+        [(gap - DAY, gap, f"{table}_p{gap - DAY:%Y%m%d}")],
+        default=f"{table}_default",
+    )
     insert_spread(conn, ident, "ts", gap, now(conn), 300, "outage")
     typed = sql.Identifier(schema, table).as_string(conn)
     before = row_set(conn, typed)
@@ -623,7 +741,6 @@ def test_odd_identifiers_typed_without_quotes_are_found(run: Run, dsn: str, conn
 
 
 # --- bad input: a one-line error, a distinct exit code, nothing changed -----------------
-
 
 
 def _missing(conn: Conn) -> str:
@@ -647,7 +764,9 @@ def _expression_key(conn: Conn) -> str:
 
 
 def _multi_column_key(conn: Conn) -> str:
-    conn.execute("CREATE TABLE mc (device_id int, ts timestamptz) PARTITION BY RANGE (device_id, ts)")
+    conn.execute(
+        "CREATE TABLE mc (device_id int, ts timestamptz) PARTITION BY RANGE (device_id, ts)"
+    )
     conn.execute("CREATE TABLE mc_default PARTITION OF mc DEFAULT")
     conn.execute("INSERT INTO mc SELECT g, now() FROM generate_series(1, 10) g")
     return "public.mc"
@@ -656,8 +775,12 @@ def _multi_column_key(conn: Conn) -> str:
 def _subpartitioned(conn: Conn) -> str:
     ident = native_incident(conn)
     day = utc_midnight(conn, 10)
-    conn.execute(sql.SQL("CREATE TABLE fixes_sub PARTITION OF {} FOR VALUES FROM ({}) TO ({}) "
-                         "PARTITION BY LIST (device_id)").format(ident, sql.Literal(day), sql.Literal(day + DAY)))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE fixes_sub PARTITION OF {} FOR VALUES FROM ({}) TO ({}) "
+            "PARTITION BY LIST (device_id)"
+        ).format(ident, sql.Literal(day), sql.Literal(day + DAY))
+    )
     conn.execute("CREATE TABLE fixes_sub_all PARTITION OF fixes_sub DEFAULT")
     return "public.fixes"
 
@@ -677,7 +800,9 @@ def _incident(conn: Conn) -> str:
 def _foreign_key(conn: Conn) -> str:
     native_incident(conn)
     conn.execute("ALTER TABLE fixes ADD UNIQUE (id, ts)")
-    conn.execute("CREATE TABLE notes (id bigint, ts timestamptz, FOREIGN KEY (id, ts) REFERENCES fixes (id, ts))")
+    conn.execute(
+        "CREATE TABLE notes (id bigint, ts timestamptz, FOREIGN KEY (id, ts) REFERENCES fixes (id, ts))"
+    )
     conn.execute("INSERT INTO notes SELECT id, ts FROM fixes LIMIT 5")
     return "public.fixes"
 
@@ -686,8 +811,11 @@ def _two_gaps(conn: Conn) -> str:
     ident = native_incident(conn)
     mid = utc_midnight(conn, 1)
     conn.execute("DELETE FROM fixes WHERE ts >= %s AND ts < %s", (mid, mid + DAY))
-    conn.execute(sql.SQL("CREATE TABLE fixes_mid PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-        ident, sql.Literal(mid), sql.Literal(mid + DAY)))
+    conn.execute(
+        sql.SQL("CREATE TABLE fixes_mid PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            ident, sql.Literal(mid), sql.Literal(mid + DAY)
+        )
+    )
     return "public.fixes"
 
 
@@ -734,21 +862,29 @@ def test_without_yes_off_a_terminal_nothing_is_changed(run: Run, dsn: str, conn:
     assert fingerprint(conn) == before
 
 
-def test_non_owner_is_refused_with_exit_77_and_nothing_changed(run: Run, dsn: str, conn: Conn, strategy: str) -> None:
+def test_non_owner_is_refused_with_exit_77_and_nothing_changed(
+    run: Run, dsn: str, conn: Conn, strategy: str
+) -> None:
     table = _incident(conn)
     role = f"clerk_{conn.info.dbname}"
     conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(sql.Identifier(role)))
+    conn.execute(
+        sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(sql.Identifier(role))
+    )
     before = fingerprint(conn)
 
-    rc, out, err = run("fix", "-d", make_conninfo(dsn, user=role), table, "--yes", "--strategy", strategy)
+    rc, out, err = run(
+        "fix", "-d", make_conninfo(dsn, user=role), table, "--yes", "--strategy", strategy
+    )
 
     assert rc == 77 and out == "", err
     assert len(err.strip().splitlines()) == 1 and "owner" in err
     assert fingerprint(conn) == before
 
 
-def test_instant_refuses_rows_in_two_gaps_and_auto_uses_copy(run: Run, dsn: str, conn: Conn) -> None:
+def test_instant_refuses_rows_in_two_gaps_and_auto_uses_copy(
+    run: Run, dsn: str, conn: Conn
+) -> None:
     table = _two_gaps(conn)
     before_fp, before = fingerprint(conn), row_set(conn, table)
 
@@ -765,25 +901,32 @@ def test_instant_refuses_rows_in_two_gaps_and_auto_uses_copy(run: Run, dsn: str,
     assert "fixes_mid" in {k.name for k in ks}
 
 
-def test_instant_refuses_a_default_the_old_script_detached(run: Run, dsn: str, conn: Conn, partman: str) -> None:
+def test_instant_refuses_a_default_the_old_script_detached(
+    run: Run, dsn: str, conn: Conn, partman: str
+) -> None:
     _old_script_interrupted(conn)
     before = fingerprint(conn)
 
     rc, out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "instant")
 
-    assert rc == 64 and out == "" and len(err.strip().splitlines()) == 1 and "--strategy copy" in err, err
+    assert (
+        rc == 64 and out == "" and len(err.strip().splitlines()) == 1 and "--strategy copy" in err
+    ), err
     assert fingerprint(conn) == before
 
 
 # --- dry run ---------------------------------------------------------------------------
 
 
-def test_dry_run_prints_a_sql_script_and_changes_nothing(run: Run, dsn: str, conn: Conn, partman: str,
-                                                         strategy: str) -> None:
+def test_dry_run_prints_a_sql_script_and_changes_nothing(
+    run: Run, dsn: str, conn: Conn, partman: str, strategy: str
+) -> None:
     parent, gap = partman_incident(conn, n=500)
     before = fingerprint(conn)
 
-    rc, out, err = run("fix", "-d", dsn, parent, "--strategy", strategy, "--dry-run")  # no --yes needed
+    rc, out, err = run(
+        "fix", "-d", dsn, parent, "--strategy", strategy, "--dry-run"
+    )  # no --yes needed
 
     assert rc == 0, err
     assert fingerprint(conn) == before
@@ -802,21 +945,29 @@ def test_dry_run_prints_a_sql_script_and_changes_nothing(run: Run, dsn: str, con
             inside = False
         elif not inside:
             assert ln.startswith("--"), f"not SQL: {ln!r}"
-    assert "DETACH PARTITION" in out and "CREATE TABLE \"public\".\"fixes_default\" PARTITION OF" in out
+    assert "DETACH PARTITION" in out and 'CREATE TABLE "public"."fixes_default" PARTITION OF' in out
     if strategy == "instant":
         span = "fixes_p" + suffix(gap, PARTMAN_FORMATS[int(partman[0])]["1 day"], "UTC")
-        assert f'RENAME TO "{span}"' in out and "VALIDATE CONSTRAINT" in out and "ATTACH PARTITION" in out
+        assert (
+            f'RENAME TO "{span}"' in out
+            and "VALIDATE CONSTRAINT" in out
+            and "ATTACH PARTITION" in out
+        )
     else:
         assert "ctid >=" in out and "DROP TABLE" in out
     assert "run_maintenance" in out
     assert "BEGIN" not in err, "the plan goes to stdout only"
 
 
-def test_dry_run_json_lists_the_steps(run: Run, dsn: str, conn: Conn, partman: str, strategy: str) -> None:
+def test_dry_run_json_lists_the_steps(
+    run: Run, dsn: str, conn: Conn, partman: str, strategy: str
+) -> None:
     parent, gap = partman_incident(conn, n=500)
     before = fingerprint(conn)
 
-    rc, out, err = run("fix", "-d", dsn, parent, "--strategy", strategy, "--dry-run", "--format", "json")
+    rc, out, err = run(
+        "fix", "-d", dsn, parent, "--strategy", strategy, "--dry-run", "--format", "json"
+    )
 
     assert rc == 0, err
     doc = json.loads(out)
@@ -828,7 +979,9 @@ def test_dry_run_json_lists_the_steps(run: Run, dsn: str, conn: Conn, partman: s
     if strategy == "copy":
         assert {"copy", "verify", "drop"} <= set(names)
         assert [c["name"] for c in doc["params"]["children"]][:4] == [
-            "fixes_p" + suffix(gap + i * DAY, PARTMAN_FORMATS[int(partman[0])]["1 day"], "UTC") for i in range(4)]
+            "fixes_p" + suffix(gap + i * DAY, PARTMAN_FORMATS[int(partman[0])]["1 day"], "UTC")
+            for i in range(4)
+        ]
     else:
         assert "validate" in names and doc["params"]["span_lo"].startswith(gap.date().isoformat())
     assert fingerprint(conn) == before
@@ -853,7 +1006,9 @@ def test_fix_partitioned_table_names_children_by_the_tables_convention(
     assert_named(ks, "fixes_p", fmt, "UTC")
     if major == 4:
         assert f"fixes_p{gap:%Y_%m_%d}" in {k.name for k in ks}
-        assert not [k.name for k in ks if re.fullmatch(r"fixes_p\d{8}", k.name)], "the old script's names"
+        assert not [k.name for k in ks if re.fullmatch(r"fixes_p\d{8}", k.name)], (
+            "the old script's names"
+        )
     assert_check_ok(run, dsn, parent)
     assert_partman_healthy(dsn, parent, fmt, "UTC")
 
@@ -871,15 +1026,18 @@ def test_fix_partitioned_table_refuses_a_wrong_partition_key(
     assert err.startswith("fix-partitioned-table: ") and len(err.strip().splitlines()) == 1
     assert "partitioned by ts, not by received_at" in err
     assert fingerprint(conn) == before
-    assert fix_partitioned_table_main([dsn, "fixes"]) == 64  # the old script's four arguments, no fewer
+    assert (
+        fix_partitioned_table_main([dsn, "fixes"]) == 64
+    )  # the old script's four arguments, no fewer
 
 
 # --- key types, options ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("key_type", ["date", "timestamp"])
-def test_date_and_naive_timestamp_keys(run: Run, dsn: str, conn: Conn, major: int, strategy: str,
-                                       key_type: str) -> None:
+def test_date_and_naive_timestamp_keys(
+    run: Run, dsn: str, conn: Conn, major: int, strategy: str, key_type: str
+) -> None:
     """Bounds on the wall clock, no zone: the planner must compare dates with dates."""
     parent, gap = partman_incident(conn, key_type=key_type, n=1500)
     before = row_set(conn, parent)
@@ -898,8 +1056,9 @@ def test_date_and_naive_timestamp_keys(run: Run, dsn: str, conn: Conn, major: in
     assert_partman_healthy(dsn, parent, fmt, "UTC")
 
 
-def test_interval_option_gives_a_grid_to_a_table_without_children(run: Run, dsn: str, conn: Conn,
-                                                                    strategy: str) -> None:
+def test_interval_option_gives_a_grid_to_a_table_without_children(
+    run: Run, dsn: str, conn: Conn, strategy: str
+) -> None:
     """Without children or partman the grid is unknowable (exit 67); --interval supplies it."""
     table = _unknown_grid(conn)
     before = row_set(conn, table)
@@ -914,8 +1073,9 @@ def test_interval_option_gives_a_grid_to_a_table_without_children(run: Run, dsn:
     assert_named(ks, "fixes_p", "YYYYMMDD", "UTC")
 
 
-def test_copy_keep_source_keeps_the_detached_default_and_copies_every_row(run: Run, dsn: str, conn: Conn,
-                                                                          partman: str) -> None:
+def test_copy_keep_source_keeps_the_detached_default_and_copies_every_row(
+    run: Run, dsn: str, conn: Conn, partman: str
+) -> None:
     parent, _gap = partman_incident(conn, n=1000)
     before = row_set(conn, parent)
     outage = Counter(r for r in before if r[2].startswith("outage"))
@@ -924,10 +1084,16 @@ def test_copy_keep_source_keeps_the_detached_default_and_copies_every_row(run: R
 
     assert_exactly_once(before, row_set(conn, parent))
     assert_default_empty(conn, parent)
-    (held,) = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'fixes\\_default\\_%' "
-                           "AND relkind = 'r' AND NOT relispartition").fetchall()
-    kept = Counter(tuple(r) for r in conn.execute(
-        sql.SQL("SELECT id, ts, payload, val FROM {}").format(sql.Identifier("public", held[0]))))
+    (held,) = conn.execute(
+        "SELECT relname FROM pg_class WHERE relname LIKE 'fixes\\_default\\_%' "
+        "AND relkind = 'r' AND NOT relispartition"
+    ).fetchall()
+    kept = Counter(
+        tuple(r)
+        for r in conn.execute(
+            sql.SQL("SELECT id, ts, payload, val FROM {}").format(sql.Identifier("public", held[0]))
+        )
+    )
     assert kept == outage, "the kept source is the DEFAULT as it was"
 
 
@@ -938,6 +1104,7 @@ def test_copy_keep_source_keeps_the_detached_default_and_copies_every_row(run: R
 # new child's name. partman 4.7's create_partition_time silently skips a name that exists,
 # so that bucket would get no child (a hole); the catalog now lists every relation name of
 # the schema and new children avoid them (Table.schema_names).
+
 
 @pytest.mark.parametrize(("how", "day"), [("instant", 5), ("copy", 5), ("copy", 1)])
 def test_a_stray_table_with_a_childs_name_never_leaves_a_hole(
@@ -962,6 +1129,7 @@ def test_a_stray_table_with_a_childs_name_never_leaves_a_hole(
 # The old script's <timezone> must not override partman's zone: Berlin-midnight children on
 # a UTC partman table made partman's next premake skip one as existing and leave a one-day
 # hole. It is now a hint (--default-tz), used only where partman and the children are silent.
+
 
 def test_fix_partitioned_table_timezone_does_not_override_partmans_grid(
     dsn: str, conn: Conn, major: int, capsys: pytest.CaptureFixture[str]

@@ -55,9 +55,15 @@ def run_cli(dsn: str, *args: str, fault: str | None = None) -> subprocess.Comple
     env.pop("PARTGUARD_FAULT", None)
     if fault:
         env["PARTGUARD_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "partguard", "fix", "-d", dsn, "public.fixes", "--yes", *args],
-                          env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "partguard", "fix", "-d", dsn, "public.fixes", "--yes", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("strategy", ["instant", "copy"])
@@ -67,23 +73,49 @@ def test_fix_under_live_writes_keeps_every_row_exactly_once(
     before = ids(incident)
     writer = fixes_writer(dsn).start()
     try:
-        rc = main(["fix", "-d", dsn, "public.fixes", "--yes", "--strategy", strategy, "--jobs", "2",
-                   "--chunk-pages", "32"])
+        rc = main(
+            [
+                "fix",
+                "-d",
+                dsn,
+                "public.fixes",
+                "--yes",
+                "--strategy",
+                strategy,
+                "--jobs",
+                "2",
+                "--chunk-pages",
+                "32",
+            ]
+        )
     finally:
         writer.stop()
-    print(f"{strategy}: writer max insert latency {writer.max_latency * 1000:.1f} ms, {len(writer.committed)} rows")
+    print(
+        f"{strategy}: writer max insert latency {writer.max_latency * 1000:.1f} ms, {len(writer.committed)} rows"
+    )
     assert rc == 0, capsys.readouterr().err
     assert writer.errors == []
     assert len(writer.committed) > 50
     assert_all_once(incident, before, writer)
     assert default_rows(incident) == 0
     # Every outage row now lives in a proper child.
-    assert incident.execute(
-        "SELECT count(*) FROM public.fixes WHERE tableoid = 'public.fixes_default'::regclass").fetchone()[0] == 0
+    assert (
+        incident.execute(
+            "SELECT count(*) FROM public.fixes WHERE tableoid = 'public.fixes_default'::regclass"
+        ).fetchone()[0]
+        == 0
+    )
 
 
-def test_instant_readers_see_every_outage_row_at_every_moment(incident: psycopg.Connection, dsn: str) -> None:
-    reader = Reader(dsn, OUTAGE_ROWS, sql.SQL("SELECT count(*) FROM public.fixes WHERE id < %s"), (OUTAGE_ROWS + 1,)).start()
+def test_instant_readers_see_every_outage_row_at_every_moment(
+    incident: psycopg.Connection, dsn: str
+) -> None:
+    reader = Reader(
+        dsn,
+        OUTAGE_ROWS,
+        sql.SQL("SELECT count(*) FROM public.fixes WHERE id < %s"),
+        (OUTAGE_ROWS + 1,),
+    ).start()
     writer = fixes_writer(dsn).start()
     try:
         rc = main(["fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "instant"])
@@ -97,19 +129,31 @@ def test_instant_readers_see_every_outage_row_at_every_moment(incident: psycopg.
     assert writer.errors == []
 
 
-@pytest.mark.parametrize(("strategy", "fault"), [
-    ("instant", "swap"), ("instant", "validate"),
-    ("copy", "swap"), ("copy", "copy:3"), ("copy", "before-drop"),
-])
-def test_sigkill_then_rerun_finishes_without_loss(incident: psycopg.Connection, dsn: str, strategy: str,
-                                                  fault: str) -> None:
+@pytest.mark.parametrize(
+    ("strategy", "fault"),
+    [
+        ("instant", "swap"),
+        ("instant", "validate"),
+        ("copy", "swap"),
+        ("copy", "copy:3"),
+        ("copy", "before-drop"),
+    ],
+)
+def test_sigkill_then_rerun_finishes_without_loss(
+    incident: psycopg.Connection, dsn: str, strategy: str, fault: str
+) -> None:
     before = ids(incident)
     writer = fixes_writer(dsn).start()
     try:
         crashed = run_cli(dsn, "--strategy", strategy, "--chunk-pages", "16", fault=fault)
         assert crashed.returncode == -9, crashed.stderr
-        status = subprocess.run([sys.executable, "-m", "partguard", "fix", "-d", dsn, "--status"],
-                                capture_output=True, text=True, timeout=60, check=False)
+        status = subprocess.run(
+            [sys.executable, "-m", "partguard", "fix", "-d", dsn, "--status"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         if fault != "swap":  # a kill inside the swap rolls it back: nothing left to resume
             assert "INTERRUPTED" in status.stdout
         resumed = run_cli(dsn, "--strategy", strategy, "--chunk-pages", "16")
@@ -120,12 +164,14 @@ def test_sigkill_then_rerun_finishes_without_loss(incident: psycopg.Connection, 
     assert_all_once(incident, before, writer)
     assert default_rows(incident) == 0
     leftovers = incident.execute(
-        "SELECT relname FROM pg_class WHERE relname LIKE 'fixes_default_%' AND relkind = 'r'").fetchall()
+        "SELECT relname FROM pg_class WHERE relname LIKE 'fixes_default_%' AND relkind = 'r'"
+    ).fetchall()
     assert leftovers == []
 
 
-def test_second_fix_on_the_same_table_is_refused(incident: psycopg.Connection, dsn: str,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_second_fix_on_the_same_table_is_refused(
+    incident: psycopg.Connection, dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     oid = incident.execute("SELECT 'public.fixes'::regclass::oid").fetchone()[0]
     with psycopg.connect(dsn, autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s)", (advisory_key(oid),))
@@ -146,8 +192,21 @@ def test_lock_not_granted_names_the_blocker_and_changes_nothing(
         blocker.execute("SELECT count(*) FROM public.fixes")
         pid = blocker.info.backend_pid
         started = time.monotonic()
-        rc = main(["fix", "-d", dsn, "public.fixes", "--yes", "--strategy", strategy,
-                   "--lock-timeout", "200ms", "--retries", "2"])
+        rc = main(
+            [
+                "fix",
+                "-d",
+                dsn,
+                "public.fixes",
+                "--yes",
+                "--strategy",
+                strategy,
+                "--lock-timeout",
+                "200ms",
+                "--retries",
+                "2",
+            ]
+        )
         waited = time.monotonic() - started
         blocker.rollback()
     err = capsys.readouterr().err
@@ -159,13 +218,17 @@ def test_lock_not_granted_names_the_blocker_and_changes_nothing(
     assert waited < 15
 
 
-def test_live_writes_continue_while_fix_waits_for_a_lock(incident: psycopg.Connection, dsn: str) -> None:
+def test_live_writes_continue_while_fix_waits_for_a_lock(
+    incident: psycopg.Connection, dsn: str
+) -> None:
     """A DDL waiting in the lock queue would stall every insert behind it; ours gives up
     after lock_timeout, so the writer's latency stays bounded by it."""
     writer = fixes_writer(dsn).start()
     with psycopg.connect(dsn) as blocker:
         blocker.execute("SELECT count(*) FROM public.fixes")
-        main(["fix", "-d", dsn, "public.fixes", "--yes", "--lock-timeout", "100ms", "--retries", "3"])
+        main(
+            ["fix", "-d", dsn, "public.fixes", "--yes", "--lock-timeout", "100ms", "--retries", "3"]
+        )
         blocker.rollback()
     writer.stop()
     assert writer.errors == []
@@ -173,7 +236,10 @@ def test_live_writes_continue_while_fix_waits_for_a_lock(incident: psycopg.Conne
 
 
 def test_auto_ends_with_exact_children_under_live_writes(
-    incident: psycopg.Connection, dsn: str, partman_version: str | None, capsys: pytest.CaptureFixture[str]
+    incident: psycopg.Connection,
+    dsn: str,
+    partman_version: str | None,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``fix`` (auto): the instant swap gives live writes real children within seconds, then the
     wide child is re-cut online; the table ends with one child per day, every row exactly once,
@@ -183,8 +249,12 @@ def test_auto_ends_with_exact_children_under_live_writes(
 
     before = ids(incident)
     writer = fixes_writer(dsn).start()
-    reader = Reader(dsn, OUTAGE_ROWS, sql.SQL("SELECT count(*) FROM public.fixes WHERE id < %s"),
-                    (OUTAGE_ROWS + 1,)).start()
+    reader = Reader(
+        dsn,
+        OUTAGE_ROWS,
+        sql.SQL("SELECT count(*) FROM public.fixes WHERE id < %s"),
+        (OUTAGE_ROWS + 1,),
+    ).start()
     try:
         rc = main(["fix", "-d", dsn, "public.fixes", "--yes", "--jobs", "2"])
     finally:
@@ -194,13 +264,19 @@ def test_auto_ends_with_exact_children_under_live_writes(
     assert rc == 0, err
     assert "fixed with instant+recut" in out and "re-cut online into" in out, out
     assert writer.errors == [] and len(writer.committed) > 20
-    assert reader.reads > 0 and reader.shortfalls == [], f"{len(reader.shortfalls)} reads missed outage rows"
+    assert reader.reads > 0 and reader.shortfalls == [], (
+        f"{len(reader.shortfalls)} reads missed outage rows"
+    )
     assert_all_once(incident, before, writer)
     assert default_rows(incident) == 0
     ks = kids(incident, "public.fixes")
-    assert all(k.upper - k.lower == timedelta(days=1) for k in ks), [(k.name, k.lower, k.upper) for k in ks]
+    assert all(k.upper - k.lower == timedelta(days=1) for k in ks), [
+        (k.name, k.lower, k.upper) for k in ks
+    ]
     assert all(a.upper == b.lower for a, b in itertools.pairwise(ks)), "a hole or an overlap"
     if partman_version is not None:
-        assert_partman_healthy(dsn, "public.fixes", PARTMAN_FORMATS[int(partman_version[0])]["1 day"], "UTC")
+        assert_partman_healthy(
+            dsn, "public.fixes", PARTMAN_FORMATS[int(partman_version[0])]["1 day"], "UTC"
+        )
     rc = main(["check", "-d", dsn, "-t", "public.fixes"])
     assert rc == 0, capsys.readouterr().out

@@ -45,19 +45,27 @@ def silent() -> Iterator[Proxy]:
 
 def app_db(conn: psycopg.Connection[Any]) -> None:
     """A table with two children and a DEFAULT holding three rows."""
-    conn.execute("CREATE TABLE public.events (ts timestamptz NOT NULL, v text) PARTITION BY RANGE (ts)")
+    conn.execute(
+        "CREATE TABLE public.events (ts timestamptz NOT NULL, v text) PARTITION BY RANGE (ts)"
+    )
     for day in ("2026-01-01", "2026-01-02"):
-        conn.execute(f"CREATE TABLE public.events_{day.replace('-', '')} PARTITION OF public.events "
-                     f"FOR VALUES FROM ('{day} 00:00+00') TO ('{day} 00:00+00'::timestamptz + interval '1 day')")
+        conn.execute(
+            f"CREATE TABLE public.events_{day.replace('-', '')} PARTITION OF public.events "
+            f"FOR VALUES FROM ('{day} 00:00+00') TO ('{day} 00:00+00'::timestamptz + interval '1 day')"
+        )
     conn.execute("CREATE TABLE public.events_default PARTITION OF public.events DEFAULT")
-    conn.execute("INSERT INTO public.events SELECT '2026-02-01 00:00+00'::timestamptz + g * interval '1 hour', 'x' "
-                 "FROM generate_series(1, 3) g")
+    conn.execute(
+        "INSERT INTO public.events SELECT '2026-02-01 00:00+00'::timestamptz + g * interval '1 hour', 'x' "
+        "FROM generate_series(1, 3) g"
+    )
 
 
 def targets_file(tmp_path: Path, body: str = "", **dsns: str) -> str:
     """A targets.toml: ``body`` as is, then one [target.NAME] per keyword, with its dsn."""
     path = tmp_path / "targets.toml"
-    path.write_text(body + "".join(f'[target.{name}]\ndsn = "{dsn}"\n\n' for name, dsn in dsns.items()))
+    path.write_text(
+        body + "".join(f'[target.{name}]\ndsn = "{dsn}"\n\n' for name, dsn in dsns.items())
+    )
     return str(path)
 
 
@@ -69,12 +77,19 @@ def test_two_dead_targets_do_not_slow_the_live_one(
     dsn: str, conn: psycopg.Connection[Any], tmp_path: Path, silent: Proxy
 ) -> None:
     app_db(conn)
-    cfg = targets_file(tmp_path, live=dsn, refused=on_port(closed_port()), silent=on_port(silent.port))
+    cfg = targets_file(
+        tmp_path, live=dsn, refused=on_port(closed_port()), silent=on_port(silent.port)
+    )
     with running("--config", cfg, "--listen", "127.0.0.1:0") as e:
         # All at once, as Prometheus' scrape loops would; the silent one a few times over.
         paths = ["/probe?target=silent"] * 3 + ["/probe?target=refused", "/probe?target=live"]
-        replies = dict(zip(["silent1", "silent2", "silent3", "refused", "live"],
-                           in_parallel(e, paths, timeout=10), strict=True))
+        replies = dict(
+            zip(
+                ["silent1", "silent2", "silent3", "refused", "live"],
+                in_parallel(e, paths, timeout=10),
+                strict=True,
+            )
+        )
         own = e.get("/metrics")
         err = e.stop()
     live = replies["live"]
@@ -100,7 +115,10 @@ def test_two_dead_targets_do_not_slow_the_live_one(
     assert own.value("partguard_target_up", target="silent") == 0
     assert own.value("partguard_target_snapshots_total", target="silent") == 1
     assert own.value("process_resident_memory_bytes") > 0
-    assert ("partguard_default_rows", (("schema", "public"), ("table", "events"))) not in own.samples
+    assert (
+        "partguard_default_rows",
+        (("schema", "public"), ("table", "events")),
+    ) not in own.samples
     assert "timeout" in err or "timed out" in err  # the silent target's connect timed out, logged
 
 
@@ -140,14 +158,21 @@ def test_passwords_come_from_pgpass_and_service_files(
     pgpass.write_text(f"127.0.0.1:{sb.port}:app:mon:{SECRET}\n")
     pgpass.chmod(0o600)
     services = tmp_path / "pg_service.conf"
-    services.write_text(f"[app]\nhost=127.0.0.1\nport={sb.port}\ndbname=app\nuser=mon\npassword={SECRET}\n")
-    cfg = targets_file(tmp_path, '[target.service]\nservice = "app"\n\n',
-                       pgpass=f"{mon} passfile={pgpass}", nopass=mon)
+    services.write_text(
+        f"[app]\nhost=127.0.0.1\nport={sb.port}\ndbname=app\nuser=mon\npassword={SECRET}\n"
+    )
+    cfg = targets_file(
+        tmp_path,
+        '[target.service]\nservice = "app"\n\n',
+        pgpass=f"{mon} passfile={pgpass}",
+        nopass=mon,
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}  # no PGPASSWORD
     env.update(PGSERVICEFILE=str(services), PGPASSFILE=str(tmp_path / "none"))
     with running("--config", cfg, "--listen", "127.0.0.1:0", env=env) as e:
-        pgp, svc, nop = in_parallel(e, ["/probe?target=pgpass", "/probe?target=service",
-                                        "/probe?target=nopass"])
+        pgp, svc, nop = in_parallel(
+            e, ["/probe?target=pgpass", "/probe?target=service", "/probe?target=nopass"]
+        )
         own = e.get("/metrics")
         err = e.stop()
     assert pgp.value("partguard_up") == 1
@@ -159,25 +184,36 @@ def test_passwords_come_from_pgpass_and_service_files(
         assert SECRET not in text
 
 
-@pytest.mark.parametrize("entry", [
-    'dsn = "host=db1 dbname=orders password={secret}"',
-    'dsn = "postgresql://mon:{secret}@db1/orders"',
-    'dsn = "host=db1 dbname=orders"\npassword = "{secret}"',
-])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        'dsn = "host=db1 dbname=orders password={secret}"',
+        'dsn = "postgresql://mon:{secret}@db1/orders"',
+        'dsn = "host=db1 dbname=orders"\npassword = "{secret}"',
+    ],
+)
 def test_a_password_in_the_targets_file_is_refused(
     entry: str, tmp_path: Path, run: Callable[..., tuple[int, str, str]]
 ) -> None:
     cfg = targets_file(tmp_path, "[target.orders]\n" + entry.format(secret=SECRET) + "\n")
     rc, out, err = run("metrics", "--config", cfg, "--listen", "127.0.0.1:0")
     assert rc == 64 and out == ""
-    assert err.count("\n") == 1 and "[target.orders]: a password does not belong in this file" in err
+    assert (
+        err.count("\n") == 1 and "[target.orders]: a password does not belong in this file" in err
+    )
     assert SECRET not in err
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["-d", "x", "--listen", "127.0.0.1:0"], "--config takes every target from the file; drop -d"),
-    (["--textfile", "/tmp/x.prom"], "--config needs --listen HOST:PORT"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["-d", "x", "--listen", "127.0.0.1:0"],
+            "--config takes every target from the file; drop -d",
+        ),
+        (["--textfile", "/tmp/x.prom"], "--config needs --listen HOST:PORT"),
+    ],
+)
 def test_config_combines_with_listen_only(
     argv: list[str], message: str, tmp_path: Path, run: Callable[..., tuple[int, str, str]]
 ) -> None:
@@ -186,7 +222,9 @@ def test_config_combines_with_listen_only(
     assert rc == 64 and err == f"partguard: {message}\n"
 
 
-def test_bad_targets_files_are_one_line_errors(tmp_path: Path, run: Callable[..., tuple[int, str, str]]) -> None:
+def test_bad_targets_files_are_one_line_errors(
+    tmp_path: Path, run: Callable[..., tuple[int, str, str]]
+) -> None:
     for body, message in [
         ("", "no targets"),
         ('[target."a b"]\ndsn = "dbname=a"\n', "a target name is letters, digits"),
@@ -195,9 +233,13 @@ def test_bad_targets_files_are_one_line_errors(tmp_path: Path, run: Callable[...
         ('[target.a]\ndsn = "dbname=a"\nhost = "h"\n', "unknown key(s) host"),
         ("[targets.a]\n", "unknown section(s) targets"),
     ]:
-        rc, _, err = run("metrics", "--config", targets_file(tmp_path, body), "--listen", "127.0.0.1:0")
+        rc, _, err = run(
+            "metrics", "--config", targets_file(tmp_path, body), "--listen", "127.0.0.1:0"
+        )
         assert rc == 64 and err.count("\n") == 1 and message in err, (body, err)
-    rc, _, err = run("metrics", "--config", str(tmp_path / "absent.toml"), "--listen", "127.0.0.1:0")
+    rc, _, err = run(
+        "metrics", "--config", str(tmp_path / "absent.toml"), "--listen", "127.0.0.1:0"
+    )
     assert rc == 64 and "cannot read" in err and err.count("\n") == 1
 
 
@@ -233,22 +275,41 @@ def test_the_readme_scrape_config_runs_in_prometheus(
     app_db(conn)
     cfg = targets_file(tmp_path, live=dsn, silent=on_port(silent.port))
     with running("--config", cfg, "--listen", "127.0.0.1:0") as e:
-        scrape = (readme_scrape_config()
-                  .replace("[orders, billing]", "[live, silent]")
-                  .replace("partguard-exporter:9187", f"127.0.0.1:{e.port}"))
+        scrape = (
+            readme_scrape_config()
+            .replace("[orders, billing]", "[live, silent]")
+            .replace("partguard-exporter:9187", f"127.0.0.1:{e.port}")
+        )
         (tmp_path / "prometheus.yml").write_text(
-            "global:\n  scrape_interval: 2s\n  scrape_timeout: 2s\n" + scrape)
-        check = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
-                               capture_output=True, text=True, timeout=60, check=False)
+            "global:\n  scrape_interval: 2s\n  scrape_timeout: 2s\n" + scrape
+        )
+        check = subprocess.run(
+            ["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert check.returncode == 0, check.stdout + check.stderr
         web = closed_port()
         prom = subprocess.Popen(
-            [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{web}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            [
+                prometheus,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{web}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
-            want = {("partguard", "live"), ("partguard", "silent"), ("partguard-exporter", "live"),
-                    ("partguard-exporter", "silent")}
+            want = {
+                ("partguard", "live"),
+                ("partguard", "silent"),
+                ("partguard-exporter", "live"),
+                ("partguard-exporter", "silent"),
+            }
             deadline, got, up = time.monotonic() + 90, {}, {}
             while time.monotonic() < deadline and not (want <= set(got) and len(up) == 3):
                 time.sleep(1)
@@ -264,7 +325,11 @@ def test_the_readme_scrape_config_runs_in_prometheus(
     assert got[("partguard-exporter", "live")] == 1
     assert got[("partguard-exporter", "silent")] == 0
     # Every scrape succeeded, the silent target's too: it never outlasted the 2 s timeout.
-    assert up == {("partguard", "live"): 1, ("partguard", "silent"): 1, ("partguard-exporter", ""): 1}
+    assert up == {
+        ("partguard", "live"): 1,
+        ("partguard", "silent"): 1,
+        ("partguard-exporter", ""): 1,
+    }
 
 
 def _query(port: int, expr: str) -> dict[tuple[str, str], float]:
@@ -275,8 +340,10 @@ def _query(port: int, expr: str) -> dict[tuple[str, str], float]:
             data = json.loads(resp.read().decode())
     except OSError:
         return {}
-    return {(r["metric"].get("job", ""), r["metric"].get("target", "")): float(r["value"][1])
-            for r in data.get("data", {}).get("result", [])}
+    return {
+        (r["metric"].get("job", ""), r["metric"].get("target", "")): float(r["value"][1])
+        for r in data.get("data", {}).get("result", [])
+    }
 
 
 def test_a_single_database_exporter_has_no_probe(dsn: str) -> None:
@@ -286,4 +353,3 @@ def test_a_single_database_exporter_has_no_probe(dsn: str) -> None:
         e.stop()
     assert probe.status == 404
     assert metrics.value("partguard_up") == 1 and metrics.value("process_resident_memory_bytes") > 0
-

@@ -260,7 +260,9 @@ def test_anchor_on_a_boundary_a_forward_jump_moved_keeps_the_grid() -> None:
     w = time_grid(Interval(months=3), "Asia/Kathmandu", datetime(1986, 1, 1))
     assert utc(w.floor(jump)) == utc(jump) and utc(w.next(jump)) == utc(h.next(jump))
     # An ordinary boundary keeps its own reading: a grid at 00:15 stays at 00:15.
-    q = time_grid(Interval(months=3), "Asia/Kathmandu", datetime(2000, 1, 1, 0, 15, tzinfo=kathmandu))
+    q = time_grid(
+        Interval(months=3), "Asia/Kathmandu", datetime(2000, 1, 1, 0, 15, tzinfo=kathmandu)
+    )
     assert q.floor(datetime(2008, 2, 1, tzinfo=UTC)).time() == datetime(2000, 1, 1, 0, 15).time()
 
 

@@ -40,14 +40,19 @@ Run = Callable[..., tuple[int, str, str]]
 
 def far_insert(conn: Conn, payload: str) -> int:
     """A live insert a month ahead, as the application makes it: the rows it reports."""
-    return conn.execute("INSERT INTO public.fixes (ts, payload) VALUES (now() + interval '30 days', %s)",
-                        (payload,)).rowcount
+    return conn.execute(
+        "INSERT INTO public.fixes (ts, payload) VALUES (now() + interval '30 days', %s)", (payload,)
+    ).rowcount
 
 
 def where_is(conn: Conn, payload: str) -> list[str]:
     """Which relation of public.fixes holds the rows with ``payload`` (none: not visible)."""
-    return [r[0] for r in conn.execute(
-        "SELECT tableoid::regclass::text FROM public.fixes WHERE payload = %s", (payload,))]
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT tableoid::regclass::text FROM public.fixes WHERE payload = %s", (payload,)
+        )
+    ]
 
 
 def check_json(run: Run, dsn: str) -> tuple[int, list[dict[str, Any]]]:
@@ -71,14 +76,22 @@ def metric(run: Run, dsn: str, name: str) -> float:
 
 
 def helpers_on_default(conn: Conn) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT tgname FROM pg_trigger WHERE tgname = 'partguard_divert' UNION ALL "
-        "SELECT conname FROM pg_constraint WHERE conname = 'partguard_span'")]
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgname = 'partguard_divert' UNION ALL "
+            "SELECT conname FROM pg_constraint WHERE conname = 'partguard_span'"
+        )
+    ]
 
 
 def runs(conn: Conn) -> list[tuple[str, bool]]:
-    return [(r[0], r[1]) for r in conn.execute(
-        "SELECT state, finished_at IS NOT NULL FROM partguard.fix_run ORDER BY run_id")]
+    return [
+        (r[0], r[1])
+        for r in conn.execute(
+            "SELECT state, finished_at IS NOT NULL FROM partguard.fix_run ORDER BY run_id"
+        )
+    ]
 
 
 def one_line(err: str) -> str:
@@ -90,8 +103,15 @@ def one_line(err: str) -> str:
 def killed_cli(*argv: str, fault: str) -> subprocess.CompletedProcess[str]:
     """``partguard <argv>`` in its own process, SIGKILLed at ``fault`` (execute.fault)."""
     env = {**os.environ, "PARTGUARD_FAULT": fault}
-    return subprocess.run([sys.executable, "-m", "partguard", *argv], env=env, capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "partguard", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -108,14 +128,23 @@ def app_schema_table(conn: Conn, role: str) -> None:
     """The incident in schema ``app``, which the superuser owns: ``role`` owns the table and its
     partitions and may CREATE in the database and (until a test revokes it) in the schema."""
     r = sql.Identifier(role)
-    conn.execute(sql.SQL("CREATE SCHEMA app; GRANT USAGE, CREATE ON SCHEMA app TO {r}; "
-                         "GRANT CREATE ON DATABASE {db} TO {r}").format(r=r, db=sql.Identifier(conn.info.dbname)))
+    conn.execute(
+        sql.SQL(
+            "CREATE SCHEMA app; GRANT USAGE, CREATE ON SCHEMA app TO {r}; "
+            "GRANT CREATE ON DATABASE {db} TO {r}"
+        ).format(r=r, db=sql.Identifier(conn.info.dbname))
+    )
     if conn.execute("SELECT to_regclass('partman.part_config')").fetchone() != (None,):
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA partman TO {r}; GRANT SELECT ON partman.part_config TO {r}")
-                     .format(r=r))  # a native table, but fix must see that partman does not manage it
+        conn.execute(
+            sql.SQL(
+                "GRANT USAGE ON SCHEMA partman TO {r}; GRANT SELECT ON partman.part_config TO {r}"
+            ).format(r=r)
+        )  # a native table, but fix must see that partman does not manage it
     fixes_incident(conn, partman=False, rows=2000, schema="app")
-    for (rel,) in conn.execute("SELECT relname FROM pg_class WHERE relnamespace = 'app'::regnamespace "
-                               "AND relkind IN ('r', 'p')").fetchall():
+    for (rel,) in conn.execute(
+        "SELECT relname FROM pg_class WHERE relnamespace = 'app'::regnamespace "
+        "AND relkind IN ('r', 'p')"
+    ).fetchall():
         conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier("app", rel), r))
 
 
@@ -126,11 +155,14 @@ def test_lock_taken_just_before_the_swap_is_undone_and_live_inserts_land_in_the_
     run: Run, dsn: str, conn: Conn, partman_version: str | None
 ) -> None:
     fixes_incident(conn, partman=partman_version is not None)
-    conn.execute("INSERT INTO public.fixes (ts, payload) VALUES ('2999-01-01', 'outlier')")  # quarantined, then back
+    conn.execute(
+        "INSERT INTO public.fixes (ts, payload) VALUES ('2999-01-01', 'outlier')"
+    )  # quarantined, then back
     before = outside_partguard(conn)
     diverted: list[int] = []
 
     with psycopg.connect(dsn) as blocker:
+
         def parent_locked_when_the_swap_comes() -> None:
             # A reader that touched only the parent (ACCESS SHARE on it alone) starts now.
             blocker.execute("LOCK TABLE ONLY public.fixes IN ACCESS SHARE MODE")
@@ -138,13 +170,26 @@ def test_lock_taken_just_before_the_swap_is_undone_and_live_inserts_land_in_the_
                 diverted.append(far_insert(writer, "during"))
 
         with fault_action("validate", parent_locked_when_the_swap_comes):
-            rc, _out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "instant",
-                               "--lock-timeout", "100ms", "--retries", "1")
+            rc, _out, err = run(
+                "fix",
+                "-d",
+                dsn,
+                "public.fixes",
+                "--yes",
+                "--strategy",
+                "instant",
+                "--lock-timeout",
+                "100ms",
+                "--retries",
+                "1",
+            )
         pid = blocker.info.backend_pid
         blocker.rollback()
 
     assert rc == 75, err
-    assert diverted == [0], "the writer's insert was not diverted during the run: the test proves nothing"
+    assert diverted == [0], (
+        "the writer's insert was not diverted during the run: the test proves nothing"
+    )
     line = one_line(err)
     assert f"pid {pid}" in line and "undone" in line and "rolled back" in line, line
     assert helpers_on_default(conn) == []
@@ -165,18 +210,33 @@ def test_when_the_undo_cannot_be_done_either_the_error_says_what_is_left_and_how
     before = outside_partguard(conn)
 
     with psycopg.connect(dsn) as blocker:
+
         def whole_table_locked_when_the_swap_comes() -> None:
             blocker.execute("LOCK TABLE public.fixes IN ACCESS SHARE MODE")  # the DEFAULT too
 
         with fault_action("validate", whole_table_locked_when_the_swap_comes):
-            rc, _out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "instant",
-                                "--lock-timeout", "100ms", "--retries", "1")
+            rc, _out, err = run(
+                "fix",
+                "-d",
+                dsn,
+                "public.fixes",
+                "--yes",
+                "--strategy",
+                "instant",
+                "--lock-timeout",
+                "100ms",
+                "--retries",
+                "1",
+            )
         assert far_insert(conn, "diverted") == 0  # still diverting: what the message must say
         blocker.rollback()
 
     assert rc == 75, err
     line = one_line(err)
-    assert "the undo failed too" in line and "trigger partguard_divert and CHECK partguard_span on public.fixes_default" in line
+    assert (
+        "the undo failed too" in line
+        and "trigger partguard_divert and CHECK partguard_span on public.fixes_default" in line
+    )
     assert f"finish it: partguard fix -d {conn.info.dbname} public.fixes --yes" in line
     assert f"undo it: partguard fix -d {conn.info.dbname} public.fixes --abort" in line
     assert runs(conn) == [("validate", False)]
@@ -200,19 +260,39 @@ def test_a_lock_held_on_the_parent_fails_the_run_before_its_first_commit(
     day = midnight(utc_today(conn) - timedelta(days=6))
 
     with psycopg.connect(dsn) as blocker:
-        blocker.execute(sql.SQL("SELECT count(*) FROM public.fixes WHERE ts >= {} AND ts < {}").format(
-            sql.Literal(day), sql.Literal(day + timedelta(days=1))))
-        held = {r[0] for r in blocker.execute(
-            "SELECT relation::regclass::text FROM pg_locks WHERE pid = pg_backend_pid() AND relation IS NOT NULL")}
+        blocker.execute(
+            sql.SQL("SELECT count(*) FROM public.fixes WHERE ts >= {} AND ts < {}").format(
+                sql.Literal(day), sql.Literal(day + timedelta(days=1))
+            )
+        )
+        held = {
+            r[0]
+            for r in blocker.execute(
+                "SELECT relation::regclass::text FROM pg_locks WHERE pid = pg_backend_pid() AND relation IS NOT NULL"
+            )
+        }
         assert "fixes" in held and "fixes_default" not in held, held
         pid = blocker.info.backend_pid
-        rc, _out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "instant",
-                           "--lock-timeout", "100ms", "--retries", "1")
+        rc, _out, err = run(
+            "fix",
+            "-d",
+            dsn,
+            "public.fixes",
+            "--yes",
+            "--strategy",
+            "instant",
+            "--lock-timeout",
+            "100ms",
+            "--retries",
+            "1",
+        )
         blocker.rollback()
 
     assert rc == 75, err
     assert "lock check" in one_line(err) and f"blocked by pid {pid}" in err
-    assert conn.execute("SELECT to_regnamespace('partguard')").fetchone() == (None,), "something was committed"
+    assert conn.execute("SELECT to_regnamespace('partguard')").fetchone() == (None,), (
+        "something was committed"
+    )
     assert outside_partguard(conn) == before
     assert far_insert(conn, "after") == 1 and where_is(conn, "after") == ["fixes_default"]
 
@@ -224,17 +304,30 @@ def test_no_create_on_the_schema_is_refused_before_anything_changes(
     conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA app FROM {}").format(sql.Identifier(role)))
     before = outside_partguard(conn)
 
-    rc, out, err = run("fix", "-d", make_conninfo(dsn, user=role), "app.fixes", "--yes", "--strategy", "instant")
+    rc, out, err = run(
+        "fix", "-d", make_conninfo(dsn, user=role), "app.fixes", "--yes", "--strategy", "instant"
+    )
 
     assert rc == 77 and out == "", err
     line = one_line(err)
-    assert len(err.strip().splitlines()) == 1 and "CREATE on schema app" in line and "nothing changed" in line
+    assert (
+        len(err.strip().splitlines()) == 1
+        and "CREATE on schema app" in line
+        and "nothing changed" in line
+    )
     assert conn.execute("SELECT to_regnamespace('partguard')").fetchone() == (None,)
     assert outside_partguard(conn) == before
-    assert conn.execute("INSERT INTO app.fixes (ts, payload) VALUES (now() + interval '30 days', 'x')").rowcount == 1
+    assert (
+        conn.execute(
+            "INSERT INTO app.fixes (ts, payload) VALUES (now() + interval '30 days', 'x')"
+        ).rowcount
+        == 1
+    )
 
 
-def test_create_revoked_just_before_the_swap_is_undone(run: Run, dsn: str, conn: Conn, role: str) -> None:
+def test_create_revoked_just_before_the_swap_is_undone(
+    run: Run, dsn: str, conn: Conn, role: str
+) -> None:
     app_schema_table(conn, role)
     before = outside_partguard(conn)
 
@@ -243,25 +336,46 @@ def test_create_revoked_just_before_the_swap_is_undone(run: Run, dsn: str, conn:
             dba.execute(sql.SQL("REVOKE CREATE ON SCHEMA app FROM {}").format(sql.Identifier(role)))
 
     with fault_action("validate", revoke):
-        rc, _out, err = run("fix", "-d", make_conninfo(dsn, user=role), "app.fixes", "--yes", "--strategy", "instant")
+        rc, _out, err = run(
+            "fix",
+            "-d",
+            make_conninfo(dsn, user=role),
+            "app.fixes",
+            "--yes",
+            "--strategy",
+            "instant",
+        )
 
     assert rc == 77, err
     line = one_line(err)
     assert "permission denied for schema app" in line and "undone" in line, line
     assert helpers_on_default(conn) == []
     assert outside_partguard(conn) == before
-    assert conn.execute("INSERT INTO app.fixes (ts, payload) VALUES (now() + interval '30 days', 'x')").rowcount == 1
+    assert (
+        conn.execute(
+            "INSERT INTO app.fixes (ts, payload) VALUES (now() + interval '30 days', 'x')"
+        ).rowcount
+        == 1
+    )
     assert runs(conn) == [("rolled_back", True)]
 
 
-def test_a_dry_run_needs_only_read_access(run: Run, dsn: str, conn: Conn, role: str,
-                                          partman_version: str | None) -> None:
+def test_a_dry_run_needs_only_read_access(
+    run: Run, dsn: str, conn: Conn, role: str, partman_version: str | None
+) -> None:
     fixes_incident(conn, partman=partman_version is not None)
     conn.execute(sql.SQL("GRANT pg_read_all_data TO {}").format(sql.Identifier(role)))
     before = outside_partguard(conn)
 
-    rc, out, err = run("fix", "-d", make_conninfo(dsn, user=role), "public.fixes", "--dry-run",
-                       "--strategy", "instant")
+    rc, out, err = run(
+        "fix",
+        "-d",
+        make_conninfo(dsn, user=role),
+        "public.fixes",
+        "--dry-run",
+        "--strategy",
+        "instant",
+    )
 
     assert rc == 0, err
     assert "DETACH PARTITION" in out and "VALIDATE CONSTRAINT" in out
@@ -276,23 +390,34 @@ def test_copy_cut_off_by_a_server_restart_is_critical_everywhere_until_finished(
     run: Run, make_cluster: Callable[..., Sandbox], partman_version: str | None
 ) -> None:
     sandbox = make_cluster()
-    dsn = sandbox.create_database("halfdone", partman=partman_version is not None, partman_version=partman_version)
+    dsn = sandbox.create_database(
+        "halfdone", partman=partman_version is not None, partman_version=partman_version
+    )
     with psycopg.connect(dsn, autocommit=True) as conn:
         fixes_incident(conn, partman=partman_version is not None, rows=20_000)
         before = sorted(r[0] for r in conn.execute("SELECT id FROM public.fixes"))
 
     with fault_action("copy:2", sandbox.restart):
-        rc, out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "copy", "--chunk-pages", "16")
+        rc, out, err = run(
+            "fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "copy", "--chunk-pages", "16"
+        )
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        (hold,) = conn.execute("SELECT detail->'params'->>'holding' FROM partguard.fix_run").fetchone()  # type: ignore[misc]
-        missing = conn.execute(sql.SQL(
-            "SELECT (SELECT count(*) FROM {}) - sum(rows_copied + rows_quarantined) FROM partguard.fix_chunk"
-        ).format(sql.Identifier("public", hold))).fetchone()[0]  # type: ignore[index]
+        (hold,) = conn.execute(
+            "SELECT detail->'params'->>'holding' FROM partguard.fix_run"
+        ).fetchone()  # type: ignore[misc]
+        missing = conn.execute(
+            sql.SQL(
+                "SELECT (SELECT count(*) FROM {}) - sum(rows_copied + rows_quarantined) FROM partguard.fix_chunk"
+            ).format(sql.Identifier("public", hold))
+        ).fetchone()[0]  # type: ignore[index]
         visible = conn.execute("SELECT count(*) FROM public.fixes").fetchone()[0]  # type: ignore[index]
     assert rc != 0 and 0 < missing < 20_000 and visible == 20_000 - missing
     line = one_line(err)
-    assert f"{missing} rows in public.{hold}" in line and "partguard fix -d halfdone public.fixes --yes" in line, line
+    assert (
+        f"{missing} rows in public.{hold}" in line
+        and "partguard fix -d halfdone public.fixes --yes" in line
+    ), line
 
     for restarted in (False, True):
         if restarted:
@@ -306,9 +431,15 @@ def test_copy_cut_off_by_a_server_restart_is_critical_everywhere_until_finished(
         assert metric(run, dsn, "partguard_unfinished_fix_rows") == missing
         assert metric(run, dsn, "partguard_unfinished_fixes") == 1
     rc, out, err = run("fix", "-d", dsn, "--status")
-    assert rc == 0 and f"holding=public.{hold} ({missing} rows not visible yet)" in out and "INTERRUPTED" in out
+    assert (
+        rc == 0
+        and f"holding=public.{hold} ({missing} rows not visible yet)" in out
+        and "INTERRUPTED" in out
+    )
     if partman_version is not None:
-        rc, out, err = run("maintain", "-d", dsn, "-t", "public.fixes", "--format", "json", "--retry-for", "5s")
+        rc, out, err = run(
+            "maintain", "-d", dsn, "-t", "public.fixes", "--format", "json", "--retry-for", "5s"
+        )
         table = json.loads(out)["tables"][0]
         assert rc == 2 and table["severity"] == 2 and "interrupted" in table["message"], out
 
@@ -327,7 +458,9 @@ def test_instant_killed_before_its_swap_is_critical_and_abort_undoes_it(
     fixes_incident(conn, partman=partman_version is not None)
     before = outside_partguard(conn)
 
-    proc = killed_cli("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "instant", fault="validate")
+    proc = killed_cli(
+        "fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "instant", fault="validate"
+    )
     assert proc.returncode == -9, proc.stderr
     assert far_insert(conn, "diverted") == 0  # INSERT 0 0: what the finding must warn about
 
@@ -335,7 +468,9 @@ def test_instant_killed_before_its_swap_is_critical_and_abort_undoes_it(
     f = only(findings, "unfinished_fix")
     assert rc == 2 and f["severity"] == "critical"
     assert f["detail"]["kind"] == "instant" and f["detail"]["trigger"] and f["detail"]["check"]
-    assert f["detail"]["rows_not_visible"] == 1 and f["detail"]["relation"] == "public.fixes_default"
+    assert (
+        f["detail"]["rows_not_visible"] == 1 and f["detail"]["relation"] == "public.fixes_default"
+    )
     assert "INSERT 0 0" in f["message"] and "partguard fix -d" in f["message"]
     assert f["detail"]["undo_command"].endswith("public.fixes --abort")
     assert metric(run, dsn, "partguard_unfinished_fixes") == 1
@@ -353,7 +488,9 @@ def test_instant_killed_before_its_swap_is_critical_and_abort_undoes_it(
     assert rc == 0 and "no unfinished fix run" in out, out + err
 
 
-def test_a_default_the_old_script_detached_is_critical_with_its_rows(run: Run, dsn: str, conn: Conn) -> None:
+def test_a_default_the_old_script_detached_is_critical_with_its_rows(
+    run: Run, dsn: str, conn: Conn
+) -> None:
     fixes_incident(conn, partman=False, rows=20_000)
     conn.execute("ALTER TABLE public.fixes DETACH PARTITION public.fixes_default")
 
@@ -361,7 +498,10 @@ def test_a_default_the_old_script_detached_is_critical_with_its_rows(run: Run, d
 
     f = only(findings, "unfinished_fix")
     assert rc == 2 and f["severity"] == "critical"
-    assert f["detail"]["kind"] == "detached_default" and f["detail"]["relation"] == "public.fixes_default"
+    assert (
+        f["detail"]["kind"] == "detached_default"
+        and f["detail"]["relation"] == "public.fixes_default"
+    )
     assert f["detail"]["rows_not_visible"] == 20_000 and f["detail"]["rows_exact"]
     assert f"partguard fix -d {conn.info.dbname} public.fixes --yes" in f["message"]
     assert metric(run, dsn, "partguard_unfinished_fix_rows") == 20_000
@@ -389,8 +529,19 @@ def test_copy_with_all_but_one_slot_taken_runs_on_fewer_connections(
         idle.pop().close()  # one slot left: fix's own connection
         time.sleep(1)  # the server lets that backend go a moment after the client
 
-        rc, out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "copy", "--jobs", "4",
-                           "--chunk-pages", "16")
+        rc, out, err = run(
+            "fix",
+            "-d",
+            dsn,
+            "public.fixes",
+            "--yes",
+            "--strategy",
+            "copy",
+            "--jobs",
+            "4",
+            "--chunk-pages",
+            "16",
+        )
     finally:
         for c in idle:
             c.close()
@@ -398,7 +549,10 @@ def test_copy_with_all_but_one_slot_taken_runs_on_fewer_connections(
     assert rc == 0, err
     assert "copy ran on 1 of 4 connections" in out and "too many clients" in out, out
     with psycopg.connect(dsn, autocommit=True) as conn:
-        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM public.fixes").fetchone() == (20_000, 20_000)
+        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM public.fixes").fetchone() == (
+            20_000,
+            20_000,
+        )
         assert conn.execute("SELECT state FROM partguard.fix_run").fetchall() == [("done",)]
     rc, findings = check_json(run, dsn)
     assert "unfinished_fix" not in {f["code"] for f in findings}, findings
@@ -410,17 +564,33 @@ def test_copy_goes_on_when_a_worker_connection_is_lost(run: Run, dsn: str, conn:
 
     def terminate_the_other_worker() -> None:
         with psycopg.connect(dsn, autocommit=True) as dba:
-            row = dba.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE application_name = 'partguard copy 2'").fetchone()
+            row = dba.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'partguard copy 2'"
+            ).fetchone()
         killed.append(bool(row and row[0]))
 
     with fault_action("copy:1", terminate_the_other_worker):
-        rc, _out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "copy", "--jobs", "2",
-                           "--chunk-pages", "16")
+        rc, _out, err = run(
+            "fix",
+            "-d",
+            dsn,
+            "public.fixes",
+            "--yes",
+            "--strategy",
+            "copy",
+            "--jobs",
+            "2",
+            "--chunk-pages",
+            "16",
+        )
 
     assert killed == [True], "no worker connection was terminated: the test proves nothing"
     assert rc == 0, err
-    assert conn.execute("SELECT count(*), count(DISTINCT id) FROM public.fixes").fetchone() == (20_000, 20_000)
+    assert conn.execute("SELECT count(*), count(DISTINCT id) FROM public.fixes").fetchone() == (
+        20_000,
+        20_000,
+    )
     assert conn.execute("SELECT state FROM partguard.fix_run").fetchall() == [("done",)]
 
 
@@ -432,8 +602,10 @@ def test_quarantined_rows_are_a_warning_with_count_and_key_range(
     run: Run, dsn: str, conn: Conn, strategy: str
 ) -> None:
     fixes_incident(conn, partman=False)
-    conn.execute("INSERT INTO public.fixes (ts, payload) VALUES ('2999-01-01 00:00Z', 'far'), "
-                 "('1970-01-01 00:00Z', 'early'), ('2999-06-01 00:00Z', 'far')")
+    conn.execute(
+        "INSERT INTO public.fixes (ts, payload) VALUES ('2999-01-01 00:00Z', 'far'), "
+        "('1970-01-01 00:00Z', 'early'), ('2999-06-01 00:00Z', 'far')"
+    )
     rc, out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", strategy)
     assert rc == 0 and "quarantined rows kept in partguard.fixes_quarantine: 3" in out, out + err
 
@@ -442,8 +614,13 @@ def test_quarantined_rows_are_a_warning_with_count_and_key_range(
     f = only(findings, "quarantine_rows")
     assert rc == 1 and f["severity"] == "warning", findings
     assert f["detail"]["rows"] == 3 and f["detail"]["null_rows"] == 0
-    assert f["detail"]["min_key"].startswith("1970-01-01") and f["detail"]["max_key"].startswith("2999-06-01")
-    assert "partguard.fixes_quarantine holds 3 rows" in f["message"] and "1970-01-01 … 2999-06-01" in f["message"]
+    assert f["detail"]["min_key"].startswith("1970-01-01") and f["detail"]["max_key"].startswith(
+        "2999-06-01"
+    )
+    assert (
+        "partguard.fixes_quarantine holds 3 rows" in f["message"]
+        and "1970-01-01 … 2999-06-01" in f["message"]
+    )
     assert metric(run, dsn, "partguard_quarantine_rows") == 3
     conn.execute("DELETE FROM partguard.fixes_quarantine")
     rc, findings = check_json(run, dsn)

@@ -39,7 +39,16 @@ def finding(doc: dict[str, Any], code: str) -> dict[str, Any]:
 
 def connection_args(dsn: str) -> list[str]:
     d = conninfo_to_dict(dsn)
-    return ["-d", str(d["dbname"]), "-h", str(d["host"]), "-p", str(d["port"]), "-U", str(d["user"])]
+    return [
+        "-d",
+        str(d["dbname"]),
+        "-h",
+        str(d["host"]),
+        "-p",
+        str(d["port"]),
+        "-U",
+        str(d["user"]),
+    ]
 
 
 # --- (a) the DEFAULT's row count when the statistics say nothing ------------------------------
@@ -47,11 +56,14 @@ def connection_args(dsn: str) -> list[str]:
 
 def test_never_analysed_default_is_counted_not_guessed(run: Run, dsn: str, conn: Conn) -> None:
     native_outage(conn, 20_000)
-    assert conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'public.events_default'::regclass"
-                        ).fetchone() == (-1,)
+    assert conn.execute(
+        "SELECT reltuples FROM pg_class WHERE oid = 'public.events_default'::regclass"
+    ).fetchone() == (-1,)
     rc, doc = check_json(run, "-d", dsn)
     f = finding(doc, "default_rows")
-    assert rc == 2 and f["detail"]["rows_estimate"] == 20_000 and f["detail"]["rows_exact"] == 20_000
+    assert (
+        rc == 2 and f["detail"]["rows_estimate"] == 20_000 and f["detail"]["rows_exact"] == 20_000
+    )
     assert "holds 20000 rows;" in f["message"]
     (table,) = doc["tables"]
     assert table["default_rows"] == 20_000
@@ -60,13 +72,16 @@ def test_never_analysed_default_is_counted_not_guessed(run: Run, dsn: str, conn:
     conn.execute("TRUNCATE public.events_default")
     conn.execute("ANALYZE public.events_default")
     insert_outage(conn, 20_000)
-    assert conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'public.events_default'::regclass"
-                        ).fetchone() == (0,)
+    assert conn.execute(
+        "SELECT reltuples FROM pg_class WHERE oid = 'public.events_default'::regclass"
+    ).fetchone() == (0,)
     rc, doc = check_json(run, "-d", dsn)
     assert finding(doc, "default_rows")["detail"]["rows_estimate"] == 20_000
 
 
-def test_stale_positive_statistics_are_scaled_to_the_current_size(run: Run, dsn: str, conn: Conn) -> None:
+def test_stale_positive_statistics_are_scaled_to_the_current_size(
+    run: Run, dsn: str, conn: Conn
+) -> None:
     native_outage(conn, 1_000)
     conn.execute("ANALYZE public.events_default")
     insert_outage(conn, 19_000)  # the statistics still say 1000
@@ -84,7 +99,10 @@ def test_a_count_past_the_cap_says_at_least(run: Run, dsn: str, conn: Conn) -> N
     assert rc == 2
     assert f["detail"]["rows_estimate"] == COUNT_CAP and f["detail"]["rows_at_least"] is True
     assert f["detail"]["rows_exact"] is None
-    assert f"holds at least {COUNT_CAP} rows (counted up to {COUNT_CAP}: its statistics are stale" in f["message"]
+    assert (
+        f"holds at least {COUNT_CAP} rows (counted up to {COUNT_CAP}: its statistics are stale"
+        in f["message"]
+    )
     rel = sql.Identifier("public", "events_default")
     assert estimate_rows(conn, rel, cap=1000) == RowCount(1000, False, True)
     small = estimate_rows(conn, rel, cap=COUNT_CAP + 500)
@@ -97,11 +115,19 @@ def test_a_count_past_the_cap_says_at_least(run: Run, dsn: str, conn: Conn) -> N
 def test_copy_rate_after_a_resume_counts_only_this_run(run: Run, dsn: str, conn: Conn) -> None:
     native_outage(conn, 20_000)
     args = ["fix", "-d", dsn, "public.events", "--yes", "--strategy", "copy", "--chunk-pages", "16"]
-    killed = subprocess.run([sys.executable, "-m", "partguard", *args], capture_output=True, text=True,
-                            check=False, timeout=300, stdin=subprocess.DEVNULL,
-                            env={**_env(), "PARTGUARD_FAULT": "copy:3"})
+    killed = subprocess.run(
+        [sys.executable, "-m", "partguard", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        env={**_env(), "PARTGUARD_FAULT": "copy:3"},
+    )
     assert killed.returncode == -9, killed.stderr
-    row = conn.execute("SELECT count(*), sum(rows_copied + rows_quarantined) FROM partguard.fix_chunk").fetchone()
+    row = conn.execute(
+        "SELECT count(*), sum(rows_copied + rows_quarantined) FROM partguard.fix_chunk"
+    ).fetchone()
     assert row is not None and row[0] == 3
     before = int(row[1])
 
@@ -147,13 +173,17 @@ def test_with_a_default_runway_and_gap_say_rows_go_there(run: Run, dsn: str, con
 
 def printed_fix(message: str) -> list[str]:
     """The ``partguard fix …`` command in a message (up to its ';'), as argv after 'partguard'."""
-    lexer = shlex.shlex(message[message.index("partguard fix "):], posix=True, punctuation_chars=";")
+    lexer = shlex.shlex(
+        message[message.index("partguard fix ") :], posix=True, punctuation_chars=";"
+    )
     lexer.whitespace_split = True
     words = list(lexer)
-    return words[1:words.index(";")] if ";" in words else words[1:]
+    return words[1 : words.index(";")] if ";" in words else words[1:]
 
 
-def test_check_prints_a_repair_command_that_reaches_the_same_server(run: Run, dsn: str, conn: Conn) -> None:
+def test_check_prints_a_repair_command_that_reaches_the_same_server(
+    run: Run, dsn: str, conn: Conn
+) -> None:
     native_outage(conn, 100)
     given = connection_args(dsn)
     rc, doc = check_json(run, *given)
@@ -179,7 +209,9 @@ def test_maintain_prints_the_repair_with_the_connection_options(
 ) -> None:
     """partman cannot premake over rows in the DEFAULT: maintain refuses and names the fix."""
     assert partman_due(conn)
-    conn.execute("INSERT INTO public.fixes VALUES (2, now() + interval '2 days')")  # into the DEFAULT
+    conn.execute(
+        "INSERT INTO public.fixes VALUES (2, now() + interval '2 days')"
+    )  # into the DEFAULT
     given = connection_args(dsn)
     rc, out, err = run("maintain", *given, "-t", "public.fixes")
     assert rc == 2, out + err
@@ -196,8 +228,10 @@ def test_check_says_why_fix_cannot_repair_a_table_referenced_by_foreign_keys(
 ) -> None:
     native_outage(conn, 100)
     conn.execute("ALTER TABLE public.events ADD PRIMARY KEY (id, ts)")
-    conn.execute("CREATE TABLE public.notes (event_id bigint, event_ts timestamptz, "
-                 "FOREIGN KEY (event_id, event_ts) REFERENCES public.events (id, ts))")
+    conn.execute(
+        "CREATE TABLE public.notes (event_id bigint, event_ts timestamptz, "
+        "FOREIGN KEY (event_id, event_ts) REFERENCES public.events (id, ts))"
+    )
     rc, doc = check_json(run, "-d", dsn)
     msg = finding(doc, "default_rows")["message"]
     assert "partguard fix cannot repair it: public.events is referenced by foreign keys" in msg
@@ -209,12 +243,16 @@ def test_check_says_why_fix_cannot_repair_a_table_referenced_by_foreign_keys(
 def test_check_suggests_the_interval_when_fix_would_need_it(run: Run, dsn: str, conn: Conn) -> None:
     conn.execute("CREATE TABLE public.bare (ts timestamptz NOT NULL) PARTITION BY RANGE (ts)")
     conn.execute("CREATE TABLE public.bare_default PARTITION OF public.bare DEFAULT")
-    conn.execute("INSERT INTO public.bare SELECT now() - g * interval '1 hour' FROM generate_series(0, 9) g")
+    conn.execute(
+        "INSERT INTO public.bare SELECT now() - g * interval '1 hour' FROM generate_series(0, 9) g"
+    )
     given = connection_args(dsn)
     rc, doc = check_json(run, *given)
     msg = finding(doc, "default_rows")["message"]
-    assert (f"repair, once the interval is known: partguard fix {shlex.join(given)} public.bare "
-            "--interval <interval>") in msg
+    assert (
+        f"repair, once the interval is known: partguard fix {shlex.join(given)} public.bare "
+        "--interval <interval>"
+    ) in msg
     rc, out, err = run("fix", *given, "public.bare", "--dry-run")
     assert rc == 67, err
     argv = [a if a != "<interval>" else "1 day" for a in printed_fix(msg)]

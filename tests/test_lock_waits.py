@@ -83,9 +83,11 @@ def worst(writer: Writer, until: float | None = None) -> float:
 
 def report(capsys: pytest.CaptureFixture[str], what: str, writer: Writer, waiting: float) -> None:
     with capsys.disabled():
-        print(f"\n{what}: worst insert latency while partguard waited {waiting * 1000:.0f} ms, "
-              f"over the whole run {writer.max_latency * 1000:.0f} ms ({len(writer.samples)} inserts; "
-              f"bound {BOUND * 1000:.0f} ms)")
+        print(
+            f"\n{what}: worst insert latency while partguard waited {waiting * 1000:.0f} ms, "
+            f"over the whole run {writer.max_latency * 1000:.0f} ms ({len(writer.samples)} inserts; "
+            f"bound {BOUND * 1000:.0f} ms)"
+        )
 
 
 @pytest.mark.parametrize("strategy", ["instant", "copy"])
@@ -95,13 +97,28 @@ def test_fix_that_cannot_get_its_lock_stalls_inserts_one_attempt_at_most(
     before, rows_before = public_catalog(fixes), ids(fixes)
     writer = fixes_writer(dsn).start()
     with long_reader(dsn) as holder:
-        rc, _, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", strategy,
-                         "--lock-timeout", "1s", "--retries", "1")
+        rc, _, err = run(
+            "fix",
+            "-d",
+            dsn,
+            "public.fixes",
+            "--yes",
+            "--strategy",
+            strategy,
+            "--lock-timeout",
+            "1s",
+            "--retries",
+            "1",
+        )
     writer.stop()
     report(capsys, f"fix --strategy {strategy}, blocked", writer, worst(writer))
     assert rc == 75, err
     assert len(err.splitlines()) == 1
-    assert f"pid {holder.pid}" in err and "long-report" in err and "SELECT count(*) FROM public.fixes" in err
+    assert (
+        f"pid {holder.pid}" in err
+        and "long-report" in err
+        and "SELECT count(*) FROM public.fixes" in err
+    )
     assert "after 2 tries" in err
     assert writer.errors == []
     assert worst(writer) < BOUND
@@ -138,13 +155,19 @@ def test_fix_gets_its_lock_once_the_blocker_lets_go(
 def partman_fixes(conn: Conn) -> list[str]:
     """public.fixes (the writer's columns), daily under pg_partman, its two newest children
     gone: maintenance has two children to create, each under ACCESS EXCLUSIVE."""
-    conn.execute("CREATE TABLE public.fixes (id bigint NOT NULL, received_at timestamptz NOT NULL, "
-                 "device_id int NOT NULL, v int) PARTITION BY RANGE (received_at)")
+    conn.execute(
+        "CREATE TABLE public.fixes (id bigint NOT NULL, received_at timestamptz NOT NULL, "
+        "device_id int NOT NULL, v int) PARTITION BY RANGE (received_at)"
+    )
     create_parent(conn, "public.fixes", "received_at", "1 day", premake=4)
-    kids = [r[0] for r in conn.execute(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'public.fixes'::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT' "
-        "ORDER BY pg_get_expr(c.relpartbound, c.oid)")]
+    kids = [
+        r[0]
+        for r in conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'public.fixes'::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT' "
+            "ORDER BY pg_get_expr(c.relpartbound, c.oid)"
+        )
+    ]
     for kid in kids[-2:]:
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("public", kid)))
     return kids[:-2]
@@ -152,25 +175,39 @@ def partman_fixes(conn: Conn) -> list[str]:
 
 @pytest.mark.parametrize("hold", [None, 1.5], ids=["blocked", "released"])
 def test_maintain_waiting_for_a_lock_stalls_inserts_one_attempt_at_most(
-    dsn: str, conn: Conn, partman: str, hold: float | None, run: Run,
+    dsn: str,
+    conn: Conn,
+    partman: str,
+    hold: float | None,
+    run: Run,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Creating a child takes SHARE UPDATE EXCLUSIVE on the parent (no insert waits for
     that) but ACCESS EXCLUSIVE on the DEFAULT: the writer sends every other row there
     (late rows, older than every child), and those inserts queue behind maintain."""
     kept = partman_fixes(conn)
-    writer = fixes_writer(dsn, when=("timestamptz '2001-01-01' + random() * interval '1 day'", "now()")).start()
+    writer = fixes_writer(
+        dsn, when=("timestamptz '2001-01-01' + random() * interval '1 day'", "now()")
+    ).start()
     with long_reader(dsn, hold=hold) as holder:
         rc, out, err = run("maintain", "-d", dsn, "--lock-timeout", "1s", "--lock-retries", "1")
     writer.stop()
     waiting = worst(writer, until=holder.released_at)
-    report(capsys, f"maintain, {'blocked' if hold is None else 'blocker released after 1.5 s'}",
-           writer, waiting)
+    report(
+        capsys,
+        f"maintain, {'blocked' if hold is None else 'blocker released after 1.5 s'}",
+        writer,
+        waiting,
+    )
     assert writer.errors == []
     assert waiting < BOUND
-    now = [r[0] for r in conn.execute(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'public.fixes'::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'")]
+    now = [
+        r[0]
+        for r in conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'public.fixes'::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'"
+        )
+    ]
     # The late rows in the DEFAULT make the verdict CRITICAL either way (check's rules).
     assert rc == 2, out + err
     line = out.strip()

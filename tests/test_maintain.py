@@ -28,8 +28,11 @@ Conn = psycopg.Connection[Any]
 def partman_table(conn: Conn, version: str, name: str, premake: int = 4) -> None:
     """A daily pg_partman table ``public.<name>`` with a DEFAULT and a row written now."""
     ident = sql.Identifier("public", name)
-    conn.execute(sql.SQL("CREATE TABLE {} (id bigint, ts timestamptz NOT NULL) PARTITION BY RANGE (ts)")
-                 .format(ident))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (id bigint, ts timestamptz NOT NULL) PARTITION BY RANGE (ts)"
+        ).format(ident)
+    )
     conn.execute(sql.SQL("CREATE INDEX ON {} (ts)").format(ident))
     create_parent(conn, f"public.{name}", "ts", "1 day", premake=premake)  # any partman version
     conn.execute(sql.SQL("INSERT INTO {} VALUES (1, now())").format(ident))
@@ -86,9 +89,13 @@ def test_maintain_recreates_missing_children_and_records_the_run(
     assert lines["public.orders"].startswith("ok, runway ")
     assert "days" in lines["public.fixes"]
     assert set(dropped) <= set(children(conn, "fixes"))
-    run_row = conn.execute("SELECT status, finished_at IS NOT NULL FROM partguard.maintenance_run").fetchall()
+    run_row = conn.execute(
+        "SELECT status, finished_at IS NOT NULL FROM partguard.maintenance_run"
+    ).fetchall()
     assert run_row == [("ok", True)]
-    rows = conn.execute("SELECT table_name, status FROM partguard.maintenance_table ORDER BY 1").fetchall()
+    rows = conn.execute(
+        "SELECT table_name, status FROM partguard.maintenance_table ORDER BY 1"
+    ).fetchall()
     assert rows == [("public.fixes", "ok"), ("public.orders", "ok")]
 
 
@@ -105,7 +112,9 @@ def test_second_successful_run_moves_the_last_success_forward(
     assert rc == 0 and report["status_text"] == "ok"
     second = last_maintenance(conn)["public.events"]
     assert second > first
-    runs = conn.execute("SELECT run_id, status FROM partguard.maintenance_run ORDER BY run_id").fetchall()
+    runs = conn.execute(
+        "SELECT run_id, status FROM partguard.maintenance_run ORDER BY run_id"
+    ).fetchall()
     assert [r[1] for r in runs] == ["ok", "ok"]
     assert report["run_id"] == runs[-1][0]
 
@@ -114,7 +123,9 @@ def test_second_successful_run_moves_the_last_success_forward(
 
 
 @pytest.fixture
-def full_cluster(make_cluster: Callable[..., Sandbox], partman: str) -> Iterator[tuple[Sandbox, str, list[Conn]]]:
+def full_cluster(
+    make_cluster: Callable[..., Sandbox], partman: str
+) -> Iterator[tuple[Sandbox, str, list[Conn]]]:
     """A cluster whose every connection slot (superuser_reserved ones included) is held."""
     sb = make_cluster({"max_connections": 5, "superuser_reserved_connections": 1})
     db = sb.create_database("exhausted", partman_version=partman)
@@ -134,7 +145,8 @@ def full_cluster(make_cluster: Callable[..., Sandbox], partman: str) -> Iterator
 
 
 def test_maintain_waits_for_a_free_connection_slot_then_succeeds(
-    full_cluster: tuple[Sandbox, str, list[Conn]], capsys: pytest.CaptureFixture[str],
+    full_cluster: tuple[Sandbox, str, list[Conn]],
+    capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     _, db, held = full_cluster
@@ -210,7 +222,9 @@ def test_stuck_partman_lock_is_reported_as_failure_naming_the_holder(
         broken = tables["public.broken"]
         assert broken["status"] == "refused"
         assert "partguard fix -d " in broken["message"] and "public.broken" in broken["message"]
-        recorded = dict(conn.execute("SELECT table_name, status FROM partguard.maintenance_table").fetchall())
+        recorded = dict(
+            conn.execute("SELECT table_name, status FROM partguard.maintenance_table").fetchall()
+        )
         assert recorded == {"public.good": good["status"], "public.broken": "refused"}
         # check (and so metrics and alerts) sees the leak too, before anyone runs maintain.
         rc, doc, _ = check_json(capsys, dsn)
@@ -220,7 +234,9 @@ def test_stuck_partman_lock_is_reported_as_failure_naming_the_holder(
         stuck.close()
     # Once the holder is gone the same run succeeds: the lock was the whole problem.
     rc, report = run_json(capsys, "-d", dsn, "--table", "public.good")
-    assert rc == 0 and by_table(report)["public.good"]["status"] == "ok" and report["messages"] == []
+    assert (
+        rc == 0 and by_table(report)["public.good"]["status"] == "ok" and report["messages"] == []
+    )
 
 
 def test_partman_skipping_a_set_with_a_warning_is_a_failure(
@@ -322,7 +338,9 @@ NATIVE = 'public."Native Ev"'
 
 
 def native_table(conn: Conn) -> None:
-    conn.execute('CREATE TABLE public."Native Ev" (id bigint, "At" timestamptz NOT NULL) PARTITION BY RANGE ("At")')
+    conn.execute(
+        'CREATE TABLE public."Native Ev" (id bigint, "At" timestamptz NOT NULL) PARTITION BY RANGE ("At")'
+    )
     conn.execute('CREATE TABLE public."Native Ev_default" PARTITION OF public."Native Ev" DEFAULT')
     conn.execute('CREATE INDEX ON public."Native Ev" ("At")')
 
@@ -366,7 +384,9 @@ def test_native_premaking_creates_berlin_days_named_from_the_config(
     rc, out, _ = run(capsys, "-d", dsn, "--config", config)
     assert rc == 0 and "created" not in out
     assert native_children(conn) == kids
-    last = conn.execute("SELECT count(*) FROM partguard.maintenance_table WHERE status = 'ok'").fetchone()
+    last = conn.execute(
+        "SELECT count(*) FROM partguard.maintenance_table WHERE status = 'ok'"
+    ).fetchone()
     assert last == (2,)
 
 
@@ -374,7 +394,7 @@ def test_native_premaking_refuses_a_range_the_default_holds_rows_of(
     dsn: str, conn: Conn, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     native_table(conn)
-    conn.execute('INSERT INTO public."Native Ev" VALUES (1, now() + interval \'2 days\')')
+    conn.execute("INSERT INTO public.\"Native Ev\" VALUES (1, now() + interval '2 days')")
     rc, out, err = run(capsys, "-d", dsn, "--config", write_config(tmp_path))
     assert rc == 2, out + err
     line = out.strip()
@@ -399,7 +419,7 @@ def test_premake_plan_probes_the_default_before_each_create(dsn: str, conn: Conn
     from partguard.plan.premake import plan_premake
 
     native_table(conn)
-    conn.execute('INSERT INTO public."Native Ev" VALUES (1, now() + interval \'1 day\')')
+    conn.execute("INSERT INTO public.\"Native Ev\" VALUES (1, now() + interval '1 day')")
     server = read_server(conn)
     (table,) = read_tables(conn, [NATIVE])
     state = table_state(conn, server, table, None, Options(interval="1 day", tz="UTC"))
@@ -409,7 +429,11 @@ def test_premake_plan_probes_the_default_before_each_create(dsn: str, conn: Conn
     tomorrow = plan.steps[1]
     assert tomorrow.upper - tomorrow.lower == timedelta(days=1)  # type: ignore[operator]
     assert tomorrow.probe is not None
-    assert [conn.execute(s.probe).fetchone()[0] for s in plan.steps if s.probe] == [False, True, False]  # type: ignore[index]
+    assert [conn.execute(s.probe).fetchone()[0] for s in plan.steps if s.probe] == [
+        False,
+        True,
+        False,
+    ]  # type: ignore[index]
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute(tomorrow.create)
 
@@ -439,8 +463,12 @@ def incident(conn: Conn, partman: str, name: str) -> None:
     conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier("public", name)))
     cutoff = conn.execute("SELECT date_trunc('day', now()) - interval '1 day'").fetchone()[0]  # type: ignore[index]
     drop_children(conn, f"public.{name}", lambda k: k.lower >= cutoff)
-    conn.execute(sql.SQL("INSERT INTO {} SELECT g, now() - interval '30 hours' + g * interval '1 minute' "
-                         "FROM generate_series(1, 1000) g").format(sql.Identifier("public", name)))
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} SELECT g, now() - interval '30 hours' + g * interval '1 minute' "
+            "FROM generate_series(1, 1000) g"
+        ).format(sql.Identifier("public", name))
+    )
 
 
 def test_default_with_rows_is_critical_and_fix_default_repairs_it(
@@ -473,7 +501,10 @@ def test_example_config_parses_with_defaults_applied() -> None:
     specs = {s.name: s for s in cfg.tables}
     assert set(specs) == {"public.events", "public.measurements", "public.orders"}
     assert specs["public.events"].tz == "Europe/Berlin" and specs["public.events"].premake == 4
-    assert specs["public.measurements"].interval == "1000000" and specs["public.measurements"].tz == "UTC"
+    assert (
+        specs["public.measurements"].interval == "1000000"
+        and specs["public.measurements"].tz == "UTC"
+    )
     assert specs["public.orders"].interval is None  # partman's: only tz is taken
 
 
@@ -483,8 +514,14 @@ def test_example_config_parses_with_defaults_applied() -> None:
         ('[[table]]\nname = "a.b"\ninterval = "1 day"\npremak = 3\n', "unknown key(s) premak"),
         ('[[table]]\nname = "a.b"\ninterval = "1 day"\ntz = "Mars/Olympus"\n', "unknown time zone"),
         ('[[table]]\nname = "a.b"\ninterval = "1 fortnight"\n', "invalid interval"),
-        ('[[table]]\nname = "a.b"\ninterval = "1 day"\nnaming = "p_YYYYMMDD"\n', "naming must look like"),
-        ('[[table]]\nname = "a.b"\ninterval = "1 day"\npremake = 0\n', "premake must be a positive"),
+        (
+            '[[table]]\nname = "a.b"\ninterval = "1 day"\nnaming = "p_YYYYMMDD"\n',
+            "naming must look like",
+        ),
+        (
+            '[[table]]\nname = "a.b"\ninterval = "1 day"\npremake = 0\n',
+            "premake must be a positive",
+        ),
         ('[defaults]\ninterval = "1 day"\n', "unknown key(s) interval"),
         ('[table]\nname = "a.b"\n', "use [[table]]"),
     ],
@@ -508,7 +545,10 @@ def test_config_entry_for_a_missing_table_is_a_warning_not_a_stop(
     assert rc == 1
     lines = dict(line.split(": ", 1) for line in out.splitlines())
     assert lines["public.Native Ev"].startswith("ok, created 4 children")
-    assert lines["public.nope"] == "warning (skipped), partguard.toml names public.nope, which does not exist"
+    assert (
+        lines["public.nope"]
+        == "warning (skipped), partguard.toml names public.nope, which does not exist"
+    )
 
 
 def test_partman_computes_in_the_roles_time_zone_not_partguards_utc(
@@ -517,7 +557,9 @@ def test_partman_computes_in_the_roles_time_zone_not_partguards_utc(
     """partguard's sessions run in UTC; partman's boundaries must still be Berlin midnights
     (the zone a plain ``psql -c 'CALL run_maintenance_proc()'`` would have used)."""
     db = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
-    conn.execute(sql.SQL("ALTER DATABASE {} SET TimeZone = 'Europe/Berlin'").format(sql.Identifier(db)))
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} SET TimeZone = 'Europe/Berlin'").format(sql.Identifier(db))
+    )
     with psycopg.connect(dsn, autocommit=True) as berlin:
         partman_table(berlin, partman, "local")
         drop_newest(berlin, "local", 2)

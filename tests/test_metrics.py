@@ -31,8 +31,11 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def samples(text: str) -> Samples:
     """{(name, sorted labels): value} from an exposition, parsed by prometheus_client."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def table_value(s: Samples, name: str, schema: str, table: str) -> float:
@@ -46,7 +49,9 @@ class Exporter:
         code = "import sys; from partguard.cli import main; sys.exit(main(sys.argv[1:]))"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, "metrics", "-d", dsn, "--listen", "127.0.0.1:0", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()
@@ -86,15 +91,19 @@ def exporter() -> Iterator[Callable[..., Exporter]]:
 def incident(conn: Any) -> datetime:
     """app.events with children only up to 2 days ago and a day of rows in the DEFAULT."""
     conn.execute("CREATE SCHEMA app")
-    conn.execute("CREATE TABLE app.events (ts timestamptz NOT NULL, v text) "
-                 "PARTITION BY RANGE (ts)")
+    conn.execute(
+        "CREATE TABLE app.events (ts timestamptz NOT NULL, v text) PARTITION BY RANGE (ts)"
+    )
     conn.execute("CREATE INDEX ON app.events (ts)")
     today = utc_today(conn)
     create_parent(conn, "app.events", "ts", "1 day", start=str(today - timedelta(days=5)))
     edge = midnight(today - timedelta(days=2))
     drop_children(conn, "app.events", lambda k: k.lower >= edge)
-    conn.execute("INSERT INTO app.events SELECT %s + g * interval '1 minute', 'x' "
-                 "FROM generate_series(0, 1439) g", (edge,))
+    conn.execute(
+        "INSERT INTO app.events SELECT %s + g * interval '1 minute', 'x' "
+        "FROM generate_series(0, 1439) g",
+        (edge,),
+    )
     conn.execute("ANALYZE app.events")
     return edge
 
@@ -112,7 +121,8 @@ def test_listen_serves_metrics_that_match_the_database(
         "current_setting('superuser_reserved_connections')::int, "
         "(SELECT count(*) FROM app.events_default), "
         "(SELECT count(*) FROM pg_inherits WHERE inhparent = 'app.events'::regclass) - 1, "
-        "extract(epoch FROM now())").fetchone()
+        "extract(epoch FROM now())"
+    ).fetchone()
     max_conn, su_reserved, default_rows, children, now = db
     assert s[("partguard_connections_max", ())] == max_conn
     # PG 15 has no reserved_connections: only the superuser slots are reserved.
@@ -126,8 +136,10 @@ def test_listen_serves_metrics_that_match_the_database(
     runway = table_value(s, "partguard_runway_seconds", "app", "events")
     assert runway == pytest.approx(edge.timestamp() - float(now), abs=30)
     # Without a cache each scrape is a fresh snapshot: the new child shows up in the next one.
-    conn.execute("CREATE TABLE app.events_later PARTITION OF app.events "
-                 "FOR VALUES FROM ('2100-01-01 00:00+00') TO ('2100-01-02 00:00+00')")
+    conn.execute(
+        "CREATE TABLE app.events_later PARTITION OF app.events "
+        "FOR VALUES FROM ('2100-01-01 00:00+00') TO ('2100-01-02 00:00+00')"
+    )
     assert table_value(e.scrape(), "partguard_children", "app", "events") == 4
     rc, err = e.stop()
     assert rc == 0 and "Traceback" not in err
@@ -141,12 +153,15 @@ def test_last_maintenance_is_exported_from_partguards_journal(
 
     incident(conn)
     journal.ensure_schema(conn)
-    run_id = conn.execute("INSERT INTO partguard.maintenance_run (status) VALUES ('ok') "
-                          "RETURNING run_id").fetchone()[0]
+    run_id = conn.execute(
+        "INSERT INTO partguard.maintenance_run (status) VALUES ('ok') RETURNING run_id"
+    ).fetchone()[0]
     done = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    conn.execute("INSERT INTO partguard.maintenance_table "
-                 "(run_id, table_name, status, finished_at) VALUES (%s, 'app.events', 'ok', %s)",
-                 (run_id, done))
+    conn.execute(
+        "INSERT INTO partguard.maintenance_table "
+        "(run_id, table_name, status, finished_at) VALUES (%s, 'app.events', 'ok', %s)",
+        (run_id, done),
+    )
     text = _stdout_of_main(["metrics", "-d", dsn])
     s = samples(text)
     ts = table_value(s, "partguard_last_maintenance_success_timestamp_seconds", "app", "events")
@@ -156,8 +171,9 @@ def test_last_maintenance_is_exported_from_partguards_journal(
 def _stdout_of_main(argv: list[str]) -> str:
     # capsys would also work; a subprocess keeps stdout exactly what a cron job would get.
     code = "import sys; from partguard.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
-                          timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     return proc.stdout
@@ -178,11 +194,14 @@ def test_database_down_is_up_zero_and_the_exporter_keeps_serving(
     assert rc == 0 and "Traceback" not in err and "cannot check the database" in err
 
 
-def test_textfile_is_replaced_atomically(dsn: str, conn: Any, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_textfile_is_replaced_atomically(
+    dsn: str, conn: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     conn.execute("CREATE TABLE public.t (ts timestamptz) PARTITION BY RANGE (ts)")
-    conn.execute("CREATE TABLE public.t_1 PARTITION OF public.t "
-                 "FOR VALUES FROM ('2026-01-01 00:00+00') TO ('2026-01-02 00:00+00')")
+    conn.execute(
+        "CREATE TABLE public.t_1 PARTITION OF public.t "
+        "FOR VALUES FROM ('2026-01-01 00:00+00') TO ('2026-01-02 00:00+00')"
+    )
     path = tmp_path / "partguard.prom"
     path.write_text("old contents\n")
     old_inode = path.stat().st_ino
@@ -217,20 +236,27 @@ def closed_port() -> int:
 
 def test_promtool_accepts_the_alert_rules() -> None:
     promtool = shutil.which("promtool") or next(
-        (p for p in ("/usr/bin/promtool",) if os.path.exists(p)), None)
+        (p for p in ("/usr/bin/promtool",) if os.path.exists(p)), None
+    )
     if promtool is None:
         if os.environ.get("CI", "").lower() not in ("", "0", "false"):
             pytest.fail("promtool is missing in CI: install the prometheus package")
         pytest.skip("promtool is not installed")
     rules = str(ROOT / "docs/prometheus-alerts.yml")
-    check = subprocess.run([promtool, "check", "rules", rules],
-                           capture_output=True, text=True, timeout=60, check=False)
+    check = subprocess.run(
+        [promtool, "check", "rules", rules], capture_output=True, text=True, timeout=60, check=False
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "SUCCESS: 11 rules found" in check.stdout
     # The rules fire on an incident's series and stay quiet on a healthy table.
-    test = subprocess.run([promtool, "test", "rules", "prometheus-alerts.test.yml"],
-                          cwd=ROOT / "tests/data", capture_output=True, text=True, timeout=60,
-                          check=False)
+    test = subprocess.run(
+        [promtool, "test", "rules", "prometheus-alerts.test.yml"],
+        cwd=ROOT / "tests/data",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert test.returncode == 0, test.stdout + test.stderr
 
 
@@ -241,21 +267,50 @@ def exported_names() -> set[str]:
 
     now = datetime.now(UTC)
     server = ServerSummary("15.0", 150000, "db", "u", "UTC", now, 100, 3, 0, 1, 97, False, "", None)
-    table = TableSummary("s", "t", "ok", "range", "ts", "timestamp with time zone", "1 day",
-                         "UTC", "partman", 1, True, 0, 1.0, None, None, 0, 0, now, None)
-    return {f.name for f in families(Scrape(CheckReport(0, server, (table,), (), Clients(())), 0.1))}
+    table = TableSummary(
+        "s",
+        "t",
+        "ok",
+        "range",
+        "ts",
+        "timestamp with time zone",
+        "1 day",
+        "UTC",
+        "partman",
+        1,
+        True,
+        0,
+        1.0,
+        None,
+        None,
+        0,
+        0,
+        now,
+        None,
+    )
+    return {
+        f.name for f in families(Scrape(CheckReport(0, server, (table,), (), Clients(())), 0.1))
+    }
 
 
 def test_alerts_and_dashboard_use_only_exported_metrics() -> None:
     names = exported_names()
-    assert {"partguard_up", "partguard_default_rows", "partguard_runway_seconds",
-            "partguard_last_maintenance_success_timestamp_seconds",
-            "partguard_connections_used"} <= names
+    assert {
+        "partguard_up",
+        "partguard_default_rows",
+        "partguard_runway_seconds",
+        "partguard_last_maintenance_success_timestamp_seconds",
+        "partguard_connections_used",
+    } <= names
     rules = (ROOT / "docs/prometheus-alerts.yml").read_text()
     dashboard = json.loads((ROOT / "docs/grafana-dashboard.json").read_text())
     assert dashboard["panels"] and dashboard["uid"] and dashboard["schemaVersion"] >= 30
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = set(re.findall(r"partguard_[a-z_]+", rules + "\n".join(exprs)))
     assert used <= names, used - names
-    assert {"partguard_default_rows", "partguard_runway_seconds", "partguard_connections_used",
-            "partguard_last_maintenance_success_timestamp_seconds"} <= used
+    assert {
+        "partguard_default_rows",
+        "partguard_runway_seconds",
+        "partguard_connections_used",
+        "partguard_last_maintenance_success_timestamp_seconds",
+    } <= used

@@ -38,12 +38,20 @@ DAY = timedelta(days=1)
 
 
 @pytest.mark.parametrize("how", ["bad-clock-row", "premake-1"])
-def test_instant_never_leaves_the_wide_child_last(run: Run, dsn: str, conn: Conn, partman: str, how: str) -> None:
+def test_instant_never_leaves_the_wide_child_last(
+    run: Run, dsn: str, conn: Conn, partman: str, how: str
+) -> None:
     """One DEFAULT row three days ahead (a device with a bad clock), or premake 1, used to make
     instant create nothing after the wide child: partman then failed on every run."""
     parent, gap = partman_incident(conn)
     if how == "bad-clock-row":
-        insert_keys(conn, sql.Identifier("public", "fixes"), "ts", [now(conn) + 3 * DAY + timedelta(hours=1)], "clock")
+        insert_keys(
+            conn,
+            sql.Identifier("public", "fixes"),
+            "ts",
+            [now(conn) + 3 * DAY + timedelta(hours=1)],
+            "clock",
+        )
     else:
         conn.execute("UPDATE partman.part_config SET premake = 1")
     premake = int(conn.execute("SELECT premake FROM partman.part_config").fetchone()[0])  # type: ignore[index]
@@ -72,8 +80,11 @@ def _wide_last(conn: Conn) -> tuple[str, str]:
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("public", k.name)))
     conn.execute("DELETE FROM fixes_default")
     name = f"fixes_wide_{today:%Y%m%d}"
-    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF fixes FOR VALUES FROM ({}) TO ({})").format(
-        sql.Identifier("public", name), sql.Literal(today), sql.Literal(today + 7 * DAY)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} PARTITION OF fixes FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier("public", name), sql.Literal(today), sql.Literal(today + 7 * DAY)
+        )
+    )
     return parent, name
 
 
@@ -91,13 +102,17 @@ def test_check_predicts_partmans_overlap_before_partman_hits_it(
     # And partman does exactly what check predicted, on every version.
     if partman == "5.5.0":  # 5.5 catches the set's error and only warns
         warnings = run_partman_maintenance(dsn, parent, times=1)
-        assert any("skipped partition set" in w and "would overlap" in w for w in warnings), warnings
+        assert any("skipped partition set" in w and "would overlap" in w for w in warnings), (
+            warnings
+        )
     else:
         with pytest.raises(psycopg.errors.RaiseException, match="would overlap"):
             run_partman_maintenance(dsn, parent, times=1)
 
 
-def test_maintain_reports_the_overlap_as_a_failure(run: Run, dsn: str, conn: Conn, partman: str) -> None:
+def test_maintain_reports_the_overlap_as_a_failure(
+    run: Run, dsn: str, conn: Conn, partman: str
+) -> None:
     """maintain never says ok while partman fails (5.5.0: only a WARNING from partman)."""
     parent, _ = _wide_last(conn)
     rc, out, _ = run("maintain", "-d", dsn, "-t", parent, "--format", "json")
@@ -107,13 +122,17 @@ def test_maintain_reports_the_overlap_as_a_failure(run: Run, dsn: str, conn: Con
     assert "\n" not in t["message"]
 
 
-def test_fix_exit_code_is_not_zero_while_partman_still_fails(run: Run, dsn: str, conn: Conn, partman: str) -> None:
+def test_fix_exit_code_is_not_zero_while_partman_still_fails(
+    run: Run, dsn: str, conn: Conn, partman: str
+) -> None:
     """A fix that moved every row but leaves the table CRITICAL (here: an off-grid overlap
     that predates it) says so and exits 2, never 0."""
     parent, _ = _wide_last(conn)
     # rows in the DEFAULT, so there is something for fix to do
-    conn.execute("INSERT INTO fixes (device_id, ts, payload, val) SELECT 1, now() - interval '40 days', 'old-' || g, g "
-                 "FROM generate_series(1, 5) g")
+    conn.execute(
+        "INSERT INTO fixes (device_id, ts, payload, val) SELECT 1, now() - interval '40 days', 'old-' || g, g "
+        "FROM generate_series(1, 5) g"
+    )
     rc, out, err = run("fix", "-d", dsn, parent, "--yes", "--strategy", "copy", "--format", "json")
     doc = json.loads(out)
     assert rc == 2 and doc["exit_code"] == 2, (rc, err)

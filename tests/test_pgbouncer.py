@@ -34,7 +34,8 @@ Bouncer = Callable[[str], int]  # pool_mode -> the port PgBouncer listens on
 
 def _pgbouncer() -> str | None:
     return shutil.which("pgbouncer") or next(
-        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None)
+        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None
+    )
 
 
 def _free_port() -> int:
@@ -49,8 +50,10 @@ def bouncer(cluster: Sandbox) -> Iterator[Bouncer]:
     binary = _pgbouncer()
     if binary is None:
         if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-            pytest.fail("pgbouncer is not installed; CI must test through it: run scripts/install-deps.sh",
-                        pytrace=False)
+            pytest.fail(
+                "pgbouncer is not installed; CI must test through it: run scripts/install-deps.sh",
+                pytrace=False,
+            )
         pytest.skip("pgbouncer is not installed (Debian package pgbouncer)")
     started: list[tuple[subprocess.Popen[bytes], Path]] = []
 
@@ -73,8 +76,13 @@ def bouncer(cluster: Sandbox) -> Iterator[Bouncer]:
             for f in [home, *home.iterdir()]:
                 shutil.chown(f, OS_USER)
             extra = {"user": OS_USER}
-        proc = subprocess.Popen([binary, str(home / "pgbouncer.ini")], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **extra)
+        proc = subprocess.Popen(
+            [binary, str(home / "pgbouncer.ini")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **extra,
+        )
         started.append((proc, home))
         deadline = time.monotonic() + 30
         while True:
@@ -84,7 +92,9 @@ def bouncer(cluster: Sandbox) -> Iterator[Bouncer]:
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     log = home / "pgbouncer.log"
-                    raise AssertionError(f"pgbouncer did not start: {log.read_text() if log.exists() else ''}")
+                    raise AssertionError(
+                        f"pgbouncer did not start: {log.read_text() if log.exists() else ''}"
+                    ) from None
                 time.sleep(0.05)
 
     yield start
@@ -153,7 +163,8 @@ def test_check_through_a_transaction_pooler_warns_and_still_checks(
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warning.startswith("check: connected through a transaction-mode pooler"), warning
     assert [(f["code"], f["detail"].get("rows_exact")) for f in pooled["findings"]] == [
-        (f["code"], f["detail"].get("rows_exact")) for f in direct["findings"]]
+        (f["code"], f["detail"].get("rows_exact")) for f in direct["findings"]
+    ]
 
 
 def test_a_session_pooler_is_not_mistaken_for_one_and_fix_goes_through(
@@ -165,7 +176,9 @@ def test_a_session_pooler_is_not_mistaken_for_one_and_fix_goes_through(
     port = bouncer("session")
     rc, out, err = run("check", *through(port, dsn))
     assert (rc, err) == (2, "")
-    rc, out, err = run("fix", *through(port, dsn), "public.events", "--yes", "--strategy", "copy", "--jobs", "2")
+    rc, out, err = run(
+        "fix", *through(port, dsn), "public.events", "--yes", "--strategy", "copy", "--jobs", "2"
+    )
     assert rc == 0, out + err
     assert count(conn, "public.events_default") == 0
     rc, out, err = run("check", *through(port, dsn))

@@ -40,10 +40,17 @@ def copy_database(dsn: str, suffix: str) -> str:
     source = str(conninfo_to_dict(dsn)["dbname"])
     target = f"{source}_{suffix}"
     with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True) as c:
-        c.execute(sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {}").format(
-            sql.Literal(source)))
+        c.execute(
+            sql.SQL(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {}"
+            ).format(sql.Literal(source))
+        )
         c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target)))
-        c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(target), sql.Identifier(source)))
+        c.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(target), sql.Identifier(source)
+            )
+        )
     return make_conninfo(dsn, dbname=target)
 
 
@@ -53,16 +60,24 @@ def copies(dsn: str) -> Iterator[list[str]]:
     yield made
     with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True) as c:
         for d in made:
-            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(str(conninfo_to_dict(d)["dbname"]))))
+            c.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(str(conninfo_to_dict(d)["dbname"]))
+                )
+            )
 
 
 def run_script(dsn: str, script: str, tmp_path: Path) -> str:
     """``psql -v ON_ERROR_STOP=1 -f plan.sql``, as a DBA runs the reviewed plan."""
     path = tmp_path / "plan.sql"
     path.write_text(script)
-    done = subprocess.run([psql(), "-X", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", str(path)],
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [psql(), "-X", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, f"psql failed:\n{done.stderr}"
     return done.stdout
 
@@ -80,8 +95,9 @@ def end_state(dsn: str, parent: str) -> tuple[Counter[tuple[Any, ...]], list[Any
         in_default = 0
         if default is not None:
             schema = parent.split(".")[0]
-            in_default = c.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                sql.Identifier(schema, default))).fetchone()[0]  # type: ignore[index]
+            in_default = c.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, default))
+            ).fetchone()[0]  # type: ignore[index]
         return row_set(c, parent), kids(c, parent), default, in_default
 
 
@@ -106,11 +122,18 @@ def test_printed_plan_run_by_psql_repairs_like_fix(
     assert by_psql[2] == by_fix[2] == "fixes_default" and by_psql[3] == by_fix[3] == 0
     assert run_partman_maintenance(copy, parent) == []
     with psycopg.connect(copy, autocommit=True) as c:
-        names = [r[0] for r in c.execute(
-            "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid "
-            "JOIN pg_inherits i ON i.inhrelid = x.indrelid WHERE i.inhparent = %s::regclass", (parent,))]
-        left = c.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'fixes\\_default\\_%%' "
-                         "AND relkind = 'r'").fetchone()[0]  # type: ignore[index]
+        names = [
+            r[0]
+            for r in c.execute(
+                "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid "
+                "JOIN pg_inherits i ON i.inhrelid = x.indrelid WHERE i.inhparent = %s::regclass",
+                (parent,),
+            )
+        ]
+        left = c.execute(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'fixes\\_default\\_%%' "
+            "AND relkind = 'r'"
+        ).fetchone()[0]  # type: ignore[index]
     default_named = [n for n in names if n.startswith("fixes_default")]
     assert len(default_named) == 2, f"only the fresh DEFAULT's indexes carry its name: {names}"
     assert left == 0, "the holding table is gone"
@@ -131,9 +154,16 @@ def test_a_name_cannot_break_out_of_the_plans_comments(
     conn.execute("CREATE TABLE victim (x int); INSERT INTO victim VALUES (1)")
     ident = make_table(conn, "public", name)
     gap = utc_midnight(conn, 3)
-    native_children(conn, ident, "public",
-                    [(gap - i * DAY, gap - (i - 1) * DAY, f"{name}_p{gap - i * DAY:%Y%m%d}") for i in range(4, 0, -1)],
-                    default=f"{name}_default")
+    native_children(
+        conn,
+        ident,
+        "public",
+        [
+            (gap - i * DAY, gap - (i - 1) * DAY, f"{name}_p{gap - i * DAY:%Y%m%d}")
+            for i in range(4, 0, -1)
+        ],
+        default=f"{name}_default",
+    )
     insert_spread(conn, ident, "ts", gap - 4 * DAY, gap, 100, "before")
     insert_spread(conn, ident, "ts", gap, now(conn), 300, "outage")
     parent = ident.as_string(conn)
@@ -144,7 +174,7 @@ def test_a_name_cannot_break_out_of_the_plans_comments(
     script = dry_run(run, dsn, parent, strategy)
     assert "DROP TABLE victim" in script  # the name is in the plan: the test proves something
     comments = [ln for ln in script.split("\n") if ln.startswith("--")]
-    assert any('U&"ev' in ln for ln in comments), "names in comments are written in U&\"…\" form"
+    assert any('U&"ev' in ln for ln in comments), 'names in comments are written in U&"…" form'
     assert not any("\r" in ln or "*/" in ln for ln in comments)
     out = run_script(dsn, script, tmp_path)
 
@@ -154,11 +184,16 @@ def test_a_name_cannot_break_out_of_the_plans_comments(
     assert after == before and max(before.values()) == 1, "every row once, none set aside"
     ks = conn.execute(
         "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = %s ORDER BY 1", (oid,)).fetchall()
+        "WHERE i.inhparent = %s ORDER BY 1",
+        (oid,),
+    ).fetchall()
     default = [n for n, b in ks if b == "DEFAULT"]
     assert default == [f"{name}_default"], ks
-    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-        sql.Identifier("public", default[0]))).fetchone() == (0,), "the fresh DEFAULT is empty"
-    assert len(ks) > 6 and all(n.startswith(name) for n, _ in ks), "children for the outage and the future"
+    assert conn.execute(
+        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("public", default[0]))
+    ).fetchone() == (0,), "the fresh DEFAULT is empty"
+    assert len(ks) > 6 and all(n.startswith(name) for n, _ in ks), (
+        "children for the outage and the future"
+    )
     ts_max = conn.execute(sql.SQL("SELECT max(ts) FROM {}").format(ident)).fetchone()[0]  # type: ignore[index]
     assert ts_max is not None

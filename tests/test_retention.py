@@ -40,14 +40,29 @@ def backdated(conn: Conn, *, default: bool = True) -> date:
     days = [today + timedelta(days=k) for k in range(-40, 5) if k not in WIDE]
     parent = native_daily(conn, "app", "Ev Log", "at", days, default=default)
     lo, hi = today + timedelta(days=WIDE[0]), today + timedelta(days=WIDE[-1] + 1)
-    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-        sql.Identifier("app", f"Ev Log_p{lo:%Y%m%d}"), parent, sql.Literal(midnight(lo)),
-        sql.Literal(midnight(hi))))
-    conn.execute(sql.SQL("INSERT INTO {} (at, payload) SELECT d + interval '12 hours', 'noon' "
-                         "FROM generate_series({}::timestamptz, {}::timestamptz, '1 day') d").format(
-        parent, sql.Literal(midnight(today - timedelta(days=40))), sql.Literal(midnight(today + timedelta(days=4)))))
-    conn.execute(sql.SQL("INSERT INTO {} (at, payload) VALUES ({}::timestamptz - interval '1 hour', 'late')")
-                 .format(parent, sql.Literal(midnight(hi))))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier("app", f"Ev Log_p{lo:%Y%m%d}"),
+            parent,
+            sql.Literal(midnight(lo)),
+            sql.Literal(midnight(hi)),
+        )
+    )
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (at, payload) SELECT d + interval '12 hours', 'noon' "
+            "FROM generate_series({}::timestamptz, {}::timestamptz, '1 day') d"
+        ).format(
+            parent,
+            sql.Literal(midnight(today - timedelta(days=40))),
+            sql.Literal(midnight(today + timedelta(days=4))),
+        )
+    )
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (at, payload) VALUES ({}::timestamptz - interval '1 hour', 'late')"
+        ).format(parent, sql.Literal(midnight(hi)))
+    )
     return today
 
 
@@ -64,16 +79,25 @@ retention_mode = "{mode}"
 
 
 def attached(conn: Conn) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = %s::regclass ORDER BY 1", (TABLE,))]
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = %s::regclass ORDER BY 1",
+            (TABLE,),
+        )
+    ]
 
 
 def plain_tables(conn: Conn) -> list[str]:
     """Tables in schema app that are neither partitioned nor a partition: detached children."""
-    return [r[0] for r in conn.execute(
-        "SELECT relname FROM pg_class WHERE relnamespace = 'app'::regnamespace AND relkind = 'r' "
-        "AND NOT relispartition ORDER BY 1")]
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'app'::regnamespace AND relkind = 'r' "
+            "AND NOT relispartition ORDER BY 1"
+        )
+    ]
 
 
 def maintain(run: Run, dsn: str, cfg: str, *extra: str) -> tuple[int, dict[str, Any]]:
@@ -90,7 +114,9 @@ def test_detach_retires_only_children_past_the_window_and_keeps_the_wide_one(
     dsn: str, conn: Conn, run: Run, tmp_path: Path
 ) -> None:
     today = backdated(conn)  # with a DEFAULT: the plain DETACH under lock_timeout
-    rows_before = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(TABLE))).fetchone()[0]  # type: ignore[index]
+    rows_before = conn.execute(
+        sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(TABLE))
+    ).fetchone()[0]  # type: ignore[index]
     rc, doc = maintain(run, dsn, config(tmp_path))
     (t,) = doc["tables"]
     assert rc == 0, t
@@ -104,11 +130,14 @@ def test_detach_retires_only_children_past_the_window_and_keeps_the_wide_one(
     # Detached, not dropped: each old child is a plain table with its row.
     assert plain_tables(conn) == sorted(gone)
     for name in gone:
-        assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-            sql.Identifier("app", name))).fetchone() == (1,)
+        assert conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("app", name))
+        ).fetchone() == (1,)
     left = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(TABLE))).fetchone()[0]  # type: ignore[index]
     assert left == rows_before - 7
-    late = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE payload = 'late'").format(sql.SQL(TABLE))).fetchone()
+    late = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE payload = 'late'").format(sql.SQL(TABLE))
+    ).fetchone()
     assert late == (1,)
     rc, out, err = run("check", "-d", dsn, "-t", TABLE)
     assert rc == 0, out + err  # no gap was left behind
@@ -146,11 +175,15 @@ def test_interrupted_concurrent_detach_is_finalized_by_the_next_run(
         (t,) = doc["tables"]
         assert (rc, t["retired"]) == (2, [])
         oldest = old_names(today)[0]
-        assert f"retention stopped at {oldest}: " in t["message"] and "lock not granted" in t["message"]
+        assert (
+            f"retention stopped at {oldest}: " in t["message"]
+            and "lock not granted" in t["message"]
+        )
         assert "pid" in t["message"]  # the blocking reader is named
         pending = conn.execute(
             "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = %s::regclass",
-            (f'app."{oldest}"',)).fetchone()
+            (f'app."{oldest}"',),
+        ).fetchone()
         assert pending == (True,)  # the first half committed: writes no longer route to it
     rc, doc = maintain(run, dsn, cfg)
     assert (rc, doc["tables"][0]["retired"]) == (0, [f"app.{n}" for n in old_names(today)])
@@ -162,13 +195,22 @@ def test_retention_stops_at_a_child_it_cannot_prove_is_the_tables_own(
 ) -> None:
     today = backdated(conn)
     old = today - timedelta(days=41)
-    conn.execute(sql.SQL("CREATE TABLE app.archive_2020 PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-        sql.SQL(TABLE), sql.Literal(midnight(old)), sql.Literal(midnight(old + timedelta(days=1)))))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE app.archive_2020 PARTITION OF {} FOR VALUES FROM ({}) TO ({})"
+        ).format(
+            sql.SQL(TABLE),
+            sql.Literal(midnight(old)),
+            sql.Literal(midnight(old + timedelta(days=1))),
+        )
+    )
     before = attached(conn)
     rc, out, err = run("maintain", "-d", dsn, "--config", config(tmp_path))
     assert rc == 1, out + err
-    assert (f"retention stops at archive_2020 (its name does not follow the table's pattern "
-            f"(expected Ev Log_p{old:%Y%m%d})), and keeps the 7 children out of the window behind it") in out
+    assert (
+        f"retention stops at archive_2020 (its name does not follow the table's pattern "
+        f"(expected Ev Log_p{old:%Y%m%d})), and keeps the 7 children out of the window behind it"
+    ) in out
     assert attached(conn) == before  # nothing retired: no gap may open behind the stranger
 
 
@@ -184,10 +226,17 @@ def test_a_child_holding_rows_inside_the_window_is_refused(
         (table,) = read_tables(c, [TABLE])
         state = table_state(c, server, table, None, Options(interval="1 day"))
         oldest = old_names(today)[0]
-        c.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(sql.SQL(TABLE), sql.Identifier("app", oldest)))
+        c.execute(
+            sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                sql.SQL(TABLE), sql.Identifier("app", oldest)
+            )
+        )
         c.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("app", oldest)))
-        c.execute(sql.SQL("CREATE TABLE {} AS SELECT now() - interval '1 day' AS at").format(
-            sql.Identifier("app", oldest)))
+        c.execute(
+            sql.SQL("CREATE TABLE {} AS SELECT now() - interval '1 day' AS at").format(
+                sql.Identifier("app", oldest)
+            )
+        )
         got = apply_retention(c, state, spec, server, "UTC", lock_timeout=1, retries=0)
     assert got.retired == () and got.severity == 2
     assert got.message.startswith(f"refusing to detach {oldest}: it holds rows up to ")
@@ -204,18 +253,26 @@ def test_dry_run_lists_what_would_go_and_changes_nothing(
     assert (rc, err) == (0, "")
     lines = out.splitlines()
     detaches = [ln for ln in lines if "DETACH PARTITION" in ln]
-    assert detaches == [f'ALTER TABLE "app"."Ev Log" DETACH PARTITION "app"."{n}";' for n in old_names(today)]
+    assert detaches == [
+        f'ALTER TABLE "app"."Ev Log" DETACH PARTITION "app"."{n}";' for n in old_names(today)
+    ]
     assert not any("DROP TABLE" in ln for ln in lines)  # detach mode
     assert '-- app."Ev Log": retention 30 days (detach), children ending at or before' in out
     assert attached(conn) == before
 
 
-@pytest.mark.parametrize(("entry", "complaint"), [
-    ('retention = "30 days"', "retention needs an interval"),
-    ('interval = "1 day"\nretention = 1000', "not of one kind"),
-    ('interval = "1 day"\nretention = "forever"', "retention: invalid interval"),
-    ('interval = "1 day"\nretention = "30 days"\nretention_mode = "purge"', 'must be "detach" or "drop"'),
-])
+@pytest.mark.parametrize(
+    ("entry", "complaint"),
+    [
+        ('retention = "30 days"', "retention needs an interval"),
+        ('interval = "1 day"\nretention = 1000', "not of one kind"),
+        ('interval = "1 day"\nretention = "forever"', "retention: invalid interval"),
+        (
+            'interval = "1 day"\nretention = "30 days"\nretention_mode = "purge"',
+            'must be "detach" or "drop"',
+        ),
+    ],
+)
 def test_retention_mistakes_are_usage_errors(entry: str, complaint: str) -> None:
     with pytest.raises(UsageError, match=complaint):
         parse(f"[[table]]\nname = 'app.t'\n{entry}\n")
@@ -226,43 +283,70 @@ def test_check_warns_before_partman_retention_drops_a_wide_child_with_rows_in_th
 ) -> None:
     today = utc_today(conn)
     conn.execute("CREATE SCHEMA app")
-    conn.execute("CREATE TABLE app.fixes (id bigint, at timestamptz NOT NULL) PARTITION BY RANGE (at)")
+    conn.execute(
+        "CREATE TABLE app.fixes (id bigint, at timestamptz NOT NULL) PARTITION BY RANGE (at)"
+    )
     conn.execute("CREATE INDEX ON app.fixes (at)")
     create_parent(conn, "app.fixes", "at", "1 day", start=str(today - timedelta(days=10)))
     lo, hi = today - timedelta(days=7), today - timedelta(days=3)
-    for k in range(-7, -3):  # the outage days become one wide child, as fix --strategy instant leaves them
+    for k in range(
+        -7, -3
+    ):  # the outage days become one wide child, as fix --strategy instant leaves them
         for (name,) in conn.execute(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
             "WHERE i.inhparent = 'app.fixes'::regclass AND pg_get_expr(c.relpartbound, c.oid) LIKE %s",
-            (f"%FROM ('{today + timedelta(days=k)}%",)).fetchall():
+            (f"%FROM ('{today + timedelta(days=k)}%",),
+        ).fetchall():
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("app", name)))
     wide = f"fixes_p{lo:%Y%m%d}" if partman.startswith("5") else f"fixes_p{lo:%Y_%m_%d}"
-    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF app.fixes FOR VALUES FROM ({}) TO ({})").format(
-        sql.Identifier("app", wide), sql.Literal(midnight(lo)), sql.Literal(midnight(hi))))
-    conn.execute("INSERT INTO app.fixes VALUES (1, %s), (2, %s)",
-                 (midnight(lo), midnight(hi) - timedelta(seconds=1)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} PARTITION OF app.fixes FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier("app", wide), sql.Literal(midnight(lo)), sql.Literal(midnight(hi))
+        )
+    )
+    conn.execute(
+        "INSERT INTO app.fixes VALUES (1, %s), (2, %s)",
+        (midnight(lo), midnight(hi) - timedelta(seconds=1)),
+    )
     # retention_keep_table defaults to true (partman only detaches); false drops: the worst case.
-    conn.execute("UPDATE partman.part_config SET retention = '4 days', retention_keep_table = false "
-                 "WHERE parent_table = 'app.fixes'")
+    conn.execute(
+        "UPDATE partman.part_config SET retention = '4 days', retention_keep_table = false "
+        "WHERE parent_table = 'app.fixes'"
+    )
 
     # maintain (partman's run through partguard) holds retention back for the wide child only,
     # inside its own transaction: the child and its in-window row survive, the config is intact.
     rc, out, err = run("maintain", "-d", dsn, "-t", "app.fixes", "--format", "json")
     (t,) = json.loads(out)["tables"]
     assert rc == 1 and t["status"] == "ok" and t["severity"] == 1, (t, err)
-    assert "retention held back" in t["message"] and wide in t["message"] and "partguard split" in t["message"]
-    assert conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"app.{wide}",)).fetchone() == (True,)
+    assert (
+        "retention held back" in t["message"]
+        and wide in t["message"]
+        and "partguard split" in t["message"]
+    )
+    assert conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"app.{wide}",)).fetchone() == (
+        True,
+    )
     assert conn.execute("SELECT count(*) FROM app.fixes WHERE id = 2").fetchone() == (1,)
-    assert conn.execute("SELECT retention FROM partman.part_config WHERE parent_table = 'app.fixes'"
-                        ).fetchone() == ("4 days",)
+    assert conn.execute(
+        "SELECT retention FROM partman.part_config WHERE parent_table = 'app.fixes'"
+    ).fetchone() == ("4 days",)
 
     rc, out, err = run("check", "-d", dsn, "-t", "app.fixes", "--format", "json")
     assert err == ""
     doc = json.loads(out)
     (f,) = [f for f in doc["findings"] if f["code"] == "partman_retention"]
-    assert (rc, f["severity"], f["detail"]["child"], f["detail"]["action"]) == (1, "warning", wide, "drop")
+    assert (rc, f["severity"], f["detail"]["child"], f["detail"]["action"]) == (
+        1,
+        "warning",
+        wide,
+        "drop",
+    )
     assert f"pg_partman's retention (4 days) will drop {wide} at its next run" in f["message"]
-    assert f"the child's end to be {lo + timedelta(days=1)} (start + 1 day), but the child spans to {hi}" in f["message"]
+    assert (
+        f"the child's end to be {lo + timedelta(days=1)} (start + 1 day), but the child spans to {hi}"
+        in f["message"]
+    )
     assert "SET retention_keep_table = true WHERE parent_table = 'app.fixes'" in f["message"]
     # The older daily children partman drops too hold nothing inside the window: no finding.
     assert len([f for f in doc["findings"] if f["code"] == "partman_retention"]) == 1
@@ -278,12 +362,19 @@ def test_integer_keys_keep_the_ids_within_retention_of_the_largest(
 ) -> None:
     conn.execute("CREATE TABLE public.readings (id bigint NOT NULL, v int) PARTITION BY RANGE (id)")
     for lo in range(0, 11000, 1000):
-        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF public.readings FOR VALUES FROM ({}) TO ({})").format(
-            sql.Identifier("public", f"readings_p{lo}"), sql.Literal(lo), sql.Literal(lo + 1000)))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} PARTITION OF public.readings FOR VALUES FROM ({}) TO ({})"
+            ).format(
+                sql.Identifier("public", f"readings_p{lo}"), sql.Literal(lo), sql.Literal(lo + 1000)
+            )
+        )
     conn.execute("INSERT INTO public.readings SELECT i, 0 FROM generate_series(1, 10500) i")
     cfg = tmp_path / "partguard.toml"
-    cfg.write_text('[[table]]\nname = "public.readings"\ninterval = 1000\npremake = 1\n'
-                   'retention = 5000\nretention_mode = "drop"\n')
+    cfg.write_text(
+        '[[table]]\nname = "public.readings"\ninterval = 1000\npremake = 1\n'
+        'retention = 5000\nretention_mode = "drop"\n'
+    )
     rc, out, _ = run("maintain", "-d", dsn, "--config", str(cfg), "--format", "json")
     (t,) = json.loads(out)["tables"]
     assert rc == 0, t

@@ -35,15 +35,18 @@ def logged(make_cluster: Callable[..., Sandbox]) -> Sandbox:
 
 def partguard_connections(sb: Sandbox) -> int:
     """Sessions partguard opened, as the server logged them."""
-    return sum("connection authorized" in line and "application_name=partguard" in line
-               for line in sb.logfile.read_text(errors="replace").splitlines())
+    return sum(
+        "connection authorized" in line and "application_name=partguard" in line
+        for line in sb.logfile.read_text(errors="replace").splitlines()
+    )
 
 
 def events_db(sb: Sandbox) -> str:
     dsn = sb.create_database("app", partman=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE public.events (ts timestamptz NOT NULL, v text) "
-                     "PARTITION BY RANGE (ts)")
+        conn.execute(
+            "CREATE TABLE public.events (ts timestamptz NOT NULL, v text) PARTITION BY RANGE (ts)"
+        )
         conn.execute(f"CREATE TABLE public.events_p20260101 PARTITION OF public.events {DAY1}")
         conn.execute("INSERT INTO public.events VALUES ('2026-01-01 12:00+00', 'x')")
     return dsn
@@ -58,8 +61,9 @@ def proxy(logged: Sandbox) -> Iterator[Proxy]:
 
 def via(proxy: Proxy, dsn: str) -> str:
     """``dsn`` through the proxy, with a connect timeout long enough to outlast a stall."""
-    return psycopg.conninfo.make_conninfo(dsn, host="127.0.0.1", port=proxy.port,
-                                          connect_timeout=60)
+    return psycopg.conninfo.make_conninfo(
+        dsn, host="127.0.0.1", port=proxy.port, connect_timeout=60
+    )
 
 
 def test_concurrent_scrapes_take_one_snapshot(logged: Sandbox, proxy: Proxy) -> None:
@@ -163,7 +167,9 @@ def test_a_dead_database_is_cached_too(logged: Sandbox) -> None:
     assert err.count("cannot check the database") == 1
 
 
-def test_tables_of_a_schema_share_one_name_set(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+def test_tables_of_a_schema_share_one_name_set(
+    conn: psycopg.Connection[tuple[object, ...]],
+) -> None:
     """Each table used to carry its own copy of every relation name in its schema: memory
     grew with tables x relations. Now one frozenset per schema serves all its tables."""
     conn.execute("CREATE SCHEMA other")
@@ -193,8 +199,11 @@ def test_cache_for_needs_listen_and_a_duration(run: Callable[..., tuple[int, str
 # one division instead of walking the grid; DST zones still walk. An independent oracle
 # (local wall time) says which keys are boundaries.
 
-STEPS = {"1 day": Interval(days=1), "1 hour": Interval(micros=3_600_000_000),
-         "1 month": Interval(months=1)}
+STEPS = {
+    "1 day": Interval(days=1),
+    "1 hour": Interval(micros=3_600_000_000),
+    "1 month": Interval(months=1),
+}
 ZONES = ["UTC", "Etc/GMT-1", "Etc/GMT+5", "Europe/Berlin", "America/New_York"]
 
 
@@ -208,15 +217,23 @@ def is_boundary(local: datetime, step: str) -> bool:
 # Wall times in the zone under test, often a bucket's start (midnight, the 1st), sometimes
 # a microsecond or a second off it: what a table's bounds look like, and what they should not.
 walls = st.builds(
-    lambda day, hour, minute, wiggle: datetime(2020, 1, 1) + timedelta(
-        days=day, hours=hour, minutes=minute, microseconds=wiggle),
-    st.integers(0, 10 * 365), st.sampled_from([0, 0, 0, 3, 12, 23]), st.sampled_from([0, 0, 30]),
-    st.sampled_from([0, 0, 0, 1, -1, 10**6]))
+    lambda day, hour, minute, wiggle: (
+        datetime(2020, 1, 1) + timedelta(days=day, hours=hour, minutes=minute, microseconds=wiggle)
+    ),
+    st.integers(0, 10 * 365),
+    st.sampled_from([0, 0, 0, 3, 12, 23]),
+    st.sampled_from([0, 0, 30]),
+    st.sampled_from([0, 0, 0, 1, -1, 10**6]),
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sampled_from(sorted(STEPS)), st.sampled_from(ZONES), st.lists(walls, min_size=1, max_size=40))
-def test_on_grid_agrees_with_wall_time_in_every_zone(step: str, zone: str, local: list[datetime]) -> None:
+@given(
+    st.sampled_from(sorted(STEPS)), st.sampled_from(ZONES), st.lists(walls, min_size=1, max_size=40)
+)
+def test_on_grid_agrees_with_wall_time_in_every_zone(
+    step: str, zone: str, local: list[datetime]
+) -> None:
     tz = ZoneInfo(zone)
     keys = [w.replace(tzinfo=tz).astimezone(UTC) for w in local]  # as the server sends them
     grid = time_grid(STEPS[step], zone)

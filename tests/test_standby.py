@@ -63,7 +63,9 @@ def test_check_and_metrics_say_the_server_is_a_standby(
 
     rc, out, err = run("metrics", "-d", standby)
     assert (rc, err) == (0, "")
-    assert "partguard_in_recovery 1.0" in out.splitlines() and "partguard_up 1.0" in out.splitlines()
+    assert (
+        "partguard_in_recovery 1.0" in out.splitlines() and "partguard_up 1.0" in out.splitlines()
+    )
     rc, out, _ = run("metrics", "-d", dsn)
     assert rc == 0 and "partguard_in_recovery 0.0" in out.splitlines()
 
@@ -79,8 +81,10 @@ def test_maintain_on_a_standby_does_nothing_and_says_why_in_one_line(
 
     rc, out, err = run("maintain", "-d", standby)
     assert (rc, err) == (0, "")
-    assert out == ("partguard maintain: nothing to do: the server is a hot standby (in recovery, "
-                   "read-only); maintenance runs on the primary\n")
+    assert out == (
+        "partguard maintain: nothing to do: the server is a hot standby (in recovery, "
+        "read-only); maintenance runs on the primary\n"
+    )
     rc, out, err = run("maintain", "-d", standby, "--format", "json")
     report = json.loads(out)
     assert (rc, err, report["status_text"], report["tables"]) == (0, "", "ok", [])
@@ -102,8 +106,10 @@ def test_fix_on_a_standby_refuses_with_its_own_code(
     native_outage(conn, 48)
     rows = count(conn, "public.events_default")
     standby = on_standby(replica, dsn)
-    want = ("partguard: fix changes the database and the server is a hot standby (in recovery, "
-            "read-only): run it against the primary\n")
+    want = (
+        "partguard: fix changes the database and the server is a hot standby (in recovery, "
+        "read-only): run it against the primary\n"
+    )
     for extra in (["--yes"], ["--dry-run"], ["--yes", "--strategy", "copy"]):
         rc, out, err = run("fix", "-d", standby, "public.events", *extra)
         assert (rc, out, err) == (69, "", want), extra

@@ -42,11 +42,16 @@ def systemd_argv(exec_start: str) -> list[str]:
     return [a.replace("%%", "%").replace("$$", "$") for a in shlex.split(exec_start)]
 
 
-def test_printed_units_run_maintain_hourly_on_a_persistent_timer(capsys: pytest.CaptureFixture[str]) -> None:
+def test_printed_units_run_maintain_hourly_on_a_persistent_timer(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     rc, files, err = units(capsys, "-d", "sales")
     assert rc == 0 and err == ""
     assert set(files) == {"partguard-maintain-sales.service", "partguard-maintain-sales.timer"}
-    service, timer = files["partguard-maintain-sales.service"], files["partguard-maintain-sales.timer"]
+    service, timer = (
+        files["partguard-maintain-sales.service"],
+        files["partguard-maintain-sales.timer"],
+    )
     assert setting(service, "ExecStart") == f"{EXE} maintain -d sales --retry-for 10m"
     assert setting(service, "Type") == "oneshot"
     assert setting(service, "StandardOutput") == "journal"
@@ -78,7 +83,9 @@ def test_escape_matches_systemd_escape() -> None:
     if tool is None:
         pytest.skip("systemd-escape is not installed")
     for text in ("sales", "my-db", "a b/c", ".hidden", "Ünïcode", "x:y_z.w"):
-        expected = subprocess.run([tool, text], capture_output=True, text=True, check=True).stdout.strip()
+        expected = subprocess.run(
+            [tool, text], capture_output=True, text=True, check=True
+        ).stdout.strip()
         assert systemd_escape(text) == expected, text
 
 
@@ -105,7 +112,9 @@ def test_install_writes_both_files(capsys: pytest.CaptureFixture[str], tmp_path:
     assert (tmp_path / "pg-sales.service").stat().st_mode & 0o777 == 0o644
 
 
-def test_installed_units_pass_systemd_analyze_verify(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_installed_units_pass_systemd_analyze_verify(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     tool = shutil.which("systemd-analyze")
     if tool is None:
         pytest.skip("systemd-analyze is not installed")

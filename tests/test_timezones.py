@@ -61,8 +61,9 @@ def server_offsets(conn: Conn, zone: str) -> list[timedelta]:
     """The oracle: what PostgreSQL's session TimeZone makes of ``zone`` at SAMPLES."""
     with conn.transaction(force_rollback=True):
         conn.execute("SELECT set_config('TimeZone', %s, true)", (zone,))
-        rows = conn.execute("SELECT extract(timezone FROM t)::int FROM unnest(%s::timestamptz[]) t",
-                            (SAMPLES,)).fetchall()
+        rows = conn.execute(
+            "SELECT extract(timezone FROM t)::int FROM unnest(%s::timestamptz[]) t", (SAMPLES,)
+        ).fetchall()
     return [timedelta(seconds=r[0]) for r in rows]
 
 
@@ -77,24 +78,32 @@ def test_a_zone_means_what_postgresql_says(conn: Conn, given: str, east: timedel
     assert server_offsets(conn, given) == [east] * len(SAMPLES)  # the oracle agrees with the table
     tz = zone_info(name)
     assert [t.astimezone(tz).utcoffset() for t in SAMPLES] == [east] * len(SAMPLES)
-    assert server_offsets(conn, name) == [east] * len(SAMPLES), f"{name} must mean the same to the server"
+    assert server_offsets(conn, name) == [east] * len(SAMPLES), (
+        f"{name} must mean the same to the server"
+    )
 
 
 def test_tz_database_zones_keep_their_name_and_their_rules(conn: Conn) -> None:
     assert resolve(conn, "europe/berlin") == "Europe/Berlin"
     assert resolve(conn, "UTC") == "UTC" and resolve(conn, "Etc/UTC") == "Etc/UTC"
-    assert [t.astimezone(zone_info("Europe/Berlin")).utcoffset() for t in SAMPLES] == server_offsets(
-        conn, "Europe/Berlin")
+    assert [
+        t.astimezone(zone_info("Europe/Berlin")).utcoffset() for t in SAMPLES
+    ] == server_offsets(conn, "Europe/Berlin")
     assert resolve(conn, "+01") == "Etc/GMT-1" and zone_label("Etc/GMT-1") == "UTC+01:00"
 
 
-@pytest.mark.parametrize(("given", "words"), [
-    ("Mars/Olympus", "PostgreSQL does not accept it"),
-    ("", "PostgreSQL does not accept it"),
-    ("CET-1CEST,M3.5.0,M10.5.0/3", "POSIX rule with daylight saving"),
-    ("+0100", "+100 hours"),  # a number of hours to PostgreSQL: one hundred of them
-])
-def test_zones_partguard_cannot_compute_in_are_usage_errors(conn: Conn, given: str, words: str) -> None:
+@pytest.mark.parametrize(
+    ("given", "words"),
+    [
+        ("Mars/Olympus", "PostgreSQL does not accept it"),
+        ("", "PostgreSQL does not accept it"),
+        ("CET-1CEST,M3.5.0,M10.5.0/3", "POSIX rule with daylight saving"),
+        ("+0100", "+100 hours"),  # a number of hours to PostgreSQL: one hundred of them
+    ],
+)
+def test_zones_partguard_cannot_compute_in_are_usage_errors(
+    conn: Conn, given: str, words: str
+) -> None:
     with pytest.raises(UnknownZone, match=words.replace("+", r"\+")) as exc:
         resolve(conn, given)
     assert exc.value.exit_code == 64
@@ -118,7 +127,9 @@ def test_aliases_are_the_same_zone_and_others_are_not() -> None:
     assert not same_zone("UTC", "Etc/GMT-1")
     assert not same_zone("Europe/Berlin", "Etc/GMT-1")  # equal in winter only
     assert not same_zone("Europe/Berlin", "Europe/London")
-    assert not same_zone("Europe/Berlin", "Europe/Paris")  # France had DST from 1976, Germany from 1980
+    assert not same_zone(
+        "Europe/Berlin", "Europe/Paris"
+    )  # France had DST from 1976, Germany from 1980
     assert fixed_zone_name(timedelta(hours=-3, minutes=-30)) == "<-03:30>+03:30"
     assert zone_info("<-03:30>+03:30").utcoffset(None) == timedelta(hours=-3, minutes=-30)
     with pytest.raises(UnknownZone):
@@ -128,10 +139,13 @@ def test_aliases_are_the_same_zone_and_others_are_not() -> None:
 # --- grid boundaries at wall times that never happened -----------------------------------
 
 
-@pytest.mark.parametrize(("zone", "step", "walls"), [
-    ("Asia/Kathmandu", Interval(months=3), ["1985-10-01", "1986-01-01", "1986-04-01"]),
-    ("America/Santiago", Interval(days=1), ["2026-09-05", "2026-09-06", "2026-09-07"]),
-])
+@pytest.mark.parametrize(
+    ("zone", "step", "walls"),
+    [
+        ("Asia/Kathmandu", Interval(months=3), ["1985-10-01", "1986-01-01", "1986-04-01"]),
+        ("America/Santiago", Interval(days=1), ["2026-09-05", "2026-09-06", "2026-09-07"]),
+    ],
+)
 def test_boundaries_in_a_forward_jump_are_where_postgresql_puts_them(
     conn: Conn, zone: str, step: Interval, walls: list[str]
 ) -> None:
@@ -140,14 +154,20 @@ def test_boundaries_in_a_forward_jump_are_where_postgresql_puts_them(
     jump; the grid agrees, also when anchored on that very boundary."""
     with conn.transaction(force_rollback=True):
         conn.execute("SELECT set_config('TimeZone', %s, true)", (zone,))
-        pg = [r[0] for r in conn.execute("SELECT w::timestamp::timestamptz FROM unnest(%s::text[]) w",
-                                         (walls,)).fetchall()]
+        pg = [
+            r[0]
+            for r in conn.execute(
+                "SELECT w::timestamp::timestamptz FROM unnest(%s::text[]) w", (walls,)
+            ).fetchall()
+        ]
     g = time_grid(step, zone)
     h = time_grid(step, zone, pg[1].astimezone(ZoneInfo(zone)))
     for grid in (g, h):
         assert [grid.floor(b + timedelta(minutes=1)) for b in pg] == pg
         assert grid.next(pg[0]) == pg[1] and grid.next(pg[1]) == pg[2]
-    assert pg[1].astimezone(ZoneInfo(zone)).time() != datetime.min.time(), "the jump moved the boundary"
+    assert pg[1].astimezone(ZoneInfo(zone)).time() != datetime.min.time(), (
+        "the jump moved the boundary"
+    )
     assert pg[2].astimezone(ZoneInfo(zone)).time() == datetime.min.time(), "and only that one"
 
 
@@ -156,8 +176,11 @@ def test_boundaries_in_a_forward_jump_are_where_postgresql_puts_them(
 
 def set_db_timezone(conn: Conn, zone: str) -> None:
     """The role/database default TimeZone: the zone partman's maintenance computes in."""
-    conn.execute(sql.SQL("ALTER DATABASE {} SET TimeZone = {}").format(
-        sql.Identifier(conn.info.dbname), sql.Literal(zone)))
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} SET TimeZone = {}").format(
+            sql.Identifier(conn.info.dbname), sql.Literal(zone)
+        )
+    )
 
 
 def partman_outage(dsn: str, zone: str = "UTC") -> str:
@@ -166,8 +189,10 @@ def partman_outage(dsn: str, zone: str = "UTC") -> str:
     with psycopg.connect(dsn, autocommit=True) as c:
         set_db_timezone(c, zone)
     with psycopg.connect(dsn, autocommit=True) as c:  # a session with the new default, like cron's
-        c.execute("CREATE TABLE public.fixes (id bigint GENERATED ALWAYS AS IDENTITY, "
-                  "ts timestamptz NOT NULL, payload text) PARTITION BY RANGE (ts)")
+        c.execute(
+            "CREATE TABLE public.fixes (id bigint GENERATED ALWAYS AS IDENTITY, "
+            "ts timestamptz NOT NULL, payload text) PARTITION BY RANGE (ts)"
+        )
         c.execute("CREATE INDEX ON public.fixes (ts)")
         start = c.execute("SELECT (date_trunc('day', now()) - interval '10 days')::text").fetchone()
         assert start is not None
@@ -177,8 +202,10 @@ def partman_outage(dsn: str, zone: str = "UTC") -> str:
         for _, name, lower in children(c, "public.fixes"):
             if lower >= gap[0]:
                 c.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("public", name)))
-        c.execute("INSERT INTO public.fixes (ts, payload) SELECT now() - g * interval '5 minutes', 'p' || g "
-                  "FROM generate_series(0, 5 * 24 * 12) g")
+        c.execute(
+            "INSERT INTO public.fixes (ts, payload) SELECT now() - g * interval '5 minutes', 'p' || g "
+            "FROM generate_series(0, 5 * 24 * 12) g"
+        )
     return "public.fixes"
 
 
@@ -195,14 +222,17 @@ def assert_on_grid(conn: Conn, zone: str) -> None:
         local = lower.astimezone(zone_info(zone))
         assert local.time() == datetime.min.time(), f"{name} starts at {local}, off the {zone} grid"
     bounds = conn.execute(
-        """SELECT count(*) FROM partman.show_partitions('public.fixes')""").fetchone()
+        """SELECT count(*) FROM partman.show_partitions('public.fixes')"""
+    ).fetchone()
     assert bounds is not None and bounds[0] == len(kids)
 
 
 def assert_partman_runs(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as c:
         for _ in range(2):
-            c.execute("SELECT partman.run_maintenance(p_parent_table := 'public.fixes', p_jobmon := false)")
+            c.execute(
+                "SELECT partman.run_maintenance(p_parent_table := 'public.fixes', p_jobmon := false)"
+            )
         kids = children(c, "public.fixes")
     lowers = [lower for _, _, lower in kids]
     assert lowers == sorted(set(lowers))
@@ -214,21 +244,38 @@ def test_fix_tz_contradicting_partmans_zone_is_refused_unless_forced(
     parent = partman_outage(dsn, "UTC")
     before = layout(conn)
 
-    for cmd in (["fix", "-d", dsn, parent, "--yes", "--tz", "Europe/Berlin"],
-                ["fix", "-d", dsn, parent, "--yes", "--tz", "UTC+01"],  # POSIX: one hour west
-                ["check", "-d", dsn, "--tz", "Europe/Berlin"],
-                ["check", "-d", dsn, "-t", parent, "--tz", "+01"]):
+    for cmd in (
+        ["fix", "-d", dsn, parent, "--yes", "--tz", "Europe/Berlin"],
+        ["fix", "-d", dsn, parent, "--yes", "--tz", "UTC+01"],  # POSIX: one hour west
+        ["check", "-d", dsn, "--tz", "Europe/Berlin"],
+        ["check", "-d", dsn, "-t", parent, "--tz", "+01"],
+    ):
         rc, out, err = run(*cmd)
         assert rc == 64, (cmd, rc, err)
         assert len(err.strip().splitlines()) == 1, err
-        assert "contradicts the zone pg_partman computes in (UTC, the role/database default TimeZone)" in err
+        assert (
+            "contradicts the zone pg_partman computes in (UTC, the role/database default TimeZone)"
+            in err
+        )
         assert "--force-tz" in err and out == ""
     assert layout(conn) == before, "a refused fix changes nothing"
 
     with caplog.at_level(logging.WARNING, logger="partguard"):
-        rc, out, err = run("check", "-d", dsn, "-t", parent, "--tz", "Europe/Berlin", "--force-tz",
-                           "--format", "json")
-    assert rc == 2 and "misaligned" in out, "forced: judged on the Berlin grid, where partman's children are off"
+        rc, out, err = run(
+            "check",
+            "-d",
+            dsn,
+            "-t",
+            parent,
+            "--tz",
+            "Europe/Berlin",
+            "--force-tz",
+            "--format",
+            "json",
+        )
+    assert rc == 2 and "misaligned" in out, (
+        "forced: judged on the Berlin grid, where partman's children are off"
+    )
     assert any("using it as --force-tz asks" in r.getMessage() for r in caplog.records)
     rc, out, _ = run("fix", "-d", dsn, parent, "--dry-run", "--tz", "Europe/Berlin", "--force-tz")
     assert rc == 0 and "SET LOCAL TimeZone = 'Europe/Berlin'" in out
@@ -286,15 +333,24 @@ def test_utc_is_no_disagreement_with_etc_utc(
     assert_on_grid(conn, "UTC")
 
 
-def test_fix_partitioned_table_plus_one_as_a_user_runs_it(dsn: str, conn: Conn, partman: str) -> None:
+def test_fix_partitioned_table_plus_one_as_a_user_runs_it(
+    dsn: str, conn: Conn, partman: str
+) -> None:
     """The real console script: exit 0, the hint's disagreement a WARNING line on stderr."""
     partman_outage(dsn, "UTC")
     script = Path(sys.executable).with_name("fix-partitioned-table")
-    done = subprocess.run([str(script), dsn, "fixes", "ts", "+01"], capture_output=True, text=True,
-                          timeout=300, check=False)
+    done = subprocess.run(
+        [str(script), dsn, "fixes", "ts", "+01"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert any("the time zone given (UTC+01:00) disagrees with pg_partman's (UTC)" in x for x in lines), lines
+    assert any(
+        "the time zone given (UTC+01:00) disagrees with pg_partman's (UTC)" in x for x in lines
+    ), lines
     assert not [x for x in lines if "unknown time zone" in x or "error" in x.lower()], lines
     assert_on_grid(conn, "UTC")
 
@@ -302,27 +358,49 @@ def test_fix_partitioned_table_plus_one_as_a_user_runs_it(dsn: str, conn: Conn, 
 def native_table(conn: Conn, zone: str, days: int = 6) -> str:
     """public.fixes without partman: daily children at midnight of ``zone`` until three days
     ago, a DEFAULT holding every row since."""
-    conn.execute("CREATE TABLE public.fixes (id bigint GENERATED ALWAYS AS IDENTITY, "
-                 "ts timestamptz NOT NULL, payload text) PARTITION BY RANGE (ts)")
+    conn.execute(
+        "CREATE TABLE public.fixes (id bigint GENERATED ALWAYS AS IDENTITY, "
+        "ts timestamptz NOT NULL, payload text) PARTITION BY RANGE (ts)"
+    )
     conn.execute("CREATE INDEX ON public.fixes (ts)")
     today = utc_today(conn)
     tz = zone_info(zone)
     for i in range(days + 3, 3, -1):
         d = today - timedelta(days=i)
         lo = datetime(d.year, d.month, d.day, tzinfo=tz)
-        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF public.fixes FOR VALUES FROM ({}) TO ({})").format(
-            sql.Identifier("public", f"fixes_p{d:%Y%m%d}"), sql.Literal(lo), sql.Literal(lo + DAY)))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} PARTITION OF public.fixes FOR VALUES FROM ({}) TO ({})"
+            ).format(
+                sql.Identifier("public", f"fixes_p{d:%Y%m%d}"),
+                sql.Literal(lo),
+                sql.Literal(lo + DAY),
+            )
+        )
     conn.execute("CREATE TABLE public.fixes_default PARTITION OF public.fixes DEFAULT")
-    conn.execute("INSERT INTO public.fixes (ts, payload) SELECT now() - g * interval '7 minutes', 'n' || g "
-                 "FROM generate_series(0, 2 * 24 * 8) g")
+    conn.execute(
+        "INSERT INTO public.fixes (ts, payload) SELECT now() - g * interval '7 minutes', 'n' || g "
+        "FROM generate_series(0, 2 * 24 * 8) g"
+    )
     return "public.fixes"
 
 
-HINTS = ["+01", "+00", "+01:00", "UTC+01", "Etc/GMT-1", "UTC", "Mars/Olympus", "CET-1CEST,M3.5.0,M10.5.0/3"]
+HINTS = [
+    "+01",
+    "+00",
+    "+01:00",
+    "UTC+01",
+    "Etc/GMT-1",
+    "UTC",
+    "Mars/Olympus",
+    "CET-1CEST,M3.5.0,M10.5.0/3",
+]
 
 
 @pytest.mark.parametrize("hint", HINTS)
-def test_no_hint_refuses_a_repair(dsn: str, conn: Conn, hint: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_hint_refuses_a_repair(
+    dsn: str, conn: Conn, hint: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Known, unknown or unusable, the hint never stops the repair; the children's UTC grid
     wins, and a hint that cannot be used or disagrees is a warning."""
     native_table(conn, "UTC")
@@ -341,7 +419,9 @@ def test_no_hint_refuses_a_repair(dsn: str, conn: Conn, hint: str, caplog: pytes
         assert any("disagrees with the children's" in w for w in warnings), warnings
 
 
-def test_a_hint_decides_where_the_children_agree(dsn: str, conn: Conn, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_hint_decides_where_the_children_agree(
+    dsn: str, conn: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
     """Children at +01 midnights and the hint '+01': the grid is UTC+01, without a word."""
     native_table(conn, "Etc/GMT-1")
     with caplog.at_level(logging.WARNING, logger="partguard"):
@@ -357,5 +437,7 @@ def test_library_fix_resolves_the_hint_too(dsn: str, conn: Conn) -> None:
 
     native_table(conn, "UTC")
     with connect(dsn) as c:
-        out = fix(c, dsn, FixRequest(table="public.fixes", tz="+00", tz_hint="+01:00", dry_run=True))
+        out = fix(
+            c, dsn, FixRequest(table="public.fixes", tz="+00", tz_hint="+01:00", dry_run=True)
+        )
     assert out.status == "planned" and out.params is not None and out.params["zone"] == "UTC"

@@ -56,7 +56,11 @@ class TableSpec:
     @property
     def window(self) -> Window | None:
         """The retention as a value (validated on load)."""
-        return None if self.retention is None else parse_window(self.retention, f"{self.name}: retention")
+        return (
+            None
+            if self.retention is None
+            else parse_window(self.retention, f"{self.name}: retention")
+        )
 
     def naming_for(self, table: Table, grid: Grid) -> Naming | None:
         """The Naming this entry asks for, or None to follow the children's pattern."""
@@ -67,7 +71,9 @@ class TableSpec:
         fmt: str | None = m["fmt"]
         if isinstance(grid, IntGrid):
             if fmt != "start":
-                raise UsageError(f"{self.name}: integer keys are named with {{start}}, not {{{fmt}}}")
+                raise UsageError(
+                    f"{self.name}: integer keys are named with {{start}}, not {{{fmt}}}"
+                )
             fmt = None
         elif fmt == "start":
             raise UsageError(f"{self.name}: time keys need a format such as {{YYYYMMDD}}")
@@ -94,7 +100,9 @@ def parse(text: str, source: str = "partguard.toml") -> Config:
     doc = tomlfile.parse(text, source)
     unknown = set(doc) - {"table", "defaults"}
     if unknown:
-        raise UsageError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}; expected [[table]], [defaults]")
+        raise UsageError(
+            f"{source}: unknown section(s) {', '.join(sorted(unknown))}; expected [[table]], [defaults]"
+        )
     defaults = doc.get("defaults", {})
     if not isinstance(defaults, dict):
         raise UsageError(f"{source}: [defaults] must be a table")
@@ -120,7 +128,9 @@ def parse(text: str, source: str = "partguard.toml") -> Config:
 def _no_unknown(d: dict[str, Any], allowed: set[str], where: str) -> None:
     extra = set(d) - allowed
     if extra:
-        raise UsageError(f"{where}: unknown key(s) {', '.join(sorted(extra))}; allowed: {', '.join(sorted(allowed))}")
+        raise UsageError(
+            f"{where}: unknown key(s) {', '.join(sorted(extra))}; allowed: {', '.join(sorted(allowed))}"
+        )
 
 
 def _spec(d: dict[str, Any], where: str) -> TableSpec:
@@ -141,14 +151,14 @@ def _spec(d: dict[str, Any], where: str) -> TableSpec:
                 except UsageError as exc:
                     raise UsageError(f"{where}: {exc}") from None
         else:
-            raise UsageError(f"{where}: interval must be a string such as \"1 day\" or an integer")
+            raise UsageError(f'{where}: interval must be a string such as "1 day" or an integer')
     premake = d.get("premake", DEFAULT_PREMAKE)
     if not isinstance(premake, int) or isinstance(premake, bool) or premake < 1:
         raise UsageError(f"{where}: premake must be a positive integer")
     tz = d.get("tz")
     if tz is not None:
         if not isinstance(tz, str):
-            raise UsageError(f"{where}: tz must be a time zone name such as \"UTC\"")
+            raise UsageError(f'{where}: tz must be a time zone name such as "UTC"')
         try:
             time_grid(parse_interval("1 day"), tz)
         except UsageError as exc:
@@ -156,20 +166,26 @@ def _spec(d: dict[str, Any], where: str) -> TableSpec:
     naming = d.get("naming")
     if naming is not None and (not isinstance(naming, str) or not _NAMING.match(naming)):
         raise UsageError(
-            f"{where}: naming must look like \"{{parent}}_p{{YYYYMMDD}}\" (a format in braces at the end)"
+            f'{where}: naming must look like "{{parent}}_p{{YYYYMMDD}}" (a format in braces at the end)'
         )
     if interval is None and naming is not None:
         raise UsageError(f"{where}: naming needs an interval (partman tables follow part_config)")
     retention, mode = d.get("retention"), d.get("retention_mode", "detach")
     if retention is not None:
         if interval is None:
-            raise UsageError(f"{where}: retention needs an interval (for a partman table set "
-                             "part_config.retention)")
+            raise UsageError(
+                f"{where}: retention needs an interval (for a partman table set "
+                "part_config.retention)"
+            )
         window = parse_window(retention, f"{where}: retention")
-        if isinstance(window, int) != (isinstance(interval, int) or str(interval).strip().isdigit()):
-            raise UsageError(f"{where}: retention {retention!r} and interval {interval!r} are not of one "
-                             "kind (both a time span, or both a number of ids)")
+        if isinstance(window, int) != (
+            isinstance(interval, int) or str(interval).strip().isdigit()
+        ):
+            raise UsageError(
+                f"{where}: retention {retention!r} and interval {interval!r} are not of one "
+                "kind (both a time span, or both a number of ids)"
+            )
         retention = str(retention)
     if mode not in RETENTION_MODES:
-        raise UsageError(f"{where}: retention_mode must be \"detach\" or \"drop\", got {mode!r}")
+        raise UsageError(f'{where}: retention_mode must be "detach" or "drop", got {mode!r}')
     return TableSpec(name.strip(), interval, premake, tz, naming, retention, mode)

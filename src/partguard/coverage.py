@@ -148,8 +148,11 @@ def reference_key(state: TableState, server: Server) -> Key | None:
     """The key value "now" has: the current time in the key's type, or the largest id."""
     table = state.table
     if table.key_kind == "int":
-        seen = [k for k in (state.max_key, state.default_probe and state.default_probe.max_key)
-                if isinstance(k, int)]
+        seen = [
+            k
+            for k in (state.max_key, state.default_probe and state.default_probe.max_key)
+            if isinstance(k, int)
+        ]
         return max(seen) if seen else None
     if table.key_type == "timestamp with time zone":
         return server.now
@@ -175,17 +178,28 @@ def runway(state: TableState, server: Server) -> Runway | None:
     covered_to = front if front is not None else ref
     seconds = ids = None
     if isinstance(ref, int):
-        ids = int(front) - ref if front is not None else (  # type: ignore[arg-type]
-            int(last_upper) - ref if isinstance(last_upper, int) and last_upper <= ref else 0)
+        ids = (
+            int(front) - ref  # type: ignore[arg-type]
+            if front is not None
+            else (int(last_upper) - ref if isinstance(last_upper, int) and last_upper <= ref else 0)
+        )
     elif not unbounded:
         end = covered_to
         if front is None and last_upper is not None and not key_lt(ref, last_upper):
             end = last_upper  # children ran out in the past: a negative runway says how long ago
         seconds = (as_instant(end) - as_instant(ref)).total_seconds()
     return Runway(
-        reference=ref, last_upper=last_upper, frontier=front, unbounded=unbounded,
-        seconds=seconds, ids=ids, intervals_ahead=ahead, current_start=cur_start,
-        current_end=cur_end, next_end=next_end, current_covered=front is not None,
+        reference=ref,
+        last_upper=last_upper,
+        frontier=front,
+        unbounded=unbounded,
+        seconds=seconds,
+        ids=ids,
+        intervals_ahead=ahead,
+        current_start=cur_start,
+        current_end=cur_end,
+        next_end=next_end,
+        current_covered=front is not None,
         next_covered=unbounded or (front is not None and not key_lt(front, next_end)),
         premake=premake,
     )

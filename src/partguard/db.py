@@ -57,15 +57,23 @@ class ConnParams:
     def conninfo(self, application_name: str = "partguard") -> str:
         base = self.dbname or ""
         extra: dict[str, Any] = {
-            k: v for k, v in (("host", self.host), ("port", self.port), ("user", self.user),
-                              ("connect_timeout", self.connect_timeout)) if v
+            k: v
+            for k, v in (
+                ("host", self.host),
+                ("port", self.port),
+                ("user", self.user),
+                ("connect_timeout", self.connect_timeout),
+            )
+            if v
         }
         if _is_conninfo(base):
             # A conninfo or URI: parse it so our explicit -h/-p/-U can override its parts.
             try:
                 params: dict[str, Any] = dict(conninfo_to_dict(base))
             except psycopg.ProgrammingError as exc:
-                raise UsageError(f"-d is not a valid connection string: {_first_line(exc)}") from None
+                raise UsageError(
+                    f"-d is not a valid connection string: {_first_line(exc)}"
+                ) from None
         else:
             params = {"dbname": base} if base else {}
         params.update(extra)
@@ -172,17 +180,28 @@ def connect_retrying(
     while True:
         attempt += 1
         try:
-            return connect(params, autocommit=autocommit, within=max(0.0, deadline - time.monotonic()))
+            return connect(
+                params, autocommit=autocommit, within=max(0.0, deadline - time.monotonic())
+            )
         except ConnectionFailed as exc:
             cause = exc.__cause__
             sqlstate = getattr(cause, "sqlstate", None)
             text = str(exc)
-            transient = sqlstate in _TRANSIENT_CONNECT or isinstance(
-                cause, psycopg.errors.ConnectionTimeout
-            ) or any(
-                s in text
-                for s in ("too many clients", "starting up", "shutting down", "Connection refused",
-                          "reserved for", "recovery", "terminating connection")
+            transient = (
+                sqlstate in _TRANSIENT_CONNECT
+                or isinstance(cause, psycopg.errors.ConnectionTimeout)
+                or any(
+                    s in text
+                    for s in (
+                        "too many clients",
+                        "starting up",
+                        "shutting down",
+                        "Connection refused",
+                        "reserved for",
+                        "recovery",
+                        "terminating connection",
+                    )
+                )
             )
             if on_attempt:
                 on_attempt(attempt, text)
@@ -208,7 +227,11 @@ def server_message(exc: psycopg.Error) -> tuple[str, str]:
     d = exc.diag
     primary = (d.message_primary or str(exc)).strip()
     parts = [primary]
-    for label, value in (("DETAIL", d.message_detail), ("HINT", d.message_hint), ("CONTEXT", d.context)):
+    for label, value in (
+        ("DETAIL", d.message_detail),
+        ("HINT", d.message_hint),
+        ("CONTEXT", d.context),
+    ):
         if value:
             parts.append(f"{label}: {value.strip()}")
     full = "\n".join(parts)
@@ -216,12 +239,17 @@ def server_message(exc: psycopg.Error) -> tuple[str, str]:
     line = lines[0] if lines else type(exc).__name__
     extras: list[str] = []
     for label in ("DETAIL:", "HINT:"):
-        for ln in lines[1:] + [f"DETAIL: {d.message_detail or ''}", f"HINT: {d.message_hint or ''}"]:
-            text = ln[len(label):].strip() if ln.startswith(label) else ""
+        for ln in lines[1:] + [
+            f"DETAIL: {d.message_detail or ''}",
+            f"HINT: {d.message_hint or ''}",
+        ]:
+            text = ln[len(label) :].strip() if ln.startswith(label) else ""
             if text and text not in extras:
                 extras.append(text)
                 break
-    stmt = next((ln for ln in lines[1:] if ln.startswith(("CONTEXT: SQL statement", "SQL statement"))), None)
+    stmt = next(
+        (ln for ln in lines[1:] if ln.startswith(("CONTEXT: SQL statement", "SQL statement"))), None
+    )
     if stmt:
         extras.append("while running " + stmt.split("SQL statement", 1)[1].strip())
     if extras:
@@ -265,7 +293,8 @@ class Blocker:
 
     def describe(self) -> str:
         q = " ".join(self.query.split())
-        return f"pid {self.pid} ({self.application or 'no application_name'}, {self.state} since {self.since}): {q[:200]}"
+        app = self.application or "no application_name"
+        return f"pid {self.pid} ({app}, {self.state} since {self.since}): {q[:200]}"
 
 
 def blockers(conn: Conn, relations: Sequence[int]) -> list[Blocker]:
@@ -335,8 +364,15 @@ def run_locked(
                 f"blocked by {who}"
             )
         backoff = min(10.0, 0.2 * 2 ** (trial - 1)) * (0.5 + random.random())
-        log.warning("%s: lock not granted within %gs (try %d/%d, %d attempts), retrying in %.1fs",
-                    what, lock_timeout, trial, retries + 1, attempts, backoff)
+        log.warning(
+            "%s: lock not granted within %gs (try %d/%d, %d attempts), retrying in %.1fs",
+            what,
+            lock_timeout,
+            trial,
+            retries + 1,
+            attempts,
+            backoff,
+        )
         sleep(backoff)
     raise AssertionError("unreachable")
 

@@ -42,11 +42,35 @@ from .plan.fix import check_fixable
 
 # Re-exported: callers (check, maintain, metrics) reach the shared measurements through here.
 __all__ = [
-    "DEFAULT_PREMAKE", "STALE_AFTER", "STATUS_NAMES", "Finding", "Runway", "Severity",
-    "default_rows_estimate", "describe_unfinished", "diagnose", "diagnose_table", "display_name",
-    "fix_command", "fmt_delta", "fmt_key", "gaps", "iso", "last_maintenance", "misaligned",
-    "quarantine_findings", "repair_advice", "repair_command", "reserved_advice", "runway",
-    "runway_findings", "runway_severity", "status", "unfinished_findings", "wide_children", "worst",
+    "DEFAULT_PREMAKE",
+    "STALE_AFTER",
+    "STATUS_NAMES",
+    "Finding",
+    "Runway",
+    "Severity",
+    "default_rows_estimate",
+    "describe_unfinished",
+    "diagnose",
+    "diagnose_table",
+    "display_name",
+    "fix_command",
+    "fmt_delta",
+    "fmt_key",
+    "gaps",
+    "iso",
+    "last_maintenance",
+    "misaligned",
+    "quarantine_findings",
+    "repair_advice",
+    "repair_command",
+    "reserved_advice",
+    "runway",
+    "runway_findings",
+    "runway_severity",
+    "status",
+    "unfinished_findings",
+    "wide_children",
+    "worst",
 ]
 
 # No successful maintenance for twice the usual (hourly) schedule.
@@ -56,7 +80,7 @@ CONNECTIONS_WARNING, CONNECTIONS_CRITICAL = 0.80, 0.95
 _MAX_LISTED = 100
 
 
-class Severity(str, Enum):
+class Severity(str, Enum):  # noqa: UP042 - str(), format() and JSON of the value are relied on
     INFO = "info"
     WARNING = "warning"
     CRITICAL = "critical"
@@ -102,27 +126,45 @@ def diagnose(snapshot: Snapshot) -> list[Finding]:
     server = snapshot.server
     out = connections(server)
     for config, why in snapshot.orphan_configs:
-        out.append(Finding(
-            "orphan_config", Severity.CRITICAL, config.parent_table,
-            f"pg_partman has a config for {config.parent_table}, but {why}: "
-            "run_maintenance_proc() stops with an error on it, so later tables are not maintained "
-            f"either; remove it: DELETE FROM {_partman_schema(server)}.part_config "
-            f"WHERE parent_table = '{config.parent_table}'",
-            {"parent_table": config.parent_table, "reason": why},
-        ))
+        out.append(
+            Finding(
+                "orphan_config",
+                Severity.CRITICAL,
+                config.parent_table,
+                f"pg_partman has a config for {config.parent_table}, but {why}: "
+                "run_maintenance_proc() stops with an error on it, so later tables are not maintained "
+                f"either; remove it: DELETE FROM {_partman_schema(server)}.part_config "
+                f"WHERE parent_table = '{config.parent_table}'",
+                {"parent_table": config.parent_table, "reason": why},
+            )
+        )
     for key, holder in snapshot.stuck_partman_locks:
-        out.append(Finding("partman_lock_stuck", Severity.CRITICAL, None, stuck_lock_message(key, holder),
-                           {"key": key, "pid": holder.pid, "application_name": holder.application,
-                            "user": holder.user, "state": holder.state}))
+        out.append(
+            Finding(
+                "partman_lock_stuck",
+                Severity.CRITICAL,
+                None,
+                stuck_lock_message(key, holder),
+                {
+                    "key": key,
+                    "pid": holder.pid,
+                    "application_name": holder.application,
+                    "user": holder.user,
+                    "state": holder.state,
+                },
+            )
+        )
     for state in snapshot.tables:
         out.extend(diagnose_table(state, server))
     return out
 
 
 def stuck_lock_message(key: str, holder: LockHolder) -> str:
-    return (f"pg_partman's advisory lock hashtext('{key}') is held by {holder.describe()}: every "
-            "CALL run_maintenance_proc() (a timer, partman's background worker) does nothing until "
-            f"it is released: SELECT pg_terminate_backend({holder.pid})")
+    return (
+        f"pg_partman's advisory lock hashtext('{key}') is held by {holder.describe()}: every "
+        "CALL run_maintenance_proc() (a timer, partman's background worker) does nothing until "
+        f"it is released: SELECT pg_terminate_backend({holder.pid})"
+    )
 
 
 def diagnose_table(state: TableState, server: Server) -> list[Finding]:
@@ -166,7 +208,9 @@ def locked_finding(state: TableState) -> Finding:
     assert u is not None
     who = "; ".join(b.describe() for b in u.blockers) or "a session that has since let go"
     return Finding(
-        "locked", Severity.UNKNOWN, state.table.qualname,
+        "locked",
+        Severity.UNKNOWN,
+        state.table.qualname,
         f"not checked: {u.reason}; held by {who}",
         {"reason": u.reason, "blocking_pids": [b.pid for b in u.blockers]},
     )
@@ -179,43 +223,78 @@ def connections(server: Server) -> list[Finding]:
     """Slots against the budget, who holds them, and the role and database limits that bind."""
     avail = server.available
     ratio = server.used / avail if avail > 0 else 1.0
-    sev = (Severity.CRITICAL if ratio >= CONNECTIONS_CRITICAL
-           else Severity.WARNING if ratio >= CONNECTIONS_WARNING else None)
+    sev = (
+        Severity.CRITICAL
+        if ratio >= CONNECTIONS_CRITICAL
+        else Severity.WARNING
+        if ratio >= CONNECTIONS_WARNING
+        else None
+    )
     clients = server.clients
-    binding = [(lim, s) for lim in (clients.limits if clients else ()) if (s := _limit_severity(lim, clients))]
+    binding = [
+        (lim, s)
+        for lim in (clients.limits if clients else ())
+        if (s := _limit_severity(lim, clients))
+    ]
     severities = [s for s in [sev, *(s for _, s in binding)] if s is not None]
     if not severities:
         return []
     role = server.current_user
-    parts = [(f"{server.used} of {avail} usable connection slots in use ({ratio:.0%}; max_connections "
-              f"{server.max_connections} less {server.superuser_reserved} superuser_reserved and "
-              f"{server.reserved} reserved)")]
+    parts = [
+        (
+            f"{server.used} of {avail} usable connection slots in use ({ratio:.0%}; max_connections "
+            f"{server.max_connections} less {server.superuser_reserved} superuser_reserved and "
+            f"{server.reserved} reserved)"
+        )
+    ]
     detail: dict[str, Any] = {
-        "used": server.used, "available": avail, "ratio": round(ratio, 4),
+        "used": server.used,
+        "available": avail,
+        "ratio": round(ratio, 4),
         "max_connections": server.max_connections,
-        "superuser_reserved": server.superuser_reserved, "reserved": server.reserved,
-        "role": role, "can_use_reserved": server.can_use_reserved,
+        "superuser_reserved": server.superuser_reserved,
+        "reserved": server.reserved,
+        "role": role,
+        "can_use_reserved": server.can_use_reserved,
     }
     if clients is not None:
         pools = clients.pools()
         if pools:
-            parts.append("held by " + "; ".join(
-                _pool_text(p, avail if i == 0 else None) for i, p in enumerate(pools[:3])))
+            parts.append(
+                "held by "
+                + "; ".join(
+                    _pool_text(p, avail if i == 0 else None) for i, p in enumerate(pools[:3])
+                )
+            )
             if len(pools) > 3:
                 rest = pools[3:]
-                parts.append(f"and {sum(p.total for p in rest)} more in {len(rest)} other "
-                             f"application/role pair{'s' if len(rest) != 1 else ''}")
+                parts.append(
+                    f"and {sum(p.total for p in rest)} more in {len(rest)} other "
+                    f"application/role pair{'s' if len(rest) != 1 else ''}"
+                )
         hidden = clients.count("unknown")
         if hidden:
-            parts.append(f"the state of {hidden} backends is hidden from {role} "
-                         f"(GRANT pg_read_all_stats TO {role} to see it)")
+            parts.append(
+                f"the state of {hidden} backends is hidden from {role} "
+                f"(GRANT pg_read_all_stats TO {role} to see it)"
+            )
         detail.update(
-            idle=clients.count("idle"), idle_in_transaction=clients.count("idle_in_transaction"),
-            pools=[{"application_name": p.application_name, "usename": p.usename, "clients": p.clients,
-                    "total": p.total, **{st: p.count(st) for st in CONNECTION_STATES},
-                    "oldest_idle_in_transaction_seconds": (p.oldest_idle_in_transaction or (None,))[0],
-                    "client_addrs": [g.client_addr for g in p.groups][:_MAX_LISTED]}
-                   for p in pools[:_MAX_LISTED]],
+            idle=clients.count("idle"),
+            idle_in_transaction=clients.count("idle_in_transaction"),
+            pools=[
+                {
+                    "application_name": p.application_name,
+                    "usename": p.usename,
+                    "clients": p.clients,
+                    "total": p.total,
+                    **{st: p.count(st) for st in CONNECTION_STATES},
+                    "oldest_idle_in_transaction_seconds": (p.oldest_idle_in_transaction or (None,))[
+                        0
+                    ],
+                    "client_addrs": [g.client_addr for g in p.groups][:_MAX_LISTED],
+                }
+                for p in pools[:_MAX_LISTED]
+            ],
             groups=[{**asdict(g), "total": g.total} for g in clients.groups[:_MAX_LISTED]],
             limits=[{**asdict(lim), "severity": s.value} for lim, s in binding],
         )
@@ -225,7 +304,11 @@ def connections(server: Server) -> list[Finding]:
     if clients is not None and server.version_num < 160000:
         advice += f" ({role} is {'a superuser: it can' if clients.superuser else 'not a superuser: it cannot'})"
     parts.append(advice)
-    return [Finding("connections", max(severities, key=lambda s: s.rank), None, "; ".join(parts), detail)]
+    return [
+        Finding(
+            "connections", max(severities, key=lambda s: s.rank), None, "; ".join(parts), detail
+        )
+    ]
 
 
 def _pool_text(pool: Pool, budget: int | None) -> str:
@@ -239,12 +322,16 @@ def _pool_text(pool: Pool, budget: int | None) -> str:
         text = f"{who}{' from ' + addr if addr else ''}: {n}"
     if budget is not None:
         text += f" of {budget} usable slots"
-    states = [f"{pool.count(st)} {st.replace('_', ' ')}" for st in ("idle", "active")
-              if pool.count(st)]
+    states = [
+        f"{pool.count(st)} {st.replace('_', ' ')}" for st in ("idle", "active") if pool.count(st)
+    ]
     if pool.count("idle_in_transaction"):
         oldest = pool.oldest_idle_in_transaction
-        age = "" if oldest is None else (
-            f" (oldest {fmt_delta(timedelta(seconds=round(oldest[0])))}, pid {oldest[1]})")
+        age = (
+            ""
+            if oldest is None
+            else (f" (oldest {fmt_delta(timedelta(seconds=round(oldest[0])))}, pid {oldest[1]})")
+        )
         states.append(f"{pool.count('idle_in_transaction')} idle in transaction{age}")
     return text + (", " + ", ".join(states) if states else "")
 
@@ -280,16 +367,24 @@ def reserved_advice(server: Server) -> str:
     """Whether maintenance could still connect once ordinary slots run out (the incident)."""
     role = server.current_user
     if server.version_num < 160000:
-        return (f"PostgreSQL {server.version_num // 10000} has no reserved_connections: once the "
-                f"pool is exhausted only superusers get in ({server.superuser_reserved} slots)")
+        return (
+            f"PostgreSQL {server.version_num // 10000} has no reserved_connections: once the "
+            f"pool is exhausted only superusers get in ({server.superuser_reserved} slots)"
+        )
     if server.reserved == 0:
-        return ("reserved_connections is 0: once the pool is exhausted maintenance cannot connect; "
-                "set it and GRANT pg_use_reserved_connections to the maintenance role")
+        return (
+            "reserved_connections is 0: once the pool is exhausted maintenance cannot connect; "
+            "set it and GRANT pg_use_reserved_connections to the maintenance role"
+        )
     if server.can_use_reserved:
-        return (f"{role} can still connect through the {server.reserved} reserved_connections "
-                "slots when the pool is exhausted")
-    return (f"{role} cannot use the {server.reserved} reserved_connections slots: "
-            f"GRANT pg_use_reserved_connections TO {role}")
+        return (
+            f"{role} can still connect through the {server.reserved} reserved_connections "
+            "slots when the pool is exhausted"
+        )
+    return (
+        f"{role} cannot use the {server.reserved} reserved_connections slots: "
+        f"GRANT pg_use_reserved_connections TO {role}"
+    )
 
 
 # --- DEFAULT, gaps, the grid ---
@@ -314,25 +409,44 @@ def default_findings(state: TableState, server: Server) -> list[Finding]:
     if runs:
         more = " (and more: the walk stopped early)" if p.truncated else ""
         spans = ", ".join(r["label"] for r in runs[:5]) + (", …" if len(runs) > 5 else "")
-        parts.append(f"{len(p.buckets)} bucket{'s' if len(p.buckets) != 1 else ''} without a "
-                     f"child: {spans}{_zone_suffix(zone)}{more}")
+        parts.append(
+            f"{len(p.buckets)} bucket{'s' if len(p.buckets) != 1 else ''} without a "
+            f"child: {spans}{_zone_suffix(zone)}{more}"
+        )
     if p.null_rows:
         parts.append(f"{p.null_rows} rows with a NULL key (no partition can hold them)")
     parts.append(repair_advice(table, server_target(server), grid_known=grid is not None))
-    return [Finding(
-        "default_rows", Severity.CRITICAL, table.qualname, "; ".join(parts),
-        {"default": table.default.qualname, "rows_estimate": rows, "rows_exact": p.rows_exact,
-         "min_key": iso(p.min_key), "max_key": iso(p.max_key), "null_rows": p.null_rows,
-         "buckets": [iso(b) for b in p.buckets[:_MAX_LISTED]], "bucket_count": len(p.buckets),
-         "bucket_runs": runs, "truncated": p.truncated, "used_index": p.used_index,
-         "zone": zone, "rows_at_least": p.rows_at_least},
-    )]
+    return [
+        Finding(
+            "default_rows",
+            Severity.CRITICAL,
+            table.qualname,
+            "; ".join(parts),
+            {
+                "default": table.default.qualname,
+                "rows_estimate": rows,
+                "rows_exact": p.rows_exact,
+                "min_key": iso(p.min_key),
+                "max_key": iso(p.max_key),
+                "null_rows": p.null_rows,
+                "buckets": [iso(b) for b in p.buckets[:_MAX_LISTED]],
+                "bucket_count": len(p.buckets),
+                "bucket_runs": runs,
+                "truncated": p.truncated,
+                "used_index": p.used_index,
+                "zone": zone,
+                "rows_at_least": p.rows_at_least,
+            },
+        )
+    ]
 
 
 def gaps_findings(table: Table, zone: str | None = None) -> list[Finding]:
     return [
         Finding(
-            "gap", Severity.CRITICAL, table.qualname,
+            "gap",
+            Severity.CRITICAL,
+            table.qualname,
             f"no child covers {fmt_key(lo, zone)} … {fmt_key(hi, zone)}{_zone_suffix(zone)} "
             f"(between two children): rows in it {_rows_land(table)}, and partman never fills "
             "holes behind its newest child",
@@ -342,7 +456,9 @@ def gaps_findings(table: Table, zone: str | None = None) -> list[Finding]:
     ]
 
 
-def misaligned_findings(state: TableState, aligned: Alignment | None = None, target: str = "-d <db>") -> list[Finding]:
+def misaligned_findings(
+    state: TableState, aligned: Alignment | None = None, target: str = "-d <db>"
+) -> list[Finding]:
     bad = misaligned(state, aligned)
     if not bad:
         return []
@@ -355,17 +471,21 @@ def misaligned_findings(state: TableState, aligned: Alignment | None = None, tar
     more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
     newest = table.children[-1].name if table.children else None
     if state.config is not None and any(c.name == newest for c, _, _ in bad):
-        msg = (f"{len(bad)} children are off the grid pg_partman computes ({where}): "
-               f"{first}{more}. "
-               "partman lays its next children from the newest child on its own grid, so they "
-               "will overlap these (failing with \"would overlap\") or leave gaps; re-cut them "
-               f"onto the grid: {split_command(table, target)}")
+        msg = (
+            f"{len(bad)} children are off the grid pg_partman computes ({where}): "
+            f"{first}{more}. "
+            "partman lays its next children from the newest child on its own grid, so they "
+            'will overlap these (failing with "would overlap") or leave gaps; re-cut them '
+            f"onto the grid: {split_command(table, target)}"
+        )
         sev = Severity.CRITICAL
     elif state.config is not None:
-        msg = (f"{len(bad)} children are off the grid pg_partman computes ({where}): "
-               f"{first}{more}. The newest child is on the grid, so partman's next children "
-               "are too; these older ones confuse its retention and naming: re-cut them onto "
-               f"the grid: {split_command(table, target)}")
+        msg = (
+            f"{len(bad)} children are off the grid pg_partman computes ({where}): "
+            f"{first}{more}. The newest child is on the grid, so partman's next children "
+            "are too; these older ones confuse its retention and naming: re-cut them onto "
+            f"the grid: {split_command(table, target)}"
+        )
         sev = Severity.WARNING
     else:
         msg = f"{len(bad)} children are off the grid ({where}, from {info.source}): {first}{more}"
@@ -374,18 +494,37 @@ def misaligned_findings(state: TableState, aligned: Alignment | None = None, tar
         msg += f"; they would be aligned in {zone_label(info.aligned_zone)}"
         if state.config is not None:
             msg += " (the session TimeZone they were probably created in)"
-    return [Finding(
-        "misaligned", sev, table.qualname, msg,
-        {"count": len(bad), "interval": _interval(grid), "zone": zone, "grid_source": info.source,
-         "aligned_zone": info.aligned_zone,
-         "aligned_zone_label": zone_label(info.aligned_zone) if info.aligned_zone else None,
-         "children": [{"name": c.name, "lower": iso(c.lower), "upper": iso(c.upper),
-                       "bound": iso(b), "offset": offset_json(o)}
-                      for c, b, o in bad[:_MAX_LISTED]]},
-    )]
+    return [
+        Finding(
+            "misaligned",
+            sev,
+            table.qualname,
+            msg,
+            {
+                "count": len(bad),
+                "interval": _interval(grid),
+                "zone": zone,
+                "grid_source": info.source,
+                "aligned_zone": info.aligned_zone,
+                "aligned_zone_label": zone_label(info.aligned_zone) if info.aligned_zone else None,
+                "children": [
+                    {
+                        "name": c.name,
+                        "lower": iso(c.lower),
+                        "upper": iso(c.upper),
+                        "bound": iso(b),
+                        "offset": offset_json(o),
+                    }
+                    for c, b, o in bad[:_MAX_LISTED]
+                ],
+            },
+        )
+    ]
 
 
-def wide_findings(state: TableState, aligned: Alignment | None = None, target: str = "-d <db>") -> list[Finding]:
+def wide_findings(
+    state: TableState, aligned: Alignment | None = None, target: str = "-d <db>"
+) -> list[Finding]:
     """Children spanning several buckets (``fix --strategy instant`` leaves one).
 
     Harmless to PostgreSQL, but not to pg_partman, whose arithmetic assumes every child spans
@@ -400,17 +539,31 @@ def wide_findings(state: TableState, aligned: Alignment | None = None, target: s
     for c, n in wide_children(state, aligned):
         span = f"{display_name(c)} spans {n} intervals ({fmt_key(c.lower, zone)} … {fmt_key(c.upper, zone)})"
         if managed:
-            msg = (f"{span}: pg_partman assumes one interval per child, so it may premake too few "
-                   "children after it (5.x counts from the slot of any of its rows) and its "
-                   "retention would drop it while its later days are still inside the window; "
-                   f"re-cut it onto the grid: {split_command(state.table, target)}")
+            msg = (
+                f"{span}: pg_partman assumes one interval per child, so it may premake too few "
+                "children after it (5.x counts from the slot of any of its rows) and its "
+                "retention would drop it while its later days are still inside the window; "
+                f"re-cut it onto the grid: {split_command(state.table, target)}"
+            )
             sev = Severity.WARNING
         else:
             msg = f"{span}, as fix --strategy instant leaves it; re-cutting it is optional"
             sev = Severity.INFO
-        out.append(Finding("wide_child", sev, state.table.qualname, msg,
-                           {"child": c.name, "from": iso(c.lower), "to": iso(c.upper), "buckets": n,
-                            "partman": managed}))
+        out.append(
+            Finding(
+                "wide_child",
+                sev,
+                state.table.qualname,
+                msg,
+                {
+                    "child": c.name,
+                    "from": iso(c.lower),
+                    "to": iso(c.upper),
+                    "buckets": n,
+                    "partman": managed,
+                },
+            )
+        )
     return out
 
 
@@ -434,15 +587,24 @@ def partman_next_findings(state: TableState, target: str = "-d <db>") -> list[Fi
     end: Key = grid.next(start)  # type: ignore[arg-type]
     zone = _zone(state)
     name = display_name(last)
-    return [Finding(
-        "partman_next_overlaps", Severity.CRITICAL, table.qualname,
-        f"pg_partman's next child would be {fmt_key(start, zone)} … {fmt_key(end, zone)}"
-        f"{_zone_suffix(zone)} (the newest child's start + {_interval(grid)}), which overlaps "
-        f"{name} ({fmt_key(last.lower, zone)} … {fmt_key(last.upper, zone)}): every maintenance "
-        f"run fails with \"would overlap\"; re-cut it onto the grid: {split_command(table, target)}",
-        {"child": last.name, "next_from": iso(start), "next_to": iso(end),
-         "child_from": iso(last.lower), "child_to": iso(last.upper)},
-    )]
+    return [
+        Finding(
+            "partman_next_overlaps",
+            Severity.CRITICAL,
+            table.qualname,
+            f"pg_partman's next child would be {fmt_key(start, zone)} … {fmt_key(end, zone)}"
+            f"{_zone_suffix(zone)} (the newest child's start + {_interval(grid)}), which overlaps "
+            f"{name} ({fmt_key(last.lower, zone)} … {fmt_key(last.upper, zone)}): every maintenance "
+            f'run fails with "would overlap"; re-cut it onto the grid: {split_command(table, target)}',
+            {
+                "child": last.name,
+                "next_from": iso(start),
+                "next_to": iso(end),
+                "child_from": iso(last.lower),
+                "child_to": iso(last.upper),
+            },
+        )
+    ]
 
 
 def split_command(table: Table, target: str = "-d <db>") -> str:
@@ -464,21 +626,34 @@ def partman_retention_findings(state: TableState, server: Server) -> list[Findin
         if newest is None or not le(drop.cutoff, newest):
             continue  # empty, or every row already outside the window: nothing is lost early
         c = drop.child
-        fix = ("raise retention past the child's end or split the child into one per interval"
-               if keep else
-               f"until it is split into one child per interval, make partman only detach it: "
-               f"UPDATE {_partman_schema(server)}.part_config SET retention_keep_table = true "
-               f"WHERE parent_table = '{cfg.parent_table}'")
-        out.append(Finding(
-            "partman_retention", Severity.WARNING, state.table.qualname,
-            f"pg_partman's retention ({cfg.raw.get('retention')}) will {verb} {c.name} at its next run: "
-            f"it takes the child's end to be {fmt_key(drop.end, zone)} (start + {_interval_of(state)}), "
-            f"but the child spans to {fmt_key(c.upper, zone)} and holds rows up to "
-            f"{fmt_key(newest, zone)}, inside the window (from {fmt_key(drop.cutoff, zone)}); {fix}",
-            {"child": c.name, "lower": iso(c.lower), "upper": iso(c.upper), "partman_end": iso(drop.end),
-             "cutoff": iso(drop.cutoff), "max_key": iso(newest), "retention": str(cfg.raw.get("retention")),
-             "action": verb},
-        ))
+        fix = (
+            "raise retention past the child's end or split the child into one per interval"
+            if keep
+            else f"until it is split into one child per interval, make partman only detach it: "
+            f"UPDATE {_partman_schema(server)}.part_config SET retention_keep_table = true "
+            f"WHERE parent_table = '{cfg.parent_table}'"
+        )
+        out.append(
+            Finding(
+                "partman_retention",
+                Severity.WARNING,
+                state.table.qualname,
+                f"pg_partman's retention ({cfg.raw.get('retention')}) will {verb} {c.name} at its next run: "
+                f"it takes the child's end to be {fmt_key(drop.end, zone)} (start + {_interval_of(state)}), "
+                f"but the child spans to {fmt_key(c.upper, zone)} and holds rows up to "
+                f"{fmt_key(newest, zone)}, inside the window (from {fmt_key(drop.cutoff, zone)}); {fix}",
+                {
+                    "child": c.name,
+                    "lower": iso(c.lower),
+                    "upper": iso(c.upper),
+                    "partman_end": iso(drop.end),
+                    "cutoff": iso(drop.cutoff),
+                    "max_key": iso(newest),
+                    "retention": str(cfg.raw.get("retention")),
+                    "action": verb,
+                },
+            )
+        )
     return out
 
 
@@ -506,7 +681,11 @@ def _unfinished(table: Table, u: UnfinishedFix, server: Server) -> Finding:
     rows = f"{u.hidden_rows} rows" if u.hidden_exact else f"~{u.hidden_rows} rows (estimate)"
     finish = repair_command(server, table, "--yes")
     undo = repair_command(server, table, "--abort") if u.before_swap else None
-    who = f"fix run {u.run_id} ({u.kind})" if u.run_id is not None else "an earlier fix --strategy instant"
+    who = (
+        f"fix run {u.run_id} ({u.kind})"
+        if u.run_id is not None
+        else "an earlier fix --strategy instant"
+    )
     if u.running:
         head = f"{who} is in progress ({u.running}), at step {u.state}"
     elif u.run_id is not None:
@@ -515,35 +694,67 @@ def _unfinished(table: Table, u: UnfinishedFix, server: Server) -> Finding:
         head = f"{who} left its helpers behind"
     quarantine = _quarantine_name(table, u.quarantine) if u.quarantine else "partguard's quarantine"
     if u.kind == "detached_default":
-        head = (f"{rel} is a detached DEFAULT (a plain table with the columns of {display_name(table)}, "
-                f"left by an interrupted repair)")
+        head = (
+            f"{rel} is a detached DEFAULT (a plain table with the columns of {display_name(table)}, "
+            f"left by an interrupted repair)"
+        )
         body = f"it holds {rows}, not visible through the table"
-        how = (f"adopt and finish it: {finish}" if u.adoptable else
-               "partguard fix adopts it only while the table has no DEFAULT: move its rows by hand")
+        how = (
+            f"adopt and finish it: {finish}"
+            if u.adoptable
+            else "partguard fix adopts it only while the table has no DEFAULT: move its rows by hand"
+        )
     elif u.kind == "copy":
-        body = (f"{rows} in {rel} are not visible through {display_name(table)} yet" if u.hidden_rows
-                else f"every row of {rel} is copied; dropping it and the last steps are left")
+        body = (
+            f"{rows} in {rel} are not visible through {display_name(table)} yet"
+            if u.hidden_rows
+            else f"every row of {rel} is copied; dropping it and the last steps are left"
+        )
         how = f"finish it: {finish}"
     elif u.before_swap:
-        helpers = " and ".join(n for n, on in (("trigger partguard_divert", u.trigger),
-                                               ("CHECK partguard_span", u.check)) if on)
-        body = (f"{helpers} on {rel} divert every insert outside the repair's span to {quarantine} "
-                "(the writer sees INSERT 0 0)")
+        helpers = " and ".join(
+            n
+            for n, on in (
+                ("trigger partguard_divert", u.trigger),
+                ("CHECK partguard_span", u.check),
+            )
+            if on
+        )
+        body = (
+            f"{helpers} on {rel} divert every insert outside the repair's span to {quarantine} "
+            "(the writer sees INSERT 0 0)"
+        )
         if u.run_id is not None:
-            body += f"; {u.hidden_rows} rows the run set aside there are not visible through the table"
+            body += (
+                f"; {u.hidden_rows} rows the run set aside there are not visible through the table"
+            )
         how = f"finish it: {finish}, or undo it: {undo}"
     else:
-        body = (f"the table takes inserts again; partman maintenance and the release of {quarantine} "
-                f"({u.hidden_rows} rows set aside by the run) are left")
+        body = (
+            f"the table takes inserts again; partman maintenance and the release of {quarantine} "
+            f"({u.hidden_rows} rows set aside by the run) are left"
+        )
         how = f"finish it: {finish}"
     return Finding(
-        "unfinished_fix", Severity.WARNING if u.running else Severity.CRITICAL, table.qualname,
+        "unfinished_fix",
+        Severity.WARNING if u.running else Severity.CRITICAL,
+        table.qualname,
         f"{head}: {body}; {how}",
-        {"kind": u.kind, "run_id": u.run_id, "state": u.state, "relation": rel,
-         "rows_not_visible": u.hidden_rows, "rows_exact": u.hidden_exact, "trigger": u.trigger,
-         "check": u.check, "quarantine": _quarantine_name(table, u.quarantine) if u.quarantine else None,
-         "running": u.running, "started_at": iso(u.started_at) if u.started_at else None,
-         "command": finish if u.adoptable else None, "undo_command": undo},
+        {
+            "kind": u.kind,
+            "run_id": u.run_id,
+            "state": u.state,
+            "relation": rel,
+            "rows_not_visible": u.hidden_rows,
+            "rows_exact": u.hidden_exact,
+            "trigger": u.trigger,
+            "check": u.check,
+            "quarantine": _quarantine_name(table, u.quarantine) if u.quarantine else None,
+            "running": u.running,
+            "started_at": iso(u.started_at) if u.started_at else None,
+            "command": finish if u.adoptable else None,
+            "undo_command": undo,
+        },
     )
 
 
@@ -555,16 +766,27 @@ def quarantine_findings(state: TableState) -> list[Finding]:
 
 def _quarantined(state: TableState, q: Quarantine) -> Finding:
     zone, name = _zone(state), _quarantine_name(state.table, q.name)
-    keys = (f"keys {fmt_key(q.min_key, zone)} … {fmt_key(q.max_key, zone)}{_zone_suffix(zone)}"
-            if q.min_key is not None else "no key")
+    keys = (
+        f"keys {fmt_key(q.min_key, zone)} … {fmt_key(q.max_key, zone)}{_zone_suffix(zone)}"
+        if q.min_key is not None
+        else "no key"
+    )
     nulls = f", {q.null_rows} with a NULL key" if q.null_rows else ""
     return Finding(
-        "quarantine_rows", Severity.WARNING, state.table.qualname,
+        "quarantine_rows",
+        Severity.WARNING,
+        state.table.qualname,
         f"{name} holds {q.rows} rows set aside from {display_name(state.table)} ({keys}{nulls}): "
         f"they are not visible through the table; review them (SELECT * FROM {name}), then move "
         "them back once a child covers them, or delete them",
-        {"quarantine": name, "rows": q.rows, "null_rows": q.null_rows, "min_key": iso(q.min_key),
-         "max_key": iso(q.max_key), "zone": zone},
+        {
+            "quarantine": name,
+            "rows": q.rows,
+            "null_rows": q.null_rows,
+            "min_key": iso(q.min_key),
+            "max_key": iso(q.max_key),
+            "zone": zone,
+        },
     )
 
 
@@ -596,23 +818,42 @@ def runway_findings(state: TableState, rw: Runway) -> list[Finding]:
     assert grid is not None
     if not rw.current_covered:
         now = "new rows" if isinstance(rw.reference, int) else "rows written now"
-        head = (f"no child for the current interval {fmt_key(rw.current_start, zone)} … "
-                f"{fmt_key(rw.current_end, zone)}: {now} {_rows_land(state.table)}")
+        head = (
+            f"no child for the current interval {fmt_key(rw.current_start, zone)} … "
+            f"{fmt_key(rw.current_end, zone)}: {now} {_rows_land(state.table)}"
+        )
     elif not rw.next_covered:
-        head = (f"no child for the next interval {fmt_key(rw.current_end, zone)} … "
-                f"{fmt_key(rw.next_end, zone)}: from {fmt_key(rw.current_end, zone)} on rows "
-                f"{_rows_land(state.table)}")
+        head = (
+            f"no child for the next interval {fmt_key(rw.current_end, zone)} … "
+            f"{fmt_key(rw.next_end, zone)}: from {fmt_key(rw.current_end, zone)} on rows "
+            f"{_rows_land(state.table)}"
+        )
     else:
-        head = (f"children reach only {rw.intervals_ahead} interval"
-                f"{'s' if rw.intervals_ahead != 1 else ''} of {_interval(grid)} past the current "
-                f"one (premake {rw.premake})")
-    return [Finding(
-        "runway", sev, state.table.qualname, f"{head}; {_runway_text(rw, zone)}",
-        {"runway_seconds": rw.seconds, "runway_ids": rw.ids, "intervals_ahead": rw.intervals_ahead,
-         "premake": rw.premake, "interval": _interval(grid), "last_upper": iso(rw.last_upper),
-         "frontier": iso(rw.frontier), "current_covered": rw.current_covered,
-         "next_covered": rw.next_covered, "reference": iso(rw.reference)},
-    )]
+        head = (
+            f"children reach only {rw.intervals_ahead} interval"
+            f"{'s' if rw.intervals_ahead != 1 else ''} of {_interval(grid)} past the current "
+            f"one (premake {rw.premake})"
+        )
+    return [
+        Finding(
+            "runway",
+            sev,
+            state.table.qualname,
+            f"{head}; {_runway_text(rw, zone)}",
+            {
+                "runway_seconds": rw.seconds,
+                "runway_ids": rw.ids,
+                "intervals_ahead": rw.intervals_ahead,
+                "premake": rw.premake,
+                "interval": _interval(grid),
+                "last_upper": iso(rw.last_upper),
+                "frontier": iso(rw.frontier),
+                "current_covered": rw.current_covered,
+                "next_covered": rw.next_covered,
+                "reference": iso(rw.reference),
+            },
+        )
+    ]
 
 
 def stale_findings(state: TableState, server: Server, rw: Runway) -> list[Finding]:
@@ -623,20 +864,28 @@ def stale_findings(state: TableState, server: Server, rw: Runway) -> list[Findin
         age = server.now - last
         if age <= STALE_AFTER:
             return []
-        return [Finding(
-            "maintenance_stale", Severity.WARNING, name,
-            f"no successful maintenance for {fmt_delta(age)} (last {fmt_key(last, 'UTC')} UTC, "
-            f"recorded by {source}){off}",
-            {"last_success": iso(last), "source": source, "age_seconds": age.total_seconds()},
-        )]
+        return [
+            Finding(
+                "maintenance_stale",
+                Severity.WARNING,
+                name,
+                f"no successful maintenance for {fmt_delta(age)} (last {fmt_key(last, 'UTC')} UTC, "
+                f"recorded by {source}){off}",
+                {"last_success": iso(last), "source": source, "age_seconds": age.total_seconds()},
+            )
+        ]
     if cfg is None or runway_severity(rw) is None:
         return []  # nothing records it and the runway looks fine: no evidence either way
-    return [Finding(
-        "maintenance_stale", Severity.WARNING, name,
-        f"partman maintenance seems to have stopped: the runway is shorter than premake "
-        f"{cfg.premake}, and neither partman nor partguard records its runs{off}",
-        {"last_success": None, "source": "inferred", "age_seconds": None},
-    )]
+    return [
+        Finding(
+            "maintenance_stale",
+            Severity.WARNING,
+            name,
+            f"partman maintenance seems to have stopped: the runway is shorter than premake "
+            f"{cfg.premake}, and neither partman nor partguard records its runs{off}",
+            {"last_success": None, "source": "inferred", "age_seconds": None},
+        )
+    ]
 
 
 # --- what to tell the user to run ---
@@ -691,8 +940,15 @@ def _runs(grid: Grid, starts: Sequence[Key]) -> list[dict[str, Any]]:
         if len(r) > 1:
             label += f" … {fmt_key(last, zone)}"
         end = grid.next(last)  # type: ignore[arg-type]
-        out.append({"first": iso(first), "last": iso(last), "end": iso(end), "buckets": len(r),
-                    "label": label})
+        out.append(
+            {
+                "first": iso(first),
+                "last": iso(last),
+                "end": iso(end),
+                "buckets": len(r),
+                "label": label,
+            }
+        )
     return out
 
 
@@ -722,8 +978,10 @@ def _runway_text(rw: Runway, zone: str | None) -> str:
     edge = rw.last_upper if rw.frontier is None else rw.frontier
     end = f"children end at {fmt_key(edge, zone)}{_zone_suffix(zone)}"
     if rw.ids is not None:
-        return (f"{end}, {abs(rw.ids)} ids {'above' if rw.ids >= 0 else 'below'} "
-                f"the largest id {rw.reference}")
+        return (
+            f"{end}, {abs(rw.ids)} ids {'above' if rw.ids >= 0 else 'below'} "
+            f"the largest id {rw.reference}"
+        )
     if rw.seconds is None:
         return end
     span = fmt_delta(timedelta(minutes=round(abs(rw.seconds) / 60)))

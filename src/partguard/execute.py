@@ -89,7 +89,9 @@ class Runner:
     timings: Timings = field(default_factory=Timings)
     lock_attempt: float = LOCK_ATTEMPT
 
-    def step(self, step: Step, *, check: Callable[[Conn, list[Any]], None] | None = None) -> list[Any]:
+    def step(
+        self, step: Step, *, check: Callable[[Conn, list[Any]], None] | None = None
+    ) -> list[Any]:
         """Run one step's statements in one transaction and record it done in the same
         transaction, so the journal never claims a step that rolled back. ``check`` sees
         the rows the statements returned before that record: raising stops the run there."""
@@ -113,8 +115,15 @@ class Runner:
             if step.journalled:
                 journal.set_state(conn, self.run_id, step.name)
 
-        run_locked(self.conn, work, lock_timeout=self.lock_timeout, retries=self.retries,
-                   relations=self.relations, what=step.name, attempt_timeout=self.lock_attempt)
+        run_locked(
+            self.conn,
+            work,
+            lock_timeout=self.lock_timeout,
+            retries=self.retries,
+            relations=self.relations,
+            what=step.name,
+            attempt_timeout=self.lock_attempt,
+        )
         if step.blocks_application:
             self.timings.locked[step.name] = time.monotonic() - attempt_started[0]
         return result
@@ -140,7 +149,11 @@ class PlanResult:
 
 
 def run_plan(
-    runner: Runner, steps: Sequence[Step], *, copy: CopyJob | None = None, failed_set_marker: str = "",
+    runner: Runner,
+    steps: Sequence[Step],
+    *,
+    copy: CopyJob | None = None,
+    failed_set_marker: str = "",
 ) -> PlanResult:
     """Run ``steps`` in order, each as its kind says (plan/steps.py ``StepKind``)."""
     out = PlanResult()
@@ -150,7 +163,9 @@ def run_plan(
             assert copy is not None, "a copy_ranges step needs a CopyJob"
             out.rows_copied_now, out.copy_s = _copy_ranges(runner, step, copy)
         elif step.kind == "check":
-            out.rows[step.name] = runner.step(step, check=partial(_journal_accounts_for, runner.run_id, step))
+            out.rows[step.name] = runner.step(
+                step, check=partial(_journal_accounts_for, runner.run_id, step)
+            )
         elif step.kind == "maintenance":
             out.maintenance = _maintenance(runner, step, failed_set_marker)
         else:
@@ -182,9 +197,19 @@ def _copy_ranges(runner: Runner, step: Step, job: CopyJob) -> tuple[int, float]:
     todo = [c for c in all_chunks if c[0] not in done]
     done_pages = sum(min(e, total) - f for f, e in all_chunks if f in done)
     started = time.monotonic()
-    rows = copy_chunks(job.conns, step.statements, runner.run_id, todo, total,
-                       lock_timeout=runner.lock_timeout, retries=runner.retries, relations=runner.relations,
-                       lock_attempt=runner.lock_attempt, on_progress=job.on_progress, done_pages=done_pages)
+    rows = copy_chunks(
+        job.conns,
+        step.statements,
+        runner.run_id,
+        todo,
+        total,
+        lock_timeout=runner.lock_timeout,
+        retries=runner.retries,
+        relations=runner.relations,
+        lock_attempt=runner.lock_attempt,
+        on_progress=job.on_progress,
+        done_pages=done_pages,
+    )
     took = time.monotonic() - started
     journal.set_state(runner.conn, runner.run_id, step.name)
     return rows, took
@@ -217,15 +242,27 @@ def _maintenance(runner: Runner, step: Step, failed_set_marker: str) -> str:
 
 
 def take_locks(
-    conn: Conn, rels: Sequence[sql.Composable], *, lock_timeout: float, retries: int, relations: Sequence[int],
+    conn: Conn,
+    rels: Sequence[sql.Composable],
+    *,
+    lock_timeout: float,
+    retries: int,
+    relations: Sequence[int],
     what: str,
 ) -> None:
     """Take, and let go at once, ACCESS EXCLUSIVE on ``rels`` (ONLY each): proof, before a
     run's first commit, that its swap's locks can be had."""
     stmt = sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-        sql.SQL(", ").join(sql.SQL("ONLY {}").format(r) for r in rels))
-    run_locked(conn, lambda c: c.execute(stmt), lock_timeout=lock_timeout, retries=retries,
-               relations=relations, what=what)
+        sql.SQL(", ").join(sql.SQL("ONLY {}").format(r) for r in rels)
+    )
+    run_locked(
+        conn,
+        lambda c: c.execute(stmt),
+        lock_timeout=lock_timeout,
+        retries=retries,
+        relations=relations,
+        what=what,
+    )
 
 
 @contextmanager
@@ -269,7 +306,9 @@ def chunks(total_pages: int, chunk_pages: int) -> list[tuple[int, int]]:
     return out or [(0, 1)]
 
 
-def open_workers(params: ConnParams | str, jobs: int, *, retry_for: float) -> tuple[list[Conn], str | None]:
+def open_workers(
+    params: ConnParams | str, jobs: int, *, retry_for: float
+) -> tuple[list[Conn], str | None]:
     """The copy's extra connections (``jobs - 1``: the main connection is a worker too),
     opened and checked before the swap commits, so a full server costs parallelism, never
     a half-done copy. A refused connection (too many clients, starting up) is retried with
@@ -281,9 +320,16 @@ def open_workers(params: ConnParams | str, jobs: int, *, retry_for: float) -> tu
             conn = connect_retrying(_worker_conninfo(params, i), retry_for)
             conn.execute("SELECT 1")
         except (ConnectionFailed, psycopg.OperationalError) as exc:
-            log.warning("copy: connection %d of %d refused, copying on %d: %s", i, jobs, len(conns) + 1,
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-            return conns, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning(
+                "copy: connection %d of %d refused, copying on %d: %s",
+                i,
+                jobs,
+                len(conns) + 1,
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+            )
+            return conns, str(exc).strip().splitlines()[0] if str(exc).strip() else type(
+                exc
+            ).__name__
         conns.append(conn)
     return conns, None
 
@@ -291,7 +337,11 @@ def open_workers(params: ConnParams | str, jobs: int, *, retry_for: float) -> tu
 def _worker_conninfo(params: ConnParams | str, i: int) -> str:
     """Each copy connection says what it is in pg_stat_activity."""
     name = f"partguard copy {i}"
-    return params.conninfo(name) if isinstance(params, ConnParams) else make_conninfo(params, application_name=name)
+    return (
+        params.conninfo(name)
+        if isinstance(params, ConnParams)
+        else make_conninfo(params, application_name=name)
+    )
 
 
 def copy_chunks(
@@ -338,22 +388,31 @@ def copy_chunks(
                     run_locked(
                         conn,
                         partial(_copy_one, statements, run_id, args),
-                        lock_timeout=lock_timeout, retries=retries, relations=relations, what="copy",
+                        lock_timeout=lock_timeout,
+                        retries=retries,
+                        relations=relations,
+                        what="copy",
                         attempt_timeout=lock_attempt,
                     )
                 except psycopg.OperationalError as exc:
                     if not conn.broken:
                         raise
                     work.put((first, end))  # rolled back with the connection: someone else's now
-                    lost.append(str(exc).strip().splitlines()[0] if str(exc).strip() else "connection lost")
-                    log.warning("copy: a connection was lost (%s); going on with the others", lost[-1])
+                    lost.append(
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else "connection lost"
+                    )
+                    log.warning(
+                        "copy: a connection was lost (%s); going on with the others", lost[-1]
+                    )
                     return
                 copied = _rows_of(conn, run_id, first)
                 with lock:
                     state["pages"] += min(end, total_pages) - first
                     state["rows"] += copied
                     state["chunks"] += 1
-                    snapshot = Progress(state["pages"], total_pages, state["rows"], time.monotonic() - started)
+                    snapshot = Progress(
+                        state["pages"], total_pages, state["rows"], time.monotonic() - started
+                    )
                     n = state["chunks"]
                 if on_progress:
                     on_progress(snapshot)
@@ -362,8 +421,10 @@ def copy_chunks(
             errors.append(exc)
             stop.set()
 
-    threads = [threading.Thread(target=worker, args=(c,), name=f"partguard-copy-{i}", daemon=True)
-               for i, c in enumerate(conns, 1)]
+    threads = [
+        threading.Thread(target=worker, args=(c,), name=f"partguard-copy-{i}", daemon=True)
+        for i, c in enumerate(conns, 1)
+    ]
     for t in threads:
         t.start()
     try:
@@ -380,11 +441,15 @@ def copy_chunks(
             raise exc
         raise PartguardError(f"copy failed: {error_line(exc)}") from exc
     if not work.empty():
-        raise PartguardError(f"copy: every connection was lost ({lost[-1] if lost else 'no reason given'})")
+        raise PartguardError(
+            f"copy: every connection was lost ({lost[-1] if lost else 'no reason given'})"
+        )
     return state["rows"]
 
 
-def _copy_one(statements: Sequence[sql.Composed], run_id: int, args: dict[str, int], conn: Conn) -> None:
+def _copy_one(
+    statements: Sequence[sql.Composed], run_id: int, args: dict[str, int], conn: Conn
+) -> None:
     """Quarantine, then copy, then the range's journal row, in the caller's transaction."""
     quarantine, copy = statements
     moved = conn.execute(quarantine, args).rowcount

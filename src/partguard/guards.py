@@ -33,7 +33,9 @@ def in_recovery(conn: Conn) -> bool:
 def refuse_standby(conn: Conn, what: str) -> None:
     """Raise ``StandbyServer`` (exit 69) when ``conn`` is to a standby."""
     if in_recovery(conn):
-        raise StandbyServer(f"{what} changes the database and {STANDBY_NOTE}: run it against the primary")
+        raise StandbyServer(
+            f"{what} changes the database and {STANDBY_NOTE}: run it against the primary"
+        )
 
 
 def pooled_session(conn: Conn, params: ConnParams | str) -> str | None:
@@ -53,8 +55,13 @@ def pooled_session(conn: Conn, params: ConnParams | str) -> str | None:
     try:
         other = connect(params)
     except ConnectionFailed as exc:
-        log.warning("connected on port %s, the server listens on %d: cannot tell whether a pooler keeps "
-                    "the session (a second connection failed: %s)", conn.info.port, server_port, exc)
+        log.warning(
+            "connected on port %s, the server listens on %d: cannot tell whether a pooler keeps "
+            "the session (a second connection failed: %s)",
+            conn.info.port,
+            server_port,
+            exc,
+        )
         return None
     try:
         with other.transaction():
@@ -90,8 +97,12 @@ def warn_if_pooled(conn: Conn, params: ConnParams | str, what: str) -> str | Non
     why = pooled_session(conn, params)
     if why is not None:
         conn.prepare_threshold = None
-        log.warning("%s: connected through a transaction-mode pooler (%s): its lock_timeout may not "
-                    "hold; connect directly for reliable results", what, why)
+        log.warning(
+            "%s: connected through a transaction-mode pooler (%s): its lock_timeout may not "
+            "hold; connect directly for reliable results",
+            what,
+            why,
+        )
     return why
 
 

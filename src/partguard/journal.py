@@ -70,7 +70,9 @@ CREATE TABLE IF NOT EXISTS partguard.maintenance_table (
 
 def ensure_schema(conn: Conn) -> None:
     """Create partguard's schema and tables if missing (idempotent, cheap)."""
-    exists = conn.execute("SELECT to_regclass('partguard.maintenance_table') IS NOT NULL").fetchone()
+    exists = conn.execute(
+        "SELECT to_regclass('partguard.maintenance_table') IS NOT NULL"
+    ).fetchone()
     if exists and exists[0]:
         return
     with conn.transaction():
@@ -130,16 +132,19 @@ _RUN_COLS = sql.SQL(
 def open_run(conn: Conn, parent_oid: int) -> FixRun | None:
     """The unfinished run for this table, if an earlier fix was interrupted."""
     row = conn.execute(
-        sql.SQL("SELECT {} FROM partguard.fix_run WHERE parent_oid = %s AND finished_at IS NULL "
-                "ORDER BY run_id DESC LIMIT 1").format(_RUN_COLS),
+        sql.SQL(
+            "SELECT {} FROM partguard.fix_run WHERE parent_oid = %s AND finished_at IS NULL "
+            "ORDER BY run_id DESC LIMIT 1"
+        ).format(_RUN_COLS),
         (parent_oid,),
     ).fetchone()
     return FixRun(*row) if row else None
 
 
 def get_run(conn: Conn, run_id: int) -> FixRun | None:
-    row = conn.execute(sql.SQL("SELECT {} FROM partguard.fix_run WHERE run_id = %s").format(_RUN_COLS),
-                       (run_id,)).fetchone()
+    row = conn.execute(
+        sql.SQL("SELECT {} FROM partguard.fix_run WHERE run_id = %s").format(_RUN_COLS), (run_id,)
+    ).fetchone()
     return FixRun(*row) if row else None
 
 
@@ -160,8 +165,10 @@ def unfinished_runs(conn: Conn) -> list[FixRun]:
     if not readable(conn):
         return []
     rows = conn.execute(
-        sql.SQL("SELECT {} FROM partguard.fix_run WHERE finished_at IS NULL AND state <> 'started' "
-                "ORDER BY run_id").format(_RUN_COLS)
+        sql.SQL(
+            "SELECT {} FROM partguard.fix_run WHERE finished_at IS NULL AND state <> 'started' "
+            "ORDER BY run_id"
+        ).format(_RUN_COLS)
     ).fetchall()
     return [FixRun(*r) for r in rows]
 
@@ -181,23 +188,40 @@ def quarantine_names(conn: Conn) -> dict[int, set[str]]:
 
 def chunk_ranges(conn: Conn, run_id: int) -> list[tuple[int, int]]:
     """(first_block, end_block) of every range a copy run has committed, in block order."""
-    return [(int(a), int(b)) for a, b in conn.execute(
-        "SELECT first_block, end_block FROM partguard.fix_chunk WHERE run_id = %s ORDER BY first_block",
-        (run_id,))]
+    return [
+        (int(a), int(b))
+        for a, b in conn.execute(
+            "SELECT first_block, end_block FROM partguard.fix_chunk WHERE run_id = %s ORDER BY first_block",
+            (run_id,),
+        )
+    ]
 
 
-def start_run(conn: Conn, parent_oid: int, parent_name: str, strategy: str, detail: dict[str, Any]) -> FixRun:
+def start_run(
+    conn: Conn, parent_oid: int, parent_name: str, strategy: str, detail: dict[str, Any]
+) -> FixRun:
     params = detail.get("params") or {}
     row = conn.execute(
-        sql.SQL("INSERT INTO partguard.fix_run (parent_oid, parent_name, strategy, state, holding, quarantine, "
-                "detail) VALUES (%s, %s, %s, 'started', %s, %s, %s) RETURNING {}").format(_RUN_COLS),
-        (parent_oid, parent_name, strategy, params.get("holding"), params.get("quarantine"), Jsonb(detail)),
+        sql.SQL(
+            "INSERT INTO partguard.fix_run (parent_oid, parent_name, strategy, state, holding, quarantine, "
+            "detail) VALUES (%s, %s, %s, 'started', %s, %s, %s) RETURNING {}"
+        ).format(_RUN_COLS),
+        (
+            parent_oid,
+            parent_name,
+            strategy,
+            params.get("holding"),
+            params.get("quarantine"),
+            Jsonb(detail),
+        ),
     ).fetchone()
     assert row is not None
     return FixRun(*row)
 
 
-def set_state(conn: Conn, run_id: int, state: str, *, finished: bool = False, **fields: Any) -> None:
+def set_state(
+    conn: Conn, run_id: int, state: str, *, finished: bool = False, **fields: Any
+) -> None:
     """Record a phase; callers inside a transaction make it atomic with their DDL."""
     sets: list[sql.Composable] = [sql.SQL("state = %s"), sql.SQL("updated_at = clock_timestamp()")]
     params: list[Any] = [state]
@@ -211,13 +235,17 @@ def set_state(conn: Conn, run_id: int, state: str, *, finished: bool = False, **
     if finished:
         sets.append(sql.SQL("finished_at = clock_timestamp()"))
     conn.execute(
-        sql.SQL("UPDATE partguard.fix_run SET {} WHERE run_id = %s").format(sql.SQL(", ").join(sets)),
+        sql.SQL("UPDATE partguard.fix_run SET {} WHERE run_id = %s").format(
+            sql.SQL(", ").join(sets)
+        ),
         (*params, run_id),
     )
 
 
 def run_state(conn: Conn, run_id: int) -> str | None:
-    row = conn.execute("SELECT state FROM partguard.fix_run WHERE run_id = %s", (run_id,)).fetchone()
+    row = conn.execute(
+        "SELECT state FROM partguard.fix_run WHERE run_id = %s", (run_id,)
+    ).fetchone()
     return str(row[0]) if row else None
 
 
@@ -234,8 +262,12 @@ def record_chunk(
 
 def done_chunks(conn: Conn, run_id: int) -> set[int]:
     """First blocks of the ranges a run has copied and committed."""
-    return {int(r[0]) for r in conn.execute(
-        "SELECT first_block FROM partguard.fix_chunk WHERE run_id = %s", (run_id,))}
+    return {
+        int(r[0])
+        for r in conn.execute(
+            "SELECT first_block FROM partguard.fix_chunk WHERE run_id = %s", (run_id,)
+        )
+    }
 
 
 def chunk_totals(conn: Conn, run_id: int) -> tuple[int, int, dict[str, int]]:
@@ -246,7 +278,9 @@ def chunk_totals(conn: Conn, run_id: int) -> tuple[int, int, dict[str, int]]:
         (run_id,),
     ).fetchone()
     per: dict[str, int] = {}
-    for (d,) in conn.execute("SELECT per_child FROM partguard.fix_chunk WHERE run_id = %s", (run_id,)):
+    for (d,) in conn.execute(
+        "SELECT per_child FROM partguard.fix_chunk WHERE run_id = %s", (run_id,)
+    ):
         for k, v in d.items():
             per[k] = per.get(k, 0) + int(v)
     return (int(row[0]), int(row[1]), per) if row else (0, 0, per)
@@ -269,13 +303,16 @@ def last_maintenance(conn: Conn) -> dict[str, datetime]:
 def start_maintenance(conn: Conn, detail: dict[str, Any]) -> int:
     """Open a run row first, so a run that dies half-way still leaves a trace ('running')."""
     row = conn.execute(
-        "INSERT INTO partguard.maintenance_run (detail) VALUES (%s) RETURNING run_id", (Jsonb(detail),)
+        "INSERT INTO partguard.maintenance_run (detail) VALUES (%s) RETURNING run_id",
+        (Jsonb(detail),),
     ).fetchone()
     assert row is not None
     return int(row[0])
 
 
-def record_maintenance_table(conn: Conn, run_id: int, table_name: str, status: str, message: str) -> None:
+def record_maintenance_table(
+    conn: Conn, run_id: int, table_name: str, status: str, message: str
+) -> None:
     """One table's outcome ('ok' is what ``last_maintenance`` counts as a success)."""
     conn.execute(
         "INSERT INTO partguard.maintenance_table (run_id, table_name, status, message) "
@@ -332,8 +369,10 @@ def split_start(
         "VALUES ({tag}, {parent}::regclass::oid, {name}, {sources}::text[], 'captured', "
         "{detail}::jsonb)"
     ).format(
-        tag=sql.Literal(tag), parent=sql.Literal(parent.as_string(None)),
-        name=sql.Literal(parent_name), sources=sql.Literal(sources),
+        tag=sql.Literal(tag),
+        parent=sql.Literal(parent.as_string(None)),
+        name=sql.Literal(parent_name),
+        sources=sql.Literal(sources),
         detail=sql.Literal(json.dumps(detail)),
     )
 
@@ -342,8 +381,11 @@ def split_state(tag: str, state: str, *, finished: bool = False) -> sql.Composed
     return sql.SQL(
         "UPDATE partguard.split_run SET state = {state}, updated_at = clock_timestamp(){fin} "
         "WHERE tag = {tag}"
-    ).format(state=sql.Literal(state), tag=sql.Literal(tag),
-             fin=sql.SQL(", finished_at = clock_timestamp()") if finished else sql.SQL(""))
+    ).format(
+        state=sql.Literal(state),
+        tag=sql.Literal(tag),
+        fin=sql.SQL(", finished_at = clock_timestamp()") if finished else sql.SQL(""),
+    )
 
 
 @dataclass(frozen=True)
@@ -362,7 +404,8 @@ class SplitRun:
 
 _SPLIT_COLS = sql.SQL(
     "run_id, tag, parent_oid, parent_name, sources, state, started_at, updated_at, finished_at, "
-    "detail")
+    "detail"
+)
 
 
 def _split_exists(conn: Conn) -> bool:
@@ -375,8 +418,12 @@ def open_split(conn: Conn, parent_oid: int) -> SplitRun | None:
     if not _split_exists(conn):
         return None
     row = conn.execute(
-        sql.SQL("SELECT {} FROM partguard.split_run WHERE parent_oid = %s AND finished_at IS NULL "
-                "ORDER BY run_id DESC LIMIT 1").format(_SPLIT_COLS), (parent_oid,)).fetchone()
+        sql.SQL(
+            "SELECT {} FROM partguard.split_run WHERE parent_oid = %s AND finished_at IS NULL "
+            "ORDER BY run_id DESC LIMIT 1"
+        ).format(_SPLIT_COLS),
+        (parent_oid,),
+    ).fetchone()
     return SplitRun(*row) if row else None
 
 
@@ -385,12 +432,15 @@ def split_runs(conn: Conn, limit: int = 50) -> list[SplitRun]:
         return []
     rows = conn.execute(
         sql.SQL("SELECT {} FROM partguard.split_run ORDER BY run_id DESC LIMIT %s").format(
-            _SPLIT_COLS),
-        (limit,)).fetchall()
+            _SPLIT_COLS
+        ),
+        (limit,),
+    ).fetchall()
     return [SplitRun(*r) for r in rows]
 
 
 def split_detail(conn: Conn, tag: str, detail: dict[str, Any]) -> None:
     """Figures a run reports (rows copied, lock times): informative, never decisive."""
-    conn.execute("UPDATE partguard.split_run SET detail = detail || %s WHERE tag = %s",
-                 (Jsonb(detail), tag))
+    conn.execute(
+        "UPDATE partguard.split_run SET detail = detail || %s WHERE tag = %s", (Jsonb(detail), tag)
+    )

@@ -241,8 +241,23 @@ class Sandbox:
         # initdb's pg_hba.conf lets 127.0.0.1 replicate with trust, and wal_level=replica and
         # max_wal_senders are PostgreSQL's defaults: the primary needs no change.
         p = self.primary
-        self._run("pg_basebackup", "-D", str(self.datadir), "-h", p.host, "-p", str(p.port), "-U", p.user,
-                  "-R", "-X", "stream", "-c", "fast", "--no-sync")
+        self._run(
+            "pg_basebackup",
+            "-D",
+            str(self.datadir),
+            "-h",
+            p.host,
+            "-p",
+            str(p.port),
+            "-U",
+            p.user,
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-sync",
+        )
         # The copy brings the primary's postgresql.conf (which includes partguard.conf, rewritten
         # with our own port) and its server log, which would only confuse ours.
         with self.logfile.open("w"):
@@ -266,11 +281,15 @@ class Sandbox:
         deadline = time.monotonic() + timeout
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             while True:
-                row = conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()
+                row = conn.execute(
+                    "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)
+                ).fetchone()
                 if row and row[0]:
                     return
                 if time.monotonic() > deadline:
-                    raise PartguardError(f"the replica has not replayed up to {lsn} after {timeout:g}s")
+                    raise PartguardError(
+                        f"the replica has not replayed up to {lsn} after {timeout:g}s"
+                    )
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -319,7 +338,9 @@ class Sandbox:
         if partman and self.has_partman:
             with psycopg.connect(self.dsn(name), autocommit=True) as conn:
                 conn.execute("CREATE SCHEMA IF NOT EXISTS partman")
-                create: sql.SQL | sql.Composed = sql.SQL("CREATE EXTENSION IF NOT EXISTS pg_partman SCHEMA partman")
+                create: sql.SQL | sql.Composed = sql.SQL(
+                    "CREATE EXTENSION IF NOT EXISTS pg_partman SCHEMA partman"
+                )
                 if partman_version is not None:
                     create = sql.SQL("{} VERSION {}").format(create, sql.Literal(partman_version))
                 conn.execute(create)

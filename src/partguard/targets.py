@@ -30,8 +30,10 @@ from .errors import UsageError
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _KEYS = {"dsn", "service", "tables"}
-_NO_PASSWORD = ("a password does not belong in this file; libpq reads it from ~/.pgpass "
-                "(or passfile=), a service file or PGPASSWORD")
+_NO_PASSWORD = (
+    "a password does not belong in this file; libpq reads it from ~/.pgpass "
+    "(or passfile=), a service file or PGPASSWORD"
+)
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,10 @@ def parse(text: str, source: str = "targets.toml") -> tuple[TargetSpec, ...]:
     doc = tomlfile.parse(text, source)
     unknown = set(doc) - {"target", "defaults"}
     if unknown:
-        raise UsageError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}; "
-                         "expected [target.NAME] and [defaults]")
+        raise UsageError(
+            f"{source}: unknown section(s) {', '.join(sorted(unknown))}; "
+            "expected [target.NAME] and [defaults]"
+        )
     defaults = doc.get("defaults", {})
     if not isinstance(defaults, dict):
         raise UsageError(f"{source}: [defaults] must be a table")
@@ -58,7 +62,9 @@ def parse(text: str, source: str = "targets.toml") -> tuple[TargetSpec, ...]:
     base = _dsn(defaults.get("dsn", ""), f"{source} [defaults]")
     targets = doc.get("target", {})
     if not isinstance(targets, dict) or not targets:
-        raise UsageError(f"{source}: no targets; add e.g. [target.orders] with dsn = \"host=... dbname=...\"")
+        raise UsageError(
+            f'{source}: no targets; add e.g. [target.orders] with dsn = "host=... dbname=..."'
+        )
     return tuple(_spec(name, entry, base, source) for name, entry in targets.items())
 
 
@@ -67,10 +73,10 @@ def _spec(name: str, entry: Any, base: dict[str, Any], source: str) -> TargetSpe
     if not _NAME.match(name):
         raise UsageError(f"{where}: a target name is letters, digits, '_', '.' and '-'")
     if not isinstance(entry, dict):
-        raise UsageError(f"{where}: must be a table with dsn = \"...\" or service = \"...\"")
+        raise UsageError(f'{where}: must be a table with dsn = "..." or service = "..."')
     _check_keys(entry, _KEYS, where)
     if "dsn" not in entry and "service" not in entry:
-        raise UsageError(f"{where}: needs dsn = \"host=... dbname=...\" or service = \"NAME\"")
+        raise UsageError(f'{where}: needs dsn = "host=... dbname=..." or service = "NAME"')
     params = {**base, **_dsn(entry.get("dsn", ""), where)}
     service = entry.get("service")
     if service is not None:
@@ -80,7 +86,7 @@ def _spec(name: str, entry: Any, base: dict[str, Any], source: str) -> TargetSpe
     params.setdefault("application_name", "partguard")
     tables = entry.get("tables", [])
     if not isinstance(tables, list) or not all(isinstance(t, str) and t for t in tables):
-        raise UsageError(f"{where}: tables must be a list of names, e.g. [\"public.events\"]")
+        raise UsageError(f'{where}: tables must be a list of names, e.g. ["public.events"]')
     return TargetSpec(name, make_conninfo("", **params), tuple(tables))
 
 
@@ -106,5 +112,7 @@ def _check_keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
         raise UsageError(f"{where}: {_NO_PASSWORD}")
     extra = set(d) - allowed
     if extra:
-        raise UsageError(f"{where}: unknown key(s) {', '.join(sorted(extra))}; "
-                         f"allowed: {', '.join(sorted(allowed))}")
+        raise UsageError(
+            f"{where}: unknown key(s) {', '.join(sorted(extra))}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )

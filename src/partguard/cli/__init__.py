@@ -40,8 +40,12 @@ class _Debug:
 @click.group(context_settings={"help_option_names": ["--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="partguard")
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
-@click.option("--traceback", "show_stack", is_flag=True,
-              help="On an error, print the Python stack as well [env: PARTGUARD_DEBUG=1].")
+@click.option(
+    "--traceback",
+    "show_stack",
+    is_flag=True,
+    help="On an error, print the Python stack as well [env: PARTGUARD_DEBUG=1].",
+)
 def cli(verbose: int, show_stack: bool) -> None:
     """Keep PostgreSQL range-partitioned tables healthy: check, fix, maintain, monitor."""
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
@@ -67,8 +71,11 @@ def main(argv: Sequence[str] | None = None, prog_name: str = "partguard") -> int
     """
     _Debug.stack = os.environ.get("PARTGUARD_DEBUG", "").lower() not in ("", "0", "false", "no")
     try:
-        rc = cli.main(args=list(argv) if argv is not None else None, prog_name=prog_name,
-                      standalone_mode=False)
+        rc = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name=prog_name,
+            standalone_mode=False,
+        )
     except click.exceptions.Exit as exc:  # --help, --version
         return int(exc.exit_code)
     except click.Abort as exc:
@@ -117,13 +124,16 @@ def fix_partitioned_table_main(argv: Sequence[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in args) or len(args) != 4:
         click.echo(
             "usage: fix-partitioned-table <database> <table_name> <partition_key> <timezone> \n"
-            "Repairs a DEFAULT partition with `partguard fix` (instant swap, then exact children; see partguard fix --help).",
+            "Repairs a DEFAULT partition with `partguard fix` (instant swap, then exact children;"
+            " see partguard fix --help).",
             err=len(args) != 4,
         )
         return 0 if args and args[0] in ("-h", "--help") else 64
     database, table, key, tz = args
-    return main(["fix", "-d", database, table, "--key", key, "--default-tz", tz, "--yes"],
-                prog_name="fix-partitioned-table")
+    return main(
+        ["fix", "-d", database, table, "--key", key, "--default-tz", tz, "--yes"],
+        prog_name="fix-partitioned-table",
+    )
 
 
 def fix_partitioned_table_run() -> None:

@@ -25,30 +25,57 @@ from .common import connection_options, emit_json, format_option, jsonable
 # table's own rows: 1 s, then that table is reported `locked`, see inspect.snapshot).
 LOCK_TIMEOUT = "10s"
 
-_STYLE = {"ok": "green", "info": "cyan", "warning": "yellow", "critical": "bold red",
-          "unknown": "magenta"}
+_STYLE = {
+    "ok": "green",
+    "info": "cyan",
+    "warning": "yellow",
+    "critical": "bold red",
+    "unknown": "magenta",
+}
 
 
 @click.command("check")
 @connection_options
-@click.option("-t", "--table", "tables", multiple=True, metavar="TABLE",
-              help="Check only this table (schema.table; repeatable). Default: every "
-                   "range-partitioned table.")
+@click.option(
+    "-t",
+    "--table",
+    "tables",
+    multiple=True,
+    metavar="TABLE",
+    help="Check only this table (schema.table; repeatable). Default: every "
+    "range-partitioned table.",
+)
 @click.option("--exact", is_flag=True, help="Count the DEFAULT's rows exactly (a full scan).")
-@click.option("--interval", help="Partition interval, overriding partman and the children "
-                                 "(e.g. '1 day', 'monthly', 100000).")
-@click.option("--tz", help="Time zone of the grid, overriding the session's (e.g. Europe/Berlin); "
-                           "on a partman table one that contradicts partman's is refused.")
-@click.option("--force-tz", is_flag=True, help="Judge a partman table in --tz even where partman's differs.")
+@click.option(
+    "--interval",
+    help="Partition interval, overriding partman and the children "
+    "(e.g. '1 day', 'monthly', 100000).",
+)
+@click.option(
+    "--tz",
+    help="Time zone of the grid, overriding the session's (e.g. Europe/Berlin); "
+    "on a partman table one that contradicts partman's is refused.",
+)
+@click.option(
+    "--force-tz", is_flag=True, help="Judge a partman table in --tz even where partman's differs."
+)
 @format_option
-def command(params: ConnParams, tables: tuple[str, ...], exact: bool, interval: str | None, tz: str | None,
-            force_tz: bool, fmt: str) -> int:
+def command(
+    params: ConnParams,
+    tables: tuple[str, ...],
+    exact: bool,
+    interval: str | None,
+    tz: str | None,
+    force_tz: bool,
+    fmt: str,
+) -> int:
     """Find what is wrong with range-partitioned tables, read-only.
 
     Exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios).
     """
-    options = Options(tables=tables, interval=interval, tz=tz, exact=exact, force_tz=force_tz,
-                      connection=params)
+    options = Options(
+        tables=tables, interval=interval, tz=tz, exact=exact, force_tz=force_tz, connection=params
+    )
     with connect(params) as conn:
         warn_if_pooled(conn, params, "check")
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (LOCK_TIMEOUT,))
@@ -69,8 +96,13 @@ def as_json(result: CheckReport) -> dict[str, Any]:
         "server": jsonable(result.server),
         "tables": [jsonable(t) for t in result.tables],
         "findings": [
-            {"code": f.code, "severity": f.severity.value, "table": f.table, "message": f.message,
-             "detail": jsonable(f.detail)}
+            {
+                "code": f.code,
+                "severity": f.severity.value,
+                "table": f.table,
+                "message": f.message,
+                "detail": jsonable(f.detail),
+            }
             for f in result.findings
         ],
     }
@@ -80,15 +112,18 @@ def headline(result: CheckReport) -> str:
     counts: dict[str, int] = {}
     for f in result.findings:
         counts[f.severity.value] = counts.get(f.severity.value, 0) + 1
-    tally = ", ".join(f"{n} {sev}" for sev in ("critical", "unknown", "warning", "info")
-                      if (n := counts.get(sev)))
+    tally = ", ".join(
+        f"{n} {sev}" for sev in ("critical", "unknown", "warning", "info") if (n := counts.get(sev))
+    )
     s = result.server
     partman = f", pg_partman {s.partman_version}" if s.partman_version else ", no pg_partman"
     standby = "; a hot standby (in recovery, read-only)" if s.in_recovery else ""
     n = len(result.tables)
-    return (f"partguard check {result.status_name.upper()}: {n} table{'' if n == 1 else 's'}"
-            f"{'; ' + tally if tally else ''} (database {s.database}, PostgreSQL {s.version}"
-            f"{partman}; connections {s.used}/{s.available}{standby})")
+    return (
+        f"partguard check {result.status_name.upper()}: {n} table{'' if n == 1 else 's'}"
+        f"{'; ' + tally if tally else ''} (database {s.database}, PostgreSQL {s.version}"
+        f"{partman}; connections {s.used}/{s.available}{standby})"
+    )
 
 
 _COLUMNS = ("table", "key", "interval", "zone", "children", "default rows", "runway", "status")
@@ -102,9 +137,14 @@ def _row(t: TableSummary) -> tuple[str, ...]:
     else:
         runway = "-"
     return (
-        f"{t.schema}.{t.table}", f"{t.key or '-'} ({t.key_type or t.strategy})",
-        t.interval or "?", zone_label(t.zone) if t.zone else "-", str(t.children),
-        "-" if t.default_rows is None else str(t.default_rows), runway, t.status,
+        f"{t.schema}.{t.table}",
+        f"{t.key or '-'} ({t.key_type or t.strategy})",
+        t.interval or "?",
+        zone_label(t.zone) if t.zone else "-",
+        str(t.children),
+        "-" if t.default_rows is None else str(t.default_rows),
+        runway,
+        t.status,
     )
 
 
@@ -119,10 +159,13 @@ def render_text(result: CheckReport, console: Console) -> None:
         if rows:
             console.print(grid)
         for f in result.findings:
-            console.print(Text.assemble(
-                (f"{f.severity.value.upper():8} ", _STYLE[f.severity.value]), (f.code, "bold"),
-                f" {f.table or '(server)'}: {f.message}",
-            ))
+            console.print(
+                Text.assemble(
+                    (f"{f.severity.value.upper():8} ", _STYLE[f.severity.value]),
+                    (f.code, "bold"),
+                    f" {f.table or '(server)'}: {f.message}",
+                )
+            )
         return
     out = [headline(result)]
     if rows:

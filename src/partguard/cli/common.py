@@ -28,10 +28,22 @@ def connection_options(f: F) -> F:
     variables and .pgpass for the rest. The command receives them as one ``params``."""
 
     @functools.wraps(f)
-    def wrapper(*args: Any, dbname: str | None, host: str | None, port: int | None,
-                user: str | None, connect_timeout: str | None, **kwargs: Any) -> Any:
-        params = ConnParams(dbname=dbname, host=host, port=port, user=user,
-                            connect_timeout=_seconds(connect_timeout))
+    def wrapper(
+        *args: Any,
+        dbname: str | None,
+        host: str | None,
+        port: int | None,
+        user: str | None,
+        connect_timeout: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        params = ConnParams(
+            dbname=dbname,
+            host=host,
+            port=port,
+            user=user,
+            connect_timeout=_seconds(connect_timeout),
+        )
         return f(*args, params=params, **kwargs)
 
     for opt in reversed(
@@ -40,10 +52,13 @@ def connection_options(f: F) -> F:
             click.option("-h", "--host", help="Server host or socket directory."),
             click.option("-p", "--port", type=int, help="Server port."),
             click.option("-U", "--username", "user", help="Role to connect as."),
-            click.option("--connect-timeout", metavar="DURATION",
-                         help=f"Give up a connection attempt after this long (whole seconds; "
-                              f"default: connect_timeout in -d, else PGCONNECT_TIMEOUT, else "
-                              f"{DEFAULT_CONNECT_TIMEOUT}s)."),
+            click.option(
+                "--connect-timeout",
+                metavar="DURATION",
+                help=f"Give up a connection attempt after this long (whole seconds; "
+                f"default: connect_timeout in -d, else PGCONNECT_TIMEOUT, else "
+                f"{DEFAULT_CONNECT_TIMEOUT}s).",
+            ),
         ]
     ):
         wrapper = opt(wrapper)
@@ -69,7 +84,11 @@ def attempt_duration(text: str) -> float:
 
 def format_option(f: F) -> F:
     return click.option(
-        "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+        "--format",
+        "fmt",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
         help="Human-readable text, or JSON for machines.",
     )(f)
 
@@ -77,8 +96,11 @@ def format_option(f: F) -> F:
 def jsonable(obj: Any) -> Any:
     """Dataclasses, datetimes and friends -> plain JSON values (the JSON twin of any report)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not f.name.startswith("_")}
+        return {
+            f.name: jsonable(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not f.name.startswith("_")
+        }
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):

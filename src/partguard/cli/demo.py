@@ -10,8 +10,13 @@ from ..commands.demo import demo
 
 
 @click.command("demo")
-@click.option("--rows", type=click.IntRange(1000, 50_000_000), default=200_000, show_default=True,
-              help="Rows that fall into fixes' DEFAULT (raw_messages gets twice as many).")
+@click.option(
+    "--rows",
+    type=click.IntRange(1000, 50_000_000),
+    default=200_000,
+    show_default=True,
+    help="Rows that fall into fixes' DEFAULT (raw_messages gets twice as many).",
+)
 @click.option("--keep", is_flag=True, help="Leave the cluster running and print how to connect.")
 def command(rows: int, keep: bool) -> int:
     """Break partitioned tables the way the incident did, then check, fix, maintain, monitor."""

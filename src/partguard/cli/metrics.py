@@ -27,26 +27,55 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 @click.command("metrics")
 @connection_options
-@click.option("--listen", metavar="HOST:PORT",
-              help="Serve /metrics over HTTP (e.g. 127.0.0.1:9187); scrapers share one snapshot.")
-@click.option("--config", "targets_path", type=click.Path(dir_okay=False), metavar="TARGETS.toml",
-              help="Serve many databases: /probe?target=NAME for each [target.NAME] of this "
-                   "file, /metrics for the exporter itself (needs --listen).")
-@click.option("--cache-for", metavar="DURATION",
-              help=f"Scrapes within this long share one snapshot (default {CACHE_FOR:g}s; "
-                   "0 refreshes for every scrape, still one at a time).")
-@click.option("--textfile", type=click.Path(dir_okay=False, writable=True),
-              help="Write the metrics to this file atomically (node_exporter textfile "
-                   "collector; name it *.prom) and exit.")
-@click.option("-t", "--table", "tables", multiple=True, metavar="TABLE",
-              help="Only this table (repeatable). Default: every range-partitioned table.")
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Serve /metrics over HTTP (e.g. 127.0.0.1:9187); scrapers share one snapshot.",
+)
+@click.option(
+    "--config",
+    "targets_path",
+    type=click.Path(dir_okay=False),
+    metavar="TARGETS.toml",
+    help="Serve many databases: /probe?target=NAME for each [target.NAME] of this "
+    "file, /metrics for the exporter itself (needs --listen).",
+)
+@click.option(
+    "--cache-for",
+    metavar="DURATION",
+    help=f"Scrapes within this long share one snapshot (default {CACHE_FOR:g}s; "
+    "0 refreshes for every scrape, still one at a time).",
+)
+@click.option(
+    "--textfile",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the metrics to this file atomically (node_exporter textfile "
+    "collector; name it *.prom) and exit.",
+)
+@click.option(
+    "-t",
+    "--table",
+    "tables",
+    multiple=True,
+    metavar="TABLE",
+    help="Only this table (repeatable). Default: every range-partitioned table.",
+)
 @click.option("--interval", help="Partition interval, overriding partman and the children.")
 @click.option("--tz", help="Time zone of the grid, overriding the session's.")
-@click.option("--force-tz", is_flag=True, help="Use --tz on partman tables even where partman's differs.")
-def command(params: ConnParams,
-            listen: str | None, targets_path: str | None, cache_for: str | None,
-            textfile: str | None, tables: tuple[str, ...], interval: str | None,
-            tz: str | None, force_tz: bool) -> int:
+@click.option(
+    "--force-tz", is_flag=True, help="Use --tz on partman tables even where partman's differs."
+)
+def command(
+    params: ConnParams,
+    listen: str | None,
+    targets_path: str | None,
+    cache_for: str | None,
+    textfile: str | None,
+    tables: tuple[str, ...],
+    interval: str | None,
+    tz: str | None,
+    force_tz: bool,
+) -> int:
     """Export check results as Prometheus metrics.
 
     Without --listen or --textfile, print the exposition to stdout once. Exit status 3
@@ -58,8 +87,19 @@ def command(params: ConnParams,
         raise UsageError("--cache-for applies to --listen only")
     seconds = parse_duration(cache_for) if cache_for is not None else CACHE_FOR
     if targets_path:
-        given = [o for o, v in (("-d", params.dbname), ("-h", params.host), ("-p", params.port),
-                                ("-U", params.user), ("-t", tables), ("--interval", interval), ("--tz", tz)) if v]
+        given = [
+            o
+            for o, v in (
+                ("-d", params.dbname),
+                ("-h", params.host),
+                ("-p", params.port),
+                ("-U", params.user),
+                ("-t", tables),
+                ("--interval", interval),
+                ("--tz", tz),
+            )
+            if v
+        ]
         if given:
             raise UsageError(f"--config takes every target from the file; drop {', '.join(given)}")
         if not listen:
@@ -69,14 +109,20 @@ def command(params: ConnParams,
     if listen:
         addr, port_no = parse_listen(listen)
         if targets_path:
-            server, _ = serve_targets([Target(t.name, t.conninfo, Options(tables=t.tables))
-                                       for t in specs], addr, port_no, cache_for=seconds)
+            server, _ = serve_targets(
+                [Target(t.name, t.conninfo, Options(tables=t.tables)) for t in specs],
+                addr,
+                port_no,
+                cache_for=seconds,
+            )
         else:
             server, _ = serve(params, options, addr, port_no, cache_for=seconds)
         where = f"[{addr}]" if ":" in addr else addr
         fleet = f" and /probe?target=NAME for {len(specs)} targets" if targets_path else ""
-        click.echo(f"partguard: serving metrics on http://{where}:{server.server_port}/metrics"
-                   f"{fleet}", err=True)
+        click.echo(
+            f"partguard: serving metrics on http://{where}:{server.server_port}/metrics{fleet}",
+            err=True,
+        )
         _wait_for_termination()
         server.shutdown()
         server.server_close()

@@ -70,10 +70,23 @@ from .fix import _ProgressPrinter
     "--tz", help="Time zone of the grid (default: partman's session zone / the children's)."
 )
 @format_option
-def command(params: ConnParams, table: str | None,
-            children: tuple[str, ...], jobs: int, dry_run: bool, yes: bool, abort: bool, show_status: bool,
-            lock_timeout: str, retries: int, keep_source: bool, chunk_pages: int, interval: str | None,
-            tz: str | None, fmt: str) -> int:
+def command(
+    params: ConnParams,
+    table: str | None,
+    children: tuple[str, ...],
+    jobs: int,
+    dry_run: bool,
+    yes: bool,
+    abort: bool,
+    show_status: bool,
+    lock_timeout: str,
+    retries: int,
+    keep_source: bool,
+    chunk_pages: int,
+    interval: str | None,
+    tz: str | None,
+    fmt: str,
+) -> int:
     """Re-cut TABLE's children onto the grid, online: every row stays visible, every write succeeds."""
     if show_status:
         return _status(params, fmt)

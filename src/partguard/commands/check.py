@@ -64,7 +64,9 @@ class ServerSummary:
     can_use_reserved: bool
     reserved_note: str
     partman_version: str | None
-    in_recovery: bool = False  # a hot standby: findings describe the primary's tables as replayed here
+    in_recovery: bool = (
+        False  # a hot standby: findings describe the primary's tables as replayed here
+    )
 
 
 @dataclass(frozen=True)
@@ -96,8 +98,9 @@ def check(conn: Conn, options: Options | None = None) -> CheckReport:
             "partition and the newest children (GRANT pg_read_all_data, or SELECT on those)"
         ) from None
     except pgerrors.LockNotAvailable as exc:
-        raise LockNotAvailable(f"check: {_first_line(exc)} (a DDL holds the table; "
-                               "try again later)") from None
+        raise LockNotAvailable(
+            f"check: {_first_line(exc)} (a DDL holds the table; try again later)"
+        ) from None
     if options.tables:
         for state in snap.tables:
             reason = state.table.unsupported_reason()
@@ -110,10 +113,13 @@ def report(snap: Snapshot) -> CheckReport:
     """Diagnose a snapshot and summarise it (pure)."""
     findings = diagnose(snap)
     log.info("check: %d tables, %d findings", len(snap.tables), len(findings))
-    tables = tuple(summarise(s, snap.server, [f for f in findings if f.table == s.table.qualname])
-                   for s in snap.tables)
-    return CheckReport(status(findings), server_summary(snap.server), tables, tuple(findings),
-                       snap.server.clients)
+    tables = tuple(
+        summarise(s, snap.server, [f for f in findings if f.table == s.table.qualname])
+        for s in snap.tables
+    )
+    return CheckReport(
+        status(findings), server_summary(snap.server), tables, tuple(findings), snap.server.clients
+    )
 
 
 def summarise(state: TableState, server: Server, findings: list[Finding]) -> TableSummary:
@@ -132,14 +138,23 @@ def summarise(state: TableState, server: Server, findings: list[Finding]) -> Tab
     elif isinstance(grid, IntGrid):
         interval = str(grid.step)
     return TableSummary(
-        schema=table.schema, table=table.name, status=STATUS_NAMES[w.nagios] if w else "ok",
-        strategy=table.strategy, key=table.key if len(table.key_columns) == 1 else None,
-        key_type=table.key_type, interval=interval, zone=zone, grid_source=state.grid.source,
-        children=len(table.children), has_default=table.default is not None,
+        schema=table.schema,
+        table=table.name,
+        status=STATUS_NAMES[w.nagios] if w else "ok",
+        strategy=table.strategy,
+        key=table.key if len(table.key_columns) == 1 else None,
+        key_type=table.key_type,
+        interval=interval,
+        zone=zone,
+        grid_source=state.grid.source,
+        children=len(table.children),
+        has_default=table.default is not None,
         default_rows=default_rows_estimate(state),
-        runway_seconds=rw.seconds if rw else None, runway_ids=rw.ids if rw else None,
+        runway_seconds=rw.seconds if rw else None,
+        runway_ids=rw.ids if rw else None,
         last_upper=iso(table.children[-1].upper) if table.children else None,
-        gaps=sum(f.code == "gap" for f in findings), misaligned_children=off_grid,
+        gaps=sum(f.code == "gap" for f in findings),
+        misaligned_children=off_grid,
         last_maintenance=last_maintenance(state)[0],
         partman_version=server.partman.version if server.partman and state.config else None,
     )
@@ -148,11 +163,19 @@ def summarise(state: TableState, server: Server, findings: list[Finding]) -> Tab
 def server_summary(server: Server) -> ServerSummary:
     num = server.version_num
     return ServerSummary(
-        version=f"{num // 10000}.{num % 10000}", version_num=num, database=server.database,
-        current_user=server.current_user, timezone=server.timezone, now=server.now,
-        max_connections=server.max_connections, superuser_reserved=server.superuser_reserved,
-        reserved=server.reserved, used=server.used, available=server.available,
-        can_use_reserved=server.can_use_reserved, reserved_note=reserved_advice(server),
+        version=f"{num // 10000}.{num % 10000}",
+        version_num=num,
+        database=server.database,
+        current_user=server.current_user,
+        timezone=server.timezone,
+        now=server.now,
+        max_connections=server.max_connections,
+        superuser_reserved=server.superuser_reserved,
+        reserved=server.reserved,
+        used=server.used,
+        available=server.available,
+        can_use_reserved=server.can_use_reserved,
+        reserved_note=reserved_advice(server),
         partman_version=server.partman.version if server.partman else None,
         in_recovery=server.in_recovery,
     )

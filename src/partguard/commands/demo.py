@@ -55,10 +55,14 @@ CREATE INDEX ON public.raw_messages (received_at);
 """
 
 
-_FIXES = sql.SQL("INSERT INTO public.fixes (id, received_at, device_id, lat, lon, speed_ms) "
-                 "VALUES (%s, now() - %s * interval '1 hour', %s, 52.5, 13.4, 8.5)")
-_RAW = sql.SQL("INSERT INTO public.raw_messages (id, received_at, device_id, payload) "
-               "VALUES (%s, now() - %s * interval '1 hour', %s, 'NMEA $GPRMC')")
+_FIXES = sql.SQL(
+    "INSERT INTO public.fixes (id, received_at, device_id, lat, lon, speed_ms) "
+    "VALUES (%s, now() - %s * interval '1 hour', %s, 52.5, 13.4, 8.5)"
+)
+_RAW = sql.SQL(
+    "INSERT INTO public.raw_messages (id, received_at, device_id, payload) "
+    "VALUES (%s, now() - %s * interval '1 hour', %s, 'NMEA $GPRMC')"
+)
 
 
 def ingest_writer(dsn: str) -> Writer:
@@ -66,11 +70,19 @@ def ingest_writer(dsn: str) -> Writer:
 
     def inserts(tick: int, rid: int) -> list[Insert]:
         late = (rid % 7) * 10  # some devices upload hours late, into the outage days
-        return [(table, stmt, (rid, late, rid % 100))
-                for table, stmt in (("public.fixes", _FIXES), ("public.raw_messages", _RAW))]
+        return [
+            (table, stmt, (rid, late, rid % 100))
+            for table, stmt in (("public.fixes", _FIXES), ("public.raw_messages", _RAW))
+        ]
 
-    return Writer(dsn, inserts, next_id=1_000_000_000, period=0.005, warmup=0.0,
-                  application_name="ingest-service")
+    return Writer(
+        dsn,
+        inserts,
+        next_id=1_000_000_000,
+        period=0.005,
+        warmup=0.0,
+        application_name="ingest-service",
+    )
 
 
 def build_incident(conn: psycopg.Connection, has_partman: bool, rows: int) -> None:
@@ -82,12 +94,15 @@ def build_incident(conn: psycopg.Connection, has_partman: bool, rows: int) -> No
         "INSERT INTO public.fixes (id, received_at, device_id, lat, lon, speed_ms) "
         "SELECT i, date_trunc('day', now()) - interval '3 days' + i * (now() - date_trunc('day', now()) "
         "+ interval '3 days') / %s, i %% 100, 52 + random(), 13 + random(), random() * 30 "
-        "FROM generate_series(1, %s) i", (rows, rows))
+        "FROM generate_series(1, %s) i",
+        (rows, rows),
+    )
     conn.execute(
         "INSERT INTO public.raw_messages (id, received_at, device_id, payload) "
         "SELECT i, date_trunc('day', now()) - interval '3 days' + i * (now() - date_trunc('day', now()) "
         "+ interval '3 days') / %s, i %% 100, md5(i::text) FROM generate_series(1, %s) i",
-        (rows * 2, rows * 2))
+        (rows * 2, rows * 2),
+    )
     conn.execute("ANALYZE public.fixes; ANALYZE public.raw_messages")
 
 
@@ -105,36 +120,75 @@ def demo(
         return _story(sandbox, cli, say, rows)
     finally:
         if keep:
-            say(f"\nThe cluster is still running (--keep). Connect with:\n  psql '{sandbox.dsn('incident')}'\n"
-                f"Stop it with: pg_ctl -D {sandbox.datadir} stop")
+            say(
+                f"\nThe cluster is still running (--keep). Connect with:\n  psql '{sandbox.dsn('incident')}'\n"
+                f"Stop it with: pg_ctl -D {sandbox.datadir} stop"
+            )
         else:
             sandbox.stop()
 
 
-def _story(sandbox: Sandbox, cli: Callable[[Sequence[str]], int], say: Callable[[str], None], rows: int) -> int:
+def _story(
+    sandbox: Sandbox, cli: Callable[[Sequence[str]], int], say: Callable[[str], None], rows: int
+) -> int:
     dsn = sandbox.create_database("incident", partman=True)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'").fetchone()
+        version = conn.execute(
+            "SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'"
+        ).fetchone()
         partman = f"pg_partman {version[0]}" if version else "no pg_partman (native partitions)"
         say(f"== A throwaway PostgreSQL {sandbox.major} cluster with {partman}\n")
-        say("== The incident: maintenance stopped three days ago; rows fall into the DEFAULT partitions")
+        say(
+            "== The incident: maintenance stopped three days ago; rows fall into the DEFAULT partitions"
+        )
         build_incident(conn, version is not None, rows)
         writer = ingest_writer(dsn).start()
-        before = {t: {r[0] for r in conn.execute(sql.SQL("SELECT id FROM {}").format(
-            sql.Identifier(*t.split("."))))} for t in TABLES}
+        before = {
+            t: {
+                r[0]
+                for r in conn.execute(
+                    sql.SQL("SELECT id FROM {}").format(sql.Identifier(*t.split(".")))
+                )
+            }
+            for t in TABLES
+        }
         for t in TABLES:
-            n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                sql.Identifier("public", t.split(".")[1] + "_default"))).fetchone()
-            say(f"   {t}: {n[0] if n else 0} rows in its DEFAULT; the ingest writer keeps inserting")
+            n = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(
+                    sql.Identifier("public", t.split(".")[1] + "_default")
+                )
+            ).fetchone()
+            say(
+                f"   {t}: {n[0] if n else 0} rows in its DEFAULT; the ingest writer keeps inserting"
+            )
         say("")
         steps: list[tuple[str, list[str]]] = [
             ("What partguard sees", ["check", "-d", dsn]),
-            ("The plan for fixes (a SQL script on stdout; nothing changes)", ["fix", "-d", dsn, "public.fixes", "--dry-run"]),
-            (("Repair fixes: a millisecond swap makes the DEFAULT a child (live writes get real children "
-              "at once), then the wide child is re-cut into exact daily children online"),
-             ["fix", "-d", dsn, "public.fixes", "--yes"]),
-            ("Repair raw_messages with exact daily children (copy, 2 jobs)",
-             ["fix", "-d", dsn, "public.raw_messages", "--yes", "--strategy", "copy", "--jobs", "2"]),
+            (
+                "The plan for fixes (a SQL script on stdout; nothing changes)",
+                ["fix", "-d", dsn, "public.fixes", "--dry-run"],
+            ),
+            (
+                (
+                    "Repair fixes: a millisecond swap makes the DEFAULT a child (live writes get real children "
+                    "at once), then the wide child is re-cut into exact daily children online"
+                ),
+                ["fix", "-d", dsn, "public.fixes", "--yes"],
+            ),
+            (
+                "Repair raw_messages with exact daily children (copy, 2 jobs)",
+                [
+                    "fix",
+                    "-d",
+                    dsn,
+                    "public.raw_messages",
+                    "--yes",
+                    "--strategy",
+                    "copy",
+                    "--jobs",
+                    "2",
+                ],
+            ),
             ("Healthy again", ["check", "-d", dsn]),
         ]
         codes = []
@@ -144,9 +198,16 @@ def _story(sandbox: Sandbox, cli: Callable[[Sequence[str]], int], say: Callable[
             say("")
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "partguard.toml"
-            config.write_text("" if version else "".join(
-                f'[[table]]\nname = "{t}"\ninterval = "1 day"\npremake = 4\n\n' for t in TABLES))
-            say("== Maintenance that does not stop silently\n$ partguard maintain -d $DSN --retry-for 1m")
+            config.write_text(
+                ""
+                if version
+                else "".join(
+                    f'[[table]]\nname = "{t}"\ninterval = "1 day"\npremake = 4\n\n' for t in TABLES
+                )
+            )
+            say(
+                "== Maintenance that does not stop silently\n$ partguard maintain -d $DSN --retry-for 1m"
+            )
             codes.append(cli(["maintain", "-d", dsn, "--retry-for", "1m", "--config", str(config)]))
         say("\n== What Prometheus scrapes (partguard metrics --listen 127.0.0.1:9187)")
         codes.append(cli(["metrics", "-d", dsn]))
@@ -155,7 +216,9 @@ def _story(sandbox: Sandbox, cli: Callable[[Sequence[str]], int], say: Callable[
         say("\n== The root cause: a service whose pools take every connection slot")
         pool = fill_server(conn, dsn)
         try:
-            say(f"   {len(pool)} connections of ingest-pool (role ingest) are open; the next one is refused")
+            say(
+                f"   {len(pool)} connections of ingest-pool (role ingest) are open; the next one is refused"
+            )
             say("$ partguard check -d $DSN        # as a superuser: one of the reserved slots")
             cli(["check", "-d", dsn])
         finally:
@@ -164,13 +227,22 @@ def _story(sandbox: Sandbox, cli: Callable[[Sequence[str]], int], say: Callable[
         say("\n== The account, row for row")
         balanced = True
         for t in TABLES:
-            after = [r[0] for r in conn.execute(sql.SQL("SELECT id FROM {}").format(sql.Identifier(*t.split("."))))]
+            after = [
+                r[0]
+                for r in conn.execute(
+                    sql.SQL("SELECT id FROM {}").format(sql.Identifier(*t.split(".")))
+                )
+            ]
             expected = before[t] | writer.committed_to[t]
             ok = exactly_once_fault(Counter(expected), Counter(after)) is None
             balanced &= ok
-            say(f"   {t}: {len(before[t])} rows before + {len(writer.committed_to[t])} committed by the writer "
-                f"= {len(expected)}; after: {len(after)} {'✓ each exactly once' if ok else '✗ MISMATCH'}")
-        say(f"   writer: {len(writer.errors)} failed inserts, max insert latency {writer.max_latency * 1000:.0f} ms")
+            say(
+                f"   {t}: {len(before[t])} rows before + {len(writer.committed_to[t])} committed by the writer "
+                f"= {len(expected)}; after: {len(after)} {'✓ each exactly once' if ok else '✗ MISMATCH'}"
+            )
+        say(
+            f"   writer: {len(writer.errors)} failed inserts, max insert latency {writer.max_latency * 1000:.0f} ms"
+        )
     final_check_ok = codes[4] == 0
     return 0 if balanced and not writer.errors and final_check_ok else 2
 
@@ -178,7 +250,9 @@ def _story(sandbox: Sandbox, cli: Callable[[Sequence[str]], int], say: Callable[
 def fill_server(conn: psycopg.Connection, dsn: str) -> list[psycopg.Connection]:
     """Connect as an ordinary role until the server refuses: what several service instances
     with a pool of ~50 each did to max_connections in the incident."""
-    conn.execute("DO $$ BEGIN CREATE ROLE ingest LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    conn.execute(
+        "DO $$ BEGIN CREATE ROLE ingest LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+    )
     info = make_conninfo(dsn, user="ingest", application_name="ingest-pool")
     pool: list[psycopg.Connection] = []
     while len(pool) < 1000:

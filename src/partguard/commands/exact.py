@@ -45,32 +45,60 @@ def fix_exact(
     if req.options.strategy != "auto" or outcome.strategy != "instant" or not wide:
         return outcome
     if req.dry_run:
-        note = (f"then the wide child {quote_name(wide)} is re-cut onto the grid online "
-                "(partguard split; its plan depends on the child the swap makes: "
-                "see partguard split --dry-run afterwards)")
+        note = (
+            f"then the wide child {quote_name(wide)} is re-cut onto the grid online "
+            "(partguard split; its plan depends on the child the swap makes: "
+            "see partguard split --dry-run afterwards)"
+        )
         return replace(outcome, notes=[*outcome.notes, note])
     if outcome.status != "done":
         return outcome
     live = time.monotonic() - started
-    log.info("fix %s: live writes have real children after %.2fs; re-cutting %s", outcome.table, live, wide)
-    sreq = SplitRequest(table=req.table, children=(wide,), jobs=req.options.jobs, lock_timeout=req.lock_timeout,
-                        retries=req.retries, interval=req.interval, tz=req.tz)
+    log.info(
+        "fix %s: live writes have real children after %.2fs; re-cutting %s",
+        outcome.table,
+        live,
+        wide,
+    )
+    sreq = SplitRequest(
+        table=req.table,
+        children=(wide,),
+        jobs=req.options.jobs,
+        lock_timeout=req.lock_timeout,
+        retries=req.retries,
+        interval=req.interval,
+        tz=req.tz,
+    )
     try:
         recut = split(conn, params, sreq, on_progress=on_progress)
     except PartguardError as exc:
-        raise type(exc)(f"every row is in a child (the instant swap committed after {live:.2f}s), but the "
-                        f"re-cut of {quote_name(wide)} failed: {exc}; finish it with partguard split "
-                        "(or undo it with partguard split --abort)") from exc
+        raise type(exc)(
+            f"every row is in a child (the instant swap committed after {live:.2f}s), but the "
+            f"re-cut of {quote_name(wide)} failed: {exc}; finish it with partguard split "
+            "(or undo it with partguard split --abort)"
+        ) from exc
     summary: dict[str, Any] = {
-        "status": recut.status, "live_children_after_s": round(live, 3),
+        "status": recut.status,
+        "live_children_after_s": round(live, 3),
         "duration_s": recut.duration_s,
-        "recuts": [{"sources": r.sources, "targets": r.targets, "rows_copied": r.rows_copied,
-                    "changes_replayed": r.changes_replayed, "swap_lock_s": r.swap_lock_s}
-                   for r in recut.recuts],
+        "recuts": [
+            {
+                "sources": r.sources,
+                "targets": r.targets,
+                "rows_copied": r.rows_copied,
+                "changes_replayed": r.changes_replayed,
+                "swap_lock_s": r.swap_lock_s,
+            }
+            for r in recut.recuts
+        ],
     }
     longest = max([outcome.longest_lock_s, *(r.swap_lock_s for r in recut.recuts)])
     return replace(
-        outcome, strategy="instant+recut", recut=summary,
-        findings_after=recut.findings_after if recut.status == "done" else outcome.findings_after, duration_s=round(time.monotonic() - started, 3), longest_lock_s=round(longest, 4),
+        outcome,
+        strategy="instant+recut",
+        recut=summary,
+        findings_after=recut.findings_after if recut.status == "done" else outcome.findings_after,
+        duration_s=round(time.monotonic() - started, 3),
+        longest_lock_s=round(longest, 4),
         notes=[*outcome.notes, *recut.notes],
     )

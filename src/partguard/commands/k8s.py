@@ -53,7 +53,9 @@ class SecretRef:
         """``NAME`` or ``NAME:KEY``."""
         ref = cls(*_pair(text, default_key))
         if not _DNS_LABEL.match(ref.name) or len(ref.name) > 253:
-            raise UsageError(f"not a Secret name: {ref.name!r} (lower-case letters, digits and '-')")
+            raise UsageError(
+                f"not a Secret name: {ref.name!r} (lower-case letters, digits and '-')"
+            )
         if not re.fullmatch(r"[-._a-zA-Z0-9]+", ref.key):
             raise UsageError(f"not a Secret key: {ref.key!r}")
         return ref
@@ -115,8 +117,10 @@ def resource_name(opt: K8sOptions) -> str:
     """``partguard-maintain-<db>`` as a DNS-1123 label short enough for the Job's suffix."""
     if opt.name is not None:
         if not _DNS_LABEL.match(opt.name) or len(opt.name) > _MAX_CRONJOB_NAME:
-            raise UsageError(f"not a CronJob name: {opt.name!r} (lower-case letters, digits and '-', "
-                             f"at most {_MAX_CRONJOB_NAME})")
+            raise UsageError(
+                f"not a CronJob name: {opt.name!r} (lower-case letters, digits and '-', "
+                f"at most {_MAX_CRONJOB_NAME})"
+            )
         return opt.name
     db = re.sub(r"[^a-z0-9]+", "-", database_label(opt.params).lower()).strip("-") or "default"
     return f"partguard-maintain-{db}"[:_MAX_CRONJOB_NAME].rstrip("-")
@@ -124,9 +128,15 @@ def resource_name(opt: K8sOptions) -> str:
 
 def _maintain_args(opt: K8sOptions) -> list[str]:
     p = opt.params
-    if p.dbname and ("=" in p.dbname or "://" in p.dbname) and "password" in conninfo_to_dict(p.dbname):
-        raise UsageError("the connection string has a password: manifests are stored in plain text; "
-                         "use --password-secret or --pgpass-secret instead")
+    if (
+        p.dbname
+        and ("=" in p.dbname or "://" in p.dbname)
+        and "password" in conninfo_to_dict(p.dbname)
+    ):
+        raise UsageError(
+            "the connection string has a password: manifests are stored in plain text; "
+            "use --password-secret or --pgpass-secret instead"
+        )
     args = ["maintain"]
     for flag, value in (("-d", p.dbname), ("-h", p.host), ("-p", p.port), ("-U", p.user)):
         if value:
@@ -151,8 +161,12 @@ def render(opt: K8sOptions) -> Manifest:
     if opt.backoff_limit < 0:
         raise UsageError("--backoff-limit must not be negative")
     name = resource_name(opt)
-    labels = {"app.kubernetes.io/name": "partguard", "app.kubernetes.io/component": "maintenance",
-              "app.kubernetes.io/instance": name, "app.kubernetes.io/version": __version__}
+    labels = {
+        "app.kubernetes.io/name": "partguard",
+        "app.kubernetes.io/component": "maintenance",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/version": __version__,
+    }
     meta: dict[str, Any] = {"name": name}
     if opt.namespace:
         if not _DNS_LABEL.match(opt.namespace):
@@ -165,70 +179,136 @@ def render(opt: K8sOptions) -> Manifest:
     env: list[dict[str, Any]] = []
     init: list[dict[str, Any]] = []
     if opt.config_text is not None:
-        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {**meta, "name": f"{name}-config"},
-                     "data": {"partguard.toml": opt.config_text}})
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {**meta, "name": f"{name}-config"},
+                "data": {"partguard.toml": opt.config_text},
+            }
+        )
         mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
         volumes.append({"name": "config", "configMap": {"name": f"{name}-config"}})
-    container_security = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                          "capabilities": {"drop": ["ALL"]}}
+    container_security = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     if opt.password is not None:
-        env.append({"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {
-            "name": opt.password.name, "key": opt.password.key}}})
+        env.append(
+            {
+                "name": "PGPASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": opt.password.name, "key": opt.password.key}},
+            }
+        )
     if opt.pgpass is not None:
         env.append({"name": "PGPASSFILE", "value": f"{PGPASS_DIR}/pgpass"})
         mounts.append({"name": "pgpass", "mountPath": PGPASS_DIR, "readOnly": True})
         volumes += [
-            {"name": "pgpass-secret", "secret": {"secretName": opt.pgpass.name, "defaultMode": 0o440,
-                                                 "items": [{"key": opt.pgpass.key, "path": "pgpass"}]}},
+            {
+                "name": "pgpass-secret",
+                "secret": {
+                    "secretName": opt.pgpass.name,
+                    "defaultMode": 0o440,
+                    "items": [{"key": opt.pgpass.key, "path": "pgpass"}],
+                },
+            },
             {"name": "pgpass", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         ]
-        copy = ("import os, shutil; shutil.copyfile('/secret/pgpass', '/pgpass/pgpass'); "
-                "os.chmod('/pgpass/pgpass', 0o600)")
-        init.append({
-            "name": "pgpass", "image": opt.image, "command": ["python3", "-c", copy],
-            "volumeMounts": [{"name": "pgpass-secret", "mountPath": "/secret", "readOnly": True},
-                             {"name": "pgpass", "mountPath": "/pgpass"}],
-            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
-            "securityContext": container_security,
-        })
+        copy = (
+            "import os, shutil; shutil.copyfile('/secret/pgpass', '/pgpass/pgpass'); "
+            "os.chmod('/pgpass/pgpass', 0o600)"
+        )
+        init.append(
+            {
+                "name": "pgpass",
+                "image": opt.image,
+                "command": ["python3", "-c", copy],
+                "volumeMounts": [
+                    {"name": "pgpass-secret", "mountPath": "/secret", "readOnly": True},
+                    {"name": "pgpass", "mountPath": "/pgpass"},
+                ],
+                "resources": {
+                    "requests": {"cpu": "10m", "memory": "32Mi"},
+                    "limits": {"memory": "64Mi"},
+                },
+                "securityContext": container_security,
+            }
+        )
     container: dict[str, Any] = {
-        "name": CONTAINER, "image": opt.image, "imagePullPolicy": "IfNotPresent",
-        "command": ["partguard"], "args": _maintain_args(opt),
-        "resources": {"requests": {"cpu": opt.cpu.request, "memory": opt.memory.request},
-                      "limits": {"cpu": opt.cpu.limit, "memory": opt.memory.limit}},
-        "securityContext": container_security, "volumeMounts": mounts,
+        "name": CONTAINER,
+        "image": opt.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["partguard"],
+        "args": _maintain_args(opt),
+        "resources": {
+            "requests": {"cpu": opt.cpu.request, "memory": opt.memory.request},
+            "limits": {"cpu": opt.cpu.limit, "memory": opt.memory.limit},
+        },
+        "securityContext": container_security,
+        "volumeMounts": mounts,
     }
     if env:
         container["env"] = env
-    pod_security: dict[str, Any] = {"runAsNonRoot": True, "runAsUser": opt.run_as_user,
-                                    "runAsGroup": opt.run_as_user, "seccompProfile": {"type": "RuntimeDefault"}}
+    pod_security: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": opt.run_as_user,
+        "runAsGroup": opt.run_as_user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     if opt.pgpass is not None:
         pod_security["fsGroup"] = opt.run_as_user  # the Secret file becomes readable by our group
     pod: dict[str, Any] = {
-        "restartPolicy": "Never", "automountServiceAccountToken": False,
-        "securityContext": pod_security, "containers": [container], "volumes": volumes,
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security,
+        "containers": [container],
+        "volumes": volumes,
     }
     if init:
         pod["initContainers"] = init
     schedule = opt.schedule or f"{zlib.crc32(name.encode()) % 60} * * * *"
-    docs.append({
-        "apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta,
-        "spec": {
-            "schedule": schedule, "timeZone": opt.time_zone, "concurrencyPolicy": "Forbid",
-            "startingDeadlineSeconds": _seconds(opt.starting_deadline, "--starting-deadline"),
-            "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3,
-            "jobTemplate": {"metadata": {"labels": labels}, "spec": {
-                "backoffLimit": opt.backoff_limit,
-                "activeDeadlineSeconds": _seconds(opt.deadline, "--deadline"),
-                "podFailurePolicy": {"rules": [
-                    {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                          "values": list(FAIL_AT_ONCE)}},
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                ]},
-                "template": {"metadata": {"labels": labels}, "spec": pod},
-            }},
-        },
-    })
+    docs.append(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": meta,
+            "spec": {
+                "schedule": schedule,
+                "timeZone": opt.time_zone,
+                "concurrencyPolicy": "Forbid",
+                "startingDeadlineSeconds": _seconds(opt.starting_deadline, "--starting-deadline"),
+                "successfulJobsHistoryLimit": 3,
+                "failedJobsHistoryLimit": 3,
+                "jobTemplate": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "backoffLimit": opt.backoff_limit,
+                        "activeDeadlineSeconds": _seconds(opt.deadline, "--deadline"),
+                        "podFailurePolicy": {
+                            "rules": [
+                                {
+                                    "action": "FailJob",
+                                    "onExitCodes": {
+                                        "containerName": CONTAINER,
+                                        "operator": "In",
+                                        "values": list(FAIL_AT_ONCE),
+                                    },
+                                },
+                                {
+                                    "action": "Ignore",
+                                    "onPodConditions": [
+                                        {"type": "DisruptionTarget", "status": "True"}
+                                    ],
+                                },
+                            ]
+                        },
+                        "template": {"metadata": {"labels": labels}, "spec": pod},
+                    },
+                },
+            },
+        }
+    )
     return Manifest(name, tuple(docs))
 
 
@@ -255,8 +335,14 @@ def _scalar(v: Any) -> str:
 
 def _block(s: str) -> bool:
     """Multi-line text a block literal keeps byte for byte."""
-    return "\n" in s and "\r" not in s and not s.startswith((" ", "\n")) and s.endswith("\n") \
-        and not s.endswith("\n\n") and all(ch == "\n" or ch == "\t" or ch >= " " for ch in s)
+    return (
+        "\n" in s
+        and "\r" not in s
+        and not s.startswith((" ", "\n"))
+        and s.endswith("\n")
+        and not s.endswith("\n\n")
+        and all(ch == "\n" or ch == "\t" or ch >= " " for ch in s)
+    )
 
 
 def _value(key: str, v: Any, pad: str) -> list[str]:

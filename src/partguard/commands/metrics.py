@@ -74,42 +74,63 @@ def scrape(params: ConnParams | str, options: Options, target: str = "") -> Scra
     start = time.monotonic()
     try:
         with connect(params) as conn:
-            conn.execute("SELECT set_config('statement_timeout', %s, false), "
-                         "set_config('lock_timeout', %s, false)", (STATEMENT_TIMEOUT, LOCK_TIMEOUT))
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, false), "
+                "set_config('lock_timeout', %s, false)",
+                (STATEMENT_TIMEOUT, LOCK_TIMEOUT),
+            )
             warn_if_pooled(conn, params, "metrics")
             report = check(conn, options)
     except Exception as exc:  # noqa: BLE001 - an exporter answers "down", it does not crash
-        log.warning("metrics%s: cannot check the database: %s", f" {target}" if target else "",
-                    (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+        log.warning(
+            "metrics%s: cannot check the database: %s",
+            f" {target}" if target else "",
+            (str(exc).strip().splitlines() or [type(exc).__name__])[0],
+        )
         return Scrape(None, time.monotonic() - start, str(exc))
     return Scrape(report, time.monotonic() - start)
 
 
 def families(s: Scrape) -> list[Metric]:
     """Prometheus metric families for one scrape (units in names, ``partguard_`` prefix)."""
-    up = GaugeMetricFamily("partguard_up", "1 if the database could be reached and checked.",
-                           value=0 if s.report is None else 1)
-    took = GaugeMetricFamily("partguard_scrape_duration_seconds",
-                             "Time taken to snapshot and check the database.", value=s.duration)
+    up = GaugeMetricFamily(
+        "partguard_up",
+        "1 if the database could be reached and checked.",
+        value=0 if s.report is None else 1,
+    )
+    took = GaugeMetricFamily(
+        "partguard_scrape_duration_seconds",
+        "Time taken to snapshot and check the database.",
+        value=s.duration,
+    )
     out: list[Metric] = [up, took]
     if s.report is None:
         return out
     srv = s.report.server
     out += [
-        GaugeMetricFamily("partguard_connections_used", "Client backends connected now.",
-                          value=srv.used),
-        GaugeMetricFamily("partguard_connections_max", "The server's max_connections.",
-                          value=srv.max_connections),
-        GaugeMetricFamily("partguard_connections_reserved",
-                          "Slots ordinary roles cannot use: superuser_reserved_connections "
-                          "plus reserved_connections (PG 16+).",
-                          value=srv.superuser_reserved + srv.reserved),
-        GaugeMetricFamily("partguard_in_recovery",
-                          "1 if the server is a hot standby (in recovery): maintenance and repairs "
-                          "run on the primary.", value=int(srv.in_recovery)),
-        GaugeMetricFamily("partguard_orphan_configs",
-                          "pg_partman configs whose table is gone or not partitioned.",
-                          value=sum(f.code == "orphan_config" for f in s.report.findings)),
+        GaugeMetricFamily(
+            "partguard_connections_used", "Client backends connected now.", value=srv.used
+        ),
+        GaugeMetricFamily(
+            "partguard_connections_max", "The server's max_connections.", value=srv.max_connections
+        ),
+        GaugeMetricFamily(
+            "partguard_connections_reserved",
+            "Slots ordinary roles cannot use: superuser_reserved_connections "
+            "plus reserved_connections (PG 16+).",
+            value=srv.superuser_reserved + srv.reserved,
+        ),
+        GaugeMetricFamily(
+            "partguard_in_recovery",
+            "1 if the server is a hot standby (in recovery): maintenance and repairs "
+            "run on the primary.",
+            value=int(srv.in_recovery),
+        ),
+        GaugeMetricFamily(
+            "partguard_orphan_configs",
+            "pg_partman configs whose table is gone or not partitioned.",
+            value=sum(f.code == "orphan_config" for f in s.report.findings),
+        ),
     ]
     if s.report.clients is not None:
         out += connection_families(s.report.clients)
@@ -119,13 +140,16 @@ def families(s: Scrape) -> list[Metric]:
         "gaps": "Holes between consecutive children.",
         "misaligned_children": "Children whose bounds are off the partition grid.",
         "children": "Child partitions, not counting the DEFAULT.",
-        "last_maintenance_success_timestamp_seconds":
-            "Unix time of the last successful maintenance (pg_partman 5.1+ or partguard).",
+        "last_maintenance_success_timestamp_seconds": (
+            "Unix time of the last successful maintenance (pg_partman 5.1+ or partguard)."
+        ),
         "check_status": "Worst check finding: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
         **_LEFTOVERS,
     }
-    fams = {name: GaugeMetricFamily(f"partguard_{name}", doc, labels=_TABLE)
-            for name, doc in per_table.items()}
+    fams = {
+        name: GaugeMetricFamily(f"partguard_{name}", doc, labels=_TABLE)
+        for name, doc in per_table.items()
+    }
     left = _leftovers(s.report)
     for t in s.report.tables:
         labels = [t.schema, t.table]
@@ -136,8 +160,9 @@ def families(s: Scrape) -> list[Metric]:
             "gaps": t.gaps,
             "misaligned_children": t.misaligned_children,
             "children": t.children,
-            "last_maintenance_success_timestamp_seconds":
-                t.last_maintenance.timestamp() if t.last_maintenance else None,
+            "last_maintenance_success_timestamp_seconds": t.last_maintenance.timestamp()
+            if t.last_maintenance
+            else None,
             "check_status": _STATUS[t.status],
             **left.get(f"{t.schema}.{t.table}", dict.fromkeys(_LEFTOVERS, 0.0)),
         }
@@ -149,15 +174,20 @@ def families(s: Scrape) -> list[Metric]:
 
 def connection_families(clients: Clients) -> list[Metric]:
     """Who holds the slots: the largest (application_name, usename) pairs, the rest "other"."""
-    held = GaugeMetricFamily("partguard_connections", "Client backends by application, role and "
-                             f"state (the {TOP_HOLDERS} largest pairs; the rest as 'other').",
-                             labels=("application_name", "usename", "state"))
+    held = GaugeMetricFamily(
+        "partguard_connections",
+        "Client backends by application, role and "
+        f"state (the {TOP_HOLDERS} largest pairs; the rest as 'other').",
+        labels=("application_name", "usename", "state"),
+    )
     for (app, user, state), n in sorted(clients.series().items()):
         held.add_metric([app, user, state], n)
-    oldest = GaugeMetricFamily("partguard_connections_idle_in_transaction_max_seconds",
-                               "Longest time a backend has been idle in transaction, by "
-                               "application and role (absent when none is).",
-                               labels=("application_name", "usename"))
+    oldest = GaugeMetricFamily(
+        "partguard_connections_idle_in_transaction_max_seconds",
+        "Longest time a backend has been idle in transaction, by "
+        "application and role (absent when none is).",
+        labels=("application_name", "usename"),
+    )
     for (app, user), age in sorted(clients.oldest_idle_in_transaction().items()):
         oldest.add_metric([app, user], age)
     return [held, oldest]
@@ -167,9 +197,9 @@ _STATUS = {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}
 
 _LEFTOVERS = {
     "unfinished_fixes": "Interrupted repairs (check's CRITICAL unfinished_fix): fix runs left unfinished "
-                        "with no fix running, instant's helpers on the DEFAULT, a detached DEFAULT holding rows.",
+    "with no fix running, instant's helpers on the DEFAULT, a detached DEFAULT holding rows.",
     "unfinished_fix_rows": "Rows unfinished repairs keep out of sight of the table (holding table, "
-                           "detached DEFAULT, rows a run set aside), running ones included.",
+    "detached DEFAULT, rows a run set aside), running ones included.",
     "quarantine_rows": "Rows a fix set aside in partguard.<table>_quarantine (NULL keys, outliers).",
 }
 
@@ -237,8 +267,9 @@ class SnapshotCache:
     connection from us.
     """
 
-    def __init__(self, fetch: Callable[[], Scrape], cache_for: float = CACHE_FOR,
-                 name: str = "") -> None:
+    def __init__(
+        self, fetch: Callable[[], Scrape], cache_for: float = CACHE_FOR, name: str = ""
+    ) -> None:
         self.fetch, self.cache_for, self.name = fetch, cache_for, name
         self.stale_for = max(STALE_FOR, 3 * cache_for)
         self.snapshots = 0  # refreshes started: each is one connection to the database
@@ -262,8 +293,11 @@ class SnapshotCache:
             if self._running_since is None:
                 self._running_since = start
                 self.snapshots += 1
-                threading.Thread(target=self._refresh, daemon=True,
-                                 name=f"partguard-snapshot-{self.name or 'db'}").start()
+                threading.Thread(
+                    target=self._refresh,
+                    daemon=True,
+                    name=f"partguard-snapshot-{self.name or 'db'}",
+                ).start()
             deadline = start + wait
             while self._entry is entry and (left := deadline - time.monotonic()) > 0:
                 self._cond.wait(left)
@@ -273,7 +307,9 @@ class SnapshotCache:
                 return entry  # the refresh is late: the previous one, its age exported
             running = time.monotonic() - (self._running_since or start)
         msg = f"the snapshot has been running for {running:.1f}s"
-        log.warning("metrics%s: %s; answering partguard_up 0", f" {self.name}" if self.name else "", msg)
+        log.warning(
+            "metrics%s: %s; answering partguard_up 0", f" {self.name}" if self.name else "", msg
+        )
         late = Scrape(None, running, msg)
         return Entry(late, render(families(late)), time.monotonic(), late=True)
 
@@ -295,26 +331,43 @@ class SnapshotCache:
 def cache_families(cache: SnapshotCache, entry: Entry) -> list[Metric]:
     """How old the served snapshot is and how many were taken: next to the database's own."""
     out: list[Metric] = [
-        CounterMetricFamily("partguard_snapshots", "Snapshots taken of this database; each is "
-                            "one connection and one catalog read.", value=cache.snapshots),
+        CounterMetricFamily(
+            "partguard_snapshots",
+            "Snapshots taken of this database; each is one connection and one catalog read.",
+            value=cache.snapshots,
+        ),
     ]
     if not entry.late:
-        out.append(GaugeMetricFamily("partguard_snapshot_age_seconds", "Seconds since the "
-                                     "snapshot served here finished (scrapers share it).",
-                                     value=entry.age()))
+        out.append(
+            GaugeMetricFamily(
+                "partguard_snapshot_age_seconds",
+                "Seconds since the snapshot served here finished (scrapers share it).",
+                value=entry.age(),
+            )
+        )
     return out
 
 
 def target_families(caches: Mapping[str, SnapshotCache]) -> list[Metric]:
     """The fleet exporter's view of its targets (last snapshot, no refresh), by ``target``."""
-    up = GaugeMetricFamily("partguard_target_up", "1 if the target's last snapshot reached and "
-                           "checked its database.", labels=["target"])
-    took = GaugeMetricFamily("partguard_target_scrape_duration_seconds",
-                             "Time the target's last snapshot took.", labels=["target"])
-    age = GaugeMetricFamily("partguard_target_snapshot_age_seconds",
-                            "Seconds since the target's last snapshot finished.", labels=["target"])
-    count = CounterMetricFamily("partguard_target_snapshots", "Snapshots taken of the target.",
-                                labels=["target"])
+    up = GaugeMetricFamily(
+        "partguard_target_up",
+        "1 if the target's last snapshot reached and checked its database.",
+        labels=["target"],
+    )
+    took = GaugeMetricFamily(
+        "partguard_target_scrape_duration_seconds",
+        "Time the target's last snapshot took.",
+        labels=["target"],
+    )
+    age = GaugeMetricFamily(
+        "partguard_target_snapshot_age_seconds",
+        "Seconds since the target's last snapshot finished.",
+        labels=["target"],
+    )
+    count = CounterMetricFamily(
+        "partguard_target_snapshots", "Snapshots taken of the target.", labels=["target"]
+    )
     for name, cache in caches.items():
         count.add_metric([name], cache.snapshots)
         entry = cache.last
@@ -338,8 +391,9 @@ class Target:
 
 
 def cache_for_target(target: Target, cache_for: float) -> SnapshotCache:
-    return SnapshotCache(lambda: scrape(target.params, target.options, target.name), cache_for,
-                         target.name)
+    return SnapshotCache(
+        lambda: scrape(target.params, target.options, target.name), cache_for, target.name
+    )
 
 
 def _process_registry() -> CollectorRegistry:
@@ -370,8 +424,11 @@ class App:
     target's last up/duration) and ``/probe`` serves one target, postgres_exporter-style.
     """
 
-    def __init__(self, single: SnapshotCache | None = None,
-                 targets: Mapping[str, SnapshotCache] | None = None) -> None:
+    def __init__(
+        self,
+        single: SnapshotCache | None = None,
+        targets: Mapping[str, SnapshotCache] | None = None,
+    ) -> None:
         self.single, self.targets = single, dict(targets or {})
         self.process = _process_registry()
 
@@ -454,7 +511,11 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def serve(
-    params: ConnParams | str, options: Options, host: str, port: int, *,
+    params: ConnParams | str,
+    options: Options,
+    host: str,
+    port: int,
+    *,
     cache_for: float = CACHE_FOR,
 ) -> tuple[WSGIServer, threading.Thread]:
     """Serve one database's ``/metrics`` on host:port from a daemon thread (port 0: any
@@ -464,7 +525,11 @@ def serve(
 
 
 def serve_targets(
-    targets: Sequence[Target], host: str, port: int, *, cache_for: float = CACHE_FOR,
+    targets: Sequence[Target],
+    host: str,
+    port: int,
+    *,
+    cache_for: float = CACHE_FOR,
 ) -> tuple[WSGIServer, threading.Thread]:
     """Serve ``/probe?target=NAME`` for each target and ``/metrics`` for the exporter."""
     caches = {t.name: cache_for_target(t, cache_for) for t in targets}
@@ -473,11 +538,13 @@ def serve_targets(
 
 def _start(app: App, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
     try:
-        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                    flags=socket.AI_PASSIVE)[0][0]
+        family = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0][0]
         server_class = type("Server", (_Server,), {"address_family": family})
-        server: WSGIServer = make_server(host, port, app, server_class=server_class,
-                             handler_class=_QuietHandler)
+        server: WSGIServer = make_server(
+            host, port, app, server_class=server_class, handler_class=_QuietHandler
+        )
     except OSError as exc:  # a busy port, an address not ours, a name that does not resolve
         raise os_failure(exc, f"cannot listen on {host}:{port}") from None
     thread = threading.Thread(target=server.serve_forever, daemon=True, name="partguard-http")

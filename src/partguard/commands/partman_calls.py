@@ -17,8 +17,16 @@ from ..inspect.locks import LockHolder, advisory_holders, partman_lock_holders, 
 from ..inspect.partman import Partman
 
 __all__ = [
-    "SKIPPED_SET", "LockHolder", "is_lock_timeout", "maintenance_lock_holder", "maintenance_lock_holders",
-    "one_line", "run_maintenance_sql", "server_message", "skipped_for_a_lock", "stuck_partman_locks",
+    "SKIPPED_SET",
+    "LockHolder",
+    "is_lock_timeout",
+    "maintenance_lock_holder",
+    "maintenance_lock_holders",
+    "one_line",
+    "run_maintenance_sql",
+    "server_message",
+    "skipped_for_a_lock",
+    "stuck_partman_locks",
 ]
 
 ALREADY_RUNNING = "maintenance already running"
@@ -58,11 +66,13 @@ def one_line(primary: str, detail: str | None = None, hint: str | None = None) -
     extras: list[str] = []
     for label in ("DETAIL:", "HINT:"):
         for ln in lines[1:] + [f"DETAIL: {detail or ''}", f"HINT: {hint or ''}"]:
-            text = ln[len(label):].strip() if ln.startswith(label) else ""
+            text = ln[len(label) :].strip() if ln.startswith(label) else ""
             if text and text not in extras:
                 extras.append(text)
                 break
-    stmt = next((ln for ln in lines[1:] if ln.startswith(("CONTEXT: SQL statement", "SQL statement"))), None)
+    stmt = next(
+        (ln for ln in lines[1:] if ln.startswith(("CONTEXT: SQL statement", "SQL statement"))), None
+    )
     if stmt:
         extras.append("while running " + stmt.split("SQL statement", 1)[1].strip())
     if extras:
@@ -78,4 +88,6 @@ def is_lock_timeout(exc: psycopg.Error) -> bool:
     """A lock timeout, whether raised as 55P03 or re-raised by partman as P0001."""
     if exc.sqlstate == "55P03":
         return True
-    return exc.sqlstate == "P0001" and (exc.diag.message_primary or "").startswith(LOCK_TIMEOUT_TEXT)
+    return exc.sqlstate == "P0001" and (exc.diag.message_primary or "").startswith(
+        LOCK_TIMEOUT_TEXT
+    )

@@ -52,12 +52,21 @@ def plan_for(state: TableState, spec: TableSpec, server: Server, tz: str) -> Ret
         return None
     grid = state.grid.grid
     names = spec.naming_for(state.table, grid) if grid is not None else None
-    return plan_retention(state, window, spec.retention_mode, server.now, tz, server.version_num, names)
+    return plan_retention(
+        state, window, spec.retention_mode, server.now, tz, server.version_num, names
+    )
 
 
 def apply_retention(
-    conn: Conn, state: TableState, spec: TableSpec, server: Server, tz: str, *,
-    lock_timeout: float, retries: int, on_event: Callable[[str], None] | None = None,
+    conn: Conn,
+    state: TableState,
+    spec: TableSpec,
+    server: Server,
+    tz: str,
+    *,
+    lock_timeout: float,
+    retries: int,
+    on_event: Callable[[str], None] | None = None,
 ) -> RetentionOutcome:
     """Retire what the window no longer holds; failures become the outcome, never an exception."""
     try:
@@ -79,8 +88,10 @@ def apply_retention(
             problem, severity = f"retention stopped at {child.name}: {first}", CRITICAL
             break
         if newest is not None:
-            problem = (f"refusing to {plan.mode} {child.name}: it holds rows up to {fmt_key(newest, zone)}, "
-                       f"inside the retention window (from {fmt_key(plan.cutoff, zone)})")
+            problem = (
+                f"refusing to {plan.mode} {child.name}: it holds rows up to {fmt_key(newest, zone)}, "
+                f"inside the retention window (from {fmt_key(plan.cutoff, zone)})"
+            )
             severity = CRITICAL
             break
         retired.append(child.qualname)
@@ -95,20 +106,30 @@ def apply_retention(
     parts = []
     if retired:
         verb = "dropped" if plan.mode == "drop" else "detached"
-        parts.append(f"retention {plan.window}: {verb} {len(retired)} child{'ren' if len(retired) != 1 else ''}")
+        parts.append(
+            f"retention {plan.window}: {verb} {len(retired)} child{'ren' if len(retired) != 1 else ''}"
+        )
     if blocking:
-        parts.append("retention stops at " + "; ".join(f"{k.child.name} ({k.reason})" for k in blocking)
-                     + (f", and keeps the {behind} children out of the window behind it" if behind else ""))
+        parts.append(
+            "retention stops at "
+            + "; ".join(f"{k.child.name} ({k.reason})" for k in blocking)
+            + (f", and keeps the {behind} children out of the window behind it" if behind else "")
+        )
     if problem:
         parts.append(problem)
     return RetentionOutcome(tuple(retired), plan.mode, kept, severity, "; ".join(parts))
 
 
-def _retire(conn: Conn, plan: RetentionPlan, child: Child, lock_timeout: float, retries: int) -> Key | None:
+def _retire(
+    conn: Conn, plan: RetentionPlan, child: Child, lock_timeout: float, retries: int
+) -> Key | None:
     """Detach (and drop) one child; returns its largest key instead when that is inside the window."""
     relations = [plan.table.oid, child.oid]
-    concurrently = plan.concurrently and conn.autocommit and (
-        conn.info.transaction_status == pq.TransactionStatus.IDLE)
+    concurrently = (
+        plan.concurrently
+        and conn.autocommit
+        and (conn.info.transaction_status == pq.TransactionStatus.IDLE)
+    )
 
     def guarded(c: Conn) -> Key | None:
         row = c.execute(plan.guard(child)).fetchone()
@@ -117,18 +138,28 @@ def _retire(conn: Conn, plan: RetentionPlan, child: Child, lock_timeout: float, 
             return newest  # type: ignore[no-any-return]
         if concurrently:
             return None
-        c.execute(plan.finalize(child) if _pending(c, child) else plan.detach(child, concurrently=False))
+        c.execute(
+            plan.finalize(child) if _pending(c, child) else plan.detach(child, concurrently=False)
+        )
         _drop(c, plan, child)
         return None
 
     what = f"{plan.table.qualname}: retention: {plan.mode} {child.name}"
-    newest = run_locked(conn, guarded, lock_timeout=lock_timeout, retries=retries, relations=relations, what=what)
+    newest = run_locked(
+        conn, guarded, lock_timeout=lock_timeout, retries=retries, relations=relations, what=what
+    )
     if newest is not None or not concurrently:
         return newest
     _concurrently(conn, plan, child, lock_timeout, retries, what)
     if plan.mode == "drop":
-        run_locked(conn, lambda c: _drop(c, plan, child), lock_timeout=lock_timeout, retries=retries,
-                   relations=[child.oid], what=what)
+        run_locked(
+            conn,
+            lambda c: _drop(c, plan, child),
+            lock_timeout=lock_timeout,
+            retries=retries,
+            relations=[child.oid],
+            what=what,
+        )
     return None
 
 
@@ -141,17 +172,21 @@ def _drop(conn: Conn, plan: RetentionPlan, child: Child) -> None:
 def _pending(conn: Conn, child: Child) -> bool:
     """A CONCURRENTLY detach of this child was interrupted (PostgreSQL 14+ only has them)."""
     row = conn.execute(
-        "SELECT to_jsonb(i) ->> 'inhdetachpending' FROM pg_inherits i WHERE inhrelid = %s", (child.oid,)
+        "SELECT to_jsonb(i) ->> 'inhdetachpending' FROM pg_inherits i WHERE inhrelid = %s",
+        (child.oid,),
     ).fetchone()
     return bool(row and row[0] == "true")
 
 
-def _concurrently(conn: Conn, plan: RetentionPlan, child: Child, lock_timeout: float, retries: int,
-                  what: str) -> None:
+def _concurrently(
+    conn: Conn, plan: RetentionPlan, child: Child, lock_timeout: float, retries: int, what: str
+) -> None:
     """``DETACH … CONCURRENTLY`` (or ``FINALIZE``) outside a transaction block: the lock wait is
     bounded by a session lock_timeout, restored afterwards; retried with backoff."""
     before = conn.execute("SELECT current_setting('lock_timeout')").fetchone()
-    conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{max(1, int(lock_timeout * 1000))}ms",))
+    conn.execute(
+        "SELECT set_config('lock_timeout', %s, false)", (f"{max(1, int(lock_timeout * 1000))}ms",)
+    )
     try:
         tries = retries + 1
         for attempt in range(1, tries + 1):
@@ -161,14 +196,19 @@ def _concurrently(conn: Conn, plan: RetentionPlan, child: Child, lock_timeout: f
                 return
             except pgerrors.LockNotAvailable:
                 if attempt == tries:
-                    held = "; ".join(b.describe() for b in blockers(conn, [plan.table.oid, child.oid]))
-                    raise LockNotAvailable(f"{what}: lock not granted within {lock_timeout:g}s after "
-                                           f"{tries} tries; blocked by {held or 'a session that has since let go'}"
-                                           ) from None
+                    held = "; ".join(
+                        b.describe() for b in blockers(conn, [plan.table.oid, child.oid])
+                    )
+                    raise LockNotAvailable(
+                        f"{what}: lock not granted within {lock_timeout:g}s after "
+                        f"{tries} tries; blocked by {held or 'a session that has since let go'}"
+                    ) from None
                 log.warning("%s: lock_timeout (try %d/%d)", what, attempt, tries)
-                time.sleep(min(10.0, 0.2 * 2 ** attempt) * (0.5 + random.random()))
+                time.sleep(min(10.0, 0.2 * 2**attempt) * (0.5 + random.random()))
     finally:
-        conn.execute("SELECT set_config('lock_timeout', %s, false)", (before[0] if before else "0",))
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, false)", (before[0] if before else "0",)
+        )
 
 
 def dry_run(conn: Conn, config: Config, tables: tuple[str, ...] = ()) -> str:
@@ -178,7 +218,9 @@ def dry_run(conn: Conn, config: Config, tables: tuple[str, ...] = ()) -> str:
     partman = find_partman(conn)
     configs = read_configs(conn, partman)
     wanted = {resolve(conn, t) for t in tables}
-    out = [f"-- partguard maintain --dry-run on {server.database} at {server.now.isoformat()}: nothing changed"]
+    out = [
+        f"-- partguard maintain --dry-run on {server.database} at {server.now.isoformat()}: nothing changed"
+    ]
     for spec in config.tables:
         oid = resolve(conn, spec.name)
         if wanted and oid not in wanted:
@@ -194,7 +236,9 @@ def dry_run(conn: Conn, config: Config, tables: tuple[str, ...] = ()) -> str:
         names = spec.naming_for(table, grid) if grid is not None else None
         premake = plan_premake(state, spec.premake, server.now, tz, names)
         out.append(f"-- {display_name(table)}: premake {spec.premake}")
-        out += [step.create.as_string(None) + ";" for step in premake.steps] or ["-- nothing to create"]
+        out += [step.create.as_string(None) + ";" for step in premake.steps] or [
+            "-- nothing to create"
+        ]
         if premake.refused is not None:
             out.append(f"-- stops at {premake.refused.lower}: {premake.refused.reason}")
         plan = plan_for(state, spec, server, tz)
@@ -209,7 +253,9 @@ def dry_run(conn: Conn, config: Config, tables: tuple[str, ...] = ()) -> str:
             continue
         if wanted and oid not in wanted:
             continue
-        out.append(f"-- {cfg.parent_table}: pg_partman decides its own children and retention "
-                   f"({cfg.raw.get('retention') or 'no retention'})")
+        out.append(
+            f"-- {cfg.parent_table}: pg_partman decides its own children and retention "
+            f"({cfg.raw.get('retention') or 'no retention'})"
+        )
         out.append(partman.run_maintenance_sql(cfg.parent_table).as_string(None) + ";")
     return "\n".join(out) + "\n"

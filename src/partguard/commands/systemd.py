@@ -93,12 +93,23 @@ def database_label(params: ConnParams) -> str:
 
 def _maintain_args(opt: SystemdOptions) -> list[str]:
     p = opt.params
-    if p.dbname and ("=" in p.dbname or "://" in p.dbname) and "password" in conninfo_to_dict(p.dbname):
-        raise UsageError("the connection string has a password: unit files are world-readable; "
-                         f"put it in ~{opt.user}/.pgpass instead")
+    if (
+        p.dbname
+        and ("=" in p.dbname or "://" in p.dbname)
+        and "password" in conninfo_to_dict(p.dbname)
+    ):
+        raise UsageError(
+            "the connection string has a password: unit files are world-readable; "
+            f"put it in ~{opt.user}/.pgpass instead"
+        )
     args = ["maintain"]
-    for flag, value in (("-d", p.dbname), ("-h", p.host), ("-p", p.port), ("-U", p.user),
-                        ("--connect-timeout", p.connect_timeout)):
+    for flag, value in (
+        ("-d", p.dbname),
+        ("-h", p.host),
+        ("-p", p.port),
+        ("-U", p.user),
+        ("--connect-timeout", p.connect_timeout),
+    ):
         if value:
             args += [flag, str(value)]
     args += ["--retry-for", opt.retry_for]
@@ -114,7 +125,9 @@ def _executable(opt: SystemdOptions) -> str:
         candidate = Path(sys.executable).with_name("partguard")
         exe = str(candidate) if candidate.exists() else None
     if exe is None:
-        raise UsageError("cannot find the partguard executable: pass --executable /path/to/partguard")
+        raise UsageError(
+            "cannot find the partguard executable: pass --executable /path/to/partguard"
+        )
     if not os.path.isabs(exe):
         exe = os.path.abspath(exe)
     return exe

@@ -36,8 +36,15 @@ class Undone:
 
 
 def undo_instant(
-    conn: Conn, table: catalog.Table, source: str, quarantine: str, run: journal.FixRun | None, *,
-    lock_timeout: float, retries: int, reason: str,
+    conn: Conn,
+    table: catalog.Table,
+    source: str,
+    quarantine: str,
+    run: journal.FixRun | None,
+    *,
+    lock_timeout: float,
+    retries: int,
+    reason: str,
 ) -> Undone:
     """Drop instant's trigger and CHECK from ``source`` (the DEFAULT) and put the rows the
     run set aside in ``partguard.<quarantine>`` (since it started) back into the parent, in
@@ -50,44 +57,88 @@ def undo_instant(
 
     def work(c: Conn) -> Undone:
         dropped = []
-        if _exists(c, "SELECT 1 FROM pg_trigger WHERE tgrelid = {}::regclass AND tgname = {}", src, S.TRIGGER_NAME):
+        if _exists(
+            c,
+            "SELECT 1 FROM pg_trigger WHERE tgrelid = {}::regclass AND tgname = {}",
+            src,
+            S.TRIGGER_NAME,
+        ):
             c.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(S.TRIGGER_NAME), src))
             dropped.append(f"trigger {S.TRIGGER_NAME}")
-        if _exists(c, "SELECT 1 FROM pg_constraint WHERE conrelid = {}::regclass AND conname = {}", src, S.CHECK_NAME):
-            c.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(src, sql.Identifier(S.CHECK_NAME)))
+        if _exists(
+            c,
+            "SELECT 1 FROM pg_constraint WHERE conrelid = {}::regclass AND conname = {}",
+            src,
+            S.CHECK_NAME,
+        ):
+            c.execute(
+                sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                    src, sql.Identifier(S.CHECK_NAME)
+                )
+            )
             dropped.append(f"CHECK {S.CHECK_NAME}")
         moved = 0
-        if since is not None and c.execute("SELECT to_regclass(%s)", (q.as_string(c),)).fetchone()[0]:  # type: ignore[index]
-            back = sql.SQL("(DELETE FROM {} WHERE partguard_quarantined_at >= {} RETURNING *)").format(
-                q, sql.Literal(since))
-            moved = c.execute(sql.SQL("WITH moved AS {} {}").format(
-                back, S.insert_into_parent(table, sql.SQL("moved")))).rowcount
+        if (
+            since is not None
+            and c.execute("SELECT to_regclass(%s)", (q.as_string(c),)).fetchone()[0]  # type: ignore[index]
+        ):
+            back = sql.SQL(
+                "(DELETE FROM {} WHERE partguard_quarantined_at >= {} RETURNING *)"
+            ).format(q, sql.Literal(since))
+            moved = c.execute(
+                sql.SQL("WITH moved AS {} {}").format(
+                    back, S.insert_into_parent(table, sql.SQL("moved"))
+                )
+            ).rowcount
             if not c.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(q)).fetchone()[0]:  # type: ignore[index]
                 c.execute(sql.SQL("DROP TABLE {}").format(q))  # as it was before the run
         if run is not None:
-            journal.set_state(c, run.run_id, "rolled_back", finished=True,
-                              detail={"rolled_back": {"reason": reason, "rows_put_back": moved}})
+            journal.set_state(
+                c,
+                run.run_id,
+                "rolled_back",
+                finished=True,
+                detail={"rolled_back": {"reason": reason, "rows_put_back": moved}},
+            )
         return Undone(moved, tuple(dropped))
 
-    done: Undone = run_locked(conn, work, lock_timeout=lock_timeout, retries=retries, relations=relations,
-                              what="undo")
+    done: Undone = run_locked(
+        conn, work, lock_timeout=lock_timeout, retries=retries, relations=relations, what="undo"
+    )
     log.warning("fix %s: undone: %s", table.qualname, describe_undone(done, table, source))
     return done
 
 
 def describe_undone(u: Undone, table: catalog.Table, source: str) -> str:
     src = display_name(replace(table, name=source))
-    dropped = f"dropped {' and '.join(u.dropped)} from {src}" if u.dropped else f"nothing was left on {src}"
+    dropped = (
+        f"dropped {' and '.join(u.dropped)} from {src}"
+        if u.dropped
+        else f"nothing was left on {src}"
+    )
     return f"{dropped}, put {u.rows_put_back} quarantined rows back into {display_name(table)}"
 
 
 def _exists(conn: Conn, template: str, rel: sql.Identifier, name: str) -> bool:
-    return conn.execute(sql.SQL(template).format(sql.Literal(rel.as_string(conn)), sql.Literal(name))).fetchone() is not None
+    return (
+        conn.execute(
+            sql.SQL(template).format(sql.Literal(rel.as_string(conn)), sql.Literal(name))
+        ).fetchone()
+        is not None
+    )
 
 
 def after_failure(
-    conn: Conn, params: ConnParams | str, table: catalog.Table, p: FixParams, run_id: int, exc: BaseException, *,
-    lock_timeout: float, retries: int, lock_key: int,
+    conn: Conn,
+    params: ConnParams | str,
+    table: catalog.Table,
+    p: FixParams,
+    run_id: int,
+    exc: BaseException,
+    *,
+    lock_timeout: float,
+    retries: int,
+    lock_key: int,
 ) -> str | None:
     """A step failed after the run committed something: undo it (instant before the swap)
     or describe what is left. Returns the sentence to add to the error (None: the run
@@ -95,19 +146,30 @@ def after_failure(
     own = not (conn.closed or conn.broken)
     c = conn if own else _reconnect(params, lock_key)
     if c is None:
-        return (f"the connection is gone, so partguard cannot tell or undo what is left; see "
-                f"`partguard fix --status` and `partguard check -t {display_name(table)}`")
+        return (
+            f"the connection is gone, so partguard cannot tell or undo what is left; see "
+            f"`partguard fix --status` and `partguard check -t {display_name(table)}`"
+        )
     try:
         run = journal.get_run(c, run_id)
         if run is None or run.state == "started":
             return None
         if p.strategy == "instant" and run.state in journal.INSTANT_BEFORE_SWAP:
             try:
-                done = undo_instant(c, table, p.source, p.quarantine, run, lock_timeout=lock_timeout,
-                                    retries=retries, reason=_first_line(exc))
+                done = undo_instant(
+                    c,
+                    table,
+                    p.source,
+                    p.quarantine,
+                    run,
+                    lock_timeout=lock_timeout,
+                    retries=retries,
+                    reason=_first_line(exc),
+                )
             except (PartguardError, psycopg.Error) as undo_exc:
                 return f"the undo failed too ({_first_line(undo_exc)}): {left(c, table, run_id)}"
-            return f"undone: {describe_undone(done, table, p.source)}; the table is as it was (run {run_id} rolled back)"
+            undone = describe_undone(done, table, p.source)
+            return f"undone: {undone}; the table is as it was (run {run_id} rolled back)"
         return f"stopped after step {run.state}: {left(c, table, run_id)}"
     finally:
         if not own:
@@ -164,7 +226,9 @@ def runs_status(conn: Conn, limit: int = 50) -> list[RunStatus]:
         if r.finished_at is None and r.parent_oid not in tables:
             try:
                 schema, name = catalog.relation_name(conn, r.parent_oid)
-                tables[r.parent_oid] = catalog.read_tables(conn, [sql.Identifier(schema, name).as_string(conn)])[0]
+                tables[r.parent_oid] = catalog.read_tables(
+                    conn, [sql.Identifier(schema, name).as_string(conn)]
+                )[0]
             except PartguardError:
                 continue  # the table is gone
     found = leftovers.read(conn, list(tables.values()))
@@ -174,8 +238,14 @@ def runs_status(conn: Conn, limit: int = 50) -> list[RunStatus]:
         hold = r.params.get("holding")
         table = tables.get(r.parent_oid)
         shown = display_name(replace(table, name=hold)) if hold and table else (hold or None)
-        u = next((u for u in (found[r.parent_oid].unfinished if r.parent_oid in found else ())
-                  if u.run_id == r.run_id), None)
+        u = next(
+            (
+                u
+                for u in (found[r.parent_oid].unfinished if r.parent_oid in found else ())
+                if u.run_id == r.run_id
+            ),
+            None,
+        )
         if u is None or table is None or server is None:
             out.append(RunStatus(r, shown, None, True, None))
             continue

@@ -116,14 +116,20 @@ class Table:
         if self.key_is_expression:
             return f"{self.qualname} is partitioned by an expression; partguard needs a plain column key"
         if len(self.key_columns) != 1:
-            return f"{self.qualname} has a multi-column partition key ({', '.join(self.key_columns)}); partguard needs a single column"
+            cols = ", ".join(self.key_columns)
+            return f"{self.qualname} has a multi-column partition key ({cols}); partguard needs a single column"
         if not self.key_kind:
-            return f"{self.qualname}: partition key {self.key} has type {self.key_type}; supported: timestamptz, timestamp, date, integer types"
+            return (
+                f"{self.qualname}: partition key {self.key} has type {self.key_type}; "
+                "supported: timestamptz, timestamp, date, integer types"
+            )
         sub = [c.name for c in self.children if c.is_partitioned]
         if self.default and self.default.is_partitioned:
             sub.append(self.default.name)
         if sub:
-            return f"{self.qualname} has subpartitioned children ({', '.join(sub[:3])}); not supported"
+            return (
+                f"{self.qualname} has subpartitioned children ({', '.join(sub[:3])}); not supported"
+            )
         return None
 
     @property
@@ -224,8 +230,13 @@ def resolve(conn: Conn, name: str) -> int:
     return int(row[0])
 
 
-def read_tables(conn: Conn, names: list[str] | None = None, *, strict: bool = True,
-                with_schema_names: bool = True) -> list[Table]:
+def read_tables(
+    conn: Conn,
+    names: list[str] | None = None,
+    *,
+    strict: bool = True,
+    with_schema_names: bool = True,
+) -> list[Table]:
     """All top-level partitioned tables, or the named ones.
 
     With ``strict``, a named table that is missing or not partitioned is an error; the
@@ -239,13 +250,15 @@ def read_tables(conn: Conn, names: list[str] | None = None, *, strict: bool = Tr
     rows = conn.execute(_TABLES_SQL, {"oids": oids}).fetchall()
     if strict and oids is not None:
         found = {r[0] for r in rows}
-        for name, oid in zip(names or [], oids):
+        for name, oid in zip(names or [], oids, strict=False):
             if oid not in found:
                 kind = conn.execute(
                     "SELECT relkind::text, relispartition FROM pg_class WHERE oid = %s", (oid,)
                 ).fetchone()
                 if kind and kind[1]:
-                    raise UnsupportedTable(f"{name} is a partition, not a top-level partitioned table")
+                    raise UnsupportedTable(
+                        f"{name} is a partition, not a top-level partitioned table"
+                    )
                 raise UnsupportedTable(f"{name} is not a partitioned table")
     table_oids = [r[0] for r in rows]
     children: dict[int, list[Child]] = {o: [] for o in table_oids}
@@ -256,7 +269,17 @@ def read_tables(conn: Conn, names: list[str] | None = None, *, strict: bool = Tr
             continue  # a subpartition's child
         lower, upper, is_default = parse_bound(bound or "")
         children[parent].append(
-            Child(oid, schema, relname, lower, upper, is_default, bool(is_part), int(tuples), bound or "")
+            Child(
+                oid,
+                schema,
+                relname,
+                lower,
+                upper,
+                is_default,
+                bool(is_part),
+                int(tuples),
+                bound or "",
+            )
         )
     rel_oids = table_oids + [c.oid for cs in children.values() for c in cs if c.is_default]
     columns: dict[int, list[Column]] = {o: [] for o in table_oids}
@@ -286,11 +309,21 @@ def read_tables(conn: Conn, names: list[str] | None = None, *, strict: bool = Tr
             )
         tables.append(
             Table(
-                oid=oid, schema=schema, name=name, strategy=_STRATEGY.get(strat, strat),
-                key_columns=tuple(keycols), key_is_expression=bool(is_expr), key_type=keytype,
-                key_not_null=bool(notnull), owner=owner, children=tuple(regular), default=default,
-                columns=tuple(columns[oid]), referenced_by=tuple(referenced[oid]),
-                default_key_index=key_index, indexes=tuple(i.name for i in indexes.get(oid, [])),
+                oid=oid,
+                schema=schema,
+                name=name,
+                strategy=_STRATEGY.get(strat, strat),
+                key_columns=tuple(keycols),
+                key_is_expression=bool(is_expr),
+                key_type=keytype,
+                key_not_null=bool(notnull),
+                owner=owner,
+                children=tuple(regular),
+                default=default,
+                columns=tuple(columns[oid]),
+                referenced_by=tuple(referenced[oid]),
+                default_key_index=key_index,
+                indexes=tuple(i.name for i in indexes.get(oid, [])),
                 schema_names=names_in.get(schema, _NO_NAMES),
             )
         )

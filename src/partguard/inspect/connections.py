@@ -26,10 +26,13 @@ STATES = ("active", "idle", "idle_in_transaction", "unknown", "other")
 # A client backend, also when the server hides its backend_type from us: then only a row
 # with a database and a role is one (launchers have neither; autovacuum workers no role). A
 # hidden parallel or logical replication worker is counted too: rare, and brief.
-CLIENT_BACKEND = ("(backend_type = 'client backend' OR backend_type IS NULL "
-                  "AND datid IS NOT NULL AND usesysid IS NOT NULL)")
+CLIENT_BACKEND = (
+    "(backend_type = 'client backend' OR backend_type IS NULL "
+    "AND datid IS NOT NULL AND usesysid IS NOT NULL)"
+)
 
-_GROUPS_SQL = """
+_GROUPS_SQL = (
+    """
 SELECT coalesce(application_name, ''), coalesce(usename, ''),
        CASE WHEN client_addr IS NOT NULL THEN host(client_addr)
             WHEN client_port = -1 THEN 'local' ELSE '' END,
@@ -41,24 +44,33 @@ SELECT coalesce(application_name, ''), coalesce(usename, ''),
        extract(epoch FROM max(now() - state_change) FILTER (WHERE state LIKE 'idle in transaction%'))::float8,
        (array_agg(pid ORDER BY state_change) FILTER (WHERE state LIKE 'idle in transaction%'))[1]
 FROM pg_stat_activity
-WHERE """ + CLIENT_BACKEND + """
+WHERE """
+    + CLIENT_BACKEND
+    + """
 GROUP BY 1, 2, 3
 ORDER BY count(*) DESC, 1, 2, 3
 """
+)
 
 # Backends per role and per database, where a CONNECTION LIMIT is set (and for ourselves).
-_LIMITS_SQL = """
+_LIMITS_SQL = (
+    """
 SELECT 'role', r.rolname, r.rolconnlimit,
        (SELECT count(*) FROM pg_stat_activity a
-         WHERE a.usesysid = r.oid AND """ + CLIENT_BACKEND + """)
+         WHERE a.usesysid = r.oid AND """
+    + CLIENT_BACKEND
+    + """)
 FROM pg_roles r WHERE r.rolconnlimit >= 0 AND r.rolcanlogin AND NOT r.rolsuper
 UNION ALL
 SELECT 'database', d.datname, d.datconnlimit,
        (SELECT count(*) FROM pg_stat_activity a
-         WHERE a.datid = d.oid AND """ + CLIENT_BACKEND + """)
+         WHERE a.datid = d.oid AND """
+    + CLIENT_BACKEND
+    + """)
 FROM pg_database d WHERE d.datconnlimit >= 0 AND d.datallowconn
 ORDER BY 1, 2
 """
+)
 
 
 @dataclass(frozen=True)
@@ -103,8 +115,11 @@ class Pool:
 
     @property
     def oldest_idle_in_transaction(self) -> tuple[float, int | None] | None:
-        ages = [(g.oldest_idle_in_transaction_seconds, g.oldest_idle_in_transaction_pid)
-                for g in self.groups if g.oldest_idle_in_transaction_seconds is not None]
+        ages = [
+            (g.oldest_idle_in_transaction_seconds, g.oldest_idle_in_transaction_pid)
+            for g in self.groups
+            if g.oldest_idle_in_transaction_seconds is not None
+        ]
         return max(ages, key=lambda a: a[0]) if ages else None
 
 
@@ -180,5 +195,6 @@ def read_clients(conn: Conn) -> Clients:
 
 def _group(r: tuple[Any, ...]) -> ClientGroup:
     app, user, addr, active, idle, iit, unknown, other, age, pid = r
-    return ClientGroup(app, user, addr, active, idle, iit, unknown, other,
-                       None if age is None else float(age), pid)
+    return ClientGroup(
+        app, user, addr, active, idle, iit, unknown, other, None if age is None else float(age), pid
+    )

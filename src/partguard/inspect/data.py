@@ -36,7 +36,9 @@ class Probe:
     buckets: tuple[Key, ...]  # starts of grid buckets that hold at least one row
     truncated: bool  # more than MAX_BUCKETS buckets: the list is a prefix
     used_index: bool
-    rows_at_least: bool = False  # stale statistics, and the count stopped at COUNT_CAP: >= rows_estimate
+    rows_at_least: bool = (
+        False  # stale statistics, and the count stopped at COUNT_CAP: >= rows_estimate
+    )
 
     @property
     def rows(self) -> int:
@@ -72,7 +74,9 @@ def estimate_rows(conn: Conn, rel: sql.Composable, cap: int = COUNT_CAP) -> RowC
         if scaled > 0:
             return RowCount(scaled, False, False)
     counted = conn.execute(
-        sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT {}) s").format(rel, sql.Literal(cap + 1))
+        sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT {}) s").format(
+            rel, sql.Literal(cap + 1)
+        )
     ).fetchone()
     n = int(counted[0]) if counted else 0
     return RowCount(min(n, cap), n <= cap, n > cap)
@@ -85,7 +89,9 @@ def loose_scan_sql(rel: sql.Composable, key: str) -> sql.Composed:
     PostgreSQL version; its plan is tested.
     """
     k = sql.Identifier(key)
-    return sql.SQL("SELECT {k} FROM {rel} WHERE {k} >= %s ORDER BY {k} LIMIT 1").format(k=k, rel=rel)
+    return sql.SQL("SELECT {k} FROM {rel} WHERE {k} >= %s ORDER BY {k} LIMIT 1").format(
+        k=k, rel=rel
+    )
 
 
 def probe(
@@ -104,15 +110,26 @@ def probe(
     if exact or not has_index:
         # Without an index every question costs a scan; ask them all in one.
         row = conn.execute(
-            sql.SQL("SELECT count(*), min({k}), max({k}), count(*) FILTER (WHERE {k} IS NULL) FROM {rel}")
-            .format(k=k, rel=rel)
+            sql.SQL(
+                "SELECT count(*), min({k}), max({k}), count(*) FILTER (WHERE {k} IS NULL) FROM {rel}"
+            ).format(k=k, rel=rel)
         ).fetchone()
         assert row is not None
         rows_exact, lo, hi, nulls = int(row[0]), row[1], row[2], int(row[3])
         est = rows_exact
     else:
-        lo = _one(conn, sql.SQL("SELECT {k} FROM {rel} WHERE {k} IS NOT NULL ORDER BY {k} LIMIT 1"), k, rel)
-        hi = _one(conn, sql.SQL("SELECT {k} FROM {rel} WHERE {k} IS NOT NULL ORDER BY {k} DESC LIMIT 1"), k, rel)
+        lo = _one(
+            conn,
+            sql.SQL("SELECT {k} FROM {rel} WHERE {k} IS NOT NULL ORDER BY {k} LIMIT 1"),
+            k,
+            rel,
+        )
+        hi = _one(
+            conn,
+            sql.SQL("SELECT {k} FROM {rel} WHERE {k} IS NOT NULL ORDER BY {k} DESC LIMIT 1"),
+            k,
+            rel,
+        )
         nulls_row = conn.execute(
             sql.SQL("SELECT count(*) FROM {rel} WHERE {k} IS NULL").format(k=k, rel=rel)
         ).fetchone()
@@ -173,9 +190,9 @@ def _scan_buckets(
         return [bounds[int(r[0]) - 1] for r in rows if r[0]], False
     # Sparse and wide: the walk without an index, capped.
     keys = conn.execute(
-        sql.SQL("SELECT DISTINCT {k} FROM {rel} WHERE {k} IS NOT NULL ORDER BY 1 LIMIT 100000").format(
-            k=k, rel=rel
-        )
+        sql.SQL(
+            "SELECT DISTINCT {k} FROM {rel} WHERE {k} IS NOT NULL ORDER BY 1 LIMIT 100000"
+        ).format(k=k, rel=rel)
     ).fetchall()
     seen: list[Key] = []
     for (value,) in keys:

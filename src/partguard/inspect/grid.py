@@ -154,7 +154,8 @@ def _localize(wall: datetime, zone: tzinfo) -> datetime:
 def _exists(wall: datetime, zone: tzinfo) -> bool:
     """Whether the local wall time occurs at all (it does not inside a forward jump)."""
     return any(
-        wall.replace(tzinfo=zone, fold=f).astimezone(UTC).astimezone(zone).replace(tzinfo=None) == wall
+        wall.replace(tzinfo=zone, fold=f).astimezone(UTC).astimezone(zone).replace(tzinfo=None)
+        == wall
         for f in (0, 1)
     )
 
@@ -221,8 +222,11 @@ class TimeGrid:
     def __post_init__(self) -> None:
         _check_step(self.step, self.step)
         s = self.step
-        fixed = (timedelta(days=s.days, microseconds=s.micros)
-                 if s.months == 0 and (s.days == 0 or _steady(self.tz)) else None)
+        fixed = (
+            timedelta(days=s.days, microseconds=s.micros)
+            if s.months == 0 and (s.days == 0 or _steady(self.tz))
+            else None
+        )
         object.__setattr__(self, "_fixed", fixed)
         zone = _zone(self.tz)
         a = self.anchor
@@ -396,7 +400,7 @@ def on_grid(grid: Grid, keys: Sequence[Key]) -> list[bool]:
     ks = cast(list[date], list(keys))
     limit, seen = 4 * len(ks) + 64, set()
     end: date | None = None
-    for n, (start, end) in enumerate(grid.buckets(min(ks), max(ks))):
+    for n, (start, _end) in enumerate(grid.buckets(min(ks), max(ks))):
         if n > limit:
             return [grid.is_aligned(k) for k in ks]
         seen.add(_utc_key(start))

@@ -93,30 +93,56 @@ def read(conn: Conn, tables: Sequence[Table], *, exact: bool = False) -> dict[in
     out: dict[int, Leftovers] = {}
     for t in tables:
         found = [_from_run(conn, t, r, helpers, cap) for r in runs.get(t.oid, [])]
-        if t.default is not None and t.default.oid in helpers and not any(u.before_swap for u in found):
+        if (
+            t.default is not None
+            and t.default.oid in helpers
+            and not any(u.before_swap for u in found)
+        ):
             trg, chk = helpers[t.default.oid]  # helpers without a journal run that owns them
             found.append(UnfinishedFix("instant", t.default.name, trigger=trg, check=chk))
         if t.oid in strays:
             found.append(_stray(conn, t, strays[t.oid], cap))
-        qs = tuple(q for name in sorted(qnames.get(t.oid, ())) if name in existing
-                   for q in [_quarantine(conn, t, name)] if q is not None and q.rows)
+        qs = tuple(
+            q
+            for name in sorted(qnames.get(t.oid, ()))
+            if name in existing
+            for q in [_quarantine(conn, t, name)]
+            if q is not None and q.rows
+        )
         if found or qs:
             out[t.oid] = Leftovers(tuple(found), qs)
     return out
 
 
-def _from_run(conn: Conn, table: Table, run: journal.FixRun, helpers: dict[int, tuple[bool, bool]],
-              cap: int | None) -> UnfinishedFix:
+def _from_run(
+    conn: Conn,
+    table: Table,
+    run: journal.FixRun,
+    helpers: dict[int, tuple[bool, bool]],
+    cap: int | None,
+) -> UnfinishedFix:
     p = run.params
     holders = advisory_holders(conn, sql.Literal(journal.advisory_key(table.oid)))
     running = holders[0].describe() if holders else None
     quarantine = p.get("quarantine")
-    base = UnfinishedFix(run.strategy, str(p.get("source") or ""), run.run_id, run.state, run.started_at,
-                         quarantine=quarantine, running=running)
+    base = UnfinishedFix(
+        run.strategy,
+        str(p.get("source") or ""),
+        run.run_id,
+        run.state,
+        run.started_at,
+        quarantine=quarantine,
+        running=running,
+    )
     if run.strategy == "copy":
         holding = str(p.get("holding") or "")
-        hidden, exact = (0, True) if run.state in _COPY_ALL_COPIED else uncopied_rows(
-            conn, table.schema, holding, journal.chunk_ranges(conn, run.run_id), cap)
+        hidden, exact = (
+            (0, True)
+            if run.state in _COPY_ALL_COPIED
+            else uncopied_rows(
+                conn, table.schema, holding, journal.chunk_ranges(conn, run.run_id), cap
+            )
+        )
         return replace(base, relation=holding, hidden_rows=hidden, hidden_exact=exact)
     trg, chk = (False, False)
     if run.state in journal.INSTANT_BEFORE_SWAP and table.default is not None:
@@ -127,12 +153,18 @@ def _from_run(conn: Conn, table: Table, run: journal.FixRun, helpers: dict[int, 
 
 def _stray(conn: Conn, table: Table, name: str, cap: int | None) -> UnfinishedFix:
     rows, exact = uncopied_rows(conn, table.schema, name, [], cap)
-    return UnfinishedFix("detached_default", name, hidden_rows=rows, hidden_exact=exact,
-                         adoptable=table.default is None)
+    return UnfinishedFix(
+        "detached_default",
+        name,
+        hidden_rows=rows,
+        hidden_exact=exact,
+        adoptable=table.default is None,
+    )
 
 
-def uncopied_rows(conn: Conn, schema: str, name: str, done: Sequence[tuple[int, int]],
-                  cap: int | None = COUNT_CAP) -> tuple[int, bool]:
+def uncopied_rows(
+    conn: Conn, schema: str, name: str, done: Sequence[tuple[int, int]], cap: int | None = COUNT_CAP
+) -> tuple[int, bool]:
     """Rows of ``schema.name`` outside the block ranges ``done``: (count, exact).
 
     Counted with TID range scans over the ranges not copied yet, so a nearly finished copy
@@ -160,9 +192,12 @@ def uncopied_rows(conn: Conn, schema: str, name: str, done: Sequence[tuple[int, 
         cond = sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({first},0)"))
         if end is not None:
             cond = sql.SQL("{} AND ctid < {}::tid").format(cond, sql.Literal(f"({end},0)"))
-        limit = sql.SQL("") if cap is None else sql.SQL(" LIMIT {}").format(sql.Literal(cap - counted))
-        got = conn.execute(sql.SQL("SELECT count(*) FROM (SELECT FROM {} WHERE {}{}) s").format(
-            rel, cond, limit)).fetchone()
+        limit = (
+            sql.SQL("") if cap is None else sql.SQL(" LIMIT {}").format(sql.Literal(cap - counted))
+        )
+        got = conn.execute(
+            sql.SQL("SELECT count(*) FROM (SELECT FROM {} WHERE {}{}) s").format(rel, cond, limit)
+        ).fetchone()
         counted += int(got[0]) if got else 0
         if cap is not None and counted >= cap:
             return max(counted, estimate), False
@@ -186,7 +221,8 @@ def quarantined_since(conn: Conn, name: str, since: datetime | None) -> int:
     if not _existing(conn, [name]):
         return 0
     query = sql.SQL("SELECT count(*) FROM {} WHERE partguard_quarantined_at >= {}").format(
-        sql.Identifier(journal.SCHEMA, name), sql.Literal(since))
+        sql.Identifier(journal.SCHEMA, name), sql.Literal(since)
+    )
     try:
         with conn.transaction():
             row = conn.execute(query).fetchone()
@@ -197,8 +233,9 @@ def quarantined_since(conn: Conn, name: str, since: datetime | None) -> int:
 
 def _quarantine(conn: Conn, table: Table, name: str) -> Quarantine | None:
     k = sql.Identifier(table.key)
-    query = sql.SQL("SELECT count(*), count(*) FILTER (WHERE {k} IS NULL), min({k}), max({k}) FROM {q}").format(
-        k=k, q=sql.Identifier(journal.SCHEMA, name))
+    query = sql.SQL(
+        "SELECT count(*), count(*) FILTER (WHERE {k} IS NULL), min({k}), max({k}) FROM {q}"
+    ).format(k=k, q=sql.Identifier(journal.SCHEMA, name))
     try:
         with conn.transaction():  # a savepoint inside a caller's transaction
             row = conn.execute(query).fetchone()
@@ -212,9 +249,14 @@ def _quarantine(conn: Conn, table: Table, name: str) -> Quarantine | None:
 def _existing(conn: Conn, names: list[str]) -> set[str]:
     if not names:
         return set()
-    return {str(r[0]) for r in conn.execute(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind = 'r'", (journal.SCHEMA, names))}
+    return {
+        str(r[0])
+        for r in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind = 'r'",
+            (journal.SCHEMA, names),
+        )
+    }
 
 
 def _helpers_on_defaults(conn: Conn, oids: list[int]) -> dict[int, tuple[bool, bool]]:
@@ -245,19 +287,27 @@ def default_names(table: Table) -> list[str]:
 def _detached_defaults(conn: Conn, tables: Sequence[Table]) -> dict[int, str]:
     """Tables whose ``<table>_default`` stands alone with exactly their columns and holds
     rows: the old script detached it and was interrupted (fix adopts it)."""
-    pairs = [(t, n) for t in tables for n in default_names(t)
-             if t.default is None or t.default.name != n]
+    pairs = [
+        (t, n) for t in tables for n in default_names(t) if t.default is None or t.default.name != n
+    ]
     if not pairs:
         return {}
-    found = {(str(s), str(n)) for s, n in conn.execute(
-        """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    found = {
+        (str(s), str(n))
+        for s, n in conn.execute(
+            """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
            JOIN unnest(%s::text[], %s::text[]) w(s, r) ON w.s = n.nspname AND w.r = c.relname
            WHERE c.relkind = 'r' AND NOT c.relispartition""",
-        ([t.schema for t, _ in pairs], [n for _, n in pairs]),
-    )}
+            ([t.schema for t, _ in pairs], [n for _, n in pairs]),
+        )
+    }
     out: dict[int, str] = {}
     for t, name in pairs:
-        if (t.schema, name) in found and is_detached_copy(conn, t, name) and _has_rows(conn, t.schema, name):
+        if (
+            (t.schema, name) in found
+            and is_detached_copy(conn, t, name)
+            and _has_rows(conn, t.schema, name)
+        ):
             out[t.oid] = name
     return out
 

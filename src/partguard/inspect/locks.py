@@ -61,8 +61,11 @@ def partman_lock_holders(conn: Conn, partman: Partman | None) -> list[tuple[str,
     """(key text, holder) for every other session holding one of partman's maintenance locks."""
     if partman is None:
         return []
-    return [(key, holder) for key in partman.lock_keys
-            for holder in advisory_holders(conn, sql.SQL("hashtext({})").format(sql.Literal(key)))]
+    return [
+        (key, holder)
+        for key in partman.lock_keys
+        for holder in advisory_holders(conn, sql.SQL("hashtext({})").format(sql.Literal(key)))
+    ]
 
 
 def stuck_partman_locks(conn: Conn, partman: Partman | None) -> list[tuple[str, LockHolder]]:

@@ -38,14 +38,17 @@ class Partman:
         """
         if self.major < 5:
             return ("pg_partman run_maintenance",)
-        return ("pg_partman run_maintenance", "pg_partman run_maintenance procedure",
-                "pg_partman run_maintenance_proc")
+        return (
+            "pg_partman run_maintenance",
+            "pg_partman run_maintenance procedure",
+            "pg_partman run_maintenance_proc",
+        )
 
     def last_run_sql(self, parent_table: str) -> sql.Composed:
         """5.1+'s ``maintenance_last_run`` of one set (partman's own confirmation)."""
-        return sql.SQL("SELECT (to_jsonb(pc) ->> 'maintenance_last_run') FROM {} pc "
-                       "WHERE parent_table = {}").format(
-            sql.Identifier(self.schema, "part_config"), sql.Literal(parent_table))
+        return sql.SQL(
+            "SELECT (to_jsonb(pc) ->> 'maintenance_last_run') FROM {} pc WHERE parent_table = {}"
+        ).format(sql.Identifier(self.schema, "part_config"), sql.Literal(parent_table))
 
     def func(self, name: str) -> sql.Identifier:
         return sql.Identifier(self.schema, name)
@@ -89,7 +92,9 @@ def read_configs(conn: Conn, partman: Partman | None) -> dict[str, PartmanConfig
     if partman is None:
         return {}
     rows = conn.execute(
-        sql.SQL("SELECT to_jsonb(pc) FROM {} pc").format(sql.Identifier(partman.schema, "part_config"))
+        sql.SQL("SELECT to_jsonb(pc) FROM {} pc").format(
+            sql.Identifier(partman.schema, "part_config")
+        )
     ).fetchall()
     configs = {}
     for (raw,) in rows:

@@ -23,7 +23,8 @@ SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
        CASE WHEN to_regnamespace('partguard') IS NULL THEN true
             ELSE has_schema_privilege('partguard', 'CREATE') AND has_schema_privilege('partguard', 'USAGE') END,
        CASE WHEN to_regclass('partguard.fix_run') IS NULL THEN true
-            ELSE has_table_privilege('partguard.fix_run', 'SELECT') AND has_table_privilege('partguard.fix_run', 'INSERT')
+            ELSE has_table_privilege('partguard.fix_run', 'SELECT')
+                 AND has_table_privilege('partguard.fix_run', 'INSERT')
                  AND has_table_privilege('partguard.fix_run', 'UPDATE') END,
        CASE WHEN to_regclass('partguard.fix_chunk') IS NULL THEN true
             ELSE has_table_privilege('partguard.fix_chunk', 'SELECT')
@@ -42,27 +43,46 @@ class Needs:
     schema: str  # the table's schema: new children and the fresh DEFAULT go there
     owner: str  # the parent's owner (ALTER TABLE … DETACH/ATTACH need its ownership)
     source: str  # the DEFAULT (or the detached table adopted): renamed, altered, dropped
-    partman: Partman | None  # installed: its config says whether it manages the table (and makes children)
+    partman: (
+        Partman | None
+    )  # installed: its config says whether it manages the table (and makes children)
 
 
 def missing(conn: Conn, needs: Needs) -> list[str]:
     """Each privilege the current role lacks for a fix, in words a DBA can GRANT from."""
-    row = conn.execute(_SQL, {
-        "owner": needs.owner, "schema": needs.schema, "source": needs.source,
-        "partman": needs.partman.schema if needs.partman else None,
-    }).fetchone()
+    row = conn.execute(
+        _SQL,
+        {
+            "owner": needs.owner,
+            "schema": needs.schema,
+            "source": needs.source,
+            "partman": needs.partman.schema if needs.partman else None,
+        },
+    ).fetchone()
     assert row is not None
     if row[0]:
         return []
     (_, owner, source_owner, schema_create, db_create, journal_schema, runs, chunks, partman) = row
     pm = needs.partman.schema if needs.partman else ""
     checks = [
-        (owner, f"ownership of the table (its owner is {needs.owner}: run as that role or a member of it)"),
+        (
+            owner,
+            f"ownership of the table (its owner is {needs.owner}: run as that role or a member of it)",
+        ),
         (source_owner, f"ownership of {needs.source} (the DEFAULT the repair renames)"),
-        (schema_create, f"CREATE on schema {needs.schema} (for the new children and the fresh DEFAULT)"),
+        (
+            schema_create,
+            f"CREATE on schema {needs.schema} (for the new children and the fresh DEFAULT)",
+        ),
         (db_create, "CREATE on the database (the plan creates schema partguard if missing)"),
         (journal_schema, "USAGE and CREATE on schema partguard (journal and quarantine)"),
-        (runs and chunks, "SELECT, INSERT, UPDATE on partguard.fix_run and SELECT, INSERT on partguard.fix_chunk"),
-        (partman, f"USAGE on schema {pm} and SELECT on its part_config (whether pg_partman manages the table)"),
+        (
+            runs and chunks,
+            "SELECT, INSERT, UPDATE on partguard.fix_run and SELECT, INSERT on partguard.fix_chunk",
+        ),
+        (
+            partman,
+            f"USAGE on schema {pm} and SELECT on its part_config (whether pg_partman manages the table)",
+        ),
     ]
     return [what for ok, what in checks if not ok]

@@ -40,7 +40,7 @@ def parse_window(value: object, what: str = "retention") -> Window:
             return parse_interval(text)
         except UsageError as exc:
             raise UsageError(f"{what}: {exc}") from None
-    raise UsageError(f"{what} must be an interval such as \"30 days\" or an integer, got {value!r}")
+    raise UsageError(f'{what} must be an interval such as "30 days" or an integer, got {value!r}')
 
 
 def as_wall(x: Key) -> Key:
@@ -101,7 +101,9 @@ def partman_window(config: PartmanConfig) -> Window | None:
         return None
 
 
-def early_drops(table: Table, config: PartmanConfig, grid: Grid | None, reference: Key | None) -> list[PartmanDrop]:
+def early_drops(
+    table: Table, config: PartmanConfig, grid: Grid | None, reference: Key | None
+) -> list[PartmanDrop]:
     """The children partman's retention would retire while their upper bound is still inside the
     window. ``reference`` is "now" in the key's type (for integer keys: the largest id)."""
     window = partman_window(config)
@@ -127,7 +129,9 @@ def max_keys(conn: Conn, table: Table, children: list[Child]) -> tuple[tuple[int
     k = sql.Identifier(table.key)
     out = []
     for child in children:
-        row = conn.execute(sql.SQL("SELECT max({k}) FROM {rel}").format(k=k, rel=child.ident)).fetchone()
+        row = conn.execute(
+            sql.SQL("SELECT max({k}) FROM {rel}").format(k=k, rel=child.ident)
+        ).fetchone()
         out.append((child.oid, row[0] if row else None))
     return tuple(out)
 

@@ -50,7 +50,9 @@ class Server:
     partman: Partman | None
     database: str = ""  # current_database(): messages name the command to run against it
     clients: Clients | None = None  # who holds the slots (inspect/connections.py)
-    in_recovery: bool = False  # a hot standby: read-only, maintenance and repairs run on the primary
+    in_recovery: bool = (
+        False  # a hot standby: read-only, maintenance and repairs run on the primary
+    )
     target: str = ""  # the connection options given (-d -h -p -U), for the commands messages print
 
     @property
@@ -121,7 +123,9 @@ def read_server(conn: Conn) -> Server:
                current_setting('max_connections')::int,
                current_setting('superuser_reserved_connections')::int,
                coalesce((SELECT setting::int FROM pg_settings WHERE name = 'reserved_connections'), 0),
-               (SELECT count(*) FROM pg_stat_activity WHERE """ + CLIENT_BACKEND + """),
+               (SELECT count(*) FROM pg_stat_activity WHERE """
+        + CLIENT_BACKEND
+        + """),
                now(), current_user,
                CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pg_use_reserved_connections')
                     THEN pg_has_role(current_user, 'pg_use_reserved_connections', 'MEMBER')
@@ -132,9 +136,17 @@ def read_server(conn: Conn) -> Server:
     ).fetchone()
     assert row is not None
     return Server(
-        version_num=row[0], max_connections=row[1], superuser_reserved=row[2], reserved=row[3],
-        used=row[4], timezone=_session_zone(conn), now=row[5], current_user=row[6],
-        can_use_reserved=bool(row[7]), partman=find_partman(conn), database=row[8],
+        version_num=row[0],
+        max_connections=row[1],
+        superuser_reserved=row[2],
+        reserved=row[3],
+        used=row[4],
+        timezone=_session_zone(conn),
+        now=row[5],
+        current_user=row[6],
+        can_use_reserved=bool(row[7]),
+        partman=find_partman(conn),
+        database=row[8],
         clients=read_clients(conn),
         in_recovery=bool(row[9]),
     )
@@ -184,13 +196,18 @@ def take(conn: Conn, options: Options = Options()) -> Snapshot:
             done = last.get(table.qualname)
             try:  # one table a DDL holds must not blind the check of the others
                 with _savepoint(conn):
-                    state = table_state(conn, server, table, config, options, done,
-                                        left.get(table.oid, Leftovers()))
+                    state = table_state(
+                        conn, server, table, config, options, done, left.get(table.oid, Leftovers())
+                    )
             except pgerrors.LockNotAvailable as exc:
                 state = locked_state(conn, table, config, done, options.lock_timeout, exc)
             states.append(state)
-    return Snapshot(server, tuple(states), tuple(_orphans(conn, configs, options)),
-                    tuple(stuck_partman_locks(conn, server.partman)))
+    return Snapshot(
+        server,
+        tuple(states),
+        tuple(_orphans(conn, configs, options)),
+        tuple(stuck_partman_locks(conn, server.partman)),
+    )
 
 
 def table_state(
@@ -204,22 +221,57 @@ def table_state(
 ) -> TableState:
     """One table's state; ``leftovers`` as read for many tables at once (read here if None)."""
     if table.unsupported_reason():
-        return TableState(table, config, GridInfo(None, "", table.unsupported_reason()), None, None, last_maintenance)
-    grid = infer_grid(table, config, server.timezone, options.interval, options.tz, options.tz_hint,
-                      options.force_tz)
+        return TableState(
+            table,
+            config,
+            GridInfo(None, "", table.unsupported_reason()),
+            None,
+            None,
+            last_maintenance,
+        )
+    grid = infer_grid(
+        table,
+        config,
+        server.timezone,
+        options.interval,
+        options.tz,
+        options.tz_hint,
+        options.force_tz,
+    )
     if leftovers is None:
         leftovers = read_leftovers(conn, [table], exact=options.exact).get(table.oid, Leftovers())
     max_key, default_has_rows = _first_look(conn, table, server.now)
     default_probe = None
     if table.default is not None:
         has_index = table.default_key_index is not None
-        default_probe = probe(
-            conn, table.default.ident, table.key, grid.grid, has_index=has_index, exact=options.exact,
-        ) if default_has_rows else Probe(0, 0, None, None, 0, (), False, has_index)
-    drops = early_drops(table, config, grid.grid, now_key(table, server.now, server.timezone, max_key)) if config else []
+        default_probe = (
+            probe(
+                conn,
+                table.default.ident,
+                table.key,
+                grid.grid,
+                has_index=has_index,
+                exact=options.exact,
+            )
+            if default_has_rows
+            else Probe(0, 0, None, None, 0, (), False, has_index)
+        )
+    drops = (
+        early_drops(table, config, grid.grid, now_key(table, server.now, server.timezone, max_key))
+        if config
+        else []
+    )
     held = max_keys(conn, table, [d.child for d in drops])
-    return TableState(table, config, grid, default_probe, max_key, last_maintenance,
-                      tuple((d, k) for d, (_, k) in zip(drops, held, strict=True)), leftovers)
+    return TableState(
+        table,
+        config,
+        grid,
+        default_probe,
+        max_key,
+        last_maintenance,
+        tuple((d, k) for d, (_, k) in zip(drops, held, strict=True)),
+        leftovers,
+    )
 
 
 def _savepoint(conn: Conn) -> contextlib.AbstractContextManager[Any]:
@@ -228,16 +280,31 @@ def _savepoint(conn: Conn) -> contextlib.AbstractContextManager[Any]:
 
 
 def locked_state(
-    conn: Conn, table: Table, config: PartmanConfig | None, last_maintenance: datetime | None,
-    waited: float, exc: Exception,
+    conn: Conn,
+    table: Table,
+    config: PartmanConfig | None,
+    last_maintenance: datetime | None,
+    waited: float,
+    exc: Exception,
 ) -> TableState:
     """A table whose partitions could not be read: only its catalog, and who holds it."""
-    rels = [table.oid, *(c.oid for c in table.children), *([table.default.oid] if table.default else [])]
+    rels = [
+        table.oid,
+        *(c.oid for c in table.children),
+        *([table.default.oid] if table.default else []),
+    ]
     held = tuple(blockers(conn, rels))
     log.info("%s: not read: %s", table.qualname, " ".join(str(exc).split()))
     why = f"a lock on its partitions was not granted within {waited:g}s"
-    return TableState(table, config, GridInfo(None, "", why), None, None, last_maintenance,
-                      unreadable=Unreadable(why, held))
+    return TableState(
+        table,
+        config,
+        GridInfo(None, "", why),
+        None,
+        None,
+        last_maintenance,
+        unreadable=Unreadable(why, held),
+    )
 
 
 def max_child_key(conn: Conn, table: Table, now: datetime | None = None) -> Key | None:
@@ -246,8 +313,9 @@ def max_child_key(conn: Conn, table: Table, now: datetime | None = None) -> Key 
     return _first_look(conn, table, now, default=False)[0]
 
 
-def _first_look(conn: Conn, table: Table, now: datetime | None, *,
-                default: bool = True) -> tuple[Key | None, bool]:
+def _first_look(
+    conn: Conn, table: Table, now: datetime | None, *, default: bool = True
+) -> tuple[Key | None, bool]:
     """(the largest key in the regular children, whether the DEFAULT holds any row).
 
     One round trip for most tables: the first statement asks the premade children (those
@@ -264,10 +332,19 @@ def _first_look(conn: Conn, table: Table, now: datetime | None, *,
     ask_default = default and table.default is not None
     has_rows = False
     for n, batch in enumerate(batches):
-        top = [sql.SQL("(SELECT {k} FROM {rel} WHERE {k} IS NOT NULL ORDER BY {k} DESC LIMIT 1)")
-               .format(k=k, rel=c.ident) for c in batch]
-        cols: list[sql.Composable] = [sql.SQL("(SELECT max({k}) FROM ({u}) AS newest)").format(
-            k=k, u=sql.SQL(" UNION ALL ").join(top)) if top else sql.SQL("NULL")]
+        top = [
+            sql.SQL(
+                "(SELECT {k} FROM {rel} WHERE {k} IS NOT NULL ORDER BY {k} DESC LIMIT 1)"
+            ).format(k=k, rel=c.ident)
+            for c in batch
+        ]
+        cols: list[sql.Composable] = [
+            sql.SQL("(SELECT max({k}) FROM ({u}) AS newest)").format(
+                k=k, u=sql.SQL(" UNION ALL ").join(top)
+            )
+            if top
+            else sql.SQL("NULL")
+        ]
         if n == 0 and ask_default:
             assert table.default is not None
             cols.append(sql.SQL("EXISTS (SELECT FROM {})").format(table.default.ident))
@@ -291,7 +368,9 @@ def _after(lower: Key | None, now: datetime) -> bool:
     return False
 
 
-def _orphans(conn: Conn, configs: dict[str, PartmanConfig], options: Options) -> list[tuple[PartmanConfig, str]]:
+def _orphans(
+    conn: Conn, configs: dict[str, PartmanConfig], options: Options
+) -> list[tuple[PartmanConfig, str]]:
     out = []
     for name, cfg in sorted(configs.items()):
         if options.tables and not any(name in (t, t.lower()) for t in options.tables):
@@ -338,8 +417,13 @@ def infer_grid(
 
 
 def _infer_grid(
-    table: Table, config: PartmanConfig | None, session_tz: str, interval: str | None, tz: str | None,
-    tz_hint: str | None = None, force_tz: bool = False,
+    table: Table,
+    config: PartmanConfig | None,
+    session_tz: str,
+    interval: str | None,
+    tz: str | None,
+    tz_hint: str | None = None,
+    force_tz: bool = False,
 ) -> GridInfo:
     if tz is not None:
         zone_info(tz)  # validates the zone: UsageError if unknown
@@ -365,8 +449,12 @@ def _infer_grid(
         if zone is not None:
             zone = _partman_zone(table, config, session_tz, tz, force_tz)
         if tz is None and tz_hint and zone is not None and not same_zone(tz_hint, zone):
-            log.warning("%s: the time zone given (%s) disagrees with pg_partman's (%s); following pg_partman",
-                        table.qualname, zone_label(tz_hint), zone_label(zone))
+            log.warning(
+                "%s: the time zone given (%s) disagrees with pg_partman's (%s); following pg_partman",
+                table.qualname,
+                zone_label(tz_hint),
+                zone_label(zone),
+            )
         pstep = parse_interval(interval) if interval else parse_interval(config.interval)
         return _time_info(pstep, zone, table, "option" if interval else "partman")
     tstep = parse_interval(interval) if interval else _common_time_step(table, zone)
@@ -375,8 +463,12 @@ def _infer_grid(
     if tz is None and zone is not None and info.aligned_zone and info.aligned_zone != zone:
         # A hand-made table has no partman to disagree with: follow its children's zone.
         if tz_hint and not same_zone(tz_hint, info.aligned_zone):
-            log.warning("%s: the time zone given (%s) disagrees with the children's (%s); following the children",
-                        table.qualname, zone_label(tz_hint), zone_label(info.aligned_zone))
+            log.warning(
+                "%s: the time zone given (%s) disagrees with the children's (%s); following the children",
+                table.qualname,
+                zone_label(tz_hint),
+                zone_label(info.aligned_zone),
+            )
         return _time_info(tstep, info.aligned_zone, table, source)
     return info
 
@@ -393,19 +485,26 @@ def _usable_hint(table: Table, hint: str | None) -> str | None:
     return hint
 
 
-def _partman_zone(table: Table, config: PartmanConfig, session_tz: str, tz: str | None, force_tz: bool) -> str:
+def _partman_zone(
+    table: Table, config: PartmanConfig, session_tz: str, tz: str | None, force_tz: bool
+) -> str:
     """The zone of a partman table's grid: partman's own, or ``tz`` where it agrees (or is forced).
 
     partman computes in part_config.partition_timezone where its version has one, else in the
     session's TimeZone, which for its maintenance is the role/database default.
     """
-    ours, where = ((config.timezone, "part_config.partition_timezone") if config.timezone
-                   else (session_tz, "the role/database default TimeZone"))
+    ours, where = (
+        (config.timezone, "part_config.partition_timezone")
+        if config.timezone
+        else (session_tz, "the role/database default TimeZone")
+    )
     if tz is None or same_zone(tz, ours):
         return ours if tz is None else tz
-    why = (f"{table.qualname}: --tz {zone_label(tz)} contradicts the zone pg_partman computes in "
-           f"({zone_label(ours)}, {where}); children on another zone's grid make partman fail with "
-           '"would overlap" or leave gaps')
+    why = (
+        f"{table.qualname}: --tz {zone_label(tz)} contradicts the zone pg_partman computes in "
+        f"({zone_label(ours)}, {where}); children on another zone's grid make partman fail with "
+        '"would overlap" or leave gaps'
+    )
     if not force_tz:
         raise UsageError(f"{why}; pass --force-tz to use it anyway")
     log.warning("%s; using it as --force-tz asks", why)
@@ -434,7 +533,9 @@ def _common_int_step(table: Table) -> int:
         if c.lower is not None and c.upper is not None
     )
     if not widths:
-        raise UnknownGrid(f"{table.qualname}: no children to infer the interval from; pass --interval")
+        raise UnknownGrid(
+            f"{table.qualname}: no children to infer the interval from; pass --interval"
+        )
     return widths.most_common(1)[0][0]
 
 
@@ -445,7 +546,9 @@ def _common_time_step(table: Table, zone: str | None) -> Interval:
         if c.lower is not None and c.upper is not None
     )
     if not steps:
-        raise UnknownGrid(f"{table.qualname}: no children to infer the interval from; pass --interval")
+        raise UnknownGrid(
+            f"{table.qualname}: no children to infer the interval from; pass --interval"
+        )
     return steps.most_common(1)[0][0]
 
 
@@ -474,12 +577,26 @@ def _wall(x: date, zone: str | None) -> datetime:
 def _utc(x: date) -> datetime:
     if not isinstance(x, datetime):
         return datetime(x.year, x.month, x.day)
-    return x.replace(tzinfo=None) if x.tzinfo is None else x.astimezone(ZoneInfo("UTC")).replace(tzinfo=None)
+    return (
+        x.replace(tzinfo=None)
+        if x.tzinfo is None
+        else x.astimezone(ZoneInfo("UTC")).replace(tzinfo=None)
+    )
 
 
-_CANDIDATE_ZONES = ("UTC",) + tuple(f"Etc/GMT{-h:+d}" for h in range(-12, 15) if h) + (
-    "Europe/Berlin", "Europe/London", "America/New_York", "America/Chicago", "America/Los_Angeles",
-    "Asia/Kolkata", "Asia/Tokyo", "Australia/Sydney",
+_CANDIDATE_ZONES = (
+    ("UTC",)
+    + tuple(f"Etc/GMT{-h:+d}" for h in range(-12, 15) if h)
+    + (
+        "Europe/Berlin",
+        "Europe/London",
+        "America/New_York",
+        "America/Chicago",
+        "America/Los_Angeles",
+        "Asia/Kolkata",
+        "Asia/Tokyo",
+        "Australia/Sydney",
+    )
 )
 
 
@@ -488,8 +605,9 @@ def _aligned_zone(table: Table, step: Interval, zone: str | None) -> str | None:
     if zone is None or step.months == 0 and step.days == 0:
         return zone
     # Adjacent children share bounds; one walk along each grid checks them all (on_grid).
-    bounds = sorted({b for c in table.children for b in (c.lower, c.upper)
-                     if isinstance(b, datetime)})
+    bounds = sorted(
+        {b for c in table.children for b in (c.lower, c.upper) if isinstance(b, datetime)}
+    )
     if not bounds:
         return zone
     for candidate in (zone,) + _CANDIDATE_ZONES:

@@ -90,7 +90,7 @@ def zone_label(zone: str) -> str:
         return f"UTC{hours:+03d}:00"
     m = _FIXED.fullmatch(zone)
     if m is not None:
-        return "UTC" + zone[1:zone.index(">")]
+        return "UTC" + zone[1 : zone.index(">")]
     return zone
 
 
@@ -107,7 +107,11 @@ def same_zone(a: str | None, b: str | None) -> bool:
         off = t.astimezone(za).utcoffset()
         if off != t.astimezone(zb).utcoffset():
             return False
-        if last is not None and off != last and _change(za, t - _WEEK, t) != _change(zb, t - _WEEK, t):
+        if (
+            last is not None
+            and off != last
+            and _change(za, t - _WEEK, t) != _change(zb, t - _WEEK, t)
+        ):
             return False  # both changed offset during the week, at different moments
         last = off
         t += _WEEK
@@ -153,21 +157,33 @@ def resolve(conn: Conn, given: str) -> str:
     except (ZoneInfoNotFoundError, ValueError, OSError):
         py = None
     if py is not None:
-        wrong = next((t for t, off in zip(samples, offsets, strict=True)
-                      if t.astimezone(py).utcoffset() != off), None)
+        wrong = next(
+            (
+                t
+                for t, off in zip(samples, offsets, strict=True)
+                if t.astimezone(py).utcoffset() != off
+            ),
+            None,
+        )
         if wrong is None:
             return _logged(given, server_name, offsets)
         if len(set(offsets)) > 1:
-            raise UnknownZone(f"time zone {given!r}: partguard's zone data (Python zoneinfo) disagrees "
-                              f"with the server's on {wrong:%Y-%m-%d}; update tzdata on one of them")
+            raise UnknownZone(
+                f"time zone {given!r}: partguard's zone data (Python zoneinfo) disagrees "
+                f"with the server's on {wrong:%Y-%m-%d}; update tzdata on one of them"
+            )
     if len(set(offsets)) == 1:
         if abs(offsets[0]) >= _DAY:
             hours = offsets[0] / timedelta(hours=1)
-            raise UnknownZone(f"time zone {given!r} is {hours:+g} hours to PostgreSQL (it reads a "
-                              "number as hours); write +01 for one hour east of Greenwich")
+            raise UnknownZone(
+                f"time zone {given!r} is {hours:+g} hours to PostgreSQL (it reads a "
+                "number as hours); write +01 for one hour east of Greenwich"
+            )
         return _logged(given, fixed_zone_name(offsets[0]), offsets)
-    raise UnknownZone(f"time zone {given!r} is a POSIX rule with daylight saving to PostgreSQL "
-                      f"({server_name}); give a tz database name instead, such as Europe/Berlin")
+    raise UnknownZone(
+        f"time zone {given!r} is a POSIX rule with daylight saving to PostgreSQL "
+        f"({server_name}); give a tz database name instead, such as Europe/Berlin"
+    )
 
 
 def _logged(given: str, name: str, offsets: list[timedelta]) -> str:
@@ -177,9 +193,14 @@ def _logged(given: str, name: str, offsets: list[timedelta]) -> str:
     off = offsets[0] if len(set(offsets)) == 1 else None
     sign = re.search(r"[+-]", given)
     if off and sign and (sign.group() == "+") != (off > timedelta(0)):
-        log.warning("PostgreSQL reads time zone %r as a POSIX zone, %s (POSIX offsets count west of "
-                    "Greenwich); for %s write %r", given, zone_label(name),
-                    zone_label(fixed_zone_name(-off)), fixed_zone_name(-off))
+        log.warning(
+            "PostgreSQL reads time zone %r as a POSIX zone, %s (POSIX offsets count west of "
+            "Greenwich); for %s write %r",
+            given,
+            zone_label(name),
+            zone_label(fixed_zone_name(-off)),
+            fixed_zone_name(-off),
+        )
     else:
         log.info("time zone %r is %s to PostgreSQL", given, zone_label(name))
     return name

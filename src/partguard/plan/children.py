@@ -30,8 +30,15 @@ from ..inspect.zones import zone_info
 
 # Suffix formats we recognise in hand-made tables, most specific first.
 _NATIVE_FORMATS = (
-    "YYYYMMDD_HH24MISS", "YYYY_MM_DD_HH24MISS", "YYYY_MM_DD_HH24MI", "YYYYMMDDHH24", "YYYY_MM_DD",
-    "YYYYMMDD", "YYYY_MM", "YYYYMM", "YYYY",
+    "YYYYMMDD_HH24MISS",
+    "YYYY_MM_DD_HH24MISS",
+    "YYYY_MM_DD_HH24MI",
+    "YYYYMMDDHH24",
+    "YYYY_MM_DD",
+    "YYYYMMDD",
+    "YYYY_MM",
+    "YYYYMM",
+    "YYYY",
 )
 
 
@@ -49,7 +56,9 @@ class Naming:
 
     def head(self, start: Key) -> str:
         """``name(start)`` without the rendered bound: the (possibly cut) stem and prefix."""
-        return self.name(start)[: -len(child_suffix(_in_zone(start, self.tz), self.datetime_string))]
+        return self.name(start)[
+            : -len(child_suffix(_in_zone(start, self.tz), self.datetime_string))
+        ]
 
     def unique(self, start: Key, taken: set[str] | frozenset[str]) -> str:
         """``name(start)``, or where an existing child already has it (an off-grid
@@ -61,7 +70,7 @@ class Naming:
             return name
         local = _in_zone(start, self.tz)
         fmt = self.datetime_string
-        tails = ([fmt + "_HH24MI", fmt + "_HH24MISS"] if fmt and isinstance(local, datetime) else [])
+        tails = [fmt + "_HH24MI", fmt + "_HH24MISS"] if fmt and isinstance(local, datetime) else []
         for tail in tails:
             name = child_name(self.stem, local, tail, self.prefix)
             if name not in taken:
@@ -83,11 +92,18 @@ def _in_zone(start: Key, tz: str | None) -> Key:
     return start
 
 
-def naming(table: Table, config: PartmanConfig | None, partman: Partman | None, grid: Grid) -> Naming:
+def naming(
+    table: Table, config: PartmanConfig | None, partman: Partman | None, grid: Grid
+) -> Naming:
     tz = grid.tz if isinstance(grid, TimeGrid) else None
     if config is not None:
-        fmt = None if isinstance(grid, IntGrid) else (
-            config.datetime_string or partman_datetime_string(grid.step, partman.major if partman else 5)
+        fmt = (
+            None
+            if isinstance(grid, IntGrid)
+            else (
+                config.datetime_string
+                or partman_datetime_string(grid.step, partman.major if partman else 5)
+            )
         )
         return Naming(table.name, "_p", fmt, tz)
     return _native_naming(table, grid, tz)
@@ -114,7 +130,7 @@ def _native_naming(table: Table, grid: Grid, tz: str | None) -> Naming:
 def _split(parent: str, head: str, fmt: str | None, tz: str | None) -> Naming:
     """``head`` is everything before the suffix, e.g. ``fixes_p`` -> stem fixes, prefix _p."""
     if head.startswith(parent):
-        return Naming(parent, head[len(parent):], fmt, tz)
+        return Naming(parent, head[len(parent) :], fmt, tz)
     return Naming(head, "", fmt, tz)
 
 
@@ -145,9 +161,13 @@ def create_child(table: Table, schema: str, name: str, lower: Key, upper: Key) -
     """``CREATE TABLE … PARTITION OF``: inherits the parent's indexes, constraints and
     defaults. With a DEFAULT attached PostgreSQL would scan it, so callers create children
     only while the DEFAULT is detached or known empty for the range."""
-    return sql.SQL("CREATE TABLE {child} PARTITION OF {parent} FOR VALUES FROM ({lo}) TO ({hi})").format(
-        child=sql.Identifier(schema, name), parent=table.ident,
-        lo=bound_literal(lower, table), hi=bound_literal(upper, table),
+    return sql.SQL(
+        "CREATE TABLE {child} PARTITION OF {parent} FOR VALUES FROM ({lo}) TO ({hi})"
+    ).format(
+        child=sql.Identifier(schema, name),
+        parent=table.ident,
+        lo=bound_literal(lower, table),
+        hi=bound_literal(upper, table),
     )
 
 
@@ -163,9 +183,16 @@ def partman_create(partman: Partman, table: Table, starts: list[Key]) -> sql.Com
     )
     # 4.x has p_analyze (default true: an ANALYZE of the whole parent); 5.x dropped it.
     analyze = sql.SQL(", p_analyze := false") if partman.major < 5 else sql.SQL("")
-    return sql.SQL("SELECT {f}(p_parent_table := {parent}, {arg} := ARRAY[{values}]{arr}{analyze})").format(
-        f=partman.func(func), parent=sql.Literal(f"{table.schema}.{table.name}"), values=values, arr=arr,
-        arg=sql.Identifier("p_partition_ids" if func == "create_partition_id" else "p_partition_times"),
+    return sql.SQL(
+        "SELECT {f}(p_parent_table := {parent}, {arg} := ARRAY[{values}]{arr}{analyze})"
+    ).format(
+        f=partman.func(func),
+        parent=sql.Literal(f"{table.schema}.{table.name}"),
+        values=values,
+        arr=arr,
+        arg=sql.Identifier(
+            "p_partition_ids" if func == "create_partition_id" else "p_partition_times"
+        ),
         analyze=analyze,
     )
 
@@ -174,12 +201,20 @@ def partman_warmup(partman: Partman, table: Table) -> sql.Composed:
     """The same partman call with nothing to create. Run before the swap, it compiles
     partman's plpgsql and loads its caches in this session, so the swap's lock is not
     spent on that (measured: 166-199 ms for a first call, 54-79 ms warm)."""
-    func, arr = ("create_partition_id", "bigint") if table.key_kind == "int" else ("create_partition_time", "timestamptz")
+    func, arr = (
+        ("create_partition_id", "bigint")
+        if table.key_kind == "int"
+        else ("create_partition_time", "timestamptz")
+    )
     analyze = sql.SQL(", p_analyze := false") if partman.major < 5 else sql.SQL("")
-    return sql.SQL("SELECT {f}(p_parent_table := {parent}, {arg} := ARRAY[]::{arr}[]{analyze})").format(
-        f=partman.func(func), parent=sql.Literal(f"{table.schema}.{table.name}"),
+    return sql.SQL(
+        "SELECT {f}(p_parent_table := {parent}, {arg} := ARRAY[]::{arr}[]{analyze})"
+    ).format(
+        f=partman.func(func),
+        parent=sql.Literal(f"{table.schema}.{table.name}"),
         arg=sql.Identifier("p_partition_ids" if table.key_kind == "int" else "p_partition_times"),
-        arr=sql.SQL(arr), analyze=analyze,
+        arr=sql.SQL(arr),
+        analyze=analyze,
     )
 
 

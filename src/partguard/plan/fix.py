@@ -45,8 +45,12 @@ class ChildSpec:
     via_partman: bool
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "lower": _enc(self.lower), "upper": _enc(self.upper),
-                "via_partman": self.via_partman}
+        return {
+            "name": self.name,
+            "lower": _enc(self.lower),
+            "upper": _enc(self.upper),
+            "via_partman": self.via_partman,
+        }
 
 
 @dataclass(frozen=True)
@@ -96,17 +100,37 @@ class FixParams:
     def from_json(cls, d: dict[str, Any], key_type: str) -> FixParams:
         dec = _decoder(key_type)
         return cls(
-            **{k: v for k, v in d.items() if k not in (
-                "children", "plausible_lo", "plausible_hi", "span_lo", "span_hi", "buckets", "notes", "renames",
-                "late")},
-            plausible_lo=dec(d["plausible_lo"]), plausible_hi=dec(d["plausible_hi"]),
-            span_lo=dec(d["span_lo"]), span_hi=dec(d["span_hi"]),
-            children=tuple(ChildSpec(c["name"], dec(c["lower"]), dec(c["upper"]), c["via_partman"])
-                           for c in d["children"]),
-            buckets=tuple(dec(b) for b in d["buckets"]), notes=tuple(d.get("notes", ())),
+            **{
+                k: v
+                for k, v in d.items()
+                if k
+                not in (
+                    "children",
+                    "plausible_lo",
+                    "plausible_hi",
+                    "span_lo",
+                    "span_hi",
+                    "buckets",
+                    "notes",
+                    "renames",
+                    "late",
+                )
+            },
+            plausible_lo=dec(d["plausible_lo"]),
+            plausible_hi=dec(d["plausible_hi"]),
+            span_lo=dec(d["span_lo"]),
+            span_hi=dec(d["span_hi"]),
+            children=tuple(
+                ChildSpec(c["name"], dec(c["lower"]), dec(c["upper"]), c["via_partman"])
+                for c in d["children"]
+            ),
+            buckets=tuple(dec(b) for b in d["buckets"]),
+            notes=tuple(d.get("notes", ())),
             renames=tuple((str(a), str(b)) for a, b in d.get("renames", ())),
-            late=tuple(ChildSpec(c["name"], dec(c["lower"]), dec(c["upper"]), c["via_partman"])
-                       for c in d.get("late", ())),
+            late=tuple(
+                ChildSpec(c["name"], dec(c["lower"]), dec(c["upper"]), c["via_partman"])
+                for c in d.get("late", ())
+            ),
         )
 
 
@@ -121,6 +145,7 @@ def _decoder(key_type: str) -> Any:
         if key_type == "date":
             return date.fromisoformat(v)
         return datetime.fromisoformat(v)
+
     return dec
 
 
@@ -164,7 +189,10 @@ def plan_fix(
     """
     table, grid = state.table, state.grid.grid
     if grid is None:
-        raise UnknownGrid(state.grid.error or f"{table.qualname}: cannot tell the partition interval; pass --interval")
+        raise UnknownGrid(
+            state.grid.error
+            or f"{table.qualname}: cannot tell the partition interval; pass --interval"
+        )
     nm = naming(table, state.config, partman, grid)
     premake = options.premake or (state.config.premake if state.config else 4)
     zone = grid.tz if isinstance(grid, TimeGrid) else None
@@ -180,7 +208,11 @@ def plan_fix(
         notes.append(
             f"{probe.null_rows} NULL-key rows and {len(probe.buckets) - len(rows_in)} bucket(s) outside "
             f"[{_enc(p_lo)}, {_enc(p_hi)}) go to partguard.{quote_name(quarantine)}"
-            + (" and then back into the parent (their new DEFAULT)" if options.outliers == "keep" else "")
+            + (
+                " and then back into the parent (their new DEFAULT)"
+                if options.outliers == "keep"
+                else ""
+            )
         )
 
     late = [b for b in probe.buckets if p_hi is not None and b >= p_hi]  # type: ignore[operator]
@@ -199,17 +231,22 @@ def plan_fix(
         if span is None and rows_in and not adopted:
             notes.append("the DEFAULT's rows lie in more than one gap between children: using copy")
     if strategy == "instant" and adopted:
-        raise UsageError("the DEFAULT is already detached (left by an earlier repair): only --strategy copy can adopt it")
+        raise UsageError(
+            "the DEFAULT is already detached (left by an earlier repair): only --strategy copy can adopt it"
+        )
     if strategy == "instant" and span is None:
         raise UsageError(
-            f"{table.qualname}: --strategy instant needs the DEFAULT's rows in one gap between children; use --strategy copy"
+            f"{table.qualname}: --strategy instant needs the DEFAULT's rows in one gap between "
+            "children; use --strategy copy"
         )
 
     horizon = _horizon(table, grid, now, premake, rows_in)
     renames = misnamed(table, grid, nm) if managed else ()
     if renames:
-        notes.append("children named outside partman's convention are renamed: "
-                     + ", ".join(f"{quote_name(a)} -> {quote_name(b)}" for a, b in renames))
+        notes.append(
+            "children named outside partman's convention are renamed: "
+            + ", ".join(f"{quote_name(a)} -> {quote_name(b)}" for a, b in renames)
+        )
     if strategy == "instant":
         assert span is not None
         lo, hi = span
@@ -221,21 +258,62 @@ def plan_fix(
         # of one of its (old) rows: ``premake`` regular children past its end keep the runway
         # at least ``premake`` intervals until live rows reach the children after it.
         horizon = _later(horizon, _advance(grid, hi, premake))
-        children = _children(table, grid, nm, _holes(table, grid, lo), future_from, horizon,
-                             state.config is not None)
+        children = _children(
+            table, grid, nm, _holes(table, grid, lo), future_from, horizon, state.config is not None
+        )
         return FixParams(
-            "instant", table.qualname, table.key, source, new_default, None, False, quarantine,
-            p_lo, p_hi, lo, hi, span_child, children, zone, managed, keep, probe.rows, tuple(rows_in), outliers, tuple(notes),
+            "instant",
+            table.qualname,
+            table.key,
+            source,
+            new_default,
+            None,
+            False,
+            quarantine,
+            p_lo,
+            p_hi,
+            lo,
+            hi,
+            span_child,
+            children,
+            zone,
+            managed,
+            keep,
+            probe.rows,
+            tuple(rows_in),
+            outliers,
+            tuple(notes),
             renames,
         )
     holding = _holding_name(table)
     children = _children(table, grid, nm, rows_in, None, horizon, state.config is not None)
-    late_kids = _late_candidates(table, grid, nm, children, p_lo, p_hi, premake,
-                                 {holding, *(new for _, new in renames)})
+    late_kids = _late_candidates(
+        table, grid, nm, children, p_lo, p_hi, premake, {holding, *(new for _, new in renames)}
+    )
     return FixParams(
-        "copy", table.qualname, table.key, source, new_default, holding, adopted is not None,
-        quarantine, p_lo, p_hi, None, None, None, children,
-        zone, managed, keep, probe.rows, tuple(rows_in), outliers, tuple(notes), renames, late_kids,
+        "copy",
+        table.qualname,
+        table.key,
+        source,
+        new_default,
+        holding,
+        adopted is not None,
+        quarantine,
+        p_lo,
+        p_hi,
+        None,
+        None,
+        None,
+        children,
+        zone,
+        managed,
+        keep,
+        probe.rows,
+        tuple(rows_in),
+        outliers,
+        tuple(notes),
+        renames,
+        late_kids,
     )
 
 
@@ -250,8 +328,14 @@ def _holding_name(table: Table) -> str:
 
 
 def _late_candidates(
-    table: Table, grid: Grid, nm: Naming, children: tuple[ChildSpec, ...], lo: Key | None, hi: Key | None,
-    premake: int, reserved: set[str],
+    table: Table,
+    grid: Grid,
+    nm: Naming,
+    children: tuple[ChildSpec, ...],
+    lo: Key | None,
+    hi: Key | None,
+    premake: int,
+    reserved: set[str],
 ) -> tuple[ChildSpec, ...]:
     """Every bucket of the plausible range ``[lo, hi)`` that neither an existing child nor
     a planned one covers (clipped like any new child): the swap creates those the holding
@@ -259,7 +343,9 @@ def _late_candidates(
     the last child."""
     spans: list[tuple[Any, Any]] = sorted(
         [(c.lower, c.upper) for c in table.children if c.lower is not None and c.upper is not None]
-        + [(c.lower, c.upper) for c in children], key=lambda s: s[0])
+        + [(c.lower, c.upper) for c in children],
+        key=lambda s: s[0],
+    )
     if lo is None:
         lo = spans[0][0] if spans else None
     if hi is None and spans:
@@ -423,7 +509,12 @@ def _later(a: Any, b: Any) -> Any:
 
 
 def _children(
-    table: Table, grid: Grid, nm: Naming, buckets: list[Key], future_from: Key | None, horizon: Any,
+    table: Table,
+    grid: Grid,
+    nm: Naming,
+    buckets: list[Key],
+    future_from: Key | None,
+    horizon: Any,
     partman_managed: bool,
 ) -> tuple[ChildSpec, ...]:
     """Children for ``buckets`` plus every bucket from ``future_from`` to the horizon.
@@ -450,15 +541,20 @@ def _children(
             exact = (s_lo, s_hi) == (lo, hi)
             name = nm.unique(s_lo, taken)
             taken.add(name)
-            out.append(ChildSpec(name, s_lo, s_hi, partman_managed and exact and name == nm.name(s_lo)))
+            out.append(
+                ChildSpec(name, s_lo, s_hi, partman_managed and exact and name == nm.name(s_lo))
+            )
     return tuple(out)
 
 
 def _taken(table: Table) -> set[str]:
     """Names a new child must not take: the children's, the DEFAULT's, and any other
     relation's in the schema."""
-    return ({c.name for c in table.children} | ({table.default.name} if table.default else set())
-            | set(table.schema_names))
+    return (
+        {c.name for c in table.children}
+        | ({table.default.name} if table.default else set())
+        | set(table.schema_names)
+    )
 
 
 def misnamed(table: Table, grid: Grid, nm: Naming) -> tuple[tuple[str, str], ...]:

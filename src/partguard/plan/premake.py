@@ -50,11 +50,15 @@ class Refusal:
 class PremakePlan:
     table: str
     steps: tuple[CreateChild, ...]
-    refused: Refusal | None  # the first range that could not get a child; nothing after it is planned
+    refused: (
+        Refusal | None
+    )  # the first range that could not get a child; nothing after it is planned
     horizon: Key | None  # the upper bound the table should reach (None: no data yet for an id key)
 
 
-def current_key(table: Table, grid: Grid, now: datetime, tz: str, data_max: Key | None) -> Key | None:
+def current_key(
+    table: Table, grid: Grid, now: datetime, tz: str, data_max: Key | None
+) -> Key | None:
     """Where "now" is on the key's axis: the instant for timestamptz, the wall clock in
     ``tz`` for timestamp/date, and the largest id present for integer keys."""
     if isinstance(grid, IntGrid):
@@ -71,7 +75,9 @@ def plan_premake(
     """Children for the current bucket and ``premake`` buckets after it, where none exist."""
     table, grid = state.table, state.grid.grid
     if grid is None:
-        raise UnknownGrid(state.grid.error or f"{table.qualname}: the partition interval is unknown")
+        raise UnknownGrid(
+            state.grid.error or f"{table.qualname}: the partition interval is unknown"
+        )
     probe = state.default_probe
     data_max = _max_key(state.max_key, probe.max_key if probe else None)
     current = current_key(table, grid, now, tz, data_max)
@@ -87,8 +93,15 @@ def plan_premake(
     steps: list[CreateChild] = []
     for b_lo, b_hi in grid.buckets(start, end):  # type: ignore[arg-type]
         for lo, hi in free_spans(table, b_lo, b_hi):
-            if grid.floor(lo) in held or (probe is not None and probe.truncated and _ge(lo, probe.buckets[-1])):  # type: ignore[arg-type]
-                return PremakePlan(table.qualname, tuple(steps), Refusal(lo, hi, "the DEFAULT holds rows of this range"), end)
+            if grid.floor(lo) in held or (  # type: ignore[arg-type]
+                probe is not None and probe.truncated and _ge(lo, probe.buckets[-1])
+            ):
+                return PremakePlan(
+                    table.qualname,
+                    tuple(steps),
+                    Refusal(lo, hi, "the DEFAULT holds rows of this range"),
+                    end,
+                )
             name = names.name(lo)
             if name in taken:
                 why = f"a table named {name} already exists (is the naming format finer than the interval?)"
@@ -96,7 +109,11 @@ def plan_premake(
             taken.add(name)
             steps.append(
                 CreateChild(
-                    table.schema, name, lo, hi, default_rows_sql(table, lo, hi),
+                    table.schema,
+                    name,
+                    lo,
+                    hi,
+                    default_rows_sql(table, lo, hi),
                     create_child(table, table.schema, name, lo, hi),
                 )
             )

@@ -60,29 +60,38 @@ class RetentionPlan:
 
     def guard(self, child: Child) -> sql.Composed:
         """The child's largest key: it must lie before the cutoff (its bound says so)."""
-        return sql.SQL("SELECT max({k}) FROM {c}").format(k=sql.Identifier(self.table.key), c=child.ident)
+        return sql.SQL("SELECT max({k}) FROM {c}").format(
+            k=sql.Identifier(self.table.key), c=child.ident
+        )
 
     def detach(self, child: Child, concurrently: bool | None = None) -> sql.Composed:
         concurrent = self.concurrently if concurrently is None else concurrently
         how = sql.SQL(" CONCURRENTLY") if concurrent else sql.SQL("")
         return sql.SQL("ALTER TABLE {p} DETACH PARTITION {c}{how}").format(
-            p=self.table.ident, c=child.ident, how=how)
+            p=self.table.ident, c=child.ident, how=how
+        )
 
     def finalize(self, child: Child) -> sql.Composed:
         """Completes a CONCURRENTLY detach that was interrupted (the child is 'detach pending')."""
-        return sql.SQL("ALTER TABLE {p} DETACH PARTITION {c} FINALIZE").format(p=self.table.ident, c=child.ident)
+        return sql.SQL("ALTER TABLE {p} DETACH PARTITION {c} FINALIZE").format(
+            p=self.table.ident, c=child.ident
+        )
 
     def drop(self, child: Child) -> sql.Composed | None:
         return sql.SQL("DROP TABLE {c}").format(c=child.ident) if self.mode == "drop" else None
 
     def script(self, zone: str | None = None) -> str:
         """The plan as SQL for ``psql`` (no transaction block: CONCURRENTLY needs none)."""
-        head = (f"-- {display_name(self.table)}: retention {self.window} ({self.mode}), "
-                f"children ending at or before {fmt_key(self.cutoff, zone)} go")
+        head = (
+            f"-- {display_name(self.table)}: retention {self.window} ({self.mode}), "
+            f"children ending at or before {fmt_key(self.cutoff, zone)} go"
+        )
         lines = [head]
         lines += [f"-- kept: {k.child.name}: {k.reason}" for k in self.kept]
         for child in self.retire:
-            lines.append(f"-- {child.name}: {fmt_key(child.lower, zone)} … {fmt_key(child.upper, zone)}")
+            lines.append(
+                f"-- {child.name}: {fmt_key(child.lower, zone)} … {fmt_key(child.upper, zone)}"
+            )
             lines.append(self.detach(child).as_string(None) + ";")
             drop = self.drop(child)
             if drop is not None:
@@ -93,14 +102,21 @@ class RetentionPlan:
 
 
 def plan_retention(
-    state: TableState, window: Window, mode: str, now: datetime, tz: str, version_num: int,
+    state: TableState,
+    window: Window,
+    mode: str,
+    now: datetime,
+    tz: str,
+    version_num: int,
     naming_override: Naming | None = None,
 ) -> RetentionPlan:
     """Children of ``state`` to retire for ``window``; ``tz`` is the zone "now" is read in
     for timestamp and date keys."""
     table, grid = state.table, state.grid.grid
     if grid is None:
-        raise UnknownGrid(state.grid.error or f"{table.qualname}: the partition interval is unknown")
+        raise UnknownGrid(
+            state.grid.error or f"{table.qualname}: the partition interval is unknown"
+        )
     reference = now_key(table, now, tz, state.max_key)
     zone = grid.tz if isinstance(grid, TimeGrid) else None
     cutoff = None if reference is None else before(reference, window, zone)
@@ -115,7 +131,9 @@ def plan_retention(
         if child.upper is None or not le(child.upper, cutoff):
             break  # this child reaches into the window, and every later one too
         if blocked is not None:
-            kept.append(Kept(child, f"behind {blocked}, which stays: retiring it would leave a gap", True))
+            kept.append(
+                Kept(child, f"behind {blocked}, which stays: retiring it would leave a gap", True)
+            )
             continue
         if i == len(table.children) - 1:
             kept.append(Kept(child, NEWEST))

@@ -26,7 +26,15 @@ from ..inspect.partman import Partman
 from .children import bound_literal, create_child, partman_create, partman_warmup
 from .fix import ChildSpec, FixParams, short_name
 
-__all__ = ["Step", "StepKind", "copy_steps", "fix_steps", "instant_steps", "make_children", "short_name"]
+__all__ = [
+    "Step",
+    "StepKind",
+    "copy_steps",
+    "fix_steps",
+    "instant_steps",
+    "make_children",
+    "short_name",
+]
 
 SCHEMA = "partguard"
 CHECK_NAME = "partguard_span"
@@ -82,7 +90,9 @@ def _k(p: FixParams) -> sql.Identifier:
     return sql.Identifier(p.key)
 
 
-def outside(p: FixParams, lo: Key | None, hi: Key | None, table: Table, prefix: str = "") -> sql.Composable:
+def outside(
+    p: FixParams, lo: Key | None, hi: Key | None, table: Table, prefix: str = ""
+) -> sql.Composable:
     """``key IS NULL OR key < lo OR key >= hi`` (with ``NEW.`` in a trigger's WHEN)."""
     k: sql.Composable = _k(p) if not prefix else sql.SQL("{}.{}").format(sql.SQL(prefix), _k(p))
     parts: list[sql.Composable] = [sql.SQL("{} IS NULL").format(k)]
@@ -180,7 +190,9 @@ def create_quarantine(p: FixParams, table: Table, like: str) -> tuple[sql.Compos
     )
 
 
-def move_to_quarantine(p: FixParams, table: Table, src: str, lo: Key | None, hi: Key | None) -> sql.Composed:
+def move_to_quarantine(
+    p: FixParams, table: Table, src: str, lo: Key | None, hi: Key | None
+) -> sql.Composed:
     return sql.SQL(
         "WITH moved AS (DELETE FROM {src} WHERE {cond} RETURNING *) INSERT INTO {q} SELECT * FROM moved"
     ).format(src=ident(table.schema, src), cond=outside(p, lo, hi, table), q=quarantine_ident(p))
@@ -199,16 +211,22 @@ def insert_into_parent(table: Table, source: sql.Composable) -> sql.Composed:
 def release_quarantine(p: FixParams, table: Table, keep_outliers: bool) -> sql.Composed:
     """Rows the divert trigger caught that now have a child go back to the parent; true
     outliers stay (or, with ``--outliers keep``, go back too and land in the DEFAULT)."""
-    cond: sql.Composable = sql.SQL("true") if keep_outliers else sql.SQL("NOT {}").format(
-        outside(p, p.plausible_lo, p.plausible_hi, table)
+    cond: sql.Composable = (
+        sql.SQL("true")
+        if keep_outliers
+        else sql.SQL("NOT {}").format(outside(p, p.plausible_lo, p.plausible_hi, table))
     )
-    moved = sql.SQL("(DELETE FROM {q} WHERE {cond} RETURNING *)").format(q=quarantine_ident(p), cond=cond)
+    moved = sql.SQL("(DELETE FROM {q} WHERE {cond} RETURNING *)").format(
+        q=quarantine_ident(p), cond=cond
+    )
     return sql.SQL("WITH moved AS {moved} {insert}").format(
         moved=moved, insert=insert_into_parent(table, sql.SQL("moved"))
     )
 
 
-def make_children(children: tuple[ChildSpec, ...], table: Table, partman: Partman | None) -> list[sql.Composed]:
+def make_children(
+    children: tuple[ChildSpec, ...], table: Table, partman: Partman | None
+) -> list[sql.Composed]:
     """partman makes its on-grid children itself (template, privileges, naming); the rest,
     clipped next to off-grid neighbours, are plain ``PARTITION OF`` tables."""
     stmts: list[sql.Composed] = []
@@ -232,14 +250,21 @@ def rename_indexes(schema: str, table: str, old: str) -> sql.Composed:
     """``table``'s indexes named after ``old`` take its name, read under the swap's lock
     (only the server knows them), so nothing is left called ``…_default_…``."""
     return sql.SQL("SELECT partguard.rename_indexes({rel}::regclass, {old}, {new})").format(
-        rel=sql.Literal(ident(schema, table).as_string(None)), old=sql.Literal(old), new=sql.Literal(table))
+        rel=sql.Literal(ident(schema, table).as_string(None)),
+        old=sql.Literal(old),
+        new=sql.Literal(table),
+    )
 
 
 def rename_children(p: FixParams, table: Table) -> list[sql.Composed]:
     """Give misnamed children the names the convention gives them, and their indexes too."""
     out: list[sql.Composed] = []
     for old, new in p.renames:
-        out.append(sql.SQL("ALTER TABLE {} RENAME TO {}").format(ident(table.schema, old), sql.Identifier(new)))
+        out.append(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                ident(table.schema, old), sql.Identifier(new)
+            )
+        )
         out.append(rename_indexes(table.schema, new, old))
     return out
 
@@ -258,8 +283,11 @@ def bound_text(value: Key, table: Table) -> str:
 def add_late_children(p: FixParams, table: Table) -> sql.Composed:
     """copy's swap: a child for each of ``p.late`` (buckets nothing covers) that the holding
     table has rows for, since rows kept arriving in the DEFAULT until the swap's lock."""
+
     def arr(values: list[str]) -> sql.Composable:
-        return sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(sql.Literal(v) for v in values))
+        return sql.SQL("ARRAY[{}]::text[]").format(
+            sql.SQL(", ").join(sql.Literal(v) for v in values)
+        )
 
     late = p.late
     return sql.SQL(
@@ -267,8 +295,10 @@ def add_late_children(p: FixParams, table: Table) -> sql.Composed:
         "    {names},\n    {lowers},\n    {uppers})"
     ).format(
         parent=sql.Literal(table.ident.as_string(None)),
-        hold=sql.Literal(ident(table.schema, p.holding or "").as_string(None)), key=sql.Literal(p.key),
-        names=arr([c.name for c in late]), lowers=arr([bound_text(c.lower, table) for c in late]),
+        hold=sql.Literal(ident(table.schema, p.holding or "").as_string(None)),
+        key=sql.Literal(p.key),
+        names=arr([c.name for c in late]),
+        lowers=arr([bound_text(c.lower, table) for c in late]),
         uppers=arr([bound_text(c.upper, table) for c in late]),
     )
 
@@ -278,14 +308,23 @@ def warmup_step(p: FixParams, table: Table, partman: Partman | None) -> list[Ste
     lock is not spent compiling partman's plpgsql (measured: 166-199 ms cold, 54-79 warm)."""
     if partman is None or not any(c.via_partman for c in p.children):
         return []
-    return [Step("warmup", "warmup", (*set_zone(p), partman_warmup(partman, table)),
-                 "partman's own (creates nothing)", "loads partman's code in this session before the swap")]
+    return [
+        Step(
+            "warmup",
+            "warmup",
+            (*set_zone(p), partman_warmup(partman, table)),
+            "partman's own (creates nothing)",
+            "loads partman's code in this session before the swap",
+        )
+    ]
 
 
 # --- the two strategies --------------------------------------------------------
 
 
-def fix_steps(p: FixParams, table: Table, partman: Partman | None, *, keep_source: bool = False) -> list[Step]:
+def fix_steps(
+    p: FixParams, table: Table, partman: Partman | None, *, keep_source: bool = False
+) -> list[Step]:
     """The whole repair, in order: what ``fix`` runs and ``fix --dry-run`` prints."""
     if p.strategy == "instant":
         return instant_steps(p, table, partman)
@@ -301,78 +340,147 @@ def instant_steps(p: FixParams, table: Table, partman: Partman | None) -> list[S
     source, parent = shown(table.schema, p.source), shown(table.schema, table.name)
     steps = [
         # Catalog changes only, in one transaction: if the lock cannot be had, nothing changed.
-        Step("prepare", "catalog_tx", (
-            *create_quarantine(p, table, p.source),
-            sql.SQL(
-                "CREATE TRIGGER {trg} BEFORE INSERT ON {src} FOR EACH ROW WHEN {cond} "
-                "EXECUTE FUNCTION partguard.divert({q})"
-            ).format(trg=sql.Identifier(TRIGGER_NAME), src=src, cond=outside(p, p.span_lo, p.span_hi, table, "NEW"),
-                     q=sql.Literal(quarantine_ident(p).as_string(None))),
-            sql.SQL("ALTER TABLE {src} ADD CONSTRAINT {c} CHECK ({check}) NOT VALID").format(
-                src=src, c=sql.Identifier(CHECK_NAME), check=check),
-        ), f"ACCESS EXCLUSIVE on {source} (milliseconds: NOT VALID skips the scan)",
-            "from here on, live inserts that would not fit the span are diverted, never rejected"),
-        Step("quarantine", "scan", (move_to_quarantine(p, table, p.source, p.span_lo, p.span_hi),),
-             f"ROW EXCLUSIVE on {source}", "NULL keys and outliers leave the DEFAULT"),
-        Step("validate", "scan", (
-            sql.SQL("ALTER TABLE {src} VALIDATE CONSTRAINT {c}").format(src=src, c=sql.Identifier(CHECK_NAME)),
-        ), f"SHARE UPDATE EXCLUSIVE on {source}: reads and writes go on"),
+        Step(
+            "prepare",
+            "catalog_tx",
+            (
+                *create_quarantine(p, table, p.source),
+                sql.SQL(
+                    "CREATE TRIGGER {trg} BEFORE INSERT ON {src} FOR EACH ROW WHEN {cond} "
+                    "EXECUTE FUNCTION partguard.divert({q})"
+                ).format(
+                    trg=sql.Identifier(TRIGGER_NAME),
+                    src=src,
+                    cond=outside(p, p.span_lo, p.span_hi, table, "NEW"),
+                    q=sql.Literal(quarantine_ident(p).as_string(None)),
+                ),
+                sql.SQL("ALTER TABLE {src} ADD CONSTRAINT {c} CHECK ({check}) NOT VALID").format(
+                    src=src, c=sql.Identifier(CHECK_NAME), check=check
+                ),
+            ),
+            f"ACCESS EXCLUSIVE on {source} (milliseconds: NOT VALID skips the scan)",
+            "from here on, live inserts that would not fit the span are diverted, never rejected",
+        ),
+        Step(
+            "quarantine",
+            "scan",
+            (move_to_quarantine(p, table, p.source, p.span_lo, p.span_hi),),
+            f"ROW EXCLUSIVE on {source}",
+            "NULL keys and outliers leave the DEFAULT",
+        ),
+        Step(
+            "validate",
+            "scan",
+            (
+                sql.SQL("ALTER TABLE {src} VALIDATE CONSTRAINT {c}").format(
+                    src=src, c=sql.Identifier(CHECK_NAME)
+                ),
+            ),
+            f"SHARE UPDATE EXCLUSIVE on {source}: reads and writes go on",
+        ),
         *warmup_step(p, table, partman),
     ]
     swap: list[sql.Composed] = [
         *set_zone(p),
         *rename_children(p, table),
         sql.SQL("ALTER TABLE {parent} DETACH PARTITION {src}").format(parent=table.ident, src=src),
-        sql.SQL("ALTER TABLE {src} RENAME TO {child}").format(src=src, child=sql.Identifier(p.span_child)),
+        sql.SQL("ALTER TABLE {src} RENAME TO {child}").format(
+            src=src, child=sql.Identifier(p.span_child)
+        ),
         rename_indexes(table.schema, p.span_child, p.source),
         *make_children(p.children, table, partman),
-        sql.SQL("ALTER TABLE {parent} ATTACH PARTITION {child} FOR VALUES FROM ({lo}) TO ({hi})").format(
-            parent=table.ident, child=child, lo=lo, hi=hi),
-        sql.SQL("DROP TRIGGER {trg} ON {child}").format(trg=sql.Identifier(TRIGGER_NAME), child=child),
-        sql.SQL("ALTER TABLE {child} DROP CONSTRAINT {c}").format(child=child, c=sql.Identifier(CHECK_NAME)),
+        sql.SQL(
+            "ALTER TABLE {parent} ATTACH PARTITION {child} FOR VALUES FROM ({lo}) TO ({hi})"
+        ).format(parent=table.ident, child=child, lo=lo, hi=hi),
+        sql.SQL("DROP TRIGGER {trg} ON {child}").format(
+            trg=sql.Identifier(TRIGGER_NAME), child=child
+        ),
+        sql.SQL("ALTER TABLE {child} DROP CONSTRAINT {c}").format(
+            child=child, c=sql.Identifier(CHECK_NAME)
+        ),
     ]
     if p.new_default:
-        swap.append(sql.SQL("CREATE TABLE {d} PARTITION OF {parent} DEFAULT").format(
-            d=ident(table.schema, p.new_default), parent=table.ident))
-    steps.append(Step(
-        "swap", "catalog_tx", tuple(swap),
-        f"ACCESS EXCLUSIVE on {parent} and {source} (milliseconds, under lock_timeout)",
-        "ATTACH skips its validation scan: the CHECK already proves the bound",
-    ))
+        swap.append(
+            sql.SQL("CREATE TABLE {d} PARTITION OF {parent} DEFAULT").format(
+                d=ident(table.schema, p.new_default), parent=table.ident
+            )
+        )
+    steps.append(
+        Step(
+            "swap",
+            "catalog_tx",
+            tuple(swap),
+            f"ACCESS EXCLUSIVE on {parent} and {source} (milliseconds, under lock_timeout)",
+            "ATTACH skips its validation scan: the CHECK already proves the bound",
+        )
+    )
     steps.extend(_finish(p, table, partman))
     return steps
 
 
-def copy_steps(p: FixParams, table: Table, partman: Partman | None, *, keep_source: bool = False) -> list[Step]:
+def copy_steps(
+    p: FixParams, table: Table, partman: Partman | None, *, keep_source: bool = False
+) -> list[Step]:
     src, hold = ident(table.schema, p.source), ident(table.schema, p.holding or "")
     source, parent = shown(table.schema, p.source), shown(table.schema, table.name)
     holding = shown(table.schema, p.holding or "")
-    swap: list[sql.Composed] = [*create_quarantine(p, table, p.source), *set_zone(p), *rename_children(p, table)]
+    swap: list[sql.Composed] = [
+        *create_quarantine(p, table, p.source),
+        *set_zone(p),
+        *rename_children(p, table),
+    ]
     if not p.adopted:
-        swap.append(sql.SQL("ALTER TABLE {parent} DETACH PARTITION {src}").format(parent=table.ident, src=src))
-    swap.append(sql.SQL("ALTER TABLE {src} RENAME TO {hold}").format(src=src, hold=sql.Identifier(p.holding or "")))
+        swap.append(
+            sql.SQL("ALTER TABLE {parent} DETACH PARTITION {src}").format(
+                parent=table.ident, src=src
+            )
+        )
+    swap.append(
+        sql.SQL("ALTER TABLE {src} RENAME TO {hold}").format(
+            src=src, hold=sql.Identifier(p.holding or "")
+        )
+    )
     swap.append(rename_indexes(table.schema, p.holding or "", p.source))
     swap.extend(make_children(p.children, table, partman))
     if p.late:
         swap.append(add_late_children(p, table))
     if p.new_default:
-        swap.append(sql.SQL("CREATE TABLE {d} PARTITION OF {parent} DEFAULT").format(
-            d=ident(table.schema, p.new_default), parent=table.ident))
+        swap.append(
+            sql.SQL("CREATE TABLE {d} PARTITION OF {parent} DEFAULT").format(
+                d=ident(table.schema, p.new_default), parent=table.ident
+            )
+        )
     steps = [
         *warmup_step(p, table, partman),
-        Step("swap", "catalog_tx", tuple(swap),
-             f"ACCESS EXCLUSIVE on {parent} and {source} (milliseconds, under lock_timeout)",
-             "the DEFAULT's rows are out of sight until copied back (use instant to avoid this window)"),
-        Step("copy", "copy_ranges", copy_chunk_sql(p, table, sql.Placeholder("first_block"),
-                                                   sql.Placeholder("end_block")),
-             f"ROW EXCLUSIVE on {parent}; no blocking lock",
-             "one transaction per heap block range (first_block, end_block), in parallel with --jobs, "
-             "journalled"),
-        Step("verify", "check", (sql.SQL("SELECT count(*) FROM {hold}").format(hold=hold),),
-             f"ACCESS SHARE on {holding}", "must equal the journal's copied + quarantined rows"),
-        Step("drop", "private", () if keep_source else (sql.SQL("DROP TABLE {hold}").format(hold=hold),),
-             f"ACCESS EXCLUSIVE on {holding} (private)",
-             "kept (--keep-source)" if keep_source else "skipped with --keep-source"),
+        Step(
+            "swap",
+            "catalog_tx",
+            tuple(swap),
+            f"ACCESS EXCLUSIVE on {parent} and {source} (milliseconds, under lock_timeout)",
+            "the DEFAULT's rows are out of sight until copied back (use instant to avoid this window)",
+        ),
+        Step(
+            "copy",
+            "copy_ranges",
+            copy_chunk_sql(p, table, sql.Placeholder("first_block"), sql.Placeholder("end_block")),
+            f"ROW EXCLUSIVE on {parent}; no blocking lock",
+            "one transaction per heap block range (first_block, end_block), in parallel with --jobs, "
+            "journalled",
+        ),
+        Step(
+            "verify",
+            "check",
+            (sql.SQL("SELECT count(*) FROM {hold}").format(hold=hold),),
+            f"ACCESS SHARE on {holding}",
+            "must equal the journal's copied + quarantined rows",
+        ),
+        Step(
+            "drop",
+            "private",
+            () if keep_source else (sql.SQL("DROP TABLE {hold}").format(hold=hold),),
+            f"ACCESS EXCLUSIVE on {holding} (private)",
+            "kept (--keep-source)" if keep_source else "skipped with --keep-source",
+        ),
     ]
     steps.extend(_finish(p, table, partman))
     return steps
@@ -392,13 +500,15 @@ def copy_chunk_sql(
     ``INSERT … SELECT``; this form costs about 10 %.
     """
     hold = ident(table.schema, p.holding or "")
-    rng = sql.SQL("ctid >= ('(' || {first}::bigint || ',0)')::tid AND ctid < ('(' || {end}::bigint || ',0)')::tid").format(
-        first=first, end=end)
+    rng = sql.SQL(
+        "ctid >= ('(' || {first}::bigint || ',0)')::tid AND ctid < ('(' || {end}::bigint || ',0)')::tid"
+    ).format(first=first, end=end)
     out = outside(p, p.plausible_lo, p.plausible_hi, table)
     cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.insertable_columns)
     override = sql.SQL(" OVERRIDING SYSTEM VALUE") if table.has_identity_always else sql.SQL("")
     quarantine = sql.SQL("INSERT INTO {q} SELECT * FROM {hold} WHERE {rng} AND {out}").format(
-        q=quarantine_ident(p), hold=hold, rng=rng, out=out)
+        q=quarantine_ident(p), hold=hold, rng=rng, out=out
+    )
     copy = sql.SQL(
         "WITH ins AS (INSERT INTO {parent} ({cols}){override} SELECT {cols} FROM {hold} WHERE {rng} AND NOT {out}"
         " RETURNING tableoid)\n"
@@ -421,9 +531,21 @@ def _finish(p: FixParams, table: Table, partman: Partman | None) -> list[Step]:
     nine centuries."""
     steps = []
     if partman is not None and p.managed:
-        steps.append(Step("maintenance", "maintenance", (*set_zone(p), partman.run_maintenance_sql(p.table)),
-                          "partman's own locks, under lock_timeout"))
-    steps.append(Step("release", "catalog_tx", (release_quarantine(p, table, p.keep_outliers),),
-                      f"ROW EXCLUSIVE on {shown(table.schema, table.name)}",
-                      "quarantined rows that now have a child go back into the table"))
+        steps.append(
+            Step(
+                "maintenance",
+                "maintenance",
+                (*set_zone(p), partman.run_maintenance_sql(p.table)),
+                "partman's own locks, under lock_timeout",
+            )
+        )
+    steps.append(
+        Step(
+            "release",
+            "catalog_tx",
+            (release_quarantine(p, table, p.keep_outliers),),
+            f"ROW EXCLUSIVE on {shown(table.schema, table.name)}",
+            "quarantined rows that now have a child go back into the table",
+        )
+    )
     return steps

@@ -40,8 +40,11 @@ def midnight(d: date) -> datetime:
 
 
 def utc_midnight(conn: Conn, days_ago: int = 0) -> datetime:
-    at: datetime = one(conn, "SELECT date_trunc('day', now() AT TIME ZONE 'UTC') - %s * interval '1 day'",
-                       (days_ago,))[0]
+    at: datetime = one(
+        conn,
+        "SELECT date_trunc('day', now() AT TIME ZONE 'UTC') - %s * interval '1 day'",
+        (days_ago,),
+    )[0]
     return at.replace(tzinfo=UTC)
 
 
@@ -59,13 +62,19 @@ def partman_major(conn: Conn) -> int:
 
 
 def count(conn: Conn, rel: str) -> int:
-    return int(one(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(*rel.split("."))))[0])
+    return int(
+        one(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(*rel.split("."))))[0]
+    )
 
 
 def names_of(conn: Conn, parent: str) -> tuple[str, str]:
     """(schema, table) of a table named as a DBA types it (quoted where needed)."""
-    row = one(conn, "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE c.oid = %s::regclass", (parent,))
+    row = one(
+        conn,
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = %s::regclass",
+        (parent,),
+    )
     return str(row[0]), str(row[1])
 
 
@@ -81,10 +90,13 @@ class Kid:
 
 
 def key_type(conn: Conn, parent: str) -> str:
-    row = one(conn,
+    row = one(
+        conn,
         """SELECT format_type(a.atttypid, a.atttypmod) FROM pg_partitioned_table p
            JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
-           WHERE p.partrelid = %s::regclass""", (parent,))
+           WHERE p.partrelid = %s::regclass""",
+        (parent,),
+    )
     return str(row[0])
 
 
@@ -97,15 +109,20 @@ def kids(conn: Conn, parent: str) -> list[Kid]:
         """SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i
            JOIN pg_class c ON c.oid = i.inhrelid
            WHERE i.inhparent = %s::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'""",
-        (parent,)).fetchall()
+        (parent,),
+    ).fetchall()
     typ = key_type(conn, parent)
     out = []
     for name, bound in rows:
         m = _BOUND.match(bound)
         assert m, bound
         texts = [t.strip("'") for t in m.groups()]
-        typed = conn.execute(sql.SQL("SELECT x::{} FROM unnest(%s::text[]) WITH ORDINALITY u(x, o) ORDER BY o")
-                             .format(sql.SQL(typ)), (texts,)).fetchall()
+        typed = conn.execute(
+            sql.SQL(
+                "SELECT x::{} FROM unnest(%s::text[]) WITH ORDINALITY u(x, o) ORDER BY o"
+            ).format(sql.SQL(typ)),
+            (texts,),
+        ).fetchall()
         out.append(Kid(name, typed[0][0], typed[1][0]))
     return sorted(out, key=lambda c: c.lower)
 
@@ -114,7 +131,8 @@ def default_of(conn: Conn, parent: str) -> str | None:
     row = conn.execute(
         """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
            WHERE i.inhparent = %s::regclass AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'""",
-        (parent,)).fetchone()
+        (parent,),
+    ).fetchone()
     return None if row is None else str(row[0])
 
 

@@ -89,13 +89,18 @@ class Writer:
 OUTAGE_MOMENT = "now() - interval '2 days' - (random() * interval '1 day')"
 
 
-def fixes_writer(dsn: str, table: str = "public.fixes",
-                 when: tuple[str, str] = (OUTAGE_MOMENT, "now()")) -> Writer:
+def fixes_writer(
+    dsn: str, table: str = "public.fixes", when: tuple[str, str] = (OUTAGE_MOMENT, "now()")
+) -> Writer:
     """The writer of :func:`partguard.testing.build.live_incident`'s table: a row every
     ~2 ms, its key in turn each of the SQL expressions ``when`` (a moment of the outage
     days, now)."""
-    stmts = [sql.SQL("INSERT INTO {} (id, received_at, device_id, v) VALUES (%s, {}, %s, %s)").format(
-        sql.Identifier(*table.split(".")), sql.SQL(w)) for w in when]
+    stmts = [
+        sql.SQL("INSERT INTO {} (id, received_at, device_id, v) VALUES (%s, {}, %s, %s)").format(
+            sql.Identifier(*table.split(".")), sql.SQL(w)
+        )
+        for w in when
+    ]
 
     def inserts(tick: int, rid: int) -> list[Insert]:
         return [(table, stmts[tick % 2], (rid, rid % 50, tick))]

@@ -42,8 +42,11 @@ _STRFTIME = {"YYYY": "%Y", "MM": "%m", "DD": "%d", "HH24": "%H", "MI": "%M", "SS
 
 def row_set(conn: Conn, parent: str, key: str = "ts") -> Counter[tuple[Any, ...]]:
     """Every row of the table plus every row in its quarantine table, with multiplicity."""
-    rows = conn.execute(sql.SQL("SELECT id, {k}, payload, val FROM {t}").format(
-        k=sql.Identifier(key), t=ident_of(conn, parent))).fetchall()
+    rows = conn.execute(
+        sql.SQL("SELECT id, {k}, payload, val FROM {t}").format(
+            k=sql.Identifier(key), t=ident_of(conn, parent)
+        )
+    ).fetchall()
     out: Counter[tuple[Any, ...]] = Counter(tuple(r) for r in rows)
     out.update(tuple(r) for r in quarantined(conn, parent, key))
     return out
@@ -59,8 +62,12 @@ def quarantined(conn: Conn, parent: str, key: str = "ts") -> list[tuple[Any, ...
     exists = conn.execute("SELECT to_regclass(%s)", (q.as_string(conn),)).fetchone()
     if not exists or exists[0] is None:
         return []
-    return [tuple(r) for r in conn.execute(
-        sql.SQL("SELECT id, {}, payload, val FROM {}").format(sql.Identifier(key), q)).fetchall()]
+    return [
+        tuple(r)
+        for r in conn.execute(
+            sql.SQL("SELECT id, {}, payload, val FROM {}").format(sql.Identifier(key), q)
+        ).fetchall()
+    ]
 
 
 def exactly_once_fault(before: Counter[Any], after: Counter[Any]) -> str | None:
@@ -84,15 +91,21 @@ def assert_exactly_once(before: Counter[Any], after: Counter[Any]) -> None:
 # --- children ------------------------------------------------------------------------
 
 
-def assert_children_sane(conn: Conn, parent: str, *, contiguous: bool = True, since: Any = None) -> list[Kid]:
+def assert_children_sane(
+    conn: Conn, parent: str, *, contiguous: bool = True, since: Any = None
+) -> list[Kid]:
     """No two children overlap; with ``contiguous``, none leaves a hole either (from ``since`` on)."""
     ks = kids(conn, parent)
     for a, b in itertools.pairwise(ks):
         if since is not None and a.lower < since:
             continue
-        assert a.upper <= b.lower, f"{a.name} [{a.lower}, {a.upper}) overlaps {b.name} [{b.lower}, {b.upper})"
+        assert a.upper <= b.lower, (
+            f"{a.name} [{a.lower}, {a.upper}) overlaps {b.name} [{b.lower}, {b.upper})"
+        )
         if contiguous:
-            assert a.upper == b.lower, f"hole between {a.name} (to {a.upper}) and {b.name} (from {b.lower})"
+            assert a.upper == b.lower, (
+                f"hole between {a.name} (to {a.upper}) and {b.name} (from {b.lower})"
+            )
     return ks
 
 
@@ -100,9 +113,12 @@ def assert_default_empty(conn: Conn, parent: str, expect: int = 0) -> None:
     """A fresh DEFAULT exists and holds ``expect`` rows (0 unless outliers were kept)."""
     d = default_of(conn, parent)
     assert d is not None, "the fix must leave a fresh DEFAULT behind"
-    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-        sql.Identifier(names_of(conn, parent)[0], d))).fetchone()
-    assert row is not None and row[0] == expect, f"{d} holds {row and row[0]} rows, expected {expect}"
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(names_of(conn, parent)[0], d))
+    ).fetchone()
+    assert row is not None and row[0] == expect, (
+        f"{d} holds {row and row[0]} rows, expected {expect}"
+    )
 
 
 def assert_no_default_index_names(conn: Conn, parent: str) -> None:
@@ -114,7 +130,9 @@ def assert_no_default_index_names(conn: Conn, parent: str) -> None:
            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
            JOIN pg_index x ON x.indrelid = c.oid JOIN pg_class ic ON ic.oid = x.indexrelid
            LEFT JOIN pg_inherits h ON h.inhrelid = ic.oid
-           WHERE i.inhparent = %s::regclass""", (parent,)).fetchall()
+           WHERE i.inhparent = %s::regclass""",
+        (parent,),
+    ).fetchall()
     assert rows
     for table, index, attached in rows:
         assert attached, f"index {index} of {table} is not attached to the parent's index"
@@ -131,14 +149,18 @@ def suffix(start: Any, fmt: str | None, zone: str | None) -> str:
     assert fmt is not None
     if isinstance(start, datetime) and start.tzinfo is not None and zone:
         start = start.astimezone(ZoneInfo(zone))
-    pattern = re.sub("|".join(sorted(_STRFTIME, key=len, reverse=True)), lambda m: _STRFTIME[m.group()], fmt)
+    pattern = re.sub(
+        "|".join(sorted(_STRFTIME, key=len, reverse=True)), lambda m: _STRFTIME[m.group()], fmt
+    )
     return str(start.strftime(pattern))
 
 
 def assert_named(ks: list[Kid], stem: str, fmt: str | None, zone: str | None) -> None:
     """Every child's name is stem + suffix(lower bound): what the table's convention gives."""
     for k in ks:
-        assert k.name == stem + suffix(k.lower, fmt, zone), f"{k.name} is not named for its lower bound {k.lower}"
+        assert k.name == stem + suffix(k.lower, fmt, zone), (
+            f"{k.name} is not named for its lower bound {k.lower}"
+        )
 
 
 # --- pg_partman still works -------------------------------------------------------------
@@ -150,11 +172,18 @@ def run_partman_maintenance(dsn: str, parent: str, *, times: int = 3) -> list[st
     error; returns partman's WARNINGs (5.5 reports a skipped set only as a WARNING)."""
     warnings: list[str] = []
     with session(dsn) as c:
-        c.add_notice_handler(lambda d: warnings.append(d.message_primary or "")
-                             if (d.severity_nonlocalized or "") == "WARNING" else None)
+        c.add_notice_handler(
+            lambda d: (
+                warnings.append(d.message_primary or "")
+                if (d.severity_nonlocalized or "") == "WARNING"
+                else None
+            )
+        )
         for _ in range(times):
             c.execute("CALL partman.run_maintenance_proc()")
-            c.execute("SELECT partman.run_maintenance(p_parent_table := %s, p_jobmon := false)", (parent,))
+            c.execute(
+                "SELECT partman.run_maintenance(p_parent_table := %s, p_jobmon := false)", (parent,)
+            )
     # 5.5 warns on every run when the installed version is not the control file's default:
     # our side-by-side test install, not a fault of the table.
     return [w for w in warnings if "is the default available" not in w]
@@ -166,7 +195,9 @@ def has_wide_child(ks: list[Kid]) -> bool:
     return len(spans) > 1 and max(spans) >= min(spans) * 1.8
 
 
-def assert_partman_healthy(dsn: str, parent: str, fmt: str, zone: str, *, more: int = 3) -> list[Kid]:
+def assert_partman_healthy(
+    dsn: str, parent: str, fmt: str, zone: str, *, more: int = 3
+) -> list[Kid]:
     """What a user's own partman maintenance must find after a fix, on every version:
     ``show_partitions`` lists every child; ``run_maintenance_proc()`` and
     ``run_maintenance(parent)`` run again and again without an error or a skip WARNING, and
@@ -180,14 +211,19 @@ def assert_partman_healthy(dsn: str, parent: str, fmt: str, zone: str, *, more: 
     stem = parent.split(".")[1] + "_p"
     with session(dsn) as c:
         before = kids(c, parent)
-        shown = c.execute("SELECT partition_tablename FROM partman.show_partitions(%s)", (parent,)).fetchall()
+        shown = c.execute(
+            "SELECT partition_tablename FROM partman.show_partitions(%s)", (parent,)
+        ).fetchall()
         assert sorted(r[0] for r in shown) == sorted(k.name for k in before)
         version = str(one(c, "SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'")[0])
     assert run_partman_maintenance(dsn, parent) == []
     with session(dsn) as c:
         assert_children_sane(c, parent, contiguous=False)
         assert_children_sane(c, parent, since=before[-1].lower)
-        c.execute("UPDATE partman.part_config SET premake = premake + %s WHERE parent_table = %s", (more, parent))
+        c.execute(
+            "UPDATE partman.part_config SET premake = premake + %s WHERE parent_table = %s",
+            (more, parent),
+        )
     assert run_partman_maintenance(dsn, parent) == []
     with session(dsn) as c:
         assert_children_sane(c, parent, contiguous=False)
@@ -196,13 +232,19 @@ def assert_partman_healthy(dsn: str, parent: str, fmt: str, zone: str, *, more: 
     new = [k for k in after if k.name not in {b.name for b in before}]
     assert all(k.lower >= before[-1].upper for k in new)
     assert_named(new, stem, fmt, zone)
-    if has_wide_child(before) and int(version.split(".")[0]) >= 5 and not isinstance(before[0].lower, int):
+    if (
+        has_wide_child(before)
+        and int(version.split(".")[0]) >= 5
+        and not isinstance(before[0].lower, int)
+    ):
         # partman 5.x's own arithmetic (see above): the configured runway holds, a raised one
         # waits for live rows to pass the wide child.
         with session(dsn) as c:
             _, reach = runway_wanted(c, parent, False, premake - more)
     reach = like(reach, after[-1].upper)
-    assert after[-1].upper >= reach, f"children end at {after[-1].upper}, premake {premake} wants {reach}"
+    assert after[-1].upper >= reach, (
+        f"children end at {after[-1].upper}, premake {premake} wants {reach}"
+    )
     return after
 
 
@@ -218,11 +260,16 @@ def like(x: Any, sample: Any) -> Any:
 def runway_wanted(c: Conn, parent: str, ids: bool, premake: int | None = None) -> tuple[int, Any]:
     """(premake, where the children must reach): ``premake`` intervals past now, or past the
     largest id, as partman counts (its interval added in the session's zone)."""
-    cfg = one(c, "SELECT premake, partition_interval, control FROM partman.part_config WHERE parent_table = %s",
-              (parent,))
+    cfg = one(
+        c,
+        "SELECT premake, partition_interval, control FROM partman.part_config WHERE parent_table = %s",
+        (parent,),
+    )
     n = cfg[0] if premake is None else premake
     if ids:
-        top = one(c, sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(cfg[2]), ident_of(c, parent)))
+        top = one(
+            c, sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(cfg[2]), ident_of(c, parent))
+        )
         return int(cfg[0]), int(top[0]) + n * int(cfg[1])
     return int(cfg[0]), one(c, "SELECT now() + %s * %s::interval", (n, cfg[1]))[0]
 
@@ -230,7 +277,9 @@ def runway_wanted(c: Conn, parent: str, ids: bool, premake: int | None = None) -
 # --- partguard itself -------------------------------------------------------------------
 
 
-def fix_cli(run: Run, dsn: str, table: str, strategy: str, *extra: str, still: str | None = None) -> tuple[str, str]:
+def fix_cli(
+    run: Run, dsn: str, table: str, strategy: str, *extra: str, still: str | None = None
+) -> tuple[str, str]:
     """``partguard fix TABLE --yes --strategy S …`` that must succeed: (stdout, stderr).
 
     With ``still``, the repair must succeed but leave the table CRITICAL for that finding
@@ -252,9 +301,13 @@ def assert_check_ok(run: Run, dsn: str, parent: str, quarantined: int = 0) -> No
     their count. Nothing else may be wrong."""
     rc, report, _ = run("check", "-d", dsn, "-t", parent, "--format", "json")
     doc = json.loads(report)
-    faults = [(f["code"], f["severity"], f["message"]) for f in doc["findings"] if f["severity"] != "info"]
+    faults = [
+        (f["code"], f["severity"], f["message"]) for f in doc["findings"] if f["severity"] != "info"
+    ]
     wide = [f for f in faults if f[0] == "wide_child"]
-    assert all(sev == "warning" and "premake" in msg and "partguard split" in msg for _, sev, msg in wide), wide
+    assert all(
+        sev == "warning" and "premake" in msg and "partguard split" in msg for _, sev, msg in wide
+    ), wide
     kept = [f["detail"]["rows"] for f in doc["findings"] if f["code"] == "quarantine_rows"]
     assert kept == ([quarantined] if quarantined else []), doc["findings"]
     others = [f for f in faults if f[0] not in ("wide_child", "quarantine_rows")]
@@ -268,24 +321,35 @@ def assert_check_ok(run: Run, dsn: str, parent: str, quarantined: int = 0) -> No
 def fingerprint(conn: Conn) -> list[Any]:
     """Everything a refused fix must leave alone: relations, bounds, constraints, indexes,
     triggers, schemas, partman's config, and the rows of every table."""
-    user_ns = sql.SQL("n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'")
-    rels = conn.execute(sql.SQL("""
+    user_ns = sql.SQL(
+        "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
+    )
+    rels = conn.execute(
+        sql.SQL("""
         SELECT n.nspname, c.relname, c.relkind::text, coalesce(pg_get_expr(c.relpartbound, c.oid), ''),
                c.relispartition
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {} ORDER BY 1, 2""")
-        .format(user_ns)).fetchall()
-    cons = conn.execute(sql.SQL("""
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {} ORDER BY 1, 2""").format(
+            user_ns
+        )
+    ).fetchall()
+    cons = conn.execute(
+        sql.SQL("""
         SELECT conrelid::regclass::text, conname, pg_get_constraintdef(x.oid), convalidated
-        FROM pg_constraint x JOIN pg_namespace n ON n.oid = x.connamespace WHERE {} ORDER BY 1, 2""")
-        .format(user_ns)).fetchall()
+        FROM pg_constraint x JOIN pg_namespace n ON n.oid = x.connamespace WHERE {} ORDER BY 1, 2""").format(
+            user_ns
+        )
+    ).fetchall()
     trig = conn.execute("""SELECT tgrelid::regclass::text, tgname, tgenabled::text FROM pg_trigger
                            WHERE NOT tgisinternal ORDER BY 1, 2""").fetchall()
     schemas = conn.execute("SELECT nspname FROM pg_namespace ORDER BY 1").fetchall()
     counts = []
     for schema, name, kind, _, _ in rels:
         if kind == "r":
-            n = conn.execute(sql.SQL("SELECT count(*), md5(string_agg(t::text, ',' ORDER BY t::text)) FROM {} t")
-                             .format(sql.Identifier(schema, name))).fetchone()
+            n = conn.execute(
+                sql.SQL(
+                    "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY t::text)) FROM {} t"
+                ).format(sql.Identifier(schema, name))
+            ).fetchone()
             counts.append((schema, name, n))
     return [rels, cons, trig, schemas, counts]
 
@@ -305,10 +369,19 @@ def outside_partguard(conn: Conn) -> list[Any]:
     contents = []
     for schema, name, kind, *_ in shape:
         if kind == "r":
-            got = conn.execute(sql.SQL("SELECT count(*), md5(coalesce(string_agg(r::text, '|' ORDER BY r::text), '')) "
-                                       "FROM {} r").format(sql.Identifier(schema, name))).fetchone()
+            got = conn.execute(
+                sql.SQL(
+                    "SELECT count(*), md5(coalesce(string_agg(r::text, '|' ORDER BY r::text), '')) "
+                    "FROM {} r"
+                ).format(sql.Identifier(schema, name))
+            ).fetchone()
             contents.append((schema, name, got))
-    schemas = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname <> 'partguard' ORDER BY 1")]
+    schemas = [
+        r[0]
+        for r in conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname <> 'partguard' ORDER BY 1"
+        )
+    ]
     return [shape, contents, schemas]
 
 
