@@ -235,14 +235,20 @@ def server_message(exc: psycopg.Error) -> tuple[str, str]:
         if value:
             parts.append(f"{label}: {value.strip()}")
     full = "\n".join(parts)
-    lines = [ln.strip() for ln in primary.splitlines()]
-    line = lines[0] if lines else type(exc).__name__
+    return one_line(primary, d.message_detail, d.message_hint) if primary else type(
+        exc
+    ).__name__, full
+
+
+def one_line(primary: str, detail: str | None = None, hint: str | None = None) -> str:
+    """A server error's (or partman WARNING's) text on one line: its message, the DETAIL/HINT
+    lines that say something, and the statement it was running (its first ``SQL statement``
+    context)."""
+    lines = [ln.strip() for ln in primary.strip().splitlines()]
+    line = lines[0] if lines else "error"
     extras: list[str] = []
     for label in ("DETAIL:", "HINT:"):
-        for ln in lines[1:] + [
-            f"DETAIL: {d.message_detail or ''}",
-            f"HINT: {d.message_hint or ''}",
-        ]:
+        for ln in lines[1:] + [f"DETAIL: {detail or ''}", f"HINT: {hint or ''}"]:
             text = ln[len(label) :].strip() if ln.startswith(label) else ""
             if text and text not in extras:
                 extras.append(text)
@@ -254,7 +260,7 @@ def server_message(exc: psycopg.Error) -> tuple[str, str]:
         extras.append("while running " + stmt.split("SQL statement", 1)[1].strip())
     if extras:
         line = f"{line} ({'; '.join(extras)})"
-    return " ".join(line.split()), full
+    return " ".join(line.split())
 
 
 def error_line(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from ..db import Conn, server_message
+from ..db import Conn, one_line, server_message
 from ..inspect.locks import LockHolder, advisory_holders, partman_lock_holders, stuck_partman_locks
 from ..inspect.partman import Partman
 
@@ -33,15 +33,12 @@ ALREADY_RUNNING = "maintenance already running"
 LOCK_TIMEOUT_TEXT = "canceling statement due to lock timeout"
 # 5.5 catches each partition set's error and only WARNs: "... skipped partition set for
 # parent table <t>: <error>" (the transaction goes on; its children were not made).
-SKIPPED_SET = "maintenance skipped partition set"
+SKIPPED_SET = "pg_partman maintenance skipped partition set"
 
 
 def skipped_for_a_lock(notices: list[tuple[str, str]]) -> bool:
     """partman 5.5 swallowed a lock timeout into a WARNING: to be retried like one."""
     return any(SKIPPED_SET in text and LOCK_TIMEOUT_TEXT in text for _, text in notices)
-
-
-SKIPPED_SET = "pg_partman maintenance skipped partition set"
 
 
 def maintenance_lock_holder(conn: Conn, partman: Partman | None = None) -> LockHolder | None:
@@ -56,28 +53,6 @@ def maintenance_lock_holders(conn: Conn, partman: Partman | None) -> list[tuple[
         holders = advisory_holders(conn, sql.SQL("hashtext('pg_partman run_maintenance')"))
         return [("pg_partman run_maintenance", h) for h in holders]
     return partman_lock_holders(conn, partman)
-
-
-def one_line(primary: str, detail: str | None = None, hint: str | None = None) -> str:
-    """A partman error or WARNING text on one line: its message, the DETAIL/HINT lines that say
-    something, and the statement it was running (its first ``SQL statement`` context)."""
-    lines = [ln.strip() for ln in primary.strip().splitlines()]
-    line = lines[0] if lines else "error"
-    extras: list[str] = []
-    for label in ("DETAIL:", "HINT:"):
-        for ln in lines[1:] + [f"DETAIL: {detail or ''}", f"HINT: {hint or ''}"]:
-            text = ln[len(label) :].strip() if ln.startswith(label) else ""
-            if text and text not in extras:
-                extras.append(text)
-                break
-    stmt = next(
-        (ln for ln in lines[1:] if ln.startswith(("CONTEXT: SQL statement", "SQL statement"))), None
-    )
-    if stmt:
-        extras.append("while running " + stmt.split("SQL statement", 1)[1].strip())
-    if extras:
-        line = f"{line} ({'; '.join(extras)})"
-    return " ".join(line.split())
 
 
 def run_maintenance_sql(partman: Partman, parent_table: str) -> sql.Composed:
