@@ -20,11 +20,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ..db import Conn, ConnParams
+import psycopg
+from psycopg import sql
+
+from ..db import Conn, ConnParams, error_line, one_line, run_locked
 from ..errors import PartguardError
 from ..execute import Progress
 from ..humanize import quote_name
-from .fix import FixOutcome, FixRequest, fix
+from ..inspect.partman import find_partman
+from .fix import FixOutcome, FixRequest, _recheck, fix
+from .partman_calls import SKIPPED_SET
 from .split import SplitRequest, split
 
 log = logging.getLogger(__name__)
@@ -42,39 +47,40 @@ def fix_exact(
     started = time.monotonic()
     outcome = fix(conn, params, req, confirm=confirm, on_progress=on_progress)
     wide = (outcome.params or {}).get("span_child")
-    if req.options.strategy != "auto" or outcome.strategy != "instant" or not wide:
+    if req.options.strategy != "auto" or outcome.strategy not in ("instant", "copy"):
         return outcome
     if req.dry_run:
-        note = (
-            f"then the wide child {quote_name(wide)} is re-cut onto the grid online "
-            "(partguard split; its plan depends on the child the swap makes: "
-            "see partguard split --dry-run afterwards)"
-        )
-        return replace(outcome, notes=[*outcome.notes, note])
-    if outcome.status != "done":
+        if wide:
+            note = (
+                f"then the wide child {quote_name(wide)} is re-cut onto the grid online "
+                "(partguard split; its plan depends on the child the swap makes: "
+                "see partguard split --dry-run afterwards)"
+            )
+            return replace(outcome, notes=[*outcome.notes, note])
+        return outcome
+    if outcome.status != "done" or not (wide or _needs_recut(outcome)):
         return outcome
     live = time.monotonic() - started
-    log.info(
-        "fix %s: live writes have real children after %.2fs; re-cutting %s",
-        outcome.table,
-        live,
-        wide,
-    )
+    log.info("fix %s: live writes have real children after %.2fs; re-cutting", outcome.table, live)
+    # Every child the grid disowns is re-cut, not only the wide one: an off-grid child (the old
+    # script's UTC day on a Berlin grid) would keep partman failing. In the zone the fix used.
+    zone = (outcome.params or {}).get("zone") or req.tz
     sreq = SplitRequest(
         table=req.table,
-        children=(wide,),
+        children=(),
         jobs=req.options.jobs,
         lock_timeout=req.lock_timeout,
         retries=req.retries,
         interval=req.interval,
-        tz=req.tz,
+        tz=zone,
     )
     try:
         recut = split(conn, params, sreq, on_progress=on_progress)
     except PartguardError as exc:
         raise type(exc)(
-            f"every row is in a child (the instant swap committed after {live:.2f}s), but the "
-            f"re-cut of {quote_name(wide)} failed: {exc}; finish it with partguard split "
+            f"every row is in a child (the repair committed after {live:.2f}s), but the "
+            f"re-cut of {quote_name(wide) if wide else 'the off-grid children'} failed: {exc}; "
+            "finish it with partguard split "
             "(or undo it with partguard split --abort)"
         ) from exc
     summary: dict[str, Any] = {
@@ -92,13 +98,67 @@ def fix_exact(
             for r in recut.recuts
         ],
     }
+    maintenance, findings = (
+        outcome.maintenance,
+        recut.findings_after if recut.status == "done" else None,
+    )
+    if recut.status == "done" and outcome.maintenance is not None:
+        # partman ran inside the fix, before the re-cut: off-grid children may have made it
+        # fail then. Run it again on the exact children, and judge the table afterwards.
+        maintenance = _partman_again(conn, outcome, req)
+        findings = _recheck(
+            conn, str((outcome.params or {}).get("table") or req.table), req, params
+        )
     longest = max([outcome.longest_lock_s, *(r.swap_lock_s for r in recut.recuts)])
     return replace(
         outcome,
-        strategy="instant+recut",
+        strategy=f"{outcome.strategy}+recut",
         recut=summary,
-        findings_after=recut.findings_after if recut.status == "done" else outcome.findings_after,
+        findings_after=outcome.findings_after if findings is None else findings,
+        maintenance=maintenance,
         duration_s=round(time.monotonic() - started, 3),
         longest_lock_s=round(longest, 4),
         notes=[*outcome.notes, *recut.notes],
+    )
+
+
+def _partman_again(conn: Conn, outcome: FixOutcome, req: FixRequest) -> str:
+    """partman's maintenance for the table, in the grid's zone; a skip WARNING (5.5) or an error
+    is a failure, as everywhere (the rows are safe either way)."""
+    partman = find_partman(conn)
+    p = outcome.params or {}
+    if partman is None or not p.get("managed"):
+        return outcome.maintenance or "ok"
+    skipped: list[str] = []
+
+    def watch(d: Any) -> None:
+        if SKIPPED_SET in (d.message_primary or ""):
+            skipped.append(one_line(d.message_primary or ""))
+
+    def work(c: Conn) -> None:
+        c.execute(sql.SQL("SET LOCAL TimeZone = {}").format(sql.Literal(p.get("zone") or "UTC")))
+        c.execute(partman.run_maintenance_sql(str(p["table"])))
+
+    conn.add_notice_handler(watch)
+    try:
+        run_locked(
+            conn,
+            work,
+            lock_timeout=req.lock_timeout,
+            retries=req.retries,
+            what="partman maintenance after the re-cut",
+            attempt_timeout=req.lock_attempt,
+        )
+    except (PartguardError, psycopg.Error) as exc:
+        return f"failed: {error_line(exc)}"
+    finally:
+        conn.remove_notice_handler(watch)
+    return f"failed: {skipped[0]}" if skipped else "ok"
+
+
+def _needs_recut(outcome: FixOutcome) -> bool:
+    """After copy: children off the grid, or wider than an interval, are left (the old script's)."""
+    return any(
+        f["code"] in ("misaligned", "wide_child", "partman_next_overlaps")
+        for f in outcome.findings_after
     )

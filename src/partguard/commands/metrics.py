@@ -42,7 +42,6 @@ from prometheus_client.registry import Collector
 
 from ..db import ConnParams, connect
 from ..errors import os_failure
-from ..guards import warn_if_pooled
 from ..inspect.connections import TOP_HOLDERS, Clients
 from ..inspect.snapshot import Options
 from .check import CheckReport, check
@@ -79,7 +78,6 @@ def scrape(params: ConnParams | str, options: Options, target: str = "") -> Scra
                 "set_config('lock_timeout', %s, false)",
                 (STATEMENT_TIMEOUT, LOCK_TIMEOUT),
             )
-            warn_if_pooled(conn, params, "metrics")
             report = check(conn, options)
     except Exception as exc:  # noqa: BLE001 - an exporter answers "down", it does not crash
         log.warning(
