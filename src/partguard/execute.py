@@ -30,6 +30,7 @@ from .db import (
     advisory_lock,
     connect_retrying,
     error_line,
+    one_line,
     run_locked,
 )
 from .errors import ConnectionFailed, PartguardError, VerificationFailed
@@ -215,30 +216,71 @@ def _copy_ranges(runner: Runner, step: Step, job: CopyJob) -> tuple[int, float]:
     return rows, took
 
 
-def _maintenance(runner: Runner, step: Step, failed_set_marker: str) -> str:
-    """partman's maintenance for this table; a failure is reported, not fatal: the rows
-    are already safe, and ``maintain`` will say it again loudly. partman 5.5 reports a set
-    it skipped only as a WARNING (``failed_set_marker`` in its text)."""
+@contextmanager
+def skipped_sets(conn: Conn, marker: str) -> Iterator[list[str]]:
+    """Collect, on one line each, the WARNINGs partman 5.5 raises instead of failing for a
+    partition set it skipped (``marker`` in their text) while the block runs."""
     skipped: list[str] = []
 
     def watch(d: Any) -> None:
         text = d.message_primary or ""
-        if failed_set_marker and failed_set_marker in text:
-            skipped.append(" ".join(text.split()))
+        if marker and marker in text:
+            skipped.append(one_line(text))
 
-    runner.conn.add_notice_handler(watch)
+    conn.add_notice_handler(watch)
     try:
-        runner.step(step)
-    except Exception as exc:  # noqa: BLE001 - surfaced in the outcome
-        log.warning("partman maintenance after fix failed: %s", error_line(exc))
-        journal.set_state(runner.conn, runner.run_id, step.name)
-        return f"failed: {error_line(exc)}"
+        yield skipped
     finally:
-        runner.conn.remove_notice_handler(watch)
+        conn.remove_notice_handler(watch)
+
+
+def _maintenance(runner: Runner, step: Step, failed_set_marker: str) -> str:
+    """partman's maintenance for this table; a failure is reported, not fatal: the rows
+    are already safe, and ``maintain`` will say it again loudly. partman 5.5 reports a set
+    it skipped only as a WARNING (``failed_set_marker`` in its text)."""
+    with skipped_sets(runner.conn, failed_set_marker) as skipped:
+        try:
+            runner.step(step)
+        except Exception as exc:  # noqa: BLE001 - surfaced in the outcome
+            log.warning("partman maintenance after fix failed: %s", error_line(exc))
+            journal.set_state(runner.conn, runner.run_id, step.name)
+            return f"failed: {error_line(exc)}"
     if skipped:
         log.warning("partman maintenance after fix failed: %s", skipped[0])
         return f"failed: {skipped[0]}"
     return "ok"
+
+
+def partman_maintenance(
+    conn: Conn,
+    stmt: sql.Composed,
+    zone: str,
+    failed_set_marker: str,
+    *,
+    lock_timeout: float,
+    retries: int,
+    lock_attempt: float = LOCK_ATTEMPT,
+) -> str:
+    """One pg_partman maintenance call outside a fix run (after a re-cut), in the grid's
+    zone: "ok", or "failed: <one line>" for an error or a skipped set."""
+
+    def work(c: Conn) -> None:
+        c.execute(sql.SQL("SET LOCAL TimeZone = {}").format(sql.Literal(zone)))
+        c.execute(stmt)
+
+    with skipped_sets(conn, failed_set_marker) as skipped:
+        try:
+            run_locked(
+                conn,
+                work,
+                lock_timeout=lock_timeout,
+                retries=retries,
+                what="partman maintenance",
+                attempt_timeout=lock_attempt,
+            )
+        except (PartguardError, psycopg.Error) as exc:
+            return f"failed: {error_line(exc)}"
+    return f"failed: {skipped[0]}" if skipped else "ok"
 
 
 def take_locks(

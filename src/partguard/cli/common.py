@@ -119,3 +119,18 @@ def jsonable(obj: Any) -> Any:
 def emit_json(obj: Any) -> None:
     json.dump(jsonable(obj), sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
+
+
+def echo_check_after(findings: list[dict[str, Any]]) -> None:
+    """check's verdict on a table a command just changed, as fix and split print it."""
+    worst = [f for f in findings if f["severity"] in ("warning", "critical", "unknown")]
+    click.echo(f"  check afterwards: {'OK' if not worst else ', '.join(f['code'] for f in worst)}")
+    for f in findings:
+        click.echo(f"    {f['severity'].upper()} {f['code']}: {f['message']}")
+
+
+def confirm_plan(summary: list[str]) -> bool:
+    """Show what a command is about to do (stderr) and ask before it changes anything."""
+    for line in summary:
+        click.echo(line, err=True)
+    return click.confirm("Proceed?", default=False, err=True)

@@ -20,7 +20,9 @@ from ..plan.fix import FixOptions
 from .common import (
     DECLINED,
     attempt_duration,
+    confirm_plan,
     connection_options,
+    echo_check_after,
     emit_json,
     format_option,
     jsonable,
@@ -378,16 +380,11 @@ def _print_outcome(o: FixOutcome) -> None:
         click.echo(f"  partman maintenance: {o.maintenance}")
     for note in o.notes:
         click.echo(f"  note: {note}")
-    worst = [f for f in o.findings_after if f["severity"] in ("warning", "critical", "unknown")]
-    click.echo(f"  check afterwards: {'OK' if not worst else ', '.join(f['code'] for f in worst)}")
-    for f in o.findings_after:
-        click.echo(f"    {f['severity'].upper()} {f['code']}: {f['message']}")
+    echo_check_after(o.findings_after)
 
 
 def _confirm(o: FixOutcome) -> bool:
-    for line in _summary(o):
-        click.echo(line, err=True)
-    return click.confirm("Proceed?", default=False, err=True)
+    return confirm_plan(_summary(o))
 
 
 class _ProgressPrinter:

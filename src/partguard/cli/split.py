@@ -11,7 +11,14 @@ from ..commands.split import SplitOutcome, SplitRequest, split, status
 from ..db import ConnParams, connect, parse_duration
 from ..errors import Aborted, UsageError
 from ..humanize import display_ident
-from .common import connection_options, emit_json, format_option, jsonable
+from .common import (
+    confirm_plan,
+    connection_options,
+    echo_check_after,
+    emit_json,
+    format_option,
+    jsonable,
+)
 from .fix import _ProgressPrinter
 
 
@@ -185,13 +192,8 @@ def _print(o: SplitOutcome) -> None:
         )
     for note in o.notes:
         click.echo(f"  note: {note}")
-    worst = [f for f in o.findings_after if f["severity"] in ("warning", "critical", "unknown")]
-    click.echo(f"  check afterwards: {'OK' if not worst else ', '.join(f['code'] for f in worst)}")
-    for f in o.findings_after:
-        click.echo(f"    {f['severity'].upper()} {f['code']}: {f['message']}")
+    echo_check_after(o.findings_after)
 
 
 def _confirm(o: SplitOutcome) -> bool:
-    for line in _summary(o):
-        click.echo(line, err=True)
-    return click.confirm("Proceed?", default=False, err=True)
+    return confirm_plan(_summary(o))

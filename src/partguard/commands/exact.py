@@ -21,11 +21,10 @@ from dataclasses import replace
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from ..db import Conn, ConnParams, error_line, one_line, run_locked
-from ..errors import PartguardError
-from ..execute import Progress
+from ..db import Conn, ConnParams, error_line
+from ..errors import PartguardError, UnsupportedTable
+from ..execute import Progress, partman_maintenance
 from ..humanize import quote_name
 from ..inspect.partman import find_partman
 from .fix import FixOutcome, FixRequest, _recheck, fix
@@ -74,12 +73,18 @@ def fix_exact(
         interval=req.interval,
         tz=zone,
     )
+    what = quote_name(wide) if wide else "the off-grid children"
     try:
         recut = split(conn, params, sreq, on_progress=on_progress)
-    except PartguardError as exc:
-        raise type(exc)(
+    except UnsupportedTable as exc:  # refused before any change: the repair stands as it is
+        note = f"{what} stays as it is: the re-cut cannot run on this table ({exc})"
+        log.warning("fix %s: %s", outcome.table, note)
+        return replace(outcome, notes=[*outcome.notes, note])
+    except (PartguardError, psycopg.Error) as exc:
+        cls = type(exc) if isinstance(exc, PartguardError) else PartguardError
+        raise cls(
             f"every row is in a child (the repair committed after {live:.2f}s), but the "
-            f"re-cut of {quote_name(wide) if wide else 'the off-grid children'} failed: {exc}; "
+            f"re-cut of {what} failed: {error_line(exc)}; "
             "finish it with partguard split "
             "(or undo it with partguard split --abort)"
         ) from exc
@@ -129,31 +134,15 @@ def _partman_again(conn: Conn, outcome: FixOutcome, req: FixRequest) -> str:
     p = outcome.params or {}
     if partman is None or not p.get("managed"):
         return outcome.maintenance or "ok"
-    skipped: list[str] = []
-
-    def watch(d: Any) -> None:
-        if SKIPPED_SET in (d.message_primary or ""):
-            skipped.append(one_line(d.message_primary or ""))
-
-    def work(c: Conn) -> None:
-        c.execute(sql.SQL("SET LOCAL TimeZone = {}").format(sql.Literal(p.get("zone") or "UTC")))
-        c.execute(partman.run_maintenance_sql(str(p["table"])))
-
-    conn.add_notice_handler(watch)
-    try:
-        run_locked(
-            conn,
-            work,
-            lock_timeout=req.lock_timeout,
-            retries=req.retries,
-            what="partman maintenance after the re-cut",
-            attempt_timeout=req.lock_attempt,
-        )
-    except (PartguardError, psycopg.Error) as exc:
-        return f"failed: {error_line(exc)}"
-    finally:
-        conn.remove_notice_handler(watch)
-    return f"failed: {skipped[0]}" if skipped else "ok"
+    return partman_maintenance(
+        conn,
+        partman.run_maintenance_sql(str(p["table"])),
+        str(p.get("zone") or "UTC"),
+        SKIPPED_SET,
+        lock_timeout=req.lock_timeout,
+        retries=req.retries,
+        lock_attempt=req.lock_attempt,
+    )
 
 
 def _needs_recut(outcome: FixOutcome) -> bool:
