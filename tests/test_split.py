@@ -392,12 +392,19 @@ def recut_under_fire(conn: Conn, dsn: str, partman_version: str | None, pk: bool
         "split:swapped",
     ],
 )
-def test_sigkill_at_each_phase_then_rerun_finishes(conn: Conn, dsn: str, fault: str) -> None:
+def test_sigkill_at_each_phase_then_rerun_finishes(
+    conn: Conn, dsn: str, fault: str, run: Any
+) -> None:
     w = build(conn, None, pk=False)
     writer = Writer(dsn, rows(conn), w).start(0.2)
     try:
         crashed = run_cli(dsn, "--yes", "--chunk-pages", "8", fault=fault)
         assert crashed.returncode == -9, crashed.stderr
+        # check sees partguard's own unfinished work: the capture trigger is still there.
+        rc, out, _ = run("check", "-d", dsn, "--format", "json")
+        left = [f for f in json.loads(out)["findings"] if f["code"] == "unfinished_fix"]
+        assert rc == 2 and [f["detail"]["kind"] for f in left] == ["split"], left
+        assert left[0]["severity"] == "critical" and "partguard split" in left[0]["message"]
         status = run_cli(dsn, "--status")
         assert "INTERRUPTED" in status.stdout, (
             status.stdout

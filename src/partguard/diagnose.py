@@ -29,7 +29,7 @@ from .coverage import (
 )
 from .coverage import key_lt as _lt
 from .errors import UnsupportedTable, UsageError
-from .humanize import display_name, fmt_delta, fmt_key, fmt_offset, iso, offset_json
+from .humanize import display_name, fmt_delta, fmt_key, fmt_offset, iso, offset_json, quote_name
 from .inspect.catalog import Key, Table
 from .inspect.connections import STATES as CONNECTION_STATES
 from .inspect.connections import Clients, Limit, Pool
@@ -671,12 +671,52 @@ def unfinished_findings(state: TableState, server: Server) -> list[Finding]:
     return [_unfinished(state.table, u, server) for u in state.leftovers.unfinished]
 
 
+def _unfinished_split(table: Table, u: UnfinishedFix, server: Server) -> Finding:
+    names = ", ".join(quote_name(n) for n in u.relation.split(", ") if n)
+    state = (
+        f"is in progress ({u.running}), at step {u.state}"
+        if u.running
+        else (f"was interrupted after step {u.state}")
+    )
+    split = split_command(table, server_target(server))
+    msg = f"split run {u.run_id} of {names} {state}: " + (
+        f"its new children are in place, its clean-up is left; finish it: {split} --yes"
+        if u.state == "swapped"
+        else "every row is still visible, but its capture trigger logs every change of those "
+        f"children into schema partguard until it ends; finish it: {split} --yes, or undo it: "
+        f"{split} --abort"
+    )
+    return Finding(
+        "unfinished_fix",
+        Severity.WARNING if u.running else Severity.CRITICAL,
+        table.qualname,
+        msg,
+        {
+            "kind": "split",
+            "run_id": u.run_id,
+            "state": u.state,
+            "relation": names,
+            "rows_not_visible": 0,
+            "rows_exact": True,
+            "trigger": True,
+            "check": False,
+            "quarantine": None,
+            "running": u.running,
+            "started_at": iso(u.started_at) if u.started_at else None,
+            "command": f"{split} --yes",
+            "undo_command": None if u.state == "swapped" else f"{split} --abort",
+        },
+    )
+
+
 def describe_unfinished(table: Table, u: UnfinishedFix, server: Server) -> str:
     """What an unfinished repair left and the command that finishes (or undoes) it."""
     return _unfinished(table, u, server).message
 
 
 def _unfinished(table: Table, u: UnfinishedFix, server: Server) -> Finding:
+    if u.kind == "split":
+        return _unfinished_split(table, u, server)
     rel = display_name(replace(table, name=u.relation))
     rows = f"{u.hidden_rows} rows" if u.hidden_exact else f"~{u.hidden_rows} rows (estimate)"
     finish = repair_command(server, table, "--yes")

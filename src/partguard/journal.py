@@ -427,6 +427,18 @@ def open_split(conn: Conn, parent_oid: int) -> SplitRun | None:
     return SplitRun(*row) if row else None
 
 
+def unfinished_splits(conn: Conn) -> list[SplitRun]:
+    """Every split run not finished (interrupted, or running now), oldest first."""
+    if not _split_exists(conn):
+        return []
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT {} FROM partguard.split_run WHERE finished_at IS NULL ORDER BY run_id"
+        ).format(_SPLIT_COLS)
+    ).fetchall()
+    return [SplitRun(*r) for r in rows]
+
+
 def split_runs(conn: Conn, limit: int = 50) -> list[SplitRun]:
     if not _split_exists(conn):
         return []

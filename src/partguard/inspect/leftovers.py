@@ -41,7 +41,7 @@ _COPY_ALL_COPIED = ("verify", "drop", "maintenance", "release")
 class UnfinishedFix:
     """One half-done repair of a table."""
 
-    kind: str  # 'copy' | 'instant' | 'detached_default'
+    kind: str  # 'copy' | 'instant' | 'detached_default' | 'split'
     relation: str  # in the table's schema: the holding table, the DEFAULT with the trigger, the detached DEFAULT
     run_id: int | None = None  # None: not in the journal (the old script, or a lost journal)
     state: str | None = None  # the last step the run committed
@@ -86,6 +86,9 @@ def read(conn: Conn, tables: Sequence[Table], *, exact: bool = False) -> dict[in
     runs: dict[int, list[journal.FixRun]] = {}
     for run in journal.unfinished_runs(conn):
         runs.setdefault(run.parent_oid, []).append(run)
+    splits: dict[int, list[journal.SplitRun]] = {}
+    for srun in journal.unfinished_splits(conn):
+        splits.setdefault(srun.parent_oid, []).append(srun)
     helpers = _helpers_on_defaults(conn, [t.default.oid for t in tables if t.default is not None])
     strays = _detached_defaults(conn, tables)
     qnames = journal.quarantine_names(conn)
@@ -93,6 +96,7 @@ def read(conn: Conn, tables: Sequence[Table], *, exact: bool = False) -> dict[in
     out: dict[int, Leftovers] = {}
     for t in tables:
         found = [_from_run(conn, t, r, helpers, cap) for r in runs.get(t.oid, [])]
+        found += [_from_split(conn, t, r) for r in splits.get(t.oid, [])]
         if (
             t.default is not None
             and t.default.oid in helpers
@@ -112,6 +116,21 @@ def read(conn: Conn, tables: Sequence[Table], *, exact: bool = False) -> dict[in
         if found or qs:
             out[t.oid] = Leftovers(tuple(found), qs)
     return out
+
+
+def _from_split(conn: Conn, table: Table, run: journal.SplitRun) -> UnfinishedFix:
+    """A re-cut not finished: its children stay attached and hold every row (nothing is out
+    of sight), but its capture trigger still logs every change of them."""
+    holders = advisory_holders(conn, sql.Literal(journal.advisory_key(table.oid)))
+    return UnfinishedFix(
+        "split",
+        ", ".join(run.sources),
+        run.run_id,
+        run.state,
+        run.started_at,
+        trigger=True,
+        running=holders[0].describe() if holders else None,
+    )
 
 
 def _from_run(
