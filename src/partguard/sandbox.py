@@ -277,7 +277,9 @@ class Sandbox:
         if self.primary is None:
             raise PartguardError("not a replica")
         with psycopg.connect(self.primary.dsn(), autocommit=True) as conn:
-            lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
+            # The insert position, not pg_current_wal_lsn() (the write position): with
+            # synchronous_commit off a commit can sit in WAL buffers behind the latter.
+            lsn = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]  # type: ignore[index]
         deadline = time.monotonic() + timeout
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             while True:

@@ -240,7 +240,7 @@ def assert_partman_healthy(
         # partman 5.x's own arithmetic (see above): the configured runway holds, a raised one
         # waits for live rows to pass the wide child.
         with session(dsn) as c:
-            _, reach = runway_wanted(c, parent, False, premake - more)
+            _, reach = runway_wanted(c, parent, False, premake - more, from_now=True)
     reach = like(reach, after[-1].upper)
     assert after[-1].upper >= reach, (
         f"children end at {after[-1].upper}, premake {premake} wants {reach}"
@@ -257,21 +257,31 @@ def like(x: Any, sample: Any) -> Any:
     return x
 
 
-def runway_wanted(c: Conn, parent: str, ids: bool, premake: int | None = None) -> tuple[int, Any]:
-    """(premake, where the children must reach): ``premake`` intervals past now, or past the
-    largest id, as partman counts (its interval added in the session's zone)."""
+def runway_wanted(
+    c: Conn, parent: str, ids: bool, premake: int | None = None, *, from_now: bool = False
+) -> tuple[int, Any]:
+    """(premake, where the children must reach): ``premake`` intervals past the newest row,
+    as partman counts them (its interval added in the session's zone).
+
+    partman counts premade children from the slot of its newest row (4.7: the largest key of
+    the newest non-empty child; 5.x: one of its rows), not from now: just after midnight,
+    before the first row of the day, its runway ends a day "early". So the base is the newest
+    key, capped at now (a row from a bad clock far ahead must not excuse a short runway).
+    ``from_now`` asks for partguard's own promise instead: ``premake`` intervals past now."""
     cfg = one(
         c,
         "SELECT premake, partition_interval, control FROM partman.part_config WHERE parent_table = %s",
         (parent,),
     )
     n = cfg[0] if premake is None else premake
+    top = one(
+        c, sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(cfg[2]), ident_of(c, parent))
+    )
     if ids:
-        top = one(
-            c, sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(cfg[2]), ident_of(c, parent))
-        )
         return int(cfg[0]), int(top[0]) + n * int(cfg[1])
-    return int(cfg[0]), one(c, "SELECT now() + %s * %s::interval", (n, cfg[1]))[0]
+    base = "now()" if from_now or top[0] is None else "least(now(), %s::timestamptz)"
+    args = (n, cfg[1]) if base == "now()" else (top[0], n, cfg[1])
+    return int(cfg[0]), one(c, f"SELECT {base} + %s * %s::interval", args)[0]
 
 
 # --- partguard itself -------------------------------------------------------------------
