@@ -626,3 +626,49 @@ def test_quarantined_rows_are_a_warning_with_count_and_key_range(
     rc, findings = check_json(run, dsn)
     assert rc == 0 and "quarantine_rows" not in {f["code"] for f in findings}
     assert metric(run, dsn, "partguard_quarantine_rows") == 0
+
+
+def test_an_application_role_without_rights_on_partguard_keeps_writing_while_inserts_are_diverted(
+    run: Run, dsn: str, conn: Conn, role: str, partman_version: str | None
+) -> None:
+    """The DBA runs fix; the application writes as its own role, which may insert into the
+    table and nothing else. While instant's trigger diverts its inserts to partguard's
+    quarantine, they still succeed (the trigger writes as partguard's own role), and the
+    rows that get a child afterwards are back in the table."""
+    fixes_incident(conn, partman=partman_version is not None)
+    conn.execute(sql.SQL("GRANT INSERT, SELECT ON public.fixes TO {}").format(sql.Identifier(role)))
+    seen: list[tuple[str, int]] = []
+
+    def the_application_inserts() -> None:
+        with psycopg.connect(make_conninfo(dsn, user=role), autocommit=True) as app:
+            for when, tag in (
+                ("now() + interval '2 days'", "app-soon"),
+                ("'2000-01-01'", "app-old"),
+            ):
+                cur = app.execute(
+                    sql.SQL("INSERT INTO public.fixes (ts, payload) VALUES ({}, %s)").format(
+                        sql.SQL(when)
+                    ),
+                    (tag,),
+                )
+                seen.append((tag, cur.rowcount))
+        with psycopg.connect(dsn, autocommit=True) as dba:
+            held = dba.execute(
+                "SELECT payload FROM partguard.fixes_quarantine WHERE payload LIKE 'app-%' ORDER BY 1"
+            ).fetchall()
+        seen.append(("quarantined", len(held)))
+
+    with fault_action("validate", the_application_inserts):
+        rc, _out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "instant")
+
+    # Both inserts were diverted (INSERT 0 0, no error) while the trigger stood.
+    assert seen == [("app-soon", 0), ("app-old", 0), ("quarantined", 2)], (seen, err)
+    assert rc == 0, err
+    assert helpers_on_default(conn) == []
+    assert conn.execute(
+        "SELECT count(*) FROM public.fixes WHERE payload = 'app-soon' AND tableoid <> "
+        "'public.fixes_default'::regclass"
+    ).fetchone() == (1,)
+    assert conn.execute(
+        "SELECT count(*) FROM partguard.fixes_quarantine WHERE payload = 'app-old'"
+    ).fetchone() == (1,)

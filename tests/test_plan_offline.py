@@ -12,6 +12,7 @@ from psycopg import sql
 from partguard.inspect.catalog import Child, Column, Table
 from partguard.inspect.grid import IntGrid
 from partguard.plan import steps as S
+from partguard.plan.after_fix import after_fix, renamed_index, renames_of
 from partguard.plan.children import Naming
 from partguard.plan.fix import ChildSpec, FixParams, _holding_name, _late_candidates
 
@@ -97,7 +98,7 @@ def test_copy_swap_golden() -> None:
     t = table()
     swap = text(S.copy_steps(params(t), t, None)[0].statements)
     assert swap[0] == 'CREATE SCHEMA IF NOT EXISTS "partguard"'
-    assert swap[1].startswith("DO $do$") and "CREATE FUNCTION partguard.divert()" in swap[1]
+    assert swap[1].startswith("DO $do$") and "FUNCTION partguard.divert()" in swap[1]
     assert swap[2:] == [
         (
             'CREATE TABLE IF NOT EXISTS "partguard"."ev_quarantine" (LIKE "public"."ev_default", '
@@ -153,7 +154,7 @@ def test_instant_steps_golden() -> None:
         ("release", "catalog_tx"),
     ]
     prepare = text(steps[0].statements)
-    helpers = next(i for i, s in enumerate(prepare) if "CREATE FUNCTION partguard.divert()" in s)
+    helpers = next(i for i, s in enumerate(prepare) if "FUNCTION partguard.divert()" in s)
     trigger = next(i for i, s in enumerate(prepare) if s.startswith("CREATE TRIGGER"))
     assert helpers < trigger, "the function exists before the trigger that calls it"
     assert prepare[trigger] == (
@@ -214,3 +215,34 @@ def test_late_candidates_are_the_free_buckets_of_the_plausible_range() -> None:
     holed = replace(t, children=(child("ev_p0", 0, 100), child("ev_p200", 200, 300)))
     late = _late_candidates(holed, IntGrid(100), nm, (), 0, None, 1, set())
     assert [(c.lower, c.upper) for c in late] == [(100, 200), (300, 400), (400, 500), (500, 600)]
+
+
+def test_after_fix_is_the_table_as_instants_swap_leaves_it() -> None:
+    """fix --dry-run (auto) plans its re-cut on this: the DEFAULT becomes the wide child (the
+    same relation, so the re-cut reads its facts), the plan's children are added."""
+    t = table()
+    p = params(t, "instant", children=(ChildSpec("ev_p400", 400, 500, False),))
+    after = after_fix(t, p)
+    assert [(c.name, c.lower, c.upper) for c in after.children] == [
+        ("ev_p0", 0, 100),
+        ("ev_p100", 100, 200),
+        ("ev_p200", 200, 400),
+        ("ev_p400", 400, 500),
+    ]
+    wide = after.children[2]
+    assert t.default is not None and wide.oid == t.default.oid and not wide.is_default
+    assert after.default == t.default and {"ev_p200", "ev_p400"} <= after.schema_names
+    assert renames_of(t, p) == {t.default.oid: "ev_default"}
+    assert after_fix(t, params(t, "copy")).children[2:] == tuple(
+        Child(0, "public", n, lo, hi, False, False, 0, "")
+        for n, lo, hi in (("ev_p200", 200, 300), ("ev_p300", 300, 400))
+    )
+
+
+def test_renamed_index_follows_the_table() -> None:
+    assert renamed_index("ev_default_k_idx", "ev_default", "ev_p200") == "ev_p200_k_idx"
+    tail = "_x" * 24 + "_idx"
+    long = renamed_index("ev_default" + tail, "ev_default", "ev_p2026_12_01")
+    assert len(long.encode()) == 63 and long.endswith(tail) and long.startswith("ev_p_")
+    # a tail that leaves no room for the table's name: cut like any name (never a loop)
+    assert len(renamed_index("d" + "_y" * 31, "d", "ev_p2026_12_01").encode()) == 63

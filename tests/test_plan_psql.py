@@ -22,12 +22,14 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from test_fix_cases import DAY, Run
 
+from partguard.plan import steps as S
+from partguard.plan.after_fix import renamed_index
 from partguard.testing.build import insert_spread, make_table, native_children, partman_incident
 from partguard.testing.catalog import default_of, kids, now, utc_midnight
 from partguard.testing.oracles import row_set, run_partman_maintenance
 
 Conn = psycopg.Connection[Any]
-STRATEGIES = ("instant", "copy")
+STRATEGIES = ("instant", "copy", "auto")
 
 
 def psql() -> str:
@@ -197,3 +199,37 @@ def test_a_name_cannot_break_out_of_the_plans_comments(
     )
     ts_max = conn.execute(sql.SQL("SELECT max(ts) FROM {}").format(ident)).fetchone()[0]  # type: ignore[index]
     assert ts_max is not None
+
+
+def test_predicted_index_names_are_the_ones_the_swap_gives(conn: Conn) -> None:
+    """fix --dry-run (auto) names the re-cut's indexes after the wide child's, as
+    ``partguard.rename_indexes`` will have renamed them: the same, also when cut to 63 bytes."""
+    old, new = "fixes_default", "fixes_p2026_12_01_with_a_rather_long_tail"
+    tails = ["_received_at_idx", "_device_id_received_at_and_more_columns_idx"]
+    conn.execute('CREATE SCHEMA IF NOT EXISTS "partguard"')
+    conn.execute(S.create_helpers())
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (received_at timestamptz, device_id int)").format(
+            sql.Identifier(old)
+        )
+    )
+    for tail in tails:
+        conn.execute(
+            sql.SQL("CREATE INDEX {} ON {} (received_at)").format(
+                sql.Identifier(old + tail), sql.Identifier(old)
+            )
+        )
+    conn.execute(
+        sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
+    )
+    conn.execute(S.rename_indexes("public", new, old))
+    got = sorted(
+        r[0]
+        for r in conn.execute(
+            "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass",
+            (new,),
+        )
+    )
+    want = sorted(renamed_index(old + t, old, new) for t in tails)
+    assert any(len(w.encode()) == 63 for w in want), "one name must be cut"
+    assert [g.strip('"') for g in got] == want

@@ -346,6 +346,12 @@ def _print_plan(o: FixOutcome) -> None:
         for stmt in step["sql"]:
             click.echo(stmt.rstrip(";") + ";")
         click.echo("COMMIT;")
+    if o.recut_script:
+        click.echo(
+            "\n-- then (strategy auto) the re-cut of what the swap leaves off the grid, planned "
+            "on the table as the swap leaves it"
+        )
+        click.echo(o.recut_script, nl=False)
 
 
 def _print_outcome(o: FixOutcome) -> None:

@@ -21,15 +21,22 @@ from dataclasses import replace
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from ..db import Conn, ConnParams, error_line
 from ..errors import PartguardError, UnsupportedTable
 from ..execute import Progress, partman_maintenance
 from ..humanize import quote_name
-from ..inspect.partman import find_partman
+from ..inspect import catalog
+from ..inspect.partman import config_for, find_partman, read_configs
+from ..inspect.snapshot import Options, read_server, table_state
+from ..inspect.split_source import source_facts
+from ..plan import split_steps
+from ..plan.after_fix import after_fix, facts_after, renames_of
+from ..plan.fix import FixParams
 from .fix import FixOutcome, FixRequest, _recheck, fix
 from .partman_calls import SKIPPED_SET
-from .split import SplitRequest, split
+from .split import SplitRequest, plan_groups, split
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +56,7 @@ def fix_exact(
     if req.options.strategy != "auto" or outcome.strategy not in ("instant", "copy"):
         return outcome
     if req.dry_run:
-        if wide:
-            note = (
-                f"then the wide child {quote_name(wide)} is re-cut onto the grid online "
-                "(partguard split; its plan depends on the child the swap makes: "
-                "see partguard split --dry-run afterwards)"
-            )
-            return replace(outcome, notes=[*outcome.notes, note])
-        return outcome
+        return _with_recut_plan(conn, req, outcome)
     if outcome.status != "done" or not (wide or _needs_recut(outcome)):
         return outcome
     live = time.monotonic() - started
@@ -124,6 +124,70 @@ def fix_exact(
         duration_s=round(time.monotonic() - started, 3),
         longest_lock_s=round(longest, 4),
         notes=[*outcome.notes, *recut.notes],
+    )
+
+
+def _with_recut_plan(conn: Conn, req: FixRequest, outcome: FixOutcome) -> FixOutcome:
+    """The dry run's second part: the re-cut ``fix_exact`` runs after the swap, planned on
+    the table as the swap will leave it (plan/after_fix.py), then partman once more."""
+    if outcome.status != "planned" or outcome.params is None:
+        return outcome
+    if outcome.resumed:
+        note = (
+            "then every child off the grid is re-cut online (partguard split: see its "
+            "--dry-run once this run has finished)"
+        )
+        return replace(outcome, notes=[*outcome.notes, note])
+    (table,) = catalog.read_tables(conn, [req.table])
+    p = FixParams.from_json(outcome.params, table.key_type)
+    zone = p.zone or req.tz
+    server = read_server(conn)
+    config = config_for(read_configs(conn, server.partman), table.schema, table.name)
+    state = table_state(conn, server, table, config, Options(interval=req.interval, tz=zone))
+    after = replace(state, table=after_fix(table, p))
+    old = renames_of(table, p)
+    sreq = SplitRequest(
+        table=req.table,
+        jobs=req.options.jobs,
+        lock_timeout=req.lock_timeout,
+        retries=req.retries,
+        interval=req.interval,
+        tz=zone,
+    )
+    notes: list[str] = []
+    try:
+        plans = plan_groups(
+            conn,
+            after,
+            (),
+            sreq,
+            notes,
+            facts_of=lambda c: facts_after(source_facts(conn, c), old.get(c.oid)),
+        )
+    except UnsupportedTable as exc:
+        note = f"the children off the grid stay as they are: the re-cut cannot run ({exc})"
+        return replace(outcome, notes=[*outcome.notes, note])
+    if not plans:
+        return replace(outcome, notes=[*outcome.notes, *notes])
+    script = split_steps.script(plans, req.lock_timeout)
+    partman = find_partman(conn)
+    if partman is not None and p.managed:
+        script += "\n".join(
+            [
+                "\n-- partman's maintenance again, on the exact children, in the grid's zone",
+                "BEGIN;",
+                sql.SQL("SET LOCAL TimeZone = {};")
+                .format(sql.Literal(p.zone or "UTC"))
+                .as_string(None),
+                partman.run_maintenance_sql(p.table).as_string(None).rstrip(";") + ";",
+                "COMMIT;\n",
+            ]
+        )
+    return replace(
+        outcome,
+        recut_plans=[pl.as_json() for pl in plans],
+        recut_script=script,
+        notes=[*outcome.notes, *notes, *(n for pl in plans for n in pl.notes)],
     )
 
 

@@ -80,6 +80,10 @@ class FixOutcome:
     )
     notes: list[str] = field(default_factory=list)
     shown: str = ""  # the table's name for humans (humanize.display_name: one line, always)
+    # --dry-run of auto: the re-cut of what the swap leaves off the grid, planned on the
+    # table as the swap will leave it (commands/exact.py), and its psql script
+    recut_plans: list[dict[str, Any]] = field(default_factory=list)
+    recut_script: str | None = None
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,11 @@ from ..execute import Progress
 from ..execute_split import Executor
 from ..humanize import display_ident, display_name, iso
 from ..inspect import catalog
+from ..inspect.catalog import Child
 from ..inspect.locks import advisory_holders
 from ..inspect.partman import config_for, read_configs
 from ..inspect.snapshot import Options, TableState, read_server, table_state
-from ..inspect.split_source import parent_facts, source_facts
+from ..inspect.split_source import SourceFacts, parent_facts, source_facts
 from ..plan import split_steps as steps
 from ..plan.children import naming
 from ..plan.split import SplitPlan, groups, plan_split
@@ -148,7 +149,7 @@ def _locked(
         if req.children and not wanted:
             return _finish(conn, req, table, done, started)
     notes: list[str] = []
-    plans = _plan(conn, state, wanted, req, notes)
+    plans = plan_groups(conn, state, wanted, req, notes)
     notes += [n for p in plans for n in p.notes]
     if not plans:
         if done:
@@ -205,9 +206,16 @@ def _check_privileges(conn: Conn, table: catalog.Table) -> None:
         )
 
 
-def _plan(
-    conn: Conn, state: TableState, wanted: tuple[str, ...], req: SplitRequest, notes: list[str]
+def plan_groups(
+    conn: Conn,
+    state: TableState,
+    wanted: tuple[str, ...],
+    req: SplitRequest,
+    notes: list[str],
+    facts_of: Callable[[Child], SourceFacts] | None = None,
 ) -> list[SplitPlan]:
+    """The re-cut of every group of ``state`` (see :func:`groups`). ``facts_of`` reads a
+    source's facts (``fix --dry-run`` predicts them for children its swap renames)."""
     table, grid = state.table, state.grid.grid
     found = groups(state, wanted)
     if not found:
@@ -220,7 +228,7 @@ def _plan(
     taken: set[str] = set()
     out = []
     for n, group in enumerate(found, 1):
-        facts = tuple(source_facts(conn, c) for c in group)
+        facts = tuple((facts_of or (lambda c: source_facts(conn, c)))(c) for c in group)
         plan = plan_split(
             state,
             group,

@@ -105,27 +105,50 @@ def outside(
 
 # --- partguard's helper functions ----------------------------------------------------
 # Static text (no name of the user's in it), created once per database by the first step
-# of a repair, under a fixed advisory lock so two first runs do not both create them. An
-# existing function is left as it is (it may belong to another role).
+# of a repair, under a fixed advisory lock so two first runs do not both create them. One
+# this run's role owns is brought up to date (divert, rename_indexes); one of another role
+# is left as it is.
 
 _HELPERS = r"""DO $do$
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('partguard schema'));
-    IF to_regprocedure('partguard.divert()') IS NULL THEN
+    IF to_regprocedure('partguard.divert()') IS NULL
+       OR (SELECT NOT p.prosecdef AND pg_has_role(p.proowner, 'USAGE') FROM pg_proc p
+           WHERE p.oid = to_regprocedure('partguard.divert()')) THEN
         -- On a DEFAULT partition while fix narrows it with a CHECK: a row that would
         -- violate the CHECK goes to the quarantine table named by the trigger's argument
-        -- instead of failing the writer.
-        CREATE FUNCTION partguard.divert() RETURNS trigger LANGUAGE plpgsql AS $fn$
+        -- instead of failing the writer. SECURITY DEFINER: the application's role inserts
+        -- and has no right on schema partguard; EXECUTE is revoked from PUBLIC, so only
+        -- its owner can attach it to a table, and it writes only into partguard's schema.
+        CREATE OR REPLACE FUNCTION partguard.divert() RETURNS trigger LANGUAGE plpgsql
+        SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+        DECLARE
+            target regclass := TG_ARGV[0]::regclass;
         BEGIN
-            EXECUTE format('INSERT INTO %s SELECT ($1).*', TG_ARGV[0]) USING NEW;
+            IF (SELECT relnamespace FROM pg_class WHERE oid = target) <> 'partguard'::regnamespace THEN
+                RAISE EXCEPTION 'partguard.divert(): % is not in schema partguard', target;
+            END IF;
+            EXECUTE format('INSERT INTO %s SELECT ($1).*', target) USING NEW;
             RETURN NULL;
         END $fn$;
+        REVOKE EXECUTE ON FUNCTION partguard.divert() FROM PUBLIC;
     END IF;
-    IF to_regprocedure('partguard.rename_indexes(regclass,text,text)') IS NULL THEN
+    IF to_regprocedure('partguard.let_divert(regclass)') IS NULL THEN
+        -- divert() inserts as its owner, who may be another role than this run's (an
+        -- earlier run created it): let it write into this run's quarantine table.
+        CREATE FUNCTION partguard.let_divert(q regclass) RETURNS void LANGUAGE plpgsql AS $fn$
+        BEGIN
+            EXECUTE format('GRANT INSERT ON %s TO %s', q,
+                (SELECT proowner::regrole FROM pg_proc WHERE oid = 'partguard.divert()'::regprocedure));
+        END $fn$;
+    END IF;
+    IF to_regprocedure('partguard.rename_indexes(regclass,text,text)') IS NULL
+       OR (SELECT pg_has_role(p.proowner, 'USAGE') FROM pg_proc p
+           WHERE p.oid = to_regprocedure('partguard.rename_indexes(regclass,text,text)')) THEN
         -- The indexes of rel named p_old<suffix> become p_new<suffix> (cut to 63 bytes with
         -- a hash when too long): a renamed table's indexes follow its name, as PostgreSQL
         -- names a child's. Returns how many were renamed.
-        CREATE FUNCTION partguard.rename_indexes(rel regclass, p_old text, p_new text)
+        CREATE OR REPLACE FUNCTION partguard.rename_indexes(rel regclass, p_old text, p_new text)
         RETURNS integer LANGUAGE plpgsql AS $fn$
         DECLARE
             ix record; tail text; target text; base text; digest text; renamed integer := 0;
@@ -138,7 +161,9 @@ BEGIN
                 IF octet_length(target) > 63 THEN
                     digest := '_' || left(encode(sha256(convert_to(target, 'UTF8')), 'hex'), 6);
                     base := p_new;
-                    WHILE octet_length(base || digest || tail) > 63 LOOP base := left(base, -1); END LOOP;
+                    WHILE octet_length(base || digest || tail) > 63 AND base <> '' LOOP
+                        base := left(base, -1);
+                    END LOOP;
                     target := base || digest || tail;
                 END IF;
                 EXECUTE format('ALTER INDEX %I.%I RENAME TO %I', ix.nspname, ix.relname, target);
@@ -345,6 +370,9 @@ def instant_steps(p: FixParams, table: Table, partman: Partman | None) -> list[S
             "catalog_tx",
             (
                 *create_quarantine(p, table, p.source),
+                sql.SQL("SELECT partguard.let_divert({}::regclass)").format(
+                    sql.Literal(quarantine_ident(p).as_string(None))
+                ),
                 sql.SQL(
                     "CREATE TRIGGER {trg} BEFORE INSERT ON {src} FOR EACH ROW WHEN {cond} "
                     "EXECUTE FUNCTION partguard.divert({q})"
