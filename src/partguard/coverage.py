@@ -169,8 +169,8 @@ def runway(state: TableState, server: Server) -> Runway | None:
     premake = state.config.premake if state.config is not None else DEFAULT_PREMAKE
     last_upper = kids[-1].upper if kids else None
     unbounded = bool(kids) and last_upper is None
-    cur_start, cur_end = grid.floor(ref), grid.next(ref)  # type: ignore[arg-type]
-    next_end = grid.next(cur_end)  # type: ignore[arg-type]
+    cur_start, cur_end = grid.floor(ref), grid.next(ref)
+    next_end = grid.next(cur_end)
     front = frontier(kids, ref)
     ahead = 0
     if front is not None and not unbounded:
@@ -236,7 +236,7 @@ def whole_steps(grid: Grid, lo: Key, hi: Key) -> int:
     """Whole buckets between boundary-ish lo and hi (capped)."""
     n, b = 0, lo
     while n < MAX_STEPS:
-        nxt = grid.next(b)  # type: ignore[arg-type]
+        nxt = grid.next(b)
         if key_lt(hi, nxt):
             break
         n, b = n + 1, nxt

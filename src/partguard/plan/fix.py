@@ -386,7 +386,7 @@ def plausible_range(
             lo = grid.floor(int(probe.min_key))  # type: ignore[arg-type]
         return lo, _id_ceiling(table, grid, premake, probe)
     here = _now_key(table, now)
-    hi: Any = grid.floor(here)  # type: ignore[arg-type]
+    hi: Any = grid.floor(here)
     for _ in range(premake + 2):
         hi = grid.next(hi)
     if lo is None:
@@ -446,7 +446,7 @@ def _single_span(
     if not buckets:
         return None
     first: Any = buckets[0]
-    last_end: Any = grid.next(buckets[-1])  # type: ignore[arg-type]
+    last_end: Any = grid.next(buckets[-1])
     spans = free_spans(table, first, last_end)
     if len(spans) != 1:
         return None  # a child sits between the buckets: more than one gap
@@ -459,8 +459,8 @@ def _single_span(
     if isinstance(grid, IntGrid):
         top: Any = buckets[-1]  # the newest plausible bucket (an id outlier is no "now")
     else:
-        top = max(grid.floor(_now_key(table, now)), buckets[-1])  # type: ignore[arg-type]
-    hi: Any = grid.next(grid.next(top))  # type: ignore[arg-type]
+        top = max(grid.floor(_now_key(table, now)), buckets[-1])
+    hi: Any = grid.next(grid.next(top))
     if above and min(above) < hi:
         hi = min(above)
     return lo, hi
@@ -474,7 +474,7 @@ def _horizon(table: Table, grid: Grid, now: datetime, premake: int, buckets: lis
             return None
         top: Any = buckets[-1]
     else:
-        top = grid.floor(_now_key(table, now))  # type: ignore[arg-type]  # a date key has date bounds
+        top = grid.floor(_now_key(table, now))  # a date key has date bounds
     for _ in range(premake + 1):
         top = grid.next(top)
     return top
@@ -489,7 +489,7 @@ def _holes(table: Table, grid: Grid, until: Any) -> list[Key]:
         return []
     out: list[Key] = []
     for s_lo, s_hi in free_spans(table, table.children[0].lower, until):
-        b: Any = grid.floor(s_lo)  # type: ignore[arg-type]
+        b: Any = grid.floor(s_lo)
         while b < s_hi:
             out.append(b)
             b = grid.next(b)
@@ -524,7 +524,7 @@ def _children(
     clipped to the free spans: a new child never overlaps an existing one, and next to an
     off-grid neighbour it fills exactly the gap.
     """
-    wanted: dict[Any, Any] = {b: grid.next(b) for b in buckets}  # type: ignore[arg-type]
+    wanted: dict[Any, Any] = {b: grid.next(b) for b in buckets}
     if horizon is not None:
         start: Any = future_from
         if start is None:
@@ -569,9 +569,9 @@ def misnamed(table: Table, grid: Grid, nm: Naming) -> tuple[tuple[str, str], ...
     taken = _taken(table)
     out = []
     for c in table.children:
-        if c.lower is None or c.upper is None or not grid.is_aligned(c.lower):  # type: ignore[arg-type]
+        if c.lower is None or c.upper is None or not grid.is_aligned(c.lower):
             continue
-        if grid.next(c.lower) != c.upper:  # type: ignore[arg-type]
+        if grid.next(c.lower) != c.upper:
             continue
         want = nm.name(c.lower)
         if want != c.name and want not in taken and c.name.startswith(nm.head(c.lower)):

@@ -246,13 +246,13 @@ def _grow(kids: list[Child], grid: Grid, run: list[int]) -> list[int]:
 
 
 def _on(grid: Grid, x: Key | None) -> bool:
-    return x is not None and grid.is_aligned(x)  # type: ignore[arg-type]
+    return x is not None and grid.is_aligned(x)
 
 
 def spans(grid: Grid, lo: Key, hi: Key) -> list[tuple[Key, Key]]:
     """The grid's buckets over ``[lo, hi)``, clipped to it."""
     out = []
-    for b_lo, b_hi in grid.buckets(lo, hi):  # type: ignore[arg-type]
+    for b_lo, b_hi in grid.buckets(lo, hi):
         s_lo = lo if _instant(b_lo) < _instant(lo) else b_lo
         s_hi = hi if _instant(hi) < _instant(b_hi) else b_hi
         if _instant(s_lo) < _instant(s_hi):
