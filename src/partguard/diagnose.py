@@ -27,13 +27,13 @@ from .coverage import (
     runway,
     wide_children,
 )
-from .coverage import key_lt as _lt
 from .errors import UnsupportedTable, UsageError
 from .humanize import display_name, fmt_delta, fmt_key, fmt_offset, iso, offset_json, quote_name
 from .inspect.catalog import Key, Table
 from .inspect.connections import STATES as CONNECTION_STATES
 from .inspect.connections import Clients, Limit, Pool
 from .inspect.grid import Grid, TimeGrid
+from .inspect.grid import key_lt as _lt
 from .inspect.leftovers import Quarantine, UnfinishedFix
 from .inspect.locks import LockHolder
 from .inspect.retention import le

@@ -16,7 +16,7 @@ from ..errors import UnknownGrid, UnsupportedTable, UsageError
 from ..humanize import quote_name
 from ..inspect.catalog import Key, Table
 from ..inspect.data import Probe
-from ..inspect.grid import Grid, IntGrid, TimeGrid
+from ..inspect.grid import Grid, IntGrid, TimeGrid, int_key, key_le, key_lt
 from ..inspect.partman import Partman
 from ..inspect.snapshot import TableState
 from .children import Naming, free_spans, naming
@@ -215,7 +215,7 @@ def plan_fix(
             )
         )
 
-    late = [b for b in probe.buckets if p_hi is not None and b >= p_hi]  # type: ignore[operator]
+    late = [b for b in probe.buckets if p_hi is not None and key_le(p_hi, b)]
     if keep and late and state.config is not None and state.config.ignore_default_data is False:
         notes.append(
             f"--outliers keep puts rows up to {_enc(probe.max_key)} back into the DEFAULT, and partman "
@@ -383,7 +383,7 @@ def plausible_range(
     lo: Key | None = table.children[0].lower if table.children else None
     if isinstance(grid, IntGrid):
         if lo is None and probe is not None and probe.min_key is not None:
-            lo = grid.floor(int(probe.min_key))  # type: ignore[arg-type]
+            lo = grid.floor(probe.min_key)
         return lo, _id_ceiling(table, grid, premake, probe)
     here = _now_key(table, now)
     hi: Any = grid.floor(here)
@@ -408,7 +408,7 @@ def _id_ceiling(table: Table, grid: IntGrid, premake: int, probe: Probe | None) 
     uppers = [int(c.upper) for c in table.children if isinstance(c.upper, int)]
     end: int | None = max(uppers) if uppers else None
     for b in probe.buckets:
-        start = int(b)  # type: ignore[arg-type]
+        start = int_key(b)
         if end is not None and start >= end + reach:
             return end + reach
         end = start + grid.step if end is None else max(end, start + grid.step)
@@ -431,7 +431,7 @@ def _now_key(table: Table, now: datetime) -> Key:
 
 
 def _inside(b: Key, lo: Key | None, hi: Key | None) -> bool:
-    return (lo is None or b >= lo) and (hi is None or b < hi)  # type: ignore[operator]
+    return (lo is None or key_le(lo, b)) and (hi is None or key_lt(b, hi))
 
 
 def _single_span(
@@ -453,8 +453,8 @@ def _single_span(
     # An off-grid neighbour may clip the first or last bucket: the gap is still one gap
     # (the DEFAULT cannot hold rows a child covers), it just starts or ends off the grid.
     s_lo, s_hi = spans[0]
-    below = [c.upper for c in table.children if c.upper is not None and c.upper <= s_lo]  # type: ignore[operator]
-    above = [c.lower for c in table.children if c.lower is not None and c.lower >= s_hi]  # type: ignore[operator]
+    below = [c.upper for c in table.children if c.upper is not None and key_le(c.upper, s_lo)]
+    above = [c.lower for c in table.children if c.lower is not None and key_le(s_hi, c.lower)]
     lo: Any = max(below) if below else first
     if isinstance(grid, IntGrid):
         top: Any = buckets[-1]  # the newest plausible bucket (an id outlier is no "now")

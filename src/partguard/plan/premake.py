@@ -17,7 +17,7 @@ from psycopg import sql
 
 from ..errors import UnknownGrid
 from ..inspect.catalog import Key, Table
-from ..inspect.grid import Grid, IntGrid
+from ..inspect.grid import Grid, IntGrid, key_le
 from ..inspect.snapshot import TableState
 from ..inspect.zones import zone_info
 from .children import Naming, bound_literal, create_child, free_spans, naming
@@ -142,7 +142,7 @@ def _max_key(a: Key | None, b: Key | None) -> Key | None:
 def _ge(a: Key, b: Key) -> bool:
     if isinstance(a, date) and isinstance(b, date):
         return _as_dt(a) >= _as_dt(b)
-    return a >= b  # type: ignore[operator]
+    return key_le(b, a)
 
 
 def _as_dt(d: date) -> datetime:
