@@ -333,10 +333,7 @@ def plan_split(
         parent=table.name,
         key=table.key,
         key_type=table.key_type,
-        sources=tuple(
-            Source(c.schema, c.name, c.lower, c.upper, short_name(c.name, f"_{tag}"))  # type: ignore[arg-type]
-            for c in group
-        ),
+        sources=tuple(_source(c, tag) for c in group),
         targets=tuple(targets),
         columns=tuple(c.name for c in table.columns),
         generated=tuple(c.name for c in table.columns if c.generated),
@@ -354,6 +351,11 @@ def plan_split(
         notes=tuple(notes),
     )
     return plan
+
+
+def _source(c: Child, tag: str) -> Source:
+    assert c.lower is not None and c.upper is not None  # groups() takes no unbounded child
+    return Source(c.schema, c.name, c.lower, c.upper, short_name(c.name, f"_{tag}"))
 
 
 def _refuse(table: Table, facts: tuple[SourceFacts, ...], parent: ParentFacts) -> None:
