@@ -19,6 +19,9 @@ from partguard.inspect.grid import (
     child_name,
     child_suffix,
     default_anchor,
+    int_key,
+    key_le,
+    key_lt,
     parse_interval,
     partman_datetime_string,
     time_grid,
@@ -580,3 +583,45 @@ def test_partman_names_render_the_bucket_start_in_the_grid_zone() -> None:
     start = g.floor(datetime(2026, 3, 28, 23, 30, tzinfo=UTC))  # already the 29th in Berlin
     fmt = partman_datetime_string(g.step, 4)
     assert child_name("events", start, fmt) == "events_p2026_03_29"
+
+
+def test_a_key_of_the_wrong_kind_is_a_type_error_on_either_grid() -> None:
+    """Both grids take any Key (one interface for code holding a Grid), but an integer on a
+    time grid or a date on an id grid is a bug: TypeError, never a silent answer."""
+    day, ids = time_grid(Interval(days=1), "UTC"), IntGrid(1000)
+    for method in ("floor", "next", "prev", "is_aligned", "offset"):
+        with pytest.raises(TypeError):
+            getattr(day, method)(1234)
+        with pytest.raises(TypeError):
+            getattr(ids, method)(date(2026, 1, 1))
+    with pytest.raises(TypeError):
+        list(ids.buckets(0, date(2026, 1, 1)))
+    assert ids.floor(1234) == 1000 and ids.next(1234) == 2000 and ids.prev(1000) == 0
+    assert list(ids.buckets(1500, 3000)) == [(1000, 2000), (2000, 3000)]
+
+
+def test_key_comparisons_match_the_operators_within_a_kind() -> None:
+    berlin = datetime(2026, 3, 29, 3, tzinfo=BERLIN)  # 01:00 UTC
+    utc = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
+    pairs = [
+        (1, 2),
+        (2, 2),
+        (3, 2),
+        (date(2026, 1, 1), date(2026, 1, 2)),
+        (berlin, utc),
+        (utc, berlin),
+    ]
+    for a, b in pairs:
+        assert key_lt(a, b) == (a < b) and key_le(a, b) == (a <= b)
+    assert int_key(7) == 7
+    with pytest.raises(TypeError):
+        int_key(date(2026, 1, 1))
+    for a, b in [
+        (1, date(2026, 1, 1)),
+        (datetime(2026, 1, 1), date(2026, 1, 1)),
+        (utc, datetime(2026, 1, 1)),
+    ]:
+        with pytest.raises(TypeError):
+            key_lt(a, b)
+        with pytest.raises(TypeError):
+            key_le(a, b)

@@ -13,7 +13,7 @@ from itertools import pairwise
 from typing import Any
 
 from .inspect.catalog import Child, Key, Table
-from .inspect.grid import Grid, Interval, IntGrid, on_grid
+from .inspect.grid import Grid, Interval, IntGrid, int_key, key_lt, on_grid
 from .inspect.snapshot import Server, TableState
 from .inspect.zones import zone_info
 
@@ -75,7 +75,7 @@ def misaligned(state: TableState, aligned: Alignment | None = None) -> list[tupl
 def signed_offset(grid: Grid, x: Key) -> Any:
     """How far x is from the nearest grid boundary: -01:00 reads better than +23:00."""
     if isinstance(grid, IntGrid):
-        off = grid.offset(int(x))  # type: ignore[arg-type]
+        off = grid.offset(x)
         return off if off <= grid.step - off else off - grid.step
     assert isinstance(x, date)
     past = grid.offset(x)
@@ -94,7 +94,7 @@ def wide_children(state: TableState, aligned: Alignment | None = None) -> list[t
         if lo is None or hi is None or not (aligned[lo] and aligned[hi]):
             continue
         if isinstance(grid, IntGrid):
-            n = (int(hi) - int(lo)) // grid.step  # type: ignore[arg-type]
+            n = (int_key(hi) - int_key(lo)) // grid.step
         elif _seconds(lo, hi) > 1.5 * _nominal_seconds(grid.step):
             # Only a child longer than any single bucket (months and DST days vary by far
             # less than half) needs the exact, slower count.
@@ -169,8 +169,8 @@ def runway(state: TableState, server: Server) -> Runway | None:
     premake = state.config.premake if state.config is not None else DEFAULT_PREMAKE
     last_upper = kids[-1].upper if kids else None
     unbounded = bool(kids) and last_upper is None
-    cur_start, cur_end = grid.floor(ref), grid.next(ref)  # type: ignore[arg-type]
-    next_end = grid.next(cur_end)  # type: ignore[arg-type]
+    cur_start, cur_end = grid.floor(ref), grid.next(ref)
+    next_end = grid.next(cur_end)
     front = frontier(kids, ref)
     ahead = 0
     if front is not None and not unbounded:
@@ -179,7 +179,7 @@ def runway(state: TableState, server: Server) -> Runway | None:
     seconds = ids = None
     if isinstance(ref, int):
         ids = (
-            int(front) - ref  # type: ignore[arg-type]
+            int_key(front) - ref
             if front is not None
             else (int(last_upper) - ref if isinstance(last_upper, int) and last_upper <= ref else 0)
         )
@@ -225,7 +225,7 @@ def frontier(kids: Sequence[Child], x: Key) -> Key | None:
         else:
             hi = mid
     i = lo - 1
-    if i < 0 or (kids[i].upper is not None and not key_lt(x, kids[i].upper)):
+    if i < 0 or ((up := kids[i].upper) is not None and not key_lt(x, up)):
         return None
     while i + 1 < len(kids) and kids[i].upper is not None and kids[i + 1].lower == kids[i].upper:
         i += 1
@@ -236,15 +236,11 @@ def whole_steps(grid: Grid, lo: Key, hi: Key) -> int:
     """Whole buckets between boundary-ish lo and hi (capped)."""
     n, b = 0, lo
     while n < MAX_STEPS:
-        nxt = grid.next(b)  # type: ignore[arg-type]
+        nxt = grid.next(b)
         if key_lt(hi, nxt):
             break
         n, b = n + 1, nxt
     return n
-
-
-def key_lt(a: Any, b: Any) -> bool:
-    return bool(a < b)
 
 
 def as_instant(x: Key) -> datetime:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, LiteralString, TypeVar
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -149,6 +149,17 @@ def _where(conninfo: str) -> str:
     host = d.get("host") or os.environ.get("PGHOST") or "the local socket"
     port = d.get("port") or os.environ.get("PGPORT")
     return f"{host} port {port}" if port else str(host)
+
+
+def scalar(
+    conn: Conn, query: LiteralString | sql.Composed, params: Sequence[object] | None = None
+) -> object:
+    """The first value of the row a query that always returns one (``SELECT f()``, ``EXISTS``)
+    returns; ProgrammingError if it returned none."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise psycopg.ProgrammingError(f"no row from {query!r}")
+    return row[0]
 
 
 def session_timezone(conn: Conn) -> str:
@@ -404,7 +415,7 @@ def lowered_lock_timeout(conn: Conn, seconds: float) -> Iterator[None]:
 @contextmanager
 def advisory_lock(conn: Conn, key: int) -> Iterator[bool]:
     """A session-level advisory lock; yields whether we got it (never waits)."""
-    got = bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])  # type: ignore[index]
+    got = bool(scalar(conn, "SELECT pg_try_advisory_lock(%s)", (key,)))
     try:
         yield got
     finally:

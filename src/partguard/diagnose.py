@@ -27,13 +27,13 @@ from .coverage import (
     runway,
     wide_children,
 )
-from .coverage import key_lt as _lt
 from .errors import UnsupportedTable, UsageError
 from .humanize import display_name, fmt_delta, fmt_key, fmt_offset, iso, offset_json, quote_name
 from .inspect.catalog import Key, Table
 from .inspect.connections import STATES as CONNECTION_STATES
 from .inspect.connections import Clients, Limit, Pool
 from .inspect.grid import Grid, TimeGrid
+from .inspect.grid import key_lt as _lt
 from .inspect.leftovers import Quarantine, UnfinishedFix
 from .inspect.locks import LockHolder
 from .inspect.retention import le
@@ -579,12 +579,12 @@ def partman_next_findings(state: TableState, target: str = "-d <db>") -> list[Fi
     if state.config is None or grid is None or not table.children:
         return []
     last = table.children[-1]  # ordered by lower bound
-    if last.lower is None or last.upper is None or not grid.is_aligned(last.lower):  # type: ignore[arg-type]
+    if last.lower is None or last.upper is None or not grid.is_aligned(last.lower):
         return []  # off the grid: the misaligned finding says what partman will do
-    start: Key = grid.next(last.lower)  # type: ignore[arg-type]
+    start: Key = grid.next(last.lower)
     if not _lt(start, last.upper):
         return []
-    end: Key = grid.next(start)  # type: ignore[arg-type]
+    end: Key = grid.next(start)
     zone = _zone(state)
     name = display_name(last)
     return [
@@ -969,7 +969,7 @@ def _runs(grid: Grid, starts: Sequence[Key]) -> list[dict[str, Any]]:
     zone = grid.tz if isinstance(grid, TimeGrid) else None
     runs: list[list[Key]] = []
     for s in starts:
-        if runs and grid.next(runs[-1][-1]) == s:  # type: ignore[arg-type]
+        if runs and grid.next(runs[-1][-1]) == s:
             runs[-1].append(s)
         else:
             runs.append([s])
@@ -979,7 +979,7 @@ def _runs(grid: Grid, starts: Sequence[Key]) -> list[dict[str, Any]]:
         label = fmt_key(first, zone)
         if len(r) > 1:
             label += f" … {fmt_key(last, zone)}"
-        end = grid.next(last)  # type: ignore[arg-type]
+        end = grid.next(last)
         out.append(
             {
                 "first": iso(first),

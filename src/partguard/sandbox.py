@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from partguard.db import scalar
 from partguard.errors import PartguardError
 
 PG_LIB = Path("/usr/lib/postgresql")  # Debian/Ubuntu layout: one bin dir per major
@@ -279,7 +280,7 @@ class Sandbox:
         with psycopg.connect(self.primary.dsn(), autocommit=True) as conn:
             # The insert position, not pg_current_wal_lsn() (the write position): with
             # synchronous_commit off a commit can sit in WAL buffers behind the latter.
-            lsn = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]  # type: ignore[index]
+            lsn = scalar(conn, "SELECT pg_current_wal_insert_lsn()")
         deadline = time.monotonic() + timeout
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             while True:

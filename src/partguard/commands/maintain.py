@@ -24,7 +24,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from ..config import Config
-from ..db import LOCK_ATTEMPT, Conn, ConnParams, error_line, session_timezone
+from ..db import LOCK_ATTEMPT, Conn, ConnParams, error_line, scalar, session_timezone
 from ..errors import CRITICAL, OK, WARNING, ConnectionFailed, PartguardError, PermissionDenied
 from ..execute_maintain import (
     Event,
@@ -146,7 +146,7 @@ def _run(
     params: ConnParams, options: MaintainOptions, session: Session, started: datetime, event: Event
 ) -> MaintainReport:
     conn = session.conn
-    database = str(conn.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
+    database = str(scalar(conn, "SELECT current_database()"))
     if in_recovery(conn):  # an HA pair's timer on the standby: not a failure
         why = f"nothing to do: {STANDBY_NOTE}; maintenance runs on the primary"
         event(why, logging.INFO)

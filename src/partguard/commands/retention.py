@@ -133,9 +133,9 @@ def _retire(
 
     def guarded(c: Conn) -> Key | None:
         row = c.execute(plan.guard(child)).fetchone()
-        newest = row[0] if row else None
+        newest: Key | None = row[0] if row else None
         if newest is not None and plan.cutoff is not None and le(plan.cutoff, newest):
-            return newest  # type: ignore[no-any-return]
+            return newest
         if concurrently:
             return None
         c.execute(

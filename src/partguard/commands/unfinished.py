@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from .. import journal
-from ..db import Conn, ConnParams, connect, run_locked
+from ..db import Conn, ConnParams, connect, run_locked, scalar
 from ..diagnose import describe_unfinished, display_name, repair_command
 from ..errors import PartguardError
 from ..inspect import catalog, leftovers
@@ -78,10 +78,7 @@ def undo_instant(
             )
             dropped.append(f"CHECK {S.CHECK_NAME}")
         moved = 0
-        if (
-            since is not None
-            and c.execute("SELECT to_regclass(%s)", (q.as_string(c),)).fetchone()[0]  # type: ignore[index]
-        ):
+        if since is not None and scalar(c, "SELECT to_regclass(%s)", (q.as_string(c),)):
             back = sql.SQL(
                 "(DELETE FROM {} WHERE partguard_quarantined_at >= {} RETURNING *)"
             ).format(q, sql.Literal(since))
@@ -90,7 +87,7 @@ def undo_instant(
                     back, S.insert_into_parent(table, sql.SQL("moved"))
                 )
             ).rowcount
-            if not c.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(q)).fetchone()[0]:  # type: ignore[index]
+            if not scalar(c, sql.SQL("SELECT EXISTS (SELECT FROM {})").format(q)):
                 c.execute(sql.SQL("DROP TABLE {}").format(q))  # as it was before the run
         if run is not None:
             journal.set_state(

@@ -18,8 +18,7 @@ from psycopg import sql
 
 from ..db import Conn
 from ..errors import TableNotFound, UnsupportedTable
-
-Key = datetime | date | int
+from .grid import Key as Key  # re-exported: most modules take Key from here
 
 TIME_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
 INT_TYPES = ("bigint", "integer", "smallint")

@@ -161,7 +161,7 @@ def _walk(conn: Conn, rel: sql.Composable, key: str, grid: Grid, lo: Any) -> tup
         buckets.append(start)
         if len(buckets) >= MAX_BUCKETS:
             return buckets, True
-        row = conn.execute(query, (grid.next(start),)).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(query, (grid.next(start),)).fetchone()
         cur = row[0] if row else None
     return buckets, False
 

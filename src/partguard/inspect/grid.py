@@ -18,6 +18,7 @@ from typing import Literal, TypeAlias, cast, overload
 from ..errors import UsageError
 from .zones import zone_info
 
+# The partition key as partguard reads it: the one definition (catalog re-exports it).
 Key: TypeAlias = datetime | date | int
 _Mode = Literal["abs", "wall", "date"]
 
@@ -250,8 +251,10 @@ class TimeGrid:
             return self._abs0 + k * td
         return _localize(self._wall_b(k), self._zone)
 
-    def _split(self, x: date) -> tuple[_Mode, datetime]:
+    def _split(self, x: Key) -> tuple[_Mode, datetime]:
         """Map a key to the coordinate it is compared in: UTC instant, wall time, or a date."""
+        if isinstance(x, int):
+            raise TypeError(f"integer key {x!r} on a time grid")
         if isinstance(x, datetime):
             if x.tzinfo is not None:
                 return "abs", x.astimezone(UTC)
@@ -263,7 +266,7 @@ class TimeGrid:
     def _out(self, mode: _Mode, v: datetime) -> date:
         return v.astimezone(self._zone) if mode == "abs" else v.date() if mode == "date" else v
 
-    def _locate(self, x: date) -> tuple[_Mode, datetime, int, Callable[[int], datetime]]:
+    def _locate(self, x: Key) -> tuple[_Mode, datetime, int, Callable[[int], datetime]]:
         """The largest k with boundary(k) <= x, in O(1): estimate k from the mean step
         length, then correct by the few steps DST and uneven months can put it off."""
         mode, v = self._split(x)
@@ -284,8 +287,8 @@ class TimeGrid:
     @overload
     def floor(self, x: datetime) -> datetime: ...
     @overload
-    def floor(self, x: date) -> date: ...
-    def floor(self, x: date) -> date:
+    def floor(self, x: Key) -> date: ...
+    def floor(self, x: Key) -> date:
         """Start of the bucket containing x."""
         mode, _, k, b = self._locate(x)
         return self._out(mode, b(k))
@@ -293,8 +296,8 @@ class TimeGrid:
     @overload
     def next(self, x: datetime) -> datetime: ...
     @overload
-    def next(self, x: date) -> date: ...
-    def next(self, x: date) -> date:
+    def next(self, x: Key) -> date: ...
+    def next(self, x: Key) -> date:
         """The first boundary after x (for a boundary: the end of its bucket)."""
         mode, _, k, b = self._locate(x)
         return self._out(mode, b(k + 1))
@@ -302,15 +305,15 @@ class TimeGrid:
     @overload
     def prev(self, x: datetime) -> datetime: ...
     @overload
-    def prev(self, x: date) -> date: ...
-    def prev(self, x: date) -> date:
+    def prev(self, x: Key) -> date: ...
+    def prev(self, x: Key) -> date:
         """The last boundary before x (for a boundary: the start of the bucket before)."""
         mode, v, k, b = self._locate(x)
         while b(k) >= v:
             k -= 1
         return self._out(mode, b(k))
 
-    def is_aligned(self, x: date) -> bool:
+    def is_aligned(self, x: Key) -> bool:
         _, v, k, b = self._locate(x)
         return b(k) == v
 
@@ -324,7 +327,7 @@ class TimeGrid:
             out.append((v - (self._abs0 if mode == "abs" else self._wall0)) % td == zero)
         return out
 
-    def offset(self, x: date) -> timedelta:
+    def offset(self, x: Key) -> timedelta:
         """How far x lies past its bucket's start (absolute time for aware keys)."""
         _, v, k, b = self._locate(x)
         return v - b(k)
@@ -332,8 +335,8 @@ class TimeGrid:
     @overload
     def buckets(self, lo: datetime, hi: datetime) -> Iterator[tuple[datetime, datetime]]: ...
     @overload
-    def buckets(self, lo: date, hi: date) -> Iterator[tuple[date, date]]: ...
-    def buckets(self, lo: date, hi: date) -> Iterator[tuple[date, date]]:
+    def buckets(self, lo: Key, hi: Key) -> Iterator[tuple[date, date]]: ...
+    def buckets(self, lo: Key, hi: Key) -> Iterator[tuple[date, date]]:
         """Every bucket intersecting [lo, hi), in order, as (start, end) pairs."""
         mode, v, k, b = self._locate(lo)
         hmode, hv = self._split(hi)
@@ -359,30 +362,64 @@ class IntGrid:
         if self.step <= 0:
             raise UsageError(f"partition interval must be positive, got {self.step}")
 
-    def floor(self, x: int) -> int:
-        return self.anchor + (x - self.anchor) // self.step * self.step
+    # Methods take any Key, as TimeGrid's do, so code holding a ``Grid`` and a ``Key`` calls
+    # either grid alike; a time key here is a bug and raises TypeError.
+    def floor(self, x: Key) -> int:
+        return self.anchor + (int_key(x) - self.anchor) // self.step * self.step
 
-    def next(self, x: int) -> int:
+    def next(self, x: Key) -> int:
         return self.floor(x) + self.step
 
-    def prev(self, x: int) -> int:
+    def prev(self, x: Key) -> int:
         f = self.floor(x)
         return f - self.step if f == x else f
 
-    def is_aligned(self, x: int) -> bool:
-        return (x - self.anchor) % self.step == 0
+    def is_aligned(self, x: Key) -> bool:
+        return (int_key(x) - self.anchor) % self.step == 0
 
-    def offset(self, x: int) -> int:
-        return (x - self.anchor) % self.step
+    def offset(self, x: Key) -> int:
+        return (int_key(x) - self.anchor) % self.step
 
-    def buckets(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
-        start = self.floor(lo)
-        while start < hi:
+    def buckets(self, lo: Key, hi: Key) -> Iterator[tuple[int, int]]:
+        start, end = self.floor(lo), int_key(hi)
+        while start < end:
             yield start, start + self.step
             start += self.step
 
 
 Grid: TypeAlias = TimeGrid | IntGrid
+
+
+def int_key(x: Key) -> int:
+    """``x`` as the integer it must be (an integer key's bound); TypeError on a time key."""
+    if isinstance(x, int):
+        return x
+    raise TypeError(f"expected an integer key, got {x!r}")
+
+
+def time_key(x: Key) -> date:
+    """``x`` as the date or datetime it must be (a time key's bound); TypeError on an integer."""
+    if isinstance(x, int):
+        raise TypeError(f"expected a time key, got the integer {x!r}")
+    return x
+
+
+def key_lt(a: Key, b: Key) -> bool:
+    """``a < b`` for two keys of one kind; across kinds a TypeError, as ``<`` raises."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a < b
+    if isinstance(a, date) and isinstance(b, date):
+        return a < b
+    raise TypeError(f"cannot compare keys {a!r} and {b!r}")
+
+
+def key_le(a: Key, b: Key) -> bool:
+    """``a <= b`` for two keys of one kind; across kinds a TypeError, as ``<=`` raises."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a <= b
+    if isinstance(a, date) and isinstance(b, date):
+        return a <= b
+    raise TypeError(f"cannot compare keys {a!r} and {b!r}")
 
 
 def on_grid(grid: Grid, keys: Sequence[Key]) -> list[bool]:
@@ -396,7 +433,7 @@ def on_grid(grid: Grid, keys: Sequence[Key]) -> list[bool]:
     if isinstance(grid, TimeGrid) and grid._fixed is not None:
         return grid._on_fixed_grid(cast(Sequence[date], keys))  # a remainder each: no walk
     if isinstance(grid, IntGrid) or len(keys) < 8:
-        return [grid.is_aligned(k) for k in keys]  # type: ignore[arg-type]
+        return [grid.is_aligned(k) for k in keys]
     ks = cast(list[date], list(keys))
     limit, seen = 4 * len(ks) + 64, set()
     end: date | None = None

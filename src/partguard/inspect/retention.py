@@ -20,7 +20,7 @@ from psycopg import sql
 from ..db import Conn
 from ..errors import UsageError
 from .catalog import Child, Key, Table
-from .grid import Grid, Interval, IntGrid, TimeGrid, parse_interval, time_grid
+from .grid import Grid, Interval, IntGrid, TimeGrid, key_le, parse_interval, time_grid
 from .partman import PartmanConfig
 
 Window = Interval | int  # how far back rows are kept: an interval, or ids for integer keys
@@ -78,7 +78,7 @@ def after(lower: Key, grid: Grid) -> Key:
 
 def le(a: Key, b: Key) -> bool:
     """``a <= b`` across dates and datetimes."""
-    return bool(as_wall(a) <= as_wall(b))  # type: ignore[operator]
+    return key_le(as_wall(a), as_wall(b))
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from ..errors import UnknownGrid, UsageError
 from .catalog import Child, Key, Table, read_tables
 from .connections import CLIENT_BACKEND, Clients, read_clients
 from .data import Probe, probe
-from .grid import Grid, Interval, IntGrid, on_grid, parse_interval, time_grid
+from .grid import Grid, Interval, IntGrid, int_key, on_grid, parse_interval, time_grid
 from .leftovers import Leftovers
 from .leftovers import read as read_leftovers
 from .locks import LockHolder, stuck_partman_locks
@@ -435,7 +435,7 @@ def _infer_grid(
             step, source = _int_step(config.interval), "partman"
         else:
             step, source = _common_int_step(table), "children"
-        anchor = 0 if source != "children" else int(table.children[-1].lower or 0)  # type: ignore[arg-type]
+        anchor = 0 if source != "children" else int_key(table.children[-1].lower or 0)
         return GridInfo(IntGrid(step, anchor % step), source)
 
     zone: str | None = tz or session_tz
@@ -528,7 +528,7 @@ def _int_step(text: str) -> int:
 
 def _common_int_step(table: Table) -> int:
     widths = Counter(
-        int(c.upper) - int(c.lower)  # type: ignore[arg-type]
+        int_key(c.upper) - int_key(c.lower)
         for c in table.children
         if c.lower is not None and c.upper is not None
     )

@@ -23,6 +23,9 @@ from ..inspect.grid import (
     TimeGrid,
     child_name,
     child_suffix,
+    int_key,
+    key_le,
+    key_lt,
     partman_datetime_string,
 )
 from ..inspect.partman import Partman, PartmanConfig
@@ -115,7 +118,7 @@ def _native_naming(table: Table, grid: Grid, tz: str | None) -> Naming:
         if child.lower is None:
             continue
         if isinstance(grid, IntGrid):
-            m = re.fullmatch(rf"(.*?)({int(child.lower)})", child.name)  # type: ignore[arg-type]
+            m = re.fullmatch(rf"(.*?)({int_key(child.lower)})", child.name)
             if m:
                 return _split(table.name, m.group(1), None, tz)
             continue
@@ -228,17 +231,17 @@ def free_spans(table: Table, lo: Key, hi: Key) -> list[tuple[Key, Key]]:
     cur = lo
     for child in table.children:
         c_lo, c_hi = child.lower, child.upper
-        if c_hi is not None and c_hi <= cur:  # type: ignore[operator]
+        if c_hi is not None and key_le(c_hi, cur):
             continue
-        if c_lo is not None and c_lo >= hi:  # type: ignore[operator]
+        if c_lo is not None and key_le(hi, c_lo):
             break
-        if c_lo is None or c_lo <= cur:  # type: ignore[operator]
+        if c_lo is None or key_le(c_lo, cur):
             cur = c_hi if c_hi is not None else hi
         else:
             spans.append((cur, c_lo))
             cur = c_hi if c_hi is not None else hi
-        if cur >= hi:  # type: ignore[operator]
+        if key_le(hi, cur):
             break
-    if cur < hi:  # type: ignore[operator]
+    if key_lt(cur, hi):
         spans.append((cur, hi))
     return spans

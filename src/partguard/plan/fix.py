@@ -16,7 +16,7 @@ from ..errors import UnknownGrid, UnsupportedTable, UsageError
 from ..humanize import quote_name
 from ..inspect.catalog import Key, Table
 from ..inspect.data import Probe
-from ..inspect.grid import Grid, IntGrid, TimeGrid
+from ..inspect.grid import Grid, IntGrid, TimeGrid, int_key, key_le, key_lt
 from ..inspect.partman import Partman
 from ..inspect.snapshot import TableState
 from .children import Naming, free_spans, naming
@@ -215,7 +215,7 @@ def plan_fix(
             )
         )
 
-    late = [b for b in probe.buckets if p_hi is not None and b >= p_hi]  # type: ignore[operator]
+    late = [b for b in probe.buckets if p_hi is not None and key_le(p_hi, b)]
     if keep and late and state.config is not None and state.config.ignore_default_data is False:
         notes.append(
             f"--outliers keep puts rows up to {_enc(probe.max_key)} back into the DEFAULT, and partman "
@@ -383,10 +383,10 @@ def plausible_range(
     lo: Key | None = table.children[0].lower if table.children else None
     if isinstance(grid, IntGrid):
         if lo is None and probe is not None and probe.min_key is not None:
-            lo = grid.floor(int(probe.min_key))  # type: ignore[arg-type]
+            lo = grid.floor(probe.min_key)
         return lo, _id_ceiling(table, grid, premake, probe)
     here = _now_key(table, now)
-    hi: Any = grid.floor(here)  # type: ignore[arg-type]
+    hi: Any = grid.floor(here)
     for _ in range(premake + 2):
         hi = grid.next(hi)
     if lo is None:
@@ -408,7 +408,7 @@ def _id_ceiling(table: Table, grid: IntGrid, premake: int, probe: Probe | None) 
     uppers = [int(c.upper) for c in table.children if isinstance(c.upper, int)]
     end: int | None = max(uppers) if uppers else None
     for b in probe.buckets:
-        start = int(b)  # type: ignore[arg-type]
+        start = int_key(b)
         if end is not None and start >= end + reach:
             return end + reach
         end = start + grid.step if end is None else max(end, start + grid.step)
@@ -431,7 +431,7 @@ def _now_key(table: Table, now: datetime) -> Key:
 
 
 def _inside(b: Key, lo: Key | None, hi: Key | None) -> bool:
-    return (lo is None or b >= lo) and (hi is None or b < hi)  # type: ignore[operator]
+    return (lo is None or key_le(lo, b)) and (hi is None or key_lt(b, hi))
 
 
 def _single_span(
@@ -446,21 +446,21 @@ def _single_span(
     if not buckets:
         return None
     first: Any = buckets[0]
-    last_end: Any = grid.next(buckets[-1])  # type: ignore[arg-type]
+    last_end: Any = grid.next(buckets[-1])
     spans = free_spans(table, first, last_end)
     if len(spans) != 1:
         return None  # a child sits between the buckets: more than one gap
     # An off-grid neighbour may clip the first or last bucket: the gap is still one gap
     # (the DEFAULT cannot hold rows a child covers), it just starts or ends off the grid.
     s_lo, s_hi = spans[0]
-    below = [c.upper for c in table.children if c.upper is not None and c.upper <= s_lo]  # type: ignore[operator]
-    above = [c.lower for c in table.children if c.lower is not None and c.lower >= s_hi]  # type: ignore[operator]
+    below = [c.upper for c in table.children if c.upper is not None and key_le(c.upper, s_lo)]
+    above = [c.lower for c in table.children if c.lower is not None and key_le(s_hi, c.lower)]
     lo: Any = max(below) if below else first
     if isinstance(grid, IntGrid):
         top: Any = buckets[-1]  # the newest plausible bucket (an id outlier is no "now")
     else:
-        top = max(grid.floor(_now_key(table, now)), buckets[-1])  # type: ignore[arg-type]
-    hi: Any = grid.next(grid.next(top))  # type: ignore[arg-type]
+        top = max(grid.floor(_now_key(table, now)), buckets[-1])
+    hi: Any = grid.next(grid.next(top))
     if above and min(above) < hi:
         hi = min(above)
     return lo, hi
@@ -474,7 +474,7 @@ def _horizon(table: Table, grid: Grid, now: datetime, premake: int, buckets: lis
             return None
         top: Any = buckets[-1]
     else:
-        top = grid.floor(_now_key(table, now))  # type: ignore[arg-type]  # a date key has date bounds
+        top = grid.floor(_now_key(table, now))  # a date key has date bounds
     for _ in range(premake + 1):
         top = grid.next(top)
     return top
@@ -489,7 +489,7 @@ def _holes(table: Table, grid: Grid, until: Any) -> list[Key]:
         return []
     out: list[Key] = []
     for s_lo, s_hi in free_spans(table, table.children[0].lower, until):
-        b: Any = grid.floor(s_lo)  # type: ignore[arg-type]
+        b: Any = grid.floor(s_lo)
         while b < s_hi:
             out.append(b)
             b = grid.next(b)
@@ -524,7 +524,7 @@ def _children(
     clipped to the free spans: a new child never overlaps an existing one, and next to an
     off-grid neighbour it fills exactly the gap.
     """
-    wanted: dict[Any, Any] = {b: grid.next(b) for b in buckets}  # type: ignore[arg-type]
+    wanted: dict[Any, Any] = {b: grid.next(b) for b in buckets}
     if horizon is not None:
         start: Any = future_from
         if start is None:
@@ -569,9 +569,9 @@ def misnamed(table: Table, grid: Grid, nm: Naming) -> tuple[tuple[str, str], ...
     taken = _taken(table)
     out = []
     for c in table.children:
-        if c.lower is None or c.upper is None or not grid.is_aligned(c.lower):  # type: ignore[arg-type]
+        if c.lower is None or c.upper is None or not grid.is_aligned(c.lower):
             continue
-        if grid.next(c.lower) != c.upper:  # type: ignore[arg-type]
+        if grid.next(c.lower) != c.upper:
             continue
         want = nm.name(c.lower)
         if want != c.name and want not in taken and c.name.startswith(nm.head(c.lower)):

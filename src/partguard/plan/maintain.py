@@ -36,7 +36,7 @@ from ..diagnose import (
 from ..errors import CRITICAL, OK, UNKNOWN, WARNING, PartguardError, UsageError
 from ..humanize import fmt_key, quote_name
 from ..inspect.catalog import Table
-from ..inspect.grid import TimeGrid
+from ..inspect.grid import TimeGrid, key_lt
 from ..inspect.locks import LockHolder
 from ..inspect.partman import PartmanConfig, config_for
 from ..inspect.retention import le
@@ -246,7 +246,7 @@ def refuse_partman(target: Target, state: TableState, command: str) -> TableOutc
     table, p = state.table, state.default_probe
     zone = _zone(state)
     last_upper = table.children[-1].upper if table.children else None
-    if p is None or p.max_key is None or (last_upper is not None and p.max_key < last_upper):  # type: ignore[operator]
+    if p is None or p.max_key is None or (last_upper is not None and key_lt(p.max_key, last_upper)):
         return None
     return target.outcome(
         "refused",

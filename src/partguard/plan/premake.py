@@ -17,7 +17,7 @@ from psycopg import sql
 
 from ..errors import UnknownGrid
 from ..inspect.catalog import Key, Table
-from ..inspect.grid import Grid, IntGrid
+from ..inspect.grid import Grid, IntGrid, key_le
 from ..inspect.snapshot import TableState
 from ..inspect.zones import zone_info
 from .children import Naming, bound_literal, create_child, free_spans, naming
@@ -83,17 +83,17 @@ def plan_premake(
     current = current_key(table, grid, now, tz, data_max)
     if current is None:
         return PremakePlan(table.qualname, (), None, None)
-    start: Key = grid.floor(current)  # type: ignore[arg-type]
+    start: Key = grid.floor(current)
     end: Key = start
     for _ in range(premake + 1):
-        end = grid.next(end)  # type: ignore[arg-type]
+        end = grid.next(end)
     names = naming_override or naming(table, None, None, grid)
     taken = {c.name for c in table.children} | ({table.default.name} if table.default else set())
     held = set(probe.buckets) if probe else set()
     steps: list[CreateChild] = []
-    for b_lo, b_hi in grid.buckets(start, end):  # type: ignore[arg-type]
+    for b_lo, b_hi in grid.buckets(start, end):
         for lo, hi in free_spans(table, b_lo, b_hi):
-            if grid.floor(lo) in held or (  # type: ignore[arg-type]
+            if grid.floor(lo) in held or (
                 probe is not None and probe.truncated and _ge(lo, probe.buckets[-1])
             ):
                 return PremakePlan(
@@ -142,7 +142,7 @@ def _max_key(a: Key | None, b: Key | None) -> Key | None:
 def _ge(a: Key, b: Key) -> bool:
     if isinstance(a, date) and isinstance(b, date):
         return _as_dt(a) >= _as_dt(b)
-    return a >= b  # type: ignore[operator]
+    return key_le(b, a)
 
 
 def _as_dt(d: date) -> datetime:

@@ -152,7 +152,7 @@ def _not_ours(child: Child, names: Naming, grid: Grid) -> str | None:
     if child.lower is None or child.upper is None:
         return "an unbounded (MINVALUE) child is nobody's series"
     for bound in (child.lower, child.upper):
-        if not grid.is_aligned(bound):  # type: ignore[arg-type]
+        if not grid.is_aligned(bound):
             return f"its bound {bound} is off the grid"
     expected = names.name(child.lower)
     variants = {expected}

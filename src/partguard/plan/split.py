@@ -246,13 +246,13 @@ def _grow(kids: list[Child], grid: Grid, run: list[int]) -> list[int]:
 
 
 def _on(grid: Grid, x: Key | None) -> bool:
-    return x is not None and grid.is_aligned(x)  # type: ignore[arg-type]
+    return x is not None and grid.is_aligned(x)
 
 
 def spans(grid: Grid, lo: Key, hi: Key) -> list[tuple[Key, Key]]:
     """The grid's buckets over ``[lo, hi)``, clipped to it."""
     out = []
-    for b_lo, b_hi in grid.buckets(lo, hi):  # type: ignore[arg-type]
+    for b_lo, b_hi in grid.buckets(lo, hi):
         s_lo = lo if _instant(b_lo) < _instant(lo) else b_lo
         s_hi = hi if _instant(hi) < _instant(b_hi) else b_hi
         if _instant(s_lo) < _instant(s_hi):
@@ -333,10 +333,7 @@ def plan_split(
         parent=table.name,
         key=table.key,
         key_type=table.key_type,
-        sources=tuple(
-            Source(c.schema, c.name, c.lower, c.upper, short_name(c.name, f"_{tag}"))  # type: ignore[arg-type]
-            for c in group
-        ),
+        sources=tuple(_source(c, tag) for c in group),
         targets=tuple(targets),
         columns=tuple(c.name for c in table.columns),
         generated=tuple(c.name for c in table.columns if c.generated),
@@ -354,6 +351,11 @@ def plan_split(
         notes=tuple(notes),
     )
     return plan
+
+
+def _source(c: Child, tag: str) -> Source:
+    assert c.lower is not None and c.upper is not None  # groups() takes no unbounded child
+    return Source(c.schema, c.name, c.lower, c.upper, short_name(c.name, f"_{tag}"))
 
 
 def _refuse(table: Table, facts: tuple[SourceFacts, ...], parent: ParentFacts) -> None:
