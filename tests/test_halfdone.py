@@ -672,3 +672,49 @@ def test_an_application_role_without_rights_on_partguard_keeps_writing_while_ins
     assert conn.execute(
         "SELECT count(*) FROM partguard.fixes_quarantine WHERE payload = 'app-old'"
     ).fetchone() == (1,)
+
+
+def test_tables_of_the_same_name_in_two_schemas_keep_their_own_quarantine(
+    run: Run, dsn: str, conn: Conn
+) -> None:
+    """``a.fixes`` and ``b.fixes`` both set rows aside: one shared quarantine table would mix
+    them (and put one table's rows back into the other). Each gets its own, and check counts
+    each table's own."""
+    for schema, far in (("a", "2999-01-01"), ("b", "1970-01-01")):
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        fixes_incident(conn, partman=False, schema=schema)
+        conn.execute(
+            sql.SQL("INSERT INTO {} (ts, payload) VALUES (%s, %s), (%s, %s)").format(
+                sql.Identifier(schema, "fixes")
+            ),
+            (far, f"{schema}-far-1", far, f"{schema}-far-2"),
+        )
+    for schema in ("a", "b"):
+        rc, out, err = run("fix", "-d", dsn, f"{schema}.fixes", "--yes", "--strategy", "instant")
+        assert rc == 0, err
+
+    names = [
+        r[0]
+        for r in conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'partguard'::regnamespace "
+            "AND relname LIKE '%%quarantine' ORDER BY 1"
+        )
+    ]
+    assert names == ["b_fixes_quarantine", "fixes_quarantine"]
+    held = {
+        n: sorted(
+            r[0]
+            for r in conn.execute(
+                sql.SQL("SELECT payload FROM {}").format(sql.Identifier("partguard", n))
+            )
+        )
+        for n in names
+    }
+    assert held == {
+        "fixes_quarantine": ["a-far-1", "a-far-2"],
+        "b_fixes_quarantine": ["b-far-1", "b-far-2"],
+    }
+    rc, out, err = run("check", "-d", dsn, "--format", "json")
+    findings = json.loads(out)["findings"]
+    counts = {f["table"]: f["detail"]["rows"] for f in findings if f["code"] == "quarantine_rows"}
+    assert counts == {"a.fixes": 2, "b.fixes": 2}, findings

@@ -277,7 +277,18 @@ def _fix_locked(
     )
     if pr.empty and not adopted:
         return FixOutcome(table.qualname, "nothing_to_do", notes=[f"{source} holds no rows"])
-    p = plan_fix(state, pr, server.now, partman, req.options, adopted=source if adopted else None)
+    taken = frozenset(
+        n for oid, names in journal.quarantine_names(conn).items() if oid != table.oid for n in names
+    )
+    p = plan_fix(
+        state,
+        pr,
+        server.now,
+        partman,
+        req.options,
+        adopted=source if adopted else None,
+        quarantines_taken=taken,
+    )
     outcome = _outcome(
         p,
         table,

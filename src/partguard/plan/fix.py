@@ -173,6 +173,18 @@ def short_name(base: str, suffix: str) -> str:
     return base.encode()[:room].decode(errors="ignore") + digest + suffix
 
 
+def quarantine_name(table: Table, taken: frozenset[str] = frozenset()) -> str:
+    """``<table>_quarantine`` in schema partguard; ``<schema>_<table>_quarantine`` (then
+    numbered) when another table's runs already use that name."""
+    name = short_name(table.name, "_quarantine")
+    n = 1
+    while name in taken:
+        base = f"{table.schema}_{table.name}"
+        name = short_name(base, "_quarantine" if n == 1 else f"_quarantine_{n}")
+        n += 1
+    return name
+
+
 def plan_fix(
     state: TableState,
     probe: Probe,
@@ -181,11 +193,14 @@ def plan_fix(
     options: FixOptions,
     *,
     adopted: str | None = None,
+    quarantines_taken: frozenset[str] = frozenset(),
 ) -> FixParams:
     """Choose the strategy and compute every bound and name of the repair.
 
     ``probe`` describes the table whose rows need a home: the attached DEFAULT, or
     ``adopted``, a DEFAULT an earlier run of the old script detached and left behind.
+    ``quarantines_taken``: quarantine tables other tables' runs use (a table of the same
+    name in another schema must not share one: its rows would go back into the wrong table).
     """
     table, grid = state.table, state.grid.grid
     if grid is None:
@@ -202,7 +217,7 @@ def plan_fix(
     managed, keep = state.config is not None, options.outliers == "keep"
     source = adopted or (table.default.name if table.default else "")
     new_default = source or None
-    quarantine = short_name(table.name, "_quarantine")
+    quarantine = quarantine_name(table, quarantines_taken)
     notes: list[str] = []
     if outliers:
         notes.append(
