@@ -278,7 +278,10 @@ def _fix_locked(
     if pr.empty and not adopted:
         return FixOutcome(table.qualname, "nothing_to_do", notes=[f"{source} holds no rows"])
     taken = frozenset(
-        n for oid, names in journal.quarantine_names(conn).items() if oid != table.oid for n in names
+        n
+        for oid, names in journal.quarantine_names(conn).items()
+        if oid != table.oid
+        for n in names
     )
     p = plan_fix(
         state,
