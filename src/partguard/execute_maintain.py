@@ -26,7 +26,14 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from . import journal
-from .commands.partman_calls import (
+from .commands.retention import RetentionOutcome, apply_retention
+from .config import TableSpec
+from .db import LOCK_ATTEMPT, Conn, connect_retrying, run_locked
+from .errors import CRITICAL
+from .inspect.catalog import read_tables
+from .inspect.partman import Partman
+from .inspect.snapshot import Server, TableState, table_state
+from .partman_calls import (
     ALREADY_RUNNING,
     LOCK_TIMEOUT_TEXT,
     LockHolder,
@@ -36,13 +43,6 @@ from .commands.partman_calls import (
     server_message,
     skipped_for_a_lock,
 )
-from .commands.retention import RetentionOutcome, apply_retention
-from .config import TableSpec
-from .db import LOCK_ATTEMPT, Conn, connect_retrying, run_locked
-from .errors import CRITICAL
-from .inspect.catalog import read_tables
-from .inspect.partman import Partman
-from .inspect.snapshot import Server, TableState, table_state
 from .plan.maintain import UNCONFIRMED, TableOutcome, Target, default_refusal
 from .plan.premake import PremakePlan, Refusal
 

@@ -31,11 +31,11 @@ from ..inspect import catalog
 from ..inspect.partman import config_for, find_partman, read_configs
 from ..inspect.snapshot import Options, read_server, table_state
 from ..inspect.split_source import source_facts
+from ..partman_calls import SKIPPED_SET
 from ..plan import split_steps
 from ..plan.after_fix import after_fix, facts_after, renames_of
 from ..plan.fix import FixParams
 from .fix import FixOutcome, FixRequest, _recheck, fix
-from .partman_calls import SKIPPED_SET
 from .split import SplitRequest, plan_groups, split
 
 log = logging.getLogger(__name__)

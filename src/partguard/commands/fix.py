@@ -37,10 +37,10 @@ from ..inspect.locks import advisory_holders
 from ..inspect.partman import Partman, config_for, read_configs
 from ..inspect.snapshot import Options, TableState, read_server, resolve_zones, table_state
 from ..journal import advisory_key
+from ..partman_calls import SKIPPED_SET
 from ..plan import steps as S
 from ..plan.fix import FixOptions, FixParams, check_fixable, plan_fix
 from . import unfinished
-from .partman_calls import SKIPPED_SET
 
 log = logging.getLogger(__name__)
 

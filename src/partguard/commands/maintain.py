@@ -41,6 +41,7 @@ from ..guards import STANDBY_NOTE, in_recovery, refuse_pooler
 from ..inspect.catalog import relation_name, resolve
 from ..inspect.partman import Partman, find_partman, read_configs
 from ..inspect.snapshot import TableState, read_server
+from ..partman_calls import server_message, stuck_partman_locks
 from ..plan.maintain import (
     STATUS_TEXT,
     VERIFY_CODES,
@@ -69,7 +70,6 @@ from ..plan.maintain import (
     with_retention,
 )
 from . import exact, fix
-from .partman_calls import server_message, stuck_partman_locks
 
 __all__ = [
     "STATUS_TEXT",

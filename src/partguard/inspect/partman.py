@@ -15,6 +15,13 @@ from psycopg import sql
 
 from ..db import Conn
 
+# What partman says when a call did not do its work (read off its SQL, 4.7.2 to 5.5.0).
+ALREADY_RUNNING = "maintenance already running"
+LOCK_TIMEOUT_TEXT = "canceling statement due to lock timeout"
+# 5.5 catches each partition set's error and only WARNs: "... skipped partition set for
+# parent table <t>: <error>" (the transaction goes on; its children were not made).
+SKIPPED_SET = "pg_partman maintenance skipped partition set"
+
 
 @dataclass(frozen=True)
 class Partman:

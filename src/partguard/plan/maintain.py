@@ -22,9 +22,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from ..commands.partman_calls import SKIPPED_SET, one_line
 from ..config import Config, TableSpec
 from ..coverage import runway as runway_of
+from ..db import one_line
 from ..diagnose import (
     Finding,
     diagnose_table,
@@ -38,7 +38,7 @@ from ..humanize import fmt_key, quote_name
 from ..inspect.catalog import Table
 from ..inspect.grid import TimeGrid, key_lt
 from ..inspect.locks import LockHolder
-from ..inspect.partman import PartmanConfig, config_for
+from ..inspect.partman import SKIPPED_SET, PartmanConfig, config_for
 from ..inspect.retention import le
 from ..inspect.snapshot import Options, Server, TableState
 from .premake import PremakePlan, Refusal, plan_premake

@@ -12,11 +12,13 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from ..db import Conn, one_line, server_message
-from ..inspect.locks import LockHolder, advisory_holders, partman_lock_holders, stuck_partman_locks
-from ..inspect.partman import Partman
+from .db import Conn, one_line, server_message
+from .inspect.locks import LockHolder, advisory_holders, partman_lock_holders, stuck_partman_locks
+from .inspect.partman import ALREADY_RUNNING, LOCK_TIMEOUT_TEXT, SKIPPED_SET, Partman
 
 __all__ = [
+    "ALREADY_RUNNING",
+    "LOCK_TIMEOUT_TEXT",
     "SKIPPED_SET",
     "LockHolder",
     "is_lock_timeout",
@@ -28,12 +30,6 @@ __all__ = [
     "skipped_for_a_lock",
     "stuck_partman_locks",
 ]
-
-ALREADY_RUNNING = "maintenance already running"
-LOCK_TIMEOUT_TEXT = "canceling statement due to lock timeout"
-# 5.5 catches each partition set's error and only WARNs: "... skipped partition set for
-# parent table <t>: <error>" (the transaction goes on; its children were not made).
-SKIPPED_SET = "pg_partman maintenance skipped partition set"
 
 
 def skipped_for_a_lock(notices: list[tuple[str, str]]) -> bool:
