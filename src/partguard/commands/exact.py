@@ -72,6 +72,7 @@ def fix_exact(
         retries=req.retries,
         interval=req.interval,
         tz=zone,
+        force_tz=req.force_tz,
     )
     what = quote_name(wide) if wide else "the off-grid children"
     try:
@@ -143,7 +144,9 @@ def _with_recut_plan(conn: Conn, req: FixRequest, outcome: FixOutcome) -> FixOut
     zone = p.zone or req.tz
     server = read_server(conn)
     config = config_for(read_configs(conn, server.partman), table.schema, table.name)
-    state = table_state(conn, server, table, config, Options(interval=req.interval, tz=zone))
+    state = table_state(
+        conn, server, table, config, Options(interval=req.interval, tz=zone, force_tz=req.force_tz)
+    )
     after = replace(state, table=after_fix(table, p))
     old = renames_of(table, p)
     sreq = SplitRequest(
@@ -153,6 +156,7 @@ def _with_recut_plan(conn: Conn, req: FixRequest, outcome: FixOutcome) -> FixOut
         retries=req.retries,
         interval=req.interval,
         tz=zone,
+        force_tz=req.force_tz,
     )
     notes: list[str] = []
     try:

@@ -50,6 +50,7 @@ class SplitRequest:
     chunk_pages: int = 2048
     interval: str | None = None
     tz: str | None = None
+    force_tz: bool = False  # fix --force-tz: the re-cut lays the grid of the zone fix used
     dry_run: bool = False
     abort: bool = False
 
@@ -188,7 +189,7 @@ def _state(conn: Conn, table: catalog.Table, req: SplitRequest) -> TableState:
         server,
         table,
         config_for(configs, table.schema, table.name),
-        Options(interval=req.interval, tz=req.tz),
+        Options(interval=req.interval, tz=req.tz, force_tz=req.force_tz),
     )
 
 
