@@ -465,9 +465,10 @@ def incident(conn: Conn, partman: str, name: str) -> None:
     drop_children(conn, f"public.{name}", lambda k: k.lower >= cutoff)
     conn.execute(
         sql.SQL(
-            "INSERT INTO {} SELECT g, now() - interval '30 hours' + g * interval '1 minute' "
+            "INSERT INTO {} SELECT g, %s::timestamptz + g * interval '1 minute' "
             "FROM generate_series(1, 1000) g"
-        ).format(sql.Identifier("public", name))
+        ).format(sql.Identifier("public", name)),
+        (cutoff,),  # yesterday from midnight on: ~17 hours, all in the DEFAULT at any hour
     )
 
 
