@@ -26,6 +26,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from partguard.execute import fault_action
+from partguard.plan.steps import create_helpers
 from partguard.sandbox import Sandbox
 from partguard.testing.build import fixes_incident
 from partguard.testing.catalog import midnight, utc_today
@@ -718,3 +719,85 @@ def test_tables_of_the_same_name_in_two_schemas_keep_their_own_quarantine(
     findings = json.loads(out)["findings"]
     counts = {f["table"]: f["detail"]["rows"] for f in findings if f["code"] == "quarantine_rows"}
     assert counts == {"a.fixes": 2, "b.fixes": 2}, findings
+
+
+def test_partguards_schema_owned_by_another_role_is_refused_before_any_code_of_it_runs(
+    run: Run, dsn: str, conn: Conn, role: str
+) -> None:
+    """A role that may CREATE in the database made schema partguard first and left a helper
+    that would make it a superuser. The superuser's fix, split and maintain refuse (77) and
+    run none of it; nothing changes."""
+    r = sql.Identifier(role)
+    conn.execute(
+        sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(sql.Identifier(conn.info.dbname), r)
+    )
+    fixes_incident(conn, partman=False)
+    with psycopg.connect(make_conninfo(dsn, user=role), autocommit=True) as evil:
+        evil.execute("CREATE SCHEMA partguard")
+        evil.execute(
+            sql.SQL(
+                "CREATE FUNCTION partguard.let_divert(q regclass) RETURNS void LANGUAGE sql "
+                "AS $$ ALTER ROLE {} SUPERUSER $$"
+            ).format(r)
+        )
+    before = outside_partguard(conn)
+    try:
+        _refused_everywhere(run, dsn, conn, role, before)
+    finally:
+        conn.execute("DROP SCHEMA IF EXISTS partguard CASCADE")
+
+
+def _refused_everywhere(run: Run, dsn: str, conn: Conn, role: str, before: Any) -> None:
+    for argv in (
+        ("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "instant"),
+        ("fix", "-d", dsn, "public.fixes", "--yes"),
+        ("split", "-d", dsn, "public.fixes", "--yes"),
+        ("maintain", "-d", dsn),
+    ):
+        rc, out, err = run(*argv)
+        assert rc == 77, (argv, rc, out, err)
+        line = one_line(err)
+        assert f"schema partguard (owner {role})" in line, line
+        assert f"function partguard.let_divert (owner {role})" in line, line
+        assert "nothing changed" in line
+    assert conn.execute(
+        sql.SQL("SELECT rolsuper FROM pg_roles WHERE rolname = {}").format(sql.Literal(role))
+    ).fetchone() == (False,)
+    assert outside_partguard(conn) == before and helpers_on_default(conn) == []
+    # The plan a DBA would run in psql refuses by itself too (the schema's owner is checked
+    # inside the script, under the same advisory lock).
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="belongs to a role"):
+        conn.execute(create_helpers())
+
+
+def test_a_fix_runner_without_execute_on_divert_is_told_the_grant_before_anything_changes(
+    run: Run, dsn: str, conn: Conn, role: str
+) -> None:
+    """A superuser's earlier run created partguard.divert() (EXECUTE revoked from PUBLIC);
+    the owner of app.fixes runs instant: refused with the GRANT that lets it, then it works."""
+    fixes_incident(conn, partman=False)
+    rc, _out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "instant")
+    assert rc == 0, err
+    app_schema_table(conn, role)
+    r = sql.Identifier(role)
+    conn.execute(
+        sql.SQL(
+            "GRANT USAGE, CREATE ON SCHEMA partguard TO {r}; "
+            "GRANT SELECT ON ALL TABLES IN SCHEMA partguard TO {r}; "
+            "GRANT INSERT, UPDATE ON partguard.fix_run, partguard.fix_chunk TO {r}"
+        ).format(r=r)
+    )
+    before = outside_partguard(conn)
+    as_role = make_conninfo(dsn, user=role)
+
+    rc, out, err = run("fix", "-d", as_role, "app.fixes", "--yes", "--strategy", "instant")
+
+    assert rc == 77, err
+    line = one_line(err)
+    assert "EXECUTE on partguard.divert()" in line and f"TO {role}" in line, line
+    assert "nothing changed" in line
+    assert outside_partguard(conn) == before and helpers_on_default(conn) == []
+    conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION partguard.divert() TO {}").format(r))
+    rc, out, err = run("fix", "-d", as_role, "app.fixes", "--yes", "--strategy", "instant")
+    assert rc == 0, err
+    assert conn.execute("SELECT count(*) FROM ONLY app.fixes_default").fetchone() == (0,)

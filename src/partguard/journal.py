@@ -16,6 +16,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from .db import Conn
+from .errors import PermissionDenied
+from .inspect.privileges import untrusted
 
 SCHEMA = "partguard"
 
@@ -68,8 +70,23 @@ CREATE TABLE IF NOT EXISTS partguard.maintenance_table (
 """
 
 
+def ensure_trusted(conn: Conn) -> None:
+    """Refuse (nothing changed) when schema partguard, a helper function or a journal table
+    belongs to a role this one is not (and not a superuser): its owner could change what
+    partguard runs, and this role would run it with its own rights."""
+    bad = untrusted(conn)
+    if bad:
+        raise PermissionDenied(
+            "partguard runs no code another role can change, and these belong to a role this "
+            f"one is not: {'; '.join(bad)} (nothing changed; check them, then ALTER … OWNER TO "
+            "a trusted role, or drop them)"
+        )
+
+
 def ensure_schema(conn: Conn) -> None:
-    """Create partguard's schema and tables if missing (idempotent, cheap)."""
+    """Create partguard's schema and tables if missing (idempotent, cheap), once they are
+    known to be partguard's own (:func:`ensure_trusted`)."""
+    ensure_trusted(conn)
     exists = conn.execute(
         "SELECT to_regclass('partguard.maintenance_table') IS NOT NULL"
     ).fetchone()

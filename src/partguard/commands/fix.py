@@ -213,6 +213,7 @@ def _fix_locked(
     server = read_server(conn)
     partman = server.partman
     source, adopted = _source(conn, table)
+    journal.ensure_trusted(conn)
     # partman's part_config tells whether it manages the table: needed even for a native one.
     lacking = privileges.missing(
         conn, privileges.Needs(table.schema, table.owner, source or "", partman)
@@ -305,6 +306,13 @@ def _fix_locked(
     if confirm is not None and not confirm(outcome):
         return replace(outcome, status="declined")
     if p.strategy == "instant":
+        if not privileges.may_divert(conn):
+            raise PermissionDenied(
+                "fix needs EXECUTE on partguard.divert(), instant's trigger function (its owner "
+                "revoked it from PUBLIC; nothing changed): GRANT EXECUTE ON FUNCTION "
+                f"partguard.divert() TO {humanize.quote_name(_current_user(conn))}, or run "
+                "--strategy copy"
+            )
         _lock_check(conn, req, table, p)  # before the first commit: the swap's locks can be had
     journal.ensure_schema(conn)
     run = journal.start_run(
@@ -326,6 +334,11 @@ def _fix_locked(
         replace(outcome, run_id=run.run_id),
         on_progress,
     )
+
+
+def _current_user(conn: Conn) -> str:
+    row = conn.execute("SELECT current_user").fetchone()
+    return str(row[0]) if row else ""
 
 
 def _read(conn: Conn, name: str) -> catalog.Table:

@@ -194,6 +194,7 @@ def _state(conn: Conn, table: catalog.Table, req: SplitRequest) -> TableState:
 
 
 def _check_privileges(conn: Conn, table: catalog.Table) -> None:
+    journal.ensure_trusted(conn)
     is_owner, can_create = catalog.privileges(conn, table)
     if not is_owner:
         raise PermissionDenied(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..db import Conn
+from ..humanize import quote_name
 from .partman import Partman
 
 _SQL = """
@@ -86,3 +87,52 @@ def missing(conn: Conn, needs: Needs) -> list[str]:
         ),
     ]
     return [what for ok, what in checks if not ok]
+
+
+# --- whose code partguard runs ---------------------------------------------------------
+# partguard calls functions in its schema and writes its journal there. A role that owns
+# the schema, a helper or a journal table could change them (a function's body, a trigger on
+# a journal table), and a superuser's next run would execute that code with its rights. They
+# must belong to a superuser, or (for a role that is not one) to a role whose privileges it
+# has. pg_has_role() is true of every role for a superuser: a superuser trusts superusers only.
+
+HELPERS = ("divert", "let_divert", "rename_indexes", "add_children_with_rows")
+JOURNAL = ("fix_run", "fix_chunk", "split_run", "maintenance_run", "maintenance_table")
+
+_UNTRUSTED_SQL = """
+SELECT o.kind, o.name, r.rolname FROM (
+    SELECT 'schema' AS kind, n.nspname::text AS name, n.nspowner AS owner
+      FROM pg_namespace n WHERE n.nspname = 'partguard'
+    UNION ALL
+    SELECT 'function', 'partguard.' || p.proname, p.proowner FROM pg_proc p
+     WHERE p.pronamespace = to_regnamespace('partguard') AND p.proname = ANY(%(helpers)s)
+    UNION ALL
+    SELECT 'table', 'partguard.' || c.relname, c.relowner FROM pg_class c
+     WHERE c.relnamespace = to_regnamespace('partguard') AND c.relname = ANY(%(journal)s)
+) o JOIN pg_roles r ON r.oid = o.owner
+WHERE NOT r.rolsuper
+  AND ((SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR NOT pg_has_role(o.owner, 'USAGE'))
+ORDER BY 1, 2
+"""
+
+
+def untrusted(conn: Conn) -> list[str]:
+    """partguard's own objects that a role other than this one (and not a superuser) owns,
+    as ``schema partguard (owner mallory)``."""
+    rows = conn.execute(
+        _UNTRUSTED_SQL, {"helpers": list(HELPERS), "journal": list(JOURNAL)}
+    ).fetchall()
+    return [
+        f"{kind} {'.'.join(quote_name(p) for p in str(name).split('.', 1))} (owner {quote_name(owner)})"
+        for kind, name, owner in rows
+    ]
+
+
+def may_divert(conn: Conn) -> bool:
+    """Whether this role may attach ``partguard.divert()`` (instant's trigger): EXECUTE is
+    revoked from PUBLIC, so a role other than its owner needs it granted."""
+    row = conn.execute(
+        "SELECT CASE WHEN to_regprocedure('partguard.divert()') IS NULL THEN true "
+        "ELSE has_function_privilege('partguard.divert()', 'EXECUTE') END"
+    ).fetchone()
+    return bool(row and row[0])

@@ -106,12 +106,27 @@ def outside(
 # --- partguard's helper functions ----------------------------------------------------
 # Static text (no name of the user's in it), created once per database by the first step
 # of a repair, under a fixed advisory lock so two first runs do not both create them. One
-# this run's role owns is brought up to date (divert, rename_indexes); one of another role
-# is left as it is.
+# this run's role owns is brought up to date; one of a superuser is left as it is; one of
+# any other role is refused (its owner could change what this role runs).
 
 _HELPERS = r"""DO $do$
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('partguard schema'));
+    -- Run no code another role can change: the schema and the helpers must be a superuser's
+    -- or (for a role that is not one) a role's whose privileges it has.
+    IF EXISTS (SELECT FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
+               WHERE n.nspname = 'partguard' AND NOT r.rolsuper
+                 AND ((SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+                      OR NOT pg_has_role(r.oid, 'USAGE')))
+       OR EXISTS (SELECT FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
+                  WHERE p.pronamespace = to_regnamespace('partguard')
+                    AND p.proname IN ('divert', 'let_divert', 'rename_indexes', 'add_children_with_rows')
+                    AND NOT r.rolsuper
+                    AND ((SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+                         OR NOT pg_has_role(r.oid, 'USAGE'))) THEN
+        RAISE EXCEPTION 'schema partguard or one of its functions belongs to a role this one is not'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     IF to_regprocedure('partguard.divert()') IS NULL
        OR (SELECT NOT p.prosecdef AND pg_has_role(p.proowner, 'USAGE') FROM pg_proc p
            WHERE p.oid = to_regprocedure('partguard.divert()')) THEN
@@ -133,10 +148,13 @@ BEGIN
         END $fn$;
         REVOKE EXECUTE ON FUNCTION partguard.divert() FROM PUBLIC;
     END IF;
-    IF to_regprocedure('partguard.let_divert(regclass)') IS NULL THEN
+    IF to_regprocedure('partguard.let_divert(regclass)') IS NULL
+       OR (SELECT pg_has_role(p.proowner, 'USAGE') FROM pg_proc p
+           WHERE p.oid = to_regprocedure('partguard.let_divert(regclass)')) THEN
         -- divert() inserts as its owner, who may be another role than this run's (an
         -- earlier run created it): let it write into this run's quarantine table.
-        CREATE FUNCTION partguard.let_divert(q regclass) RETURNS void LANGUAGE plpgsql AS $fn$
+        CREATE OR REPLACE FUNCTION partguard.let_divert(q regclass) RETURNS void LANGUAGE plpgsql
+        SET search_path = pg_catalog, pg_temp AS $fn$
         BEGIN
             EXECUTE format('GRANT INSERT ON %s TO %s', q,
                 (SELECT proowner::regrole FROM pg_proc WHERE oid = 'partguard.divert()'::regprocedure));
@@ -149,7 +167,8 @@ BEGIN
         -- a hash when too long): a renamed table's indexes follow its name, as PostgreSQL
         -- names a child's. Returns how many were renamed.
         CREATE OR REPLACE FUNCTION partguard.rename_indexes(rel regclass, p_old text, p_new text)
-        RETURNS integer LANGUAGE plpgsql AS $fn$
+        RETURNS integer LANGUAGE plpgsql
+        SET search_path = pg_catalog, pg_temp AS $fn$
         DECLARE
             ix record; tail text; target text; base text; digest text; renamed integer := 0;
         BEGIN
@@ -172,13 +191,17 @@ BEGIN
             RETURN renamed;
         END $fn$;
     END IF;
-    IF to_regprocedure('partguard.add_children_with_rows(regclass,regclass,name,text[],text[],text[])') IS NULL THEN
+    IF to_regprocedure('partguard.add_children_with_rows(regclass,regclass,name,text[],text[],text[])') IS NULL
+       OR (SELECT pg_has_role(p.proowner, 'USAGE') FROM pg_proc p
+           WHERE p.oid = to_regprocedure(
+               'partguard.add_children_with_rows(regclass,regclass,name,text[],text[],text[])')) THEN
         -- For each candidate child (names[i], FROM lowers[i] TO uppers[i]) that holding has
         -- a row for, create it as a partition of parent: rows that reached the DEFAULT after
         -- the analysis get a child like the rest. Returns the names created.
-        CREATE FUNCTION partguard.add_children_with_rows(
+        CREATE OR REPLACE FUNCTION partguard.add_children_with_rows(
             parent regclass, holding regclass, key name, names text[], lowers text[], uppers text[])
-        RETURNS text[] LANGUAGE plpgsql AS $fn$
+        RETURNS text[] LANGUAGE plpgsql
+        SET search_path = pg_catalog, pg_temp AS $fn$
         DECLARE
             nsp name; has_rows boolean; made text[] := '{}';
         BEGIN
