@@ -10,12 +10,14 @@ the command that finishes it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -29,8 +31,14 @@ from partguard.execute import fault_action
 from partguard.plan.steps import create_helpers
 from partguard.sandbox import Sandbox
 from partguard.testing.build import fixes_incident
-from partguard.testing.catalog import midnight, utc_today
-from partguard.testing.oracles import outside_partguard
+from partguard.testing.catalog import kids, midnight, utc_today
+from partguard.testing.oracles import (
+    PARTMAN_FORMATS,
+    assert_exactly_once,
+    assert_partman_healthy,
+    has_wide_child,
+    outside_partguard,
+)
 
 Conn = psycopg.Connection[Any]
 Run = Callable[..., tuple[int, str, str]]
@@ -487,6 +495,107 @@ def test_instant_killed_before_its_swap_is_critical_and_abort_undoes_it(
     assert "unfinished_fix" not in {f["code"] for f in findings}, findings
     rc, out, err = run("fix", "-d", dsn, "public.fixes", "--abort")
     assert rc == 0 and "no unfinished fix run" in out, out + err
+
+
+def fixes_rows(conn: Conn) -> Counter[tuple[Any, ...]]:
+    """Every row of public.fixes, with multiplicity."""
+    return Counter(tuple(r) for r in conn.execute("SELECT id, ts, payload FROM public.fixes"))
+
+
+def killed_between_swap_and_recut(
+    run: Run, dsn: str, conn: Conn, partman_version: str | None
+) -> None:
+    """``fix`` (auto) SIGKILLed after its instant swap is journalled done, before the re-cut:
+    check and ``fix --status`` say the re-cut is owed, and the same command finishes it."""
+    managed = partman_version is not None
+    fixes_incident(conn, partman=managed)
+    before = fixes_rows(conn)
+    proc = killed_cli("fix", "-d", dsn, "public.fixes", "--yes", fault="auto:before-recut")
+    assert proc.returncode == -9, proc.stderr
+    assert runs(conn) == [("done", True)]
+    (wide,) = conn.execute(
+        "SELECT detail->'params'->>'span_child' FROM partguard.fix_run"
+    ).fetchone()
+    assert has_wide_child(kids(conn, "public.fixes")), kids(conn, "public.fixes")
+
+    rc, findings = check_json(run, dsn)
+    f = only(findings, "unfinished_fix")
+    db = conn.info.dbname
+    assert rc == 1 and f["severity"] == "warning", findings  # nothing out of sight: WARNING
+    assert f["detail"]["kind"] == "recut" and f["detail"]["child"] == wide
+    assert f["detail"]["rows_not_visible"] == 0 and f"public.{wide}" in f["message"]
+    assert f["detail"]["command"] == f"partguard fix -d {db} public.fixes --yes"
+    assert f["detail"]["command"] in f["message"]
+    split = f["detail"]["split_command"]
+    assert split.startswith("partguard split -d ") and split.endswith(" public.fixes --yes")
+    assert split in f["message"]
+    assert metric(run, dsn, "partguard_unfinished_fixes") == 1
+    assert metric(run, dsn, "partguard_unfinished_fix_rows") == 0
+    rc, out, err = run("fix", "-d", dsn, "--status")
+    assert rc == 0 and "RE-CUT OWED" in out and f"public.{wide}" in out, out + err
+
+    rc, out, err = run("fix", "-d", dsn, "public.fixes", "--yes")
+    assert rc == 0, out + err
+    assert "fixed with instant+recut" in out and "re-cut online into" in out, out
+    ks = kids(conn, "public.fixes")
+    assert not has_wide_child(ks) and all(k.upper - k.lower == timedelta(days=1) for k in ks), ks
+    assert all(a.upper == b.lower for a, b in itertools.pairwise(ks)), "a hole or an overlap"
+    assert_exactly_once(before, fixes_rows(conn))
+    rc, findings = check_json(run, dsn)
+    assert "unfinished_fix" not in {f["code"] for f in findings}, findings
+    assert "wide_child" not in {f["code"] for f in findings}, findings
+    assert metric(run, dsn, "partguard_unfinished_fixes") == 0
+    rc, out, err = run("fix", "-d", dsn, "--status")
+    assert rc == 0 and "OWED" not in out and "finished" in out, out + err
+    if managed:
+        assert partman_version is not None
+        assert_partman_healthy(
+            dsn, "public.fixes", PARTMAN_FORMATS[int(partman_version[0])]["1 day"], "UTC"
+        )
+    rc, out, err = run("fix", "-d", dsn, "public.fixes", "--yes")
+    assert rc == 0 and "nothing to do" in out, out + err
+
+
+def test_auto_killed_between_swap_and_recut_owes_the_recut_until_rerun(
+    run: Run, dsn: str, conn: Conn, partman_version: str | None
+) -> None:
+    killed_between_swap_and_recut(run, dsn, conn, partman_version)
+
+
+def test_auto_killed_between_swap_and_recut_on_a_native_table(
+    run: Run, dsn: str, conn: Conn
+) -> None:
+    killed_between_swap_and_recut(run, dsn, conn, None)
+
+
+def test_a_manual_split_settles_the_owed_recut_and_instant_owes_nothing(
+    run: Run, dsn: str, conn: Conn, partman: str
+) -> None:
+    """The owed re-cut is read from the catalog: ``partguard split`` settles it, nothing to
+    clear; ``--strategy instant`` stops after its swap and owes nothing."""
+    fixes_incident(conn, partman=True)
+    proc = killed_cli("fix", "-d", dsn, "public.fixes", "--yes", fault="auto:before-recut")
+    assert proc.returncode == -9, proc.stderr
+    rc, findings = check_json(run, dsn)
+    assert only(findings, "unfinished_fix")["detail"]["kind"] == "recut"
+    rc, out, err = run("split", "-d", dsn, "public.fixes", "--yes")
+    assert rc == 0, out + err
+    assert not has_wide_child(kids(conn, "public.fixes"))
+    rc, findings = check_json(run, dsn)
+    assert "unfinished_fix" not in {f["code"] for f in findings}, findings
+    rc, out, err = run("fix", "-d", dsn, "public.fixes", "--yes")
+    assert rc == 0 and "nothing to do" in out, out + err
+
+    conn.execute("DROP TABLE public.fixes")
+    conn.execute("DELETE FROM partman.part_config WHERE parent_table = 'public.fixes'")
+    fixes_incident(conn, partman=True)
+    rc, out, err = run("fix", "-d", dsn, "public.fixes", "--yes", "--strategy", "instant")
+    assert rc == 0 and "fixed with instant in" in out, out + err
+    assert has_wide_child(kids(conn, "public.fixes"))
+    rc, findings = check_json(run, dsn)
+    assert "unfinished_fix" not in {f["code"] for f in findings}, findings
+    rc, out, err = run("fix", "-d", dsn, "public.fixes", "--yes")
+    assert rc == 0 and "nothing to do" in out and "re-cut" not in out, out + err
 
 
 def test_a_default_the_old_script_detached_is_critical_with_its_rows(

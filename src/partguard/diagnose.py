@@ -714,9 +714,52 @@ def describe_unfinished(table: Table, u: UnfinishedFix, server: Server) -> str:
     return _unfinished(table, u, server).message
 
 
+def _unfinished_recut(table: Table, u: UnfinishedFix, server: Server) -> Finding:
+    """An auto fix stopped between its instant swap and the re-cut it promised: nothing is
+    out of sight and every write works (WARNING), but the exact children are owed."""
+    child = display_name(replace(table, name=u.relation))
+    finish = repair_command(server, table, "--yes")
+    split = f"{split_command(table, server_target(server))} --yes"
+    state = (
+        f"is finishing it now ({u.running})"
+        if u.running
+        else "stopped before re-cutting it onto the grid"
+    )
+    msg = (
+        f"fix run {u.run_id} (auto) made the DEFAULT one wide child, {child}, and {state}: "
+        "every row is visible and writes work, but the re-cut into exact children is owed; "
+        f"finish it: {finish} (or {split})"
+    )
+    return Finding(
+        "unfinished_fix",
+        Severity.WARNING,
+        table.qualname,
+        msg,
+        {
+            "kind": "recut",
+            "run_id": u.run_id,
+            "state": u.state,
+            "relation": child,
+            "child": u.relation,
+            "rows_not_visible": 0,
+            "rows_exact": True,
+            "trigger": False,
+            "check": False,
+            "quarantine": None,
+            "running": u.running,
+            "started_at": iso(u.started_at) if u.started_at else None,
+            "command": finish,
+            "split_command": split,
+            "undo_command": None,
+        },
+    )
+
+
 def _unfinished(table: Table, u: UnfinishedFix, server: Server) -> Finding:
     if u.kind == "split":
         return _unfinished_split(table, u, server)
+    if u.kind == "recut":
+        return _unfinished_recut(table, u, server)
     rel = display_name(replace(table, name=u.relation))
     rows = f"{u.hidden_rows} rows" if u.hidden_exact else f"~{u.hidden_rows} rows (estimate)"
     finish = repair_command(server, table, "--yes")

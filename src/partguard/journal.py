@@ -190,6 +190,33 @@ def unfinished_runs(conn: Conn) -> list[FixRun]:
     return [FixRun(*r) for r in rows]
 
 
+def recut_candidates(conn: Conn) -> list[FixRun]:
+    """Finished ``fix`` runs of strategy auto whose instant swap made a wide child and whose
+    re-cut has not been settled by that fix (``detail.recut``, written once the re-cut ran or
+    was refused). Whether the re-cut is still owed is the catalog's to say: while the wide
+    child exists with the swap's bounds (``leftovers``); a manual ``partguard split`` settles it."""
+    if not readable(conn):
+        return []
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT {} FROM partguard.fix_run WHERE finished_at IS NOT NULL AND state = 'done' "
+            "AND strategy = 'instant' AND detail->>'auto' = 'true' "
+            "AND detail->'params'->>'span_child' IS NOT NULL AND detail->'recut' IS NULL "
+            "ORDER BY run_id"
+        ).format(_RUN_COLS)
+    ).fetchall()
+    return [FixRun(*r) for r in rows]
+
+
+def note_run(conn: Conn, run_id: int, detail: dict[str, Any]) -> None:
+    """Merge ``detail`` into a run's journal detail, its state unchanged."""
+    conn.execute(
+        "UPDATE partguard.fix_run SET detail = detail || %s, updated_at = clock_timestamp() "
+        "WHERE run_id = %s",
+        (Jsonb(detail), run_id),
+    )
+
+
 def quarantine_names(conn: Conn) -> dict[int, set[str]]:
     """Quarantine tables (in schema partguard) any fix run of each table has used."""
     if not readable(conn):

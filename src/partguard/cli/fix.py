@@ -237,6 +237,7 @@ def _status(params: Any, fmt: str) -> int:
                         "rows_not_visible": s.rows_not_visible,
                         "rows_exact": s.rows_exact,
                         "left": s.left,
+                        "recut_owed": s.recut_owed,
                     }
                     for s in runs
                 ]
@@ -247,7 +248,11 @@ def _status(params: Any, fmt: str) -> int:
         click.echo("no fix runs recorded")
     for s in runs:
         r = s.run
-        state = "finished" if r.finished_at else "INTERRUPTED"
+        state = (
+            "finished its swap, RE-CUT OWED"
+            if s.recut_owed
+            else ("finished" if r.finished_at else "INTERRUPTED")
+        )
         hold = f" holding={s.holding}" if s.holding else ""
         if s.rows_not_visible is not None:
             hold += f" ({s.rows_not_visible}{'' if s.rows_exact else ' (estimate)'} rows not visible yet)"

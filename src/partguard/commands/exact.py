@@ -23,11 +23,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .. import journal
 from ..db import Conn, ConnParams, error_line
-from ..errors import PartguardError, UnsupportedTable
-from ..execute import Progress, partman_maintenance
+from ..errors import PartguardError, UnknownGrid, UnsupportedTable
+from ..execute import Progress, fault, partman_maintenance
 from ..humanize import quote_name
-from ..inspect import catalog
+from ..inspect import catalog, leftovers
 from ..inspect.partman import config_for, find_partman, read_configs
 from ..inspect.snapshot import Options, read_server, table_state
 from ..inspect.split_source import source_facts
@@ -52,6 +53,9 @@ def fix_exact(
     """``fix``, then (strategy auto, after an instant swap) the re-cut of the wide child."""
     started = time.monotonic()
     outcome = fix(conn, params, req, confirm=confirm, on_progress=on_progress)
+    if req.options.strategy == "auto" and outcome.status == "nothing_to_do" and not req.dry_run:
+        # An earlier auto run may have been stopped between its swap and its re-cut.
+        outcome = _owed(conn, req, outcome)
     wide = (outcome.params or {}).get("span_child")
     if req.options.strategy != "auto" or outcome.strategy not in ("instant", "copy"):
         return outcome
@@ -61,6 +65,7 @@ def fix_exact(
         return outcome
     live = time.monotonic() - started
     log.info("fix %s: live writes have real children after %.2fs; re-cutting", outcome.table, live)
+    fault("auto:before-recut")  # crash tests: the swap is done, the re-cut owed
     # Every child the grid disowns is re-cut, not only the wide one: an off-grid child (the old
     # script's UTC day on a Berlin grid) would keep partman failing. In the zone the fix used.
     zone = (outcome.params or {}).get("zone") or req.tz
@@ -77,9 +82,10 @@ def fix_exact(
     what = quote_name(wide) if wide else "the off-grid children"
     try:
         recut = split(conn, params, sreq, on_progress=on_progress)
-    except UnsupportedTable as exc:  # refused before any change: the repair stands as it is
+    except (UnsupportedTable, UnknownGrid) as exc:  # refused before any change: it stands
         note = f"{what} stays as it is: the re-cut cannot run on this table ({exc})"
         log.warning("fix %s: %s", outcome.table, note)
+        _settle(conn, outcome, f"refused: {exc}")
         return replace(outcome, notes=[*outcome.notes, note])
     except (PartguardError, psycopg.Error) as exc:
         cls = type(exc) if isinstance(exc, PartguardError) else PartguardError
@@ -89,6 +95,7 @@ def fix_exact(
             "finish it with partguard split "
             "(or undo it with partguard split --abort)"
         ) from exc
+    _settle(conn, outcome, recut.status)
     summary: dict[str, Any] = {
         "status": recut.status,
         "live_children_after_s": round(live, 3),
@@ -126,6 +133,51 @@ def fix_exact(
         longest_lock_s=round(longest, 4),
         notes=[*outcome.notes, *recut.notes],
     )
+
+
+def _owed(conn: Conn, req: FixRequest, outcome: FixOutcome) -> FixOutcome:
+    """``fix`` found nothing to do, but an auto run of this table is done with its swap and
+    still owes the re-cut of its wide child (killed in between): that run's outcome, so the
+    re-cut runs as it would have, then partman once more."""
+    if not journal.readable(conn):
+        return outcome
+    (table,) = catalog.read_tables(conn, [req.table])
+    run = next(
+        (
+            r
+            for r in reversed(journal.recut_candidates(conn))
+            if r.parent_oid == table.oid and leftovers.wide_child_of(table, r)
+        ),
+        None,
+    )
+    if run is None:
+        return outcome
+    p = run.params
+    log.warning(
+        "fix %s: run %d swapped the DEFAULT into %s but never re-cut it; re-cutting now",
+        outcome.table,
+        run.run_id,
+        p.get("span_child"),
+    )
+    return replace(
+        outcome,
+        status="done",
+        strategy=run.strategy,
+        run_id=run.run_id,
+        resumed=True,
+        params=p,
+        maintenance="ok" if p.get("managed") else None,
+        notes=[
+            *outcome.notes,
+            f"run {run.run_id} owed the re-cut of {quote_name(str(p.get('span_child')))}",
+        ],
+    )
+
+
+def _settle(conn: Conn, outcome: FixOutcome, how: str) -> None:
+    """The auto run's re-cut ran (or was refused): no longer owed by this run."""
+    if outcome.run_id is not None and journal.readable(conn):
+        journal.note_run(conn, outcome.run_id, {"recut": how})
 
 
 def _with_recut_plan(conn: Conn, req: FixRequest, outcome: FixOutcome) -> FixOutcome:

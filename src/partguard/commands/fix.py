@@ -320,7 +320,12 @@ def _fix_locked(
         table.oid,
         table.qualname,
         p.strategy,
-        {"params": p.as_json(), "chunk_pages": req.options.chunk_pages},
+        {
+            "params": p.as_json(),
+            "chunk_pages": req.options.chunk_pages,
+            # auto owes the re-cut of the wide child once this run is done (commands/exact.py)
+            "auto": req.options.strategy == "auto",
+        },
     )
     return _execute(
         conn,

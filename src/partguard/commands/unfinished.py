@@ -214,13 +214,15 @@ class RunStatus:
     rows_not_visible: int | None  # unfinished copy: rows there not visible through the parent yet
     rows_exact: bool
     left: str | None  # unfinished: check's message, with the command that finishes it
+    recut_owed: bool = False  # finished (auto, its swap), but the re-cut it promised is owed
 
 
 def runs_status(conn: Conn, limit: int = 50) -> list[RunStatus]:
     runs = journal.list_runs(conn, limit)
+    owing = {r.run_id for r in journal.recut_candidates(conn)}
     tables: dict[int, catalog.Table] = {}
     for r in runs:
-        if r.finished_at is None and r.parent_oid not in tables:
+        if (r.finished_at is None or r.run_id in owing) and r.parent_oid not in tables:
             try:
                 schema, name = catalog.relation_name(conn, r.parent_oid)
                 tables[r.parent_oid] = catalog.read_tables(
@@ -247,5 +249,14 @@ def runs_status(conn: Conn, limit: int = 50) -> list[RunStatus]:
             out.append(RunStatus(r, shown, None, True, None))
             continue
         rows = u.hidden_rows if r.strategy == "copy" else None
-        out.append(RunStatus(r, shown, rows, u.hidden_exact, describe_unfinished(table, u, server)))
+        out.append(
+            RunStatus(
+                r,
+                shown,
+                rows,
+                u.hidden_exact,
+                describe_unfinished(table, u, server),
+                recut_owed=u.kind == "recut",
+            )
+        )
     return out

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import date, datetime
+from typing import Any
 
 from psycopg import errors as pgerrors
 from psycopg import sql
@@ -41,8 +42,10 @@ _COPY_ALL_COPIED = ("verify", "drop", "maintenance", "release")
 class UnfinishedFix:
     """One half-done repair of a table."""
 
-    kind: str  # 'copy' | 'instant' | 'detached_default' | 'split'
-    relation: str  # in the table's schema: the holding table, the DEFAULT with the trigger, the detached DEFAULT
+    kind: str  # 'copy' | 'instant' | 'detached_default' | 'split' | 'recut'
+    # in the table's schema: the holding table, the DEFAULT with the trigger, the detached
+    # DEFAULT, the split's sources, the wide child an auto fix still owes the re-cut of
+    relation: str
     run_id: int | None = None  # None: not in the journal (the old script, or a lost journal)
     state: str | None = None  # the last step the run committed
     started_at: datetime | None = None
@@ -86,6 +89,9 @@ def read(conn: Conn, tables: Sequence[Table], *, exact: bool = False) -> dict[in
     runs: dict[int, list[journal.FixRun]] = {}
     for run in journal.unfinished_runs(conn):
         runs.setdefault(run.parent_oid, []).append(run)
+    owed: dict[int, list[journal.FixRun]] = {}
+    for run in journal.recut_candidates(conn):
+        owed.setdefault(run.parent_oid, []).append(run)
     splits: dict[int, list[journal.SplitRun]] = {}
     for srun in journal.unfinished_splits(conn):
         splits.setdefault(srun.parent_oid, []).append(srun)
@@ -97,6 +103,8 @@ def read(conn: Conn, tables: Sequence[Table], *, exact: bool = False) -> dict[in
     for t in tables:
         found = [_from_run(conn, t, r, helpers, cap) for r in runs.get(t.oid, [])]
         found += [_from_split(conn, t, r) for r in splits.get(t.oid, [])]
+        if not any(u.kind == "split" for u in found):  # a split under way says it all
+            found += [_owed_recut(conn, t, r) for r in owed.get(t.oid, []) if wide_child_of(t, r)]
         if (
             t.default is not None
             and t.default.oid in helpers
@@ -129,6 +137,44 @@ def _from_split(conn: Conn, table: Table, run: journal.SplitRun) -> UnfinishedFi
         run.state,
         run.started_at,
         trigger=True,
+        running=holders[0].describe() if holders else None,
+    )
+
+
+def wide_child_of(table: Table, run: journal.FixRun) -> str | None:
+    """The wide child ``run``'s instant swap made, if it is still a child with the swap's
+    bounds (a re-cut, ``partguard split`` included, replaces it: nothing to clear)."""
+    p = run.params
+    name = p.get("span_child")
+    for c in table.children:
+        if (
+            c.name == name
+            and _same_key(c.lower, p.get("span_lo"))
+            and _same_key(c.upper, p.get("span_hi"))
+        ):
+            return c.name
+    return None
+
+
+def _same_key(bound: Key | None, journalled: Any) -> bool:
+    """A catalog bound against the journal's (``FixParams.as_json``: ISO text or an int)."""
+    if bound is None or journalled is None:
+        return bound is None and journalled is None
+    if isinstance(bound, (date, datetime)) and isinstance(journalled, str):
+        return bound == type(bound).fromisoformat(journalled)
+    return bool(bound == journalled)
+
+
+def _owed_recut(conn: Conn, table: Table, run: journal.FixRun) -> UnfinishedFix:
+    """An auto fix done with its swap whose re-cut never ran (killed in between): every row
+    is visible and writes work; the exact children it promised are owed."""
+    holders = advisory_holders(conn, sql.Literal(journal.advisory_key(table.oid)))
+    return UnfinishedFix(
+        "recut",
+        str(run.params.get("span_child")),
+        run.run_id,
+        run.state,
+        run.started_at,
         running=holders[0].describe() if holders else None,
     )
 
