@@ -529,7 +529,8 @@ def killed_between_swap_and_recut(
     split = f["detail"]["split_command"]
     assert split.startswith("partguard split -d ") and split.endswith(" public.fixes --yes")
     assert split in f["message"]
-    assert metric(run, dsn, "partguard_unfinished_fixes") == 1
+    assert metric(run, dsn, "partguard_recut_owed") == 1
+    assert metric(run, dsn, "partguard_unfinished_fixes") == 0  # nothing out of sight: no page
     assert metric(run, dsn, "partguard_unfinished_fix_rows") == 0
     rc, out, err = run("fix", "-d", dsn, "--status")
     assert rc == 0 and "RE-CUT OWED" in out and f"public.{wide}" in out, out + err
@@ -544,7 +545,7 @@ def killed_between_swap_and_recut(
     rc, findings = check_json(run, dsn)
     assert "unfinished_fix" not in {f["code"] for f in findings}, findings
     assert "wide_child" not in {f["code"] for f in findings}, findings
-    assert metric(run, dsn, "partguard_unfinished_fixes") == 0
+    assert metric(run, dsn, "partguard_recut_owed") == 0
     rc, out, err = run("fix", "-d", dsn, "--status")
     assert rc == 0 and "OWED" not in out and "finished" in out, out + err
     if managed:

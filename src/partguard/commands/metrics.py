@@ -194,9 +194,10 @@ def connection_families(clients: Clients) -> list[Metric]:
 _STATUS = {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}
 
 _LEFTOVERS = {
-    "unfinished_fixes": "Interrupted repairs (check's CRITICAL unfinished_fix, and the re-cut an auto "
-    "fix owes): fix runs left unfinished with no fix running, instant's helpers on the DEFAULT, a "
-    "detached DEFAULT holding rows, a wide child an auto fix stopped before re-cutting.",
+    "unfinished_fixes": "Interrupted repairs (check's CRITICAL unfinished_fix): fix runs left "
+    "unfinished with no fix running, instant's helpers on the DEFAULT, a detached DEFAULT holding rows.",
+    "recut_owed": "Re-cuts an auto fix owes (check's WARNING unfinished_fix of kind recut): a wide "
+    "child it stopped before re-cutting; every row is visible (partguard fix finishes it).",
     "unfinished_fix_rows": "Rows unfinished repairs keep out of sight of the table (holding table, "
     "detached DEFAULT, rows a run set aside), running ones included.",
     "quarantine_rows": "Rows a fix set aside in partguard.<table>_quarantine (NULL keys, outliers).",
@@ -211,10 +212,11 @@ def _leftovers(report: CheckReport) -> dict[str, dict[str, float]]:
             continue
         m = out.setdefault(f.table, dict.fromkeys(_LEFTOVERS, 0.0))
         if f.code == "unfinished_fix":
-            # A re-cut an auto fix owes is a WARNING (nothing is out of sight), but unfinished
-            # work all the same: counted unless a fix is finishing it now.
+            # A re-cut an auto fix owes is a WARNING (nothing is out of sight): its own gauge
+            # (and alert), counted unless a fix is finishing it now.
             owed = f.detail.get("kind") == "recut" and not f.detail.get("running")
-            m["unfinished_fixes"] += 1.0 if f.severity.value == "critical" or owed else 0.0
+            m["unfinished_fixes"] += 1.0 if f.severity.value == "critical" else 0.0
+            m["recut_owed"] += 1.0 if owed else 0.0
             m["unfinished_fix_rows"] += float(f.detail.get("rows_not_visible") or 0)
         else:
             m["quarantine_rows"] += float(f.detail.get("rows") or 0)
