@@ -33,7 +33,7 @@ from ..inspect.snapshot import Options, TableState, read_server, table_state
 from ..inspect.split_source import SourceFacts, parent_facts, source_facts
 from ..plan import split_steps as steps
 from ..plan.children import naming
-from ..plan.split import SplitPlan, groups, plan_split
+from ..plan.split import SplitPlan, check_size, groups, plan_split
 from .fix import advisory_key
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,7 @@ def plan_groups(
     if not found:
         return []
     assert grid is not None
+    check_size(table, grid, found)
     server = read_server(conn)
     nm = naming(table, state.config, server.partman, grid)
     parent = parent_facts(conn, table)
