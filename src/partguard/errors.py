@@ -24,6 +24,10 @@ class UsageError(PartguardError):
     exit_code = 64  # EX_USAGE
 
 
+class TooManyChildren(UsageError):
+    """A plan would create more children in one run than partguard ever does (plan/cap.py)."""
+
+
 class UnsupportedTable(PartguardError):
     """Not range-partitioned, multi-column or expression key, subpartitions, FKs in the way."""
 

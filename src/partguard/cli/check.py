@@ -19,7 +19,7 @@ from ..db import ConnParams, connect
 from ..guards import warn_if_pooled
 from ..humanize import fmt_delta
 from ..inspect.snapshot import Options, zone_label
-from .common import connection_options, emit_json, format_option, jsonable
+from .common import connection_options, emit_json, force_interval_option, format_option, jsonable
 
 # A check waits at most this long behind a DDL lock instead of queueing forever (each
 # table's own rows: 1 s, then that table is reported `locked`, see inspect.snapshot).
@@ -48,8 +48,8 @@ _STYLE = {
 @click.option("--exact", is_flag=True, help="Count the DEFAULT's rows exactly (a full scan).")
 @click.option(
     "--interval",
-    help="Partition interval, overriding partman and the children "
-    "(e.g. '1 day', 'monthly', 100000).",
+    help="Partition interval where partman and the children do not tell it (e.g. '1 day', "
+    "'monthly', 100000); one that contradicts them is refused.",
 )
 @click.option(
     "--tz",
@@ -59,6 +59,7 @@ _STYLE = {
 @click.option(
     "--force-tz", is_flag=True, help="Judge a partman table in --tz even where partman's differs."
 )
+@force_interval_option
 @format_option
 def command(
     params: ConnParams,
@@ -67,6 +68,7 @@ def command(
     interval: str | None,
     tz: str | None,
     force_tz: bool,
+    force_interval: bool,
     fmt: str,
 ) -> int:
     """Find what is wrong with range-partitioned tables, read-only.
@@ -74,7 +76,13 @@ def command(
     Exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios).
     """
     options = Options(
-        tables=tables, interval=interval, tz=tz, exact=exact, force_tz=force_tz, connection=params
+        tables=tables,
+        interval=interval,
+        tz=tz,
+        exact=exact,
+        force_tz=force_tz,
+        force_interval=force_interval,
+        connection=params,
     )
     with connect(params) as conn:
         warn_if_pooled(conn, params, "check")

@@ -82,6 +82,15 @@ def attempt_duration(text: str) -> float:
     return value
 
 
+def force_interval_option(f: F) -> F:
+    return click.option(
+        "--force-interval",
+        is_flag=True,
+        help="Use --interval even where it contradicts pg_partman's partition_interval or the "
+        "interval the children follow.",
+    )(f)
+
+
 def format_option(f: F) -> F:
     return click.option(
         "--format",

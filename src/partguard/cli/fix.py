@@ -24,6 +24,7 @@ from .common import (
     connection_options,
     echo_check_after,
     emit_json,
+    force_interval_option,
     format_option,
     jsonable,
 )
@@ -75,7 +76,9 @@ log = logging.getLogger(__name__)
     help="Longest single lock wait: what the application's queries can queue behind partguard.",
 )
 @click.option(
-    "--interval", help="Partition interval when neither partman nor the children tell it."
+    "--interval",
+    help="Partition interval when neither partman nor the children tell it; one that "
+    "contradicts them is refused.",
 )
 @click.option(
     "--tz",
@@ -83,6 +86,7 @@ log = logging.getLogger(__name__)
     "children's); on a partman table one that contradicts partman's is refused.",
 )
 @click.option("--force-tz", is_flag=True, help="Use --tz even where it contradicts partman's zone.")
+@force_interval_option
 @click.option(
     "--outliers",
     type=click.Choice(["quarantine", "keep"]),
@@ -132,6 +136,7 @@ def command(
     interval: str | None,
     tz: str | None,
     force_tz: bool,
+    force_interval: bool,
     outliers: str,
     premake: int | None,
     keep_source: bool,
@@ -168,6 +173,7 @@ def command(
         tz=tz,
         tz_hint=tz_hint,
         force_tz=force_tz,
+        force_interval=force_interval,
         lock_timeout=parse_duration(lock_timeout),
         retries=retries,
         dry_run=dry_run,

@@ -13,7 +13,7 @@ from ..commands.metrics import CACHE_FOR, Target, exposition, serve, serve_targe
 from ..db import ConnParams, parse_duration
 from ..errors import UsageError
 from ..inspect.snapshot import Options
-from .common import connection_options
+from .common import connection_options, force_interval_option
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -65,6 +65,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 @click.option(
     "--force-tz", is_flag=True, help="Use --tz on partman tables even where partman's differs."
 )
+@force_interval_option
 def command(
     params: ConnParams,
     listen: str | None,
@@ -75,6 +76,7 @@ def command(
     interval: str | None,
     tz: str | None,
     force_tz: bool,
+    force_interval: bool,
 ) -> int:
     """Export check results as Prometheus metrics.
 
@@ -105,7 +107,9 @@ def command(
         if not listen:
             raise UsageError("--config needs --listen HOST:PORT")
         specs = target_file.load(targets_path)
-    options = Options(tables=tables, interval=interval, tz=tz, force_tz=force_tz)
+    options = Options(
+        tables=tables, interval=interval, tz=tz, force_tz=force_tz, force_interval=force_interval
+    )
     if listen:
         addr, port_no = parse_listen(listen)
         if targets_path:

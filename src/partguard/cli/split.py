@@ -16,6 +16,7 @@ from .common import (
     connection_options,
     echo_check_after,
     emit_json,
+    force_interval_option,
     format_option,
     jsonable,
 )
@@ -71,11 +72,14 @@ from .fix import _ProgressPrinter
     help="Heap pages per copy statement.",
 )
 @click.option(
-    "--interval", help="Partition interval when neither partman nor the children tell it."
+    "--interval",
+    help="Partition interval when neither partman nor the children tell it; one that "
+    "contradicts them is refused.",
 )
 @click.option(
     "--tz", help="Time zone of the grid (default: partman's session zone / the children's)."
 )
+@force_interval_option
 @format_option
 def command(
     params: ConnParams,
@@ -92,6 +96,7 @@ def command(
     chunk_pages: int,
     interval: str | None,
     tz: str | None,
+    force_interval: bool,
     fmt: str,
 ) -> int:
     """Re-cut TABLE's children onto the grid, online: every row stays visible, every write succeeds."""
@@ -109,6 +114,7 @@ def command(
         chunk_pages=chunk_pages,
         interval=interval,
         tz=tz,
+        force_interval=force_interval,
         dry_run=dry_run,
         abort=abort,
     )

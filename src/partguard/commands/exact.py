@@ -78,6 +78,7 @@ def fix_exact(
         interval=req.interval,
         tz=zone,
         force_tz=req.force_tz,
+        force_interval=req.force_interval,
     )
     what = quote_name(wide) if wide else "the off-grid children"
     try:
@@ -197,7 +198,16 @@ def _with_recut_plan(conn: Conn, req: FixRequest, outcome: FixOutcome) -> FixOut
     server = read_server(conn)
     config = config_for(read_configs(conn, server.partman), table.schema, table.name)
     state = table_state(
-        conn, server, table, config, Options(interval=req.interval, tz=zone, force_tz=req.force_tz)
+        conn,
+        server,
+        table,
+        config,
+        Options(
+            interval=req.interval,
+            tz=zone,
+            force_tz=req.force_tz,
+            force_interval=req.force_interval,
+        ),
     )
     after = replace(state, table=after_fix(table, p))
     old = renames_of(table, p)
@@ -209,6 +219,7 @@ def _with_recut_plan(conn: Conn, req: FixRequest, outcome: FixOutcome) -> FixOut
         interval=req.interval,
         tz=zone,
         force_tz=req.force_tz,
+        force_interval=req.force_interval,
     )
     notes: list[str] = []
     try:

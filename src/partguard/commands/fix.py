@@ -94,6 +94,7 @@ class FixRequest:
     tz: str | None = None
     tz_hint: str | None = None  # fix-partitioned-table's <timezone>: used where nothing else tells
     force_tz: bool = False  # use tz even where it contradicts a partman table's zone
+    force_interval: bool = False  # use interval even where partman or the children differ
     lock_timeout: float = 2.0  # one try of a step's lock, in attempts of lock_attempt
     retries: int = 5
     dry_run: bool = False
@@ -360,7 +361,12 @@ def _state(conn: Conn, server: Any, table: catalog.Table, req: FixRequest) -> Ta
 
 def _options(req: FixRequest, tables: tuple[str, ...] = ()) -> Options:
     return Options(
-        tables=tables, interval=req.interval, tz=req.tz, tz_hint=req.tz_hint, force_tz=req.force_tz
+        tables=tables,
+        interval=req.interval,
+        tz=req.tz,
+        tz_hint=req.tz_hint,
+        force_tz=req.force_tz,
+        force_interval=req.force_interval,
     )
 
 

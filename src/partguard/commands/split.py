@@ -33,7 +33,7 @@ from ..inspect.snapshot import Options, TableState, read_server, table_state
 from ..inspect.split_source import SourceFacts, parent_facts, source_facts
 from ..plan import split_steps as steps
 from ..plan.children import naming
-from ..plan.split import SplitPlan, groups, plan_split
+from ..plan.split import SplitPlan, check_size, groups, plan_split
 from .fix import advisory_key
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class SplitRequest:
     interval: str | None = None
     tz: str | None = None
     force_tz: bool = False  # fix --force-tz: the re-cut lays the grid of the zone fix used
+    force_interval: bool = False  # use interval even where partman or the children differ
     dry_run: bool = False
     abort: bool = False
 
@@ -189,7 +190,12 @@ def _state(conn: Conn, table: catalog.Table, req: SplitRequest) -> TableState:
         server,
         table,
         config_for(configs, table.schema, table.name),
-        Options(interval=req.interval, tz=req.tz, force_tz=req.force_tz),
+        Options(
+            interval=req.interval,
+            tz=req.tz,
+            force_tz=req.force_tz,
+            force_interval=req.force_interval,
+        ),
     )
 
 
@@ -223,6 +229,7 @@ def plan_groups(
     if not found:
         return []
     assert grid is not None
+    check_size(table, grid, found)
     server = read_server(conn)
     nm = naming(table, state.config, server.partman, grid)
     parent = parent_facts(conn, table)
@@ -360,7 +367,12 @@ def _recheck(conn: Conn, name: str, req: SplitRequest) -> list[dict[str, Any]]:
     from ..diagnose import diagnose
     from ..inspect import snapshot
 
-    snap = snapshot.take(conn, Options(tables=(name,), interval=req.interval, tz=req.tz))
+    snap = snapshot.take(
+        conn,
+        Options(
+            tables=(name,), interval=req.interval, tz=req.tz, force_interval=req.force_interval
+        ),
+    )
     return [
         {"code": f.code, "severity": f.severity.value, "message": f.message}
         for f in diagnose(snap)

@@ -390,6 +390,26 @@ class IntGrid:
 Grid: TypeAlias = TimeGrid | IntGrid
 
 
+def count_buckets(grid: Grid, lo: Key, hi: Key) -> int:
+    """How many buckets intersect ``[lo, hi)``, in O(1): what ``len(list(grid.buckets(lo, hi)))``
+    would be, without making the list (a zone that skipped a whole day can make it one more).
+
+    Planners ask this before they lay children, so an interval far too fine for the range
+    (one second over days) is refused at once instead of filling memory.
+    """
+    if isinstance(grid, IntGrid):
+        first, end = grid.floor(lo), int_key(hi)
+        return max(0, -(-(end - first) // grid.step))
+    mode, v, k_lo, _ = grid._locate(lo)
+    hmode, hv = grid._split(hi)
+    if hmode != mode:
+        raise UsageError(f"bucket range mixes key kinds: {lo!r} .. {hi!r}")
+    if hv <= v:
+        return 0
+    _, _, k_hi, b = grid._locate(hi)
+    return k_hi - k_lo + (0 if b(k_hi) == hv else 1)
+
+
 def int_key(x: Key) -> int:
     """``x`` as the integer it must be (an integer key's bound); TypeError on a time key."""
     if isinstance(x, int):

@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from psycopg import errors as pgerrors
@@ -110,6 +110,8 @@ class Options:
     exact: bool = False
     tz_hint: str | None = None  # a zone to prefer only when partman and the children are silent
     force_tz: bool = False  # use ``tz`` on a partman table even where it contradicts partman's zone
+    # use ``interval`` even where it contradicts partman's partition_interval or the children's
+    force_interval: bool = False
     connection: ConnParams | None = None  # as given: repair commands in messages repeat it
     # Longest wait for a lock on one table's partitions: a table a DDL holds longer is
     # reported as unreadable (UNKNOWN) and the others are still read.
@@ -237,6 +239,7 @@ def table_state(
         options.tz,
         options.tz_hint,
         options.force_tz,
+        options.force_interval,
     )
     if leftovers is None:
         leftovers = read_leftovers(conn, [table], exact=options.exact).get(table.oid, Leftovers())
@@ -398,6 +401,7 @@ def infer_grid(
     tz: str | None = None,
     tz_hint: str | None = None,
     force_tz: bool = False,
+    force_interval: bool = False,
 ) -> GridInfo:
     """Decide the grid: options first, then partman's config, then the children's bounds.
 
@@ -406,10 +410,14 @@ def infer_grid(
     (UsageError) unless ``force_tz``. ``tz_hint`` (the old repair script's <timezone> argument)
     only decides when neither partman nor the children say, and a disagreement is logged
     rather than obeyed: children on another zone's grid would make partman's next run skip
-    or overlap.
+    or overlap. ``interval`` likewise: refused where it contradicts partman's
+    partition_interval or the one step the children evidently follow, unless
+    ``force_interval``; it decides alone where neither says (a DEFAULT only).
     """
     try:
-        return _infer_grid(table, config, session_tz, interval, tz, tz_hint, force_tz)
+        return _infer_grid(
+            table, config, session_tz, interval, tz, tz_hint, force_tz, force_interval
+        )
     except UsageError:
         raise
     except UnknownGrid as exc:
@@ -424,6 +432,7 @@ def _infer_grid(
     tz: str | None,
     tz_hint: str | None = None,
     force_tz: bool = False,
+    force_interval: bool = False,
 ) -> GridInfo:
     if tz is not None:
         zone_info(tz)  # validates the zone: UsageError if unknown
@@ -431,6 +440,8 @@ def _infer_grid(
     if table.key_kind == "int":
         if interval:
             step, source = _int_step(interval), "option"
+            said = _int_step(config.interval) if config is not None else _evident_int_step(table)
+            _agree(table, interval, step, said, config is not None, force_interval)
         elif config is not None:
             step, source = _int_step(config.interval), "partman"
         else:
@@ -456,9 +467,13 @@ def _infer_grid(
                 zone_label(zone),
             )
         pstep = parse_interval(interval) if interval else parse_interval(config.interval)
+        if interval:
+            _agree(table, interval, pstep, parse_interval(config.interval), True, force_interval)
         return _time_info(pstep, zone, table, "option" if interval else "partman")
     tstep = parse_interval(interval) if interval else _common_time_step(table, zone)
     source = "option" if interval else "children"
+    if interval:
+        _agree(table, interval, tstep, _evident_time_step(table, zone), False, force_interval)
     info = _time_info(tstep, zone, table, source)
     if tz is None and zone is not None and info.aligned_zone and info.aligned_zone != zone:
         # A hand-made table has no partman to disagree with: follow its children's zone.
@@ -511,6 +526,77 @@ def _partman_zone(
     return tz
 
 
+def _agree(
+    table: Table,
+    text: str,
+    given: Interval | int,
+    said: Interval | int | None,
+    partman: bool,
+    force: bool,
+) -> None:
+    """Refuse an ``--interval`` that contradicts the table (UsageError) unless ``force``.
+
+    Equal means the same value field by field: '1 day' and '24 hours' are different grids
+    wherever a day can last 23 or 25 hours, so only spellings of one value agree ('daily',
+    '1 day', '@ 1 day').
+    """
+    if said is None or given == said:
+        return
+    whose = "pg_partman's partition_interval" if partman else "the interval its children follow"
+    why = (
+        f"{table.qualname}: --interval {text!r} ({given}) contradicts {whose} ({said}); "
+        "children on another interval's grid overlap or leave gaps"
+    )
+    if not force:
+        raise UsageError(f"{why}; pass --force-interval to use it anyway")
+    log.warning("%s; using it as --force-interval asks", why)
+
+
+def _evident_int_step(table: Table) -> int | None:
+    """The width the children evidently follow (see ``_evident``), else None."""
+    return _evident(_int_widths(table))
+
+
+def _int_widths(table: Table) -> Counter[int]:
+    return Counter(
+        int_key(c.upper) - int_key(c.lower)
+        for c in table.children
+        if c.lower is not None and c.upper is not None
+    )
+
+
+def _evident_time_step(table: Table, zone: str | None) -> Interval | None:
+    """The step the children evidently follow, read in ``zone`` or else in the zone their
+    bounds sit on (a Berlin day is 23 h or 25 h across DST when read in UTC)."""
+    steps = _time_steps(table, zone)
+    found = _evident(steps)
+    if found is None and steps and zone is not None:
+        aligned = _aligned_zone(table, steps.most_common(1)[0][0], zone)
+        if aligned is not None and aligned != zone:
+            found = _evident(_time_steps(table, aligned))
+    return found
+
+
+def _time_steps(table: Table, zone: str | None) -> Counter[Interval]:
+    return Counter(
+        _step_between(c.lower, c.upper, zone)
+        for c in table.children
+        if c.lower is not None and c.upper is not None
+    )
+
+
+_T = TypeVar("_T")
+
+
+def _evident(steps: Counter[_T]) -> _T | None:
+    """The step at least two children and nine in ten of them share: a table migrated from
+    one interval to another, or cut by hand, says nothing unambiguous (None)."""
+    if not steps:
+        return None
+    step, n = steps.most_common(1)[0]
+    return step if n >= 2 and 10 * n >= 9 * sum(steps.values()) else None
+
+
 def _time_info(step: Interval, zone: str | None, table: Table, source: str) -> GridInfo:
     grid = time_grid(step, zone)
     return GridInfo(grid, source, aligned_zone=_aligned_zone(table, step, zone))
@@ -527,11 +613,7 @@ def _int_step(text: str) -> int:
 
 
 def _common_int_step(table: Table) -> int:
-    widths = Counter(
-        int_key(c.upper) - int_key(c.lower)
-        for c in table.children
-        if c.lower is not None and c.upper is not None
-    )
+    widths = _int_widths(table)
     if not widths:
         raise UnknownGrid(
             f"{table.qualname}: no children to infer the interval from; pass --interval"
@@ -540,11 +622,7 @@ def _common_int_step(table: Table) -> int:
 
 
 def _common_time_step(table: Table, zone: str | None) -> Interval:
-    steps = Counter(
-        _step_between(c.lower, c.upper, zone)
-        for c in table.children
-        if c.lower is not None and c.upper is not None
-    )
+    steps = _time_steps(table, zone)
     if not steps:
         raise UnknownGrid(
             f"{table.qualname}: no children to infer the interval from; pass --interval"

@@ -16,9 +16,10 @@ from ..errors import UnknownGrid, UnsupportedTable, UsageError
 from ..humanize import quote_name
 from ..inspect.catalog import Key, Table
 from ..inspect.data import Probe
-from ..inspect.grid import Grid, IntGrid, TimeGrid, int_key, key_le, key_lt
+from ..inspect.grid import Grid, IntGrid, TimeGrid, count_buckets, int_key, key_le, key_lt
 from ..inspect.partman import Partman
 from ..inspect.snapshot import TableState
+from .cap import count_spans, ensure_cap, recut_size
 from .children import Naming, free_spans, naming
 
 NAMEDATALEN = 63
@@ -210,6 +211,7 @@ def plan_fix(
         )
     nm = naming(table, state.config, partman, grid)
     premake = options.premake or (state.config.premake if state.config else 4)
+    ensure_cap(table, grid, premake + 1, f"a premake of {premake}")
     zone = grid.tz if isinstance(grid, TimeGrid) else None
     p_lo, p_hi = plausible_range(table, grid, now, premake, probe)
     rows_in = [b for b in probe.buckets if _inside(b, p_lo, p_hi)]
@@ -262,6 +264,9 @@ def plan_fix(
             "children named outside partman's convention are renamed: "
             + ", ".join(f"{quote_name(a)} -> {quote_name(b)}" for a, b in renames)
         )
+    # fix's re-cut (strategy auto) lays every child the grid disowns on it, after the swap:
+    # counted now, as the swap's own children are, so a grid far too fine is refused first.
+    recut = recut_size(table, grid) if options.strategy == "auto" else 0
     if strategy == "instant":
         assert span is not None
         lo, hi = span
@@ -273,6 +278,16 @@ def plan_fix(
         # of one of its (old) rows: ``premake`` regular children past its end keep the runway
         # at least ``premake`` intervals until live rows reach the children after it.
         horizon = _later(horizon, _advance(grid, hi, premake))
+        first = table.children[0].lower if table.children else None
+        holes = free_spans(table, first, lo) if first is not None else []
+        recut += count_buckets(grid, lo, hi) if options.strategy == "auto" else 0
+        ensure_cap(
+            table,
+            grid,
+            recut + count_spans(grid, holes) + count_buckets(grid, grid.floor(hi), horizon),
+            "the repair (swap and re-cut)" if options.strategy == "auto" else "the swap",
+            (lo, horizon),
+        )
         children = _children(
             table, grid, nm, _holes(table, grid, lo), future_from, horizon, state.config is not None
         )
@@ -301,9 +316,20 @@ def plan_fix(
             renames,
         )
     holding = _holding_name(table)
+    start = _future_start(table, rows_in, horizon)
+    planned = len(rows_in) + (count_buckets(grid, grid.floor(start), horizon) if horizon else 0)
+    ensure_cap(table, grid, recut + planned, "the repair", (start, horizon) if horizon else None)
     children = _children(table, grid, nm, rows_in, None, horizon, state.config is not None)
     late_kids = _late_candidates(
-        table, grid, nm, children, p_lo, p_hi, premake, {holding, *(new for _, new in renames)}
+        table,
+        grid,
+        nm,
+        children,
+        p_lo,
+        p_hi,
+        premake,
+        {holding, *(new for _, new in renames)},
+        recut + len(children),
     )
     return FixParams(
         "copy",
@@ -351,11 +377,12 @@ def _late_candidates(
     hi: Key | None,
     premake: int,
     reserved: set[str],
+    already: int = 0,
 ) -> tuple[ChildSpec, ...]:
     """Every bucket of the plausible range ``[lo, hi)`` that neither an existing child nor
     a planned one covers (clipped like any new child): the swap creates those the holding
     table has rows for. Integer keys without a ceiling stop ``premake + 2`` intervals past
-    the last child."""
+    the last child. ``already``: the children the run creates besides these (for the cap)."""
     spans: list[tuple[Any, Any]] = sorted(
         [(c.lower, c.upper) for c in table.children if c.lower is not None and c.upper is not None]
         + [(c.lower, c.upper) for c in children],
@@ -367,22 +394,27 @@ def _late_candidates(
         hi = _advance(grid, max(s[1] for s in spans), premake + 2)
     if lo is None or hi is None:
         return ()
-    taken = _taken(table) | {c.name for c in children} | reserved
-    out: list[ChildSpec] = []
+    gaps: list[tuple[Any, Any]] = []
     cur: Any = lo
     for s_lo, s_hi in [*spans, (hi, hi)]:
         gap_hi: Any = min(s_lo, hi)
-        b: Any = grid.floor(cur)
-        while cur < gap_hi and b < gap_hi:
-            c_lo, c_hi = max(b, cur), min(grid.next(b), gap_hi)
+        if cur < gap_hi:
+            gaps.append((cur, gap_hi))
+        cur = max(cur, s_hi)
+        if cur >= hi:
+            break
+    ensure_cap(table, grid, already + count_spans(grid, gaps), "the repair", (lo, hi))
+    taken = _taken(table) | {c.name for c in children} | reserved
+    out: list[ChildSpec] = []
+    for g_lo, g_hi in gaps:
+        b: Any = grid.floor(g_lo)
+        while b < g_hi:
+            c_lo, c_hi = max(b, g_lo), min(grid.next(b), g_hi)
             if c_lo < c_hi:
                 name = nm.unique(c_lo, taken)
                 taken.add(name)
                 out.append(ChildSpec(name, c_lo, c_hi, False))
             b = grid.next(b)
-        cur = max(cur, s_hi)
-        if cur >= hi:
-            break
     return tuple(out)
 
 
@@ -543,8 +575,7 @@ def _children(
     if horizon is not None:
         start: Any = future_from
         if start is None:
-            uppers = [c.upper for c in table.children if c.upper is not None]
-            start = max(uppers) if uppers else (buckets[0] if buckets else horizon)
+            start = _future_start(table, buckets, horizon)
         b: Any = grid.floor(start)
         while b < horizon:
             wanted.setdefault(b, grid.next(b))
@@ -560,6 +591,12 @@ def _children(
                 ChildSpec(name, s_lo, s_hi, partman_managed and exact and name == nm.name(s_lo))
             )
     return tuple(out)
+
+
+def _future_start(table: Table, buckets: list[Key], horizon: Any) -> Any:
+    """Where copy's future children start: the last child's end, so no hole is left."""
+    uppers = [c.upper for c in table.children if c.upper is not None]
+    return max(uppers) if uppers else (buckets[0] if buckets else horizon)
 
 
 def _taken(table: Table) -> set[str]:

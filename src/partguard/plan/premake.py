@@ -20,6 +20,7 @@ from ..inspect.catalog import Key, Table
 from ..inspect.grid import Grid, IntGrid, key_le
 from ..inspect.snapshot import TableState
 from ..inspect.zones import zone_info
+from .cap import ensure_cap
 from .children import Naming, bound_literal, create_child, free_spans, naming
 
 
@@ -83,6 +84,7 @@ def plan_premake(
     current = current_key(table, grid, now, tz, data_max)
     if current is None:
         return PremakePlan(table.qualname, (), None, None)
+    ensure_cap(table, grid, premake + 1, f"a premake of {premake}")
     start: Key = grid.floor(current)
     end: Key = start
     for _ in range(premake + 1):

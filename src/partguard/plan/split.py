@@ -20,9 +20,10 @@ from ..coverage import alignment, misaligned, wide_children
 from ..errors import UnknownGrid, UnsupportedTable, UsageError
 from ..humanize import display_ident, display_name
 from ..inspect.catalog import Child, Key, Table
-from ..inspect.grid import Grid
+from ..inspect.grid import Grid, count_buckets
 from ..inspect.snapshot import TableState
 from ..inspect.split_source import IndexFacts, ParentFacts, SourceFacts
+from .cap import count_spans, ensure_cap
 from .children import Naming
 from .fix import check_fixable, short_name
 
@@ -226,6 +227,17 @@ def groups(state: TableState, wanted: tuple[str, ...] = ()) -> list[tuple[Child,
     return [tuple(kids[i] for i in run) for run in merged]
 
 
+def check_size(table: Table, grid: Grid, found: list[tuple[Child, ...]]) -> None:
+    """Refuse (TooManyChildren) a re-cut of ``found`` that would create more children than
+    one run may, before a single one is planned: the spans are counted, not listed."""
+    bounds = [(g[0].lower, g[-1].upper) for g in found]
+    spans_ = [(lo, hi) for lo, hi in bounds if lo is not None and hi is not None]
+    if spans_:
+        ensure_cap(
+            table, grid, count_spans(grid, spans_), "the re-cut", (spans_[0][0], spans_[-1][1])
+        )
+
+
 def _grow(kids: list[Child], grid: Grid, run: list[int]) -> list[int]:
     run = list(run)
     while (
@@ -283,6 +295,7 @@ def plan_split(
     _refuse(table, facts, parent)
     lo, hi = group[0].lower, group[-1].upper
     assert lo is not None and hi is not None
+    ensure_cap(table, grid, count_buckets(grid, lo, hi), "the re-cut", (lo, hi))
     cuts = spans(grid, lo, hi)
     if len(group) == 1 and len(cuts) == 1:
         return None
