@@ -94,8 +94,9 @@ def check(conn: Conn, options: Options | None = None) -> CheckReport:
         snap = snapshot.take(conn, options)
     except pgerrors.InsufficientPrivilege as exc:
         raise PermissionDenied(
-            f"{_first_line(exc)}: check reads pg_partman's part_config, each DEFAULT "
-            "partition and the newest children (GRANT pg_read_all_data, or SELECT on those)"
+            f"{_first_line(exc)}: check reads pg_partman's part_config, partguard's own "
+            "journal (schema partguard), each DEFAULT partition and the newest children "
+            "(GRANT pg_read_all_data, or SELECT on those)"
         ) from None
     except pgerrors.LockNotAvailable as exc:
         raise LockNotAvailable(
