@@ -819,3 +819,17 @@ def test_groups_join_an_off_grid_child_with_the_slivers_beside_it() -> None:
     assert [[c.name for c in g] for g in groups(state, ("utc",))] == [["sliver1", "utc", "sliver2"]]
     (g, _) = groups(state)
     assert len(spans(state.grid.grid, g[0].lower, g[-1].upper)) == 2
+
+
+def test_a_table_partguard_cannot_handle_is_refused_as_fix_refuses_it(
+    conn: Conn, dsn: str, run: Any
+) -> None:
+    """A LIST-partitioned table: exit 65 (unsupported), as for fix and check, not 67."""
+    conn.execute(
+        "CREATE TABLE public.by_region (region text, v int) PARTITION BY LIST (region); "
+        "CREATE TABLE public.by_region_eu PARTITION OF public.by_region FOR VALUES IN ('eu')"
+    )
+    for argv in (("split", "--yes"), ("split", "--dry-run"), ("fix", "--yes")):
+        rc, out, err = run(argv[0], "-d", dsn, "public.by_region", *argv[1:])
+        assert (rc, out) == (65, ""), (argv, rc, err)
+        assert len(err.strip().splitlines()) == 1 and "list-partitioned" in err, err

@@ -21,7 +21,13 @@ from psycopg import sql
 
 from .. import journal
 from ..db import Conn, ConnParams, advisory_lock
-from ..errors import AlreadyRunning, LockNotAvailable, PermissionDenied, UsageError
+from ..errors import (
+    AlreadyRunning,
+    LockNotAvailable,
+    PermissionDenied,
+    UnsupportedTable,
+    UsageError,
+)
 from ..execute import Progress
 from ..execute_split import Executor
 from ..humanize import display_ident, display_name, iso
@@ -97,6 +103,9 @@ def split(
 ) -> SplitOutcome:
     """Re-cut ``req.table``'s children onto its grid; see the module docstring."""
     table = _read(conn, req.table)
+    reason = table.unsupported_reason()
+    if reason:
+        raise UnsupportedTable(reason)
     _check_privileges(conn, table)
     with advisory_lock(conn, advisory_key(table.oid)) as got:
         if not got:

@@ -256,6 +256,12 @@ def plan_fix(
             f"{table.qualname}: --strategy instant needs the DEFAULT's rows in one gap between "
             "children; use --strategy copy"
         )
+    if strategy == "copy" and rows_in:
+        notes.append(
+            "copy: until a row is copied it is not visible through the table, and an UPDATE or "
+            "DELETE of it meanwhile finds nothing (and is not replayed); pause those, or accept "
+            "that, for the copy's few seconds"
+        )
 
     horizon = _horizon(table, grid, now, premake, rows_in)
     renames = misnamed(table, grid, nm) if managed else ()
