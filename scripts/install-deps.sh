@@ -113,9 +113,12 @@ fetch_partman() {
   local dir=.cache/partman-apt suite pkg opts deb found
   mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial" "$dir/debs" "$dir/x"
   : >"$dir/sources.list"
+  # check-valid-until=no: sid's Release expires 7 days after it is signed, and a mirror that
+  # lags behind (or a frozen snapshot) then fails `apt-get update` outright. The signature is
+  # still checked; we only take SQL scripts of fixed versions from these lists.
   for s in $PARTMAN_SUITES; do
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(mirror) ${s%%:*} main" \
-      >>"$dir/sources.list"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg check-valid-until=no]" \
+      "$(mirror) ${s%%:*} main" >>"$dir/sources.list"
   done
   opts=(-o "Dir::Etc::SourceList=$PWD/$dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
         -o "Dir::State::Lists=$PWD/$dir/lists" -o "Dir::Cache=$PWD/$dir/cache" -o Debug::NoLocking=1
