@@ -156,7 +156,10 @@ command -v make >/dev/null || { apt_update; apt_install make; }
 command -v python3 >/dev/null || { apt_update; apt_install python3; }
 if [ ! -x .venv/bin/python ]; then
   log "python3 -m venv .venv"
-  if ! quietly python3 -m venv .venv; then
+  # Without python3-venv (Debian's standard images) this fails: say so in one line, not the
+  # failure's full text, install it and try again (a second failure shows its output).
+  if ! python3 -m venv .venv >"$STEP_LOG" 2>&1; then
+    log "python3 -m venv failed (no ensurepip?): installing python3-venv"
     rm -rf .venv
     apt_update
     apt_install python3-venv
