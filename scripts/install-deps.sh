@@ -113,9 +113,12 @@ fetch_partman() {
   local dir=.cache/partman-apt suite pkg opts deb found
   mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial" "$dir/debs" "$dir/x"
   : >"$dir/sources.list"
+  # check-valid-until=no: sid's Release expires 7 days after it is signed, and a mirror that
+  # lags behind (or a frozen snapshot) then fails `apt-get update` outright. The signature is
+  # still checked; we only take SQL scripts of fixed versions from these lists.
   for s in $PARTMAN_SUITES; do
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(mirror) ${s%%:*} main" \
-      >>"$dir/sources.list"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg check-valid-until=no]" \
+      "$(mirror) ${s%%:*} main" >>"$dir/sources.list"
   done
   opts=(-o "Dir::Etc::SourceList=$PWD/$dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
         -o "Dir::State::Lists=$PWD/$dir/lists" -o "Dir::Cache=$PWD/$dir/cache" -o Debug::NoLocking=1
@@ -153,7 +156,10 @@ command -v make >/dev/null || { apt_update; apt_install make; }
 command -v python3 >/dev/null || { apt_update; apt_install python3; }
 if [ ! -x .venv/bin/python ]; then
   log "python3 -m venv .venv"
-  if ! quietly python3 -m venv .venv; then
+  # Without python3-venv (Debian's standard images) this fails: say so in one line, not the
+  # failure's full text, install it and try again (a second failure shows its output).
+  if ! python3 -m venv .venv >"$STEP_LOG" 2>&1; then
+    log "python3 -m venv failed (no ensurepip?): installing python3-venv"
     rm -rf .venv
     apt_update
     apt_install python3-venv

@@ -808,8 +808,10 @@ def _foreign_key(conn: Conn) -> str:
 
 
 def _two_gaps(conn: Conn) -> str:
+    """The DEFAULT's rows in two gaps around a child for the day before yesterday: a day's
+    rows on each side (yesterday's child would leave today's gap empty just after midnight)."""
     ident = native_incident(conn)
-    mid = utc_midnight(conn, 1)
+    mid = utc_midnight(conn, 2)
     conn.execute("DELETE FROM fixes WHERE ts >= %s AND ts < %s", (mid, mid + DAY))
     conn.execute(
         sql.SQL("CREATE TABLE fixes_mid PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(

@@ -461,7 +461,9 @@ def incident(conn: Conn, partman: str, name: str) -> None:
     """Maintenance stopped two days ago and the last day and a half of rows fell into the DEFAULT."""
     partman_table(conn, partman, name)
     conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier("public", name)))
-    cutoff = conn.execute("SELECT date_trunc('day', now()) - interval '1 day'").fetchone()[0]  # type: ignore[index]
+    # The day the first row falls on (yesterday from 06:00 on, the day before in the hours
+    # before): every child from there on goes, so all 1000 rows land in the DEFAULT.
+    cutoff = conn.execute("SELECT date_trunc('day', now() - interval '30 hours')").fetchone()[0]  # type: ignore[index]
     drop_children(conn, f"public.{name}", lambda k: k.lower >= cutoff)
     conn.execute(
         sql.SQL(

@@ -300,10 +300,7 @@ def connections(server: Server) -> list[Finding]:
         )
     for lim, _ in binding:
         parts.append(_limit_text(lim, clients))
-    advice = reserved_advice(server)
-    if clients is not None and server.version_num < 160000:
-        advice += f" ({role} is {'a superuser: it can' if clients.superuser else 'not a superuser: it cannot'})"
-    parts.append(advice)
+    parts.append(reserved_advice(server, None if clients is None else clients.superuser))
     return [
         Finding(
             "connections", max(severities, key=lambda s: s.rank), None, "; ".join(parts), detail
@@ -363,17 +360,23 @@ def _limit_text(lim: Limit, clients: Clients | None) -> str:
     return text
 
 
-def reserved_advice(server: Server) -> str:
-    """Whether maintenance could still connect once ordinary slots run out (the incident)."""
+def reserved_advice(server: Server, superuser: bool | None = None) -> str:
+    """Whether maintenance could still connect once ordinary slots run out (the incident).
+    ``superuser``: whether the current role is one, when known (said where only superusers get
+    in: on every version the superuser_reserved_connections slots are theirs)."""
     role = server.current_user
-    if server.version_num < 160000:
-        return (
-            f"PostgreSQL {server.version_num // 10000} has no reserved_connections: once the "
-            f"pool is exhausted only superusers get in ({server.superuser_reserved} slots)"
+    only_su = (
+        f"once the pool is exhausted only superusers get in ({server.superuser_reserved} slots)"
+    )
+    if superuser is not None:
+        only_su += (
+            f" ({role} is {'a superuser: it can' if superuser else 'not a superuser: it cannot'})"
         )
+    if server.version_num < 160000:
+        return f"PostgreSQL {server.version_num // 10000} has no reserved_connections: {only_su}"
     if server.reserved == 0:
         return (
-            "reserved_connections is 0: once the pool is exhausted maintenance cannot connect; "
+            f"reserved_connections is 0: {only_su}; "
             "set it and GRANT pg_use_reserved_connections to the maintenance role"
         )
     if server.can_use_reserved:

@@ -427,7 +427,7 @@ def copy_chunks(
                     return
                 args = {"first_block": first, "end_block": end}
                 try:
-                    run_locked(
+                    copied = run_locked(
                         conn,
                         partial(_copy_one, statements, run_id, args),
                         lock_timeout=lock_timeout,
@@ -447,7 +447,6 @@ def copy_chunks(
                         "copy: a connection was lost (%s); going on with the others", lost[-1]
                     )
                     return
-                copied = _rows_of(conn, run_id, first)
                 with lock:
                     state["pages"] += min(end, total_pages) - first
                     state["rows"] += copied
@@ -491,17 +490,12 @@ def copy_chunks(
 
 def _copy_one(
     statements: Sequence[sql.Composed], run_id: int, args: dict[str, int], conn: Conn
-) -> None:
-    """Quarantine, then copy, then the range's journal row, in the caller's transaction."""
+) -> int:
+    """Quarantine, then copy, then the range's journal row, in the caller's transaction.
+    Returns the rows it moved (copied + quarantined): counted here, since a query after the
+    commit could meet a lost connection outside the worker's handling of one."""
     quarantine, copy = statements
     moved = conn.execute(quarantine, args).rowcount
     per_child = {str(child): int(n) for child, n in conn.execute(copy, args).fetchall()}
     journal.record_chunk(conn, run_id, args["first_block"], args["end_block"], per_child, moved)
-
-
-def _rows_of(conn: Conn, run_id: int, first: int) -> int:
-    row = conn.execute(
-        "SELECT rows_copied + rows_quarantined FROM partguard.fix_chunk WHERE run_id = %s AND first_block = %s",
-        (run_id, first),
-    ).fetchone()
-    return int(row[0]) if row else 0
+    return sum(per_child.values()) + moved
