@@ -818,8 +818,7 @@ def _two_gaps(conn: Conn) -> str:
             ident, sql.Literal(mid), sql.Literal(mid + DAY)
         )
     )
-    # Rows of today, at any hour (just after midnight the spread may have put none there):
-    # the second gap is never empty.
+    # And a few more after the child, whatever the hour: the second gap is never empty.
     insert_spread(conn, ident, "ts", mid + DAY, now(conn), 5, "today")
     return "public.fixes"
 
