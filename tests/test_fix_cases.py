@@ -905,6 +905,33 @@ def test_instant_refuses_rows_in_two_gaps_and_auto_uses_copy(
     assert "fixes_mid" in {k.name for k in ks}
 
 
+def test_copy_leaves_no_hole_where_the_outage_had_an_empty_day(
+    run: Run, dsn: str, conn: Conn
+) -> None:
+    """Rows in two gaps (so copy), and no row at all on one day of the first: that day gets
+    its child too, or rows written there later would fall into the DEFAULT (fix then said
+    gap CRITICAL and exited 2)."""
+    ident = native_incident(conn)
+    mid = utc_midnight(conn, 1)
+    conn.execute("DELETE FROM fixes WHERE ts >= %s AND ts < %s", (mid - DAY, mid + DAY))
+    conn.execute(
+        sql.SQL("CREATE TABLE fixes_mid PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            ident, sql.Literal(mid), sql.Literal(mid + DAY)
+        )
+    )
+    insert_spread(conn, ident, "ts", mid + DAY, now(conn), 5, "today")
+    before = row_set(conn, "public.fixes")
+
+    out, _ = fix_cli(run, dsn, "public.fixes", "auto")
+
+    assert "fixed with copy" in out
+    assert_exactly_once(before, row_set(conn, "public.fixes"))
+    assert_default_empty(conn, "public.fixes")
+    ks = assert_children_sane(conn, "public.fixes")  # contiguous: no hole
+    assert any(k.lower == mid - DAY and k.upper == mid for k in ks), "the empty day's child"
+    assert_check_ok(run, dsn, "public.fixes")
+
+
 def test_instant_refuses_a_default_the_old_script_detached(
     run: Run, dsn: str, conn: Conn, partman: str
 ) -> None:

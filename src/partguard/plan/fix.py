@@ -8,10 +8,12 @@ a crash rebuilds exactly the same plan instead of re-deciding on a half-changed 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+from ..coverage import gaps
 from ..errors import UnknownGrid, UnsupportedTable, UsageError
 from ..humanize import quote_name
 from ..inspect.catalog import Key, Table
@@ -323,9 +325,16 @@ def plan_fix(
         )
     holding = _holding_name(table)
     start = _future_start(table, rows_in, horizon)
-    planned = len(rows_in) + (count_buckets(grid, grid.floor(start), horizon) if horizon else 0)
+    holes = gaps_with_rows(table, grid, rows_in)
+    planned = (
+        len(rows_in)
+        + (count_buckets(grid, grid.floor(start), horizon) if horizon else 0)
+        + sum(count_buckets(grid, grid.floor(h_lo), h_hi) for h_lo, h_hi in holes)
+    )
     ensure_cap(table, grid, recut + planned, "the repair", (start, horizon) if horizon else None)
-    children = _children(table, grid, nm, rows_in, None, horizon, state.config is not None)
+    children = _children(
+        table, grid, nm, rows_in, None, horizon, state.config is not None, fill=holes
+    )
     late_kids = _late_candidates(
         table,
         grid,
@@ -569,8 +578,10 @@ def _children(
     future_from: Key | None,
     horizon: Any,
     partman_managed: bool,
+    fill: Sequence[tuple[Key, Key]] = (),
 ) -> tuple[ChildSpec, ...]:
-    """Children for ``buckets`` plus every bucket from ``future_from`` to the horizon.
+    """Children for ``buckets`` plus every bucket from ``future_from`` to the horizon, and
+    every bucket of the ``fill`` spans (copy: the gaps the rows lay in, whole).
 
     Without ``future_from`` (copy) the run starts at the last child's upper bound, so the
     repaired table has no holes between its old children and its new ones. Everything is
@@ -578,6 +589,9 @@ def _children(
     off-grid neighbour it fills exactly the gap.
     """
     wanted: dict[Any, Any] = {b: grid.next(b) for b in buckets}
+    for f_lo, f_hi in fill:
+        for b_lo, b_hi in grid.buckets(f_lo, f_hi):
+            wanted.setdefault(b_lo, b_hi)
     if horizon is not None:
         start: Any = future_from
         if start is None:
@@ -597,6 +611,18 @@ def _children(
                 ChildSpec(name, s_lo, s_hi, partman_managed and exact and name == nm.name(s_lo))
             )
     return tuple(out)
+
+
+def gaps_with_rows(table: Table, grid: Grid, buckets: Sequence[Key]) -> list[tuple[Key, Key]]:
+    """The holes between two children that the rows' buckets lie in, each whole: copy
+    fills them, so an empty day of the outage is not left a gap (rows written there later
+    would go to the DEFAULT). A hole below the first child or above the last is not one:
+    history retention removed, or the future the horizon covers."""
+    out: list[tuple[Key, Key]] = []
+    for lo, hi in gaps(table):
+        if any(key_lt(b, hi) and key_lt(lo, grid.next(b)) for b in buckets):
+            out.append((lo, hi))
+    return out
 
 
 def _future_start(table: Table, buckets: list[Key], horizon: Any) -> Any:
