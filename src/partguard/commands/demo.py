@@ -10,6 +10,8 @@ check), and a row-for-row account of what the writer committed.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 import time
@@ -194,7 +196,10 @@ def _story(
         codes = []
         for title, argv in steps:
             say(f"== {title}\n$ partguard {' '.join(_shown(a, dsn) for a in argv)}")
-            codes.append(cli(argv))
+            if "--dry-run" in argv:
+                codes.append(_outline(cli, argv, say))
+            else:
+                codes.append(cli(argv))
             say("")
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "partguard.toml"
@@ -261,6 +266,24 @@ def fill_server(conn: psycopg.Connection, dsn: str) -> list[psycopg.Connection]:
         except psycopg.OperationalError:
             break
     return pool
+
+
+def _outline(cli: Callable[[list[str]], int], argv: list[str], say: Callable[[str], None]) -> int:
+    """A dry run's script, shortened for the story: its comment lines (one per step), and how
+    long the whole script is (``--dry-run > plan.sql`` gives it all)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = cli(argv)
+    lines = out.getvalue().splitlines()
+    for line in lines:
+        if line.startswith("-- "):
+            say(line if len(line) <= 160 else line[:157] + "...")
+    sql_lines = sum(1 for ln in lines if ln.strip() and not ln.startswith("--"))
+    say(
+        f"   ({sql_lines} lines of SQL in all, one transaction per step: the whole script, "
+        "> plan.sql, runs in psql -v ON_ERROR_STOP=1)"
+    )
+    return rc
 
 
 def _shown(arg: str, dsn: str) -> str:
