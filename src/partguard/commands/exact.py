@@ -29,15 +29,14 @@ from ..errors import PartguardError, UnknownGrid, UnsupportedTable
 from ..execute import Progress, fault, partman_maintenance
 from ..humanize import quote_name
 from ..inspect import catalog, leftovers
-from ..inspect.partman import config_for, find_partman, read_configs
-from ..inspect.snapshot import Options, read_server, table_state
+from ..inspect.partman import find_partman
 from ..inspect.split_source import source_facts
 from ..partman_calls import SKIPPED_SET
 from ..plan import split_steps
 from ..plan.after_fix import after_fix, facts_after, renames_of
 from ..plan.fix import FixParams
 from .fix import FixOutcome, FixRequest, _recheck, fix
-from .split import SplitRequest, plan_groups, split
+from .split import SplitRequest, plan_groups, split, state_for
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +115,7 @@ def fix_exact(
         outcome.maintenance,
         recut.findings_after if recut.status == "done" else None,
     )
-    if recut.status == "done" and outcome.maintenance is not None:
+    if recut.status == "done" and (outcome.params or {}).get("managed"):
         # partman ran inside the fix, before the re-cut: off-grid children may have made it
         # fail then. Run it again on the exact children, and judge the table afterwards.
         maintenance = _partman_again(conn, outcome, req)
@@ -167,7 +166,7 @@ def _owed(conn: Conn, req: FixRequest, outcome: FixOutcome) -> FixOutcome:
         run_id=run.run_id,
         resumed=True,
         params=p,
-        maintenance="ok" if p.get("managed") else None,
+        maintenance=None,  # not run by this invocation: partman runs after the re-cut
         notes=[
             *outcome.notes,
             f"run {run.run_id} owed the re-cut of {quote_name(str(p.get('span_child')))}",
@@ -195,22 +194,6 @@ def _with_recut_plan(conn: Conn, req: FixRequest, outcome: FixOutcome) -> FixOut
     (table,) = catalog.read_tables(conn, [req.table])
     p = FixParams.from_json(outcome.params, table.key_type)
     zone = p.zone or req.tz
-    server = read_server(conn)
-    config = config_for(read_configs(conn, server.partman), table.schema, table.name)
-    state = table_state(
-        conn,
-        server,
-        table,
-        config,
-        Options(
-            interval=req.interval,
-            tz=zone,
-            force_tz=req.force_tz,
-            force_interval=req.force_interval,
-        ),
-    )
-    after = replace(state, table=after_fix(table, p))
-    old = renames_of(table, p)
     sreq = SplitRequest(
         table=req.table,
         jobs=req.options.jobs,
@@ -221,6 +204,8 @@ def _with_recut_plan(conn: Conn, req: FixRequest, outcome: FixOutcome) -> FixOut
         force_tz=req.force_tz,
         force_interval=req.force_interval,
     )
+    after = replace(state_for(conn, table, sreq), table=after_fix(table, p))
+    old = renames_of(table, p)
     notes: list[str] = []
     try:
         plans = plan_groups(

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from .. import humanize, journal
-from ..db import LOCK_ATTEMPT, Conn, ConnParams
+from ..db import LOCK_ATTEMPT, Conn, ConnParams, scalar
 from ..errors import (
     AlreadyRunning,
     PartguardError,
@@ -311,7 +311,7 @@ def _fix_locked(
             raise PermissionDenied(
                 "fix needs EXECUTE on partguard.divert(), instant's trigger function (its owner "
                 "revoked it from PUBLIC; nothing changed): GRANT EXECUTE ON FUNCTION "
-                f"partguard.divert() TO {humanize.quote_name(_current_user(conn))}, or run "
+                f"partguard.divert() TO {humanize.quote_name(str(scalar(conn, 'SELECT current_user')))}, or run "
                 "--strategy copy"
             )
         _lock_check(conn, req, table, p)  # before the first commit: the swap's locks can be had
@@ -340,11 +340,6 @@ def _fix_locked(
         replace(outcome, run_id=run.run_id),
         on_progress,
     )
-
-
-def _current_user(conn: Conn) -> str:
-    row = conn.execute("SELECT current_user").fetchone()
-    return str(row[0]) if row else ""
 
 
 def _read(conn: Conn, name: str) -> catalog.Table:

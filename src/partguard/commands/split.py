@@ -153,7 +153,7 @@ def _locked(
         log.warning("resuming split run %d on %s (after %s)", run.run_id, name, run.state)
         done.append(_execute(conn, params, req, table, plan, run.state, on_progress))
         table = _read(conn, req.table)
-    state = _state(conn, table, req)
+    state = state_for(conn, table, req)
     wanted = req.children
     if done:  # children the resumed run replaced are gone (or are its targets now)
         wanted = tuple(w for w in wanted if w in {c.name for c in table.children})
@@ -191,7 +191,8 @@ def _read(conn: Conn, name: str) -> catalog.Table:
     return table
 
 
-def _state(conn: Conn, table: catalog.Table, req: SplitRequest) -> TableState:
+def state_for(conn: Conn, table: catalog.Table, req: SplitRequest) -> TableState:
+    """The table as a re-cut with ``req`` judges it (its grid in ``req``'s zone and interval)."""
     server = read_server(conn)
     configs = read_configs(conn, server.partman)
     return table_state(
